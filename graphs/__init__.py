@@ -1,0 +1,1 @@
+"""mma_agent.graphs."""

@@ -1,0 +1,131 @@
+"""The `mma` command line. The only place that parses arguments or reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from mma_agent.config import PipelineConfig, load_config
+
+
+def format_table(rows: list[dict], title: str | None = None) -> str:
+    """A Markdown table from a list of same-keyed dicts (floats to 4 decimals)."""
+    if not rows:
+        return f"{title}\n(no rows)" if title else "(no rows)"
+    cols = list(rows[0])
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    body = [[cell(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"  # noqa: E731
+    out = [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)]
+    return "\n".join(([f"\n{title}\n"] if title else []) + out)
+
+
+def _config(args: argparse.Namespace) -> PipelineConfig:
+    cfg = load_config(args.config)
+    updates = {}
+    if args.data is not None:
+        updates["data"] = cfg.data.model_copy(update={"path": Path(args.data)})
+    if args.workdir is not None:
+        updates["workdir"] = Path(args.workdir)
+    return PipelineConfig.model_validate({**cfg.model_dump(), **{k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in updates.items()}})
+
+
+def _pipeline(args):
+    from mma_agent.pipeline import Pipeline
+
+    return Pipeline(_config(args))
+
+
+def cmd_data_stats(args) -> None:
+    p = _pipeline(args)
+    stats = p.stats(check_images=args.check_images)
+    print(format_table([{"what": k, "count": v} for k, v in stats["counts"].items()], f"Data set {p.dataset.name} ({p.config.data.path})"))
+    print(format_table([{"modality field": k, **v} for k, v in stats["missingness"].items()], "Natural missingness"))
+
+
+def cmd_data_convert(args) -> None:
+    from mma_agent.dataset import save_dataset
+
+    p = _pipeline(args)
+    out = save_dataset(p.dataset, args.out)
+    print(f"wrote {p.dataset.name} in the generic format to {out}")
+
+
+def cmd_retrieve(args) -> None:
+    p = _pipeline(args)
+    rows = p.retrieve(args.only, retrain=args.retrain)
+    print(format_table(rows, "First-stage retrievers: full-sort ranking, train items excluded"))
+
+
+def cmd_pools(args) -> None:
+    p = _pipeline(args)
+    rows = p.build_all_pools(args.families, tuple(args.splits))
+    print(format_table(rows, f"Candidate pools under {p.root / 'pools'}"))
+
+
+def cmd_pipeline(args) -> None:
+    start = time.perf_counter()
+    for step in (cmd_data_stats, cmd_retrieve, cmd_pools):
+        t = time.perf_counter()
+        step(args)
+        print(f"\n[{step.__name__.removeprefix('cmd_')}: {time.perf_counter() - t:.1f} s]")
+    print(f"\npipeline finished in {time.perf_counter() - start:.1f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mma_agent.masks import TASK_FAMILIES
+    from mma_agent.retrievers import RETRIEVERS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="YAML pipeline config (see configs/default.yaml)")
+    common.add_argument("--data", type=Path, help="data set folder (default ../shared/datasets/movielens-posters)")
+    common.add_argument("--workdir", type=Path, help="where caches, retrievers and pools go (default .mma)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    parser = argparse.ArgumentParser(prog="mma", description="Meta-Modal Agent: multimodal reranking under missing modalities")
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="data set commands").add_subparsers(dest="data_command", required=True)
+    st = data.add_parser("stats", parents=[common], help="users, items, splits and natural missingness")
+    st.add_argument("--check-images", action="store_true", help="decode every poster and count unreadable ones")
+    st.set_defaults(func=cmd_data_stats)
+    cv = data.add_parser("convert", parents=[common], help="write the data set in the generic format")
+    cv.add_argument("--out", type=Path, required=True)
+    cv.set_defaults(func=cmd_data_convert)
+
+    rt = sub.add_parser("retrieve", parents=[common], help="train and evaluate the first-stage retrievers")
+    rt.add_argument("--only", nargs="+", choices=sorted(RETRIEVERS), help="a subset of retrievers")
+    rt.add_argument("--retrain", action="store_true", help="ignore saved retrievers")
+    rt.set_defaults(func=cmd_retrieve)
+
+    pl = sub.add_parser("pools", parents=[common], help="build the candidate pools (family and fixed)")
+    pl.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), help="default: all seven")
+    pl.add_argument("--splits", nargs="+", choices=["valid", "test"], default=["valid", "test"])
+    pl.set_defaults(func=cmd_pools)
+
+    pp = sub.add_parser("pipeline", parents=[common], help="data stats, retrievers and pools, end to end")
+    pp.set_defaults(func=cmd_pipeline, check_images=False, only=None, retrain=False, families=None, splits=["valid", "test"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from pydantic import ValidationError
+
+    from mma_agent.dataset import DatasetError
+
+    try:
+        args.func(args)
+    except (DatasetError, ValidationError, FileNotFoundError, ValueError) as err:
+        print(f"mma: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

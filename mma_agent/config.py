@@ -1,0 +1,124 @@
+"""Pydantic configuration models, one per concern, loaded from YAML by the CLI.
+
+Every model is frozen and forbids unknown keys, so a typo in a YAML file is an error
+that names the key rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The shared data set sits beside a checkout of this repository; commands run from its root.
+DEFAULT_DATA_PATH = Path("../shared/datasets/movielens-posters")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Config):
+    """Where the data set lives and how explicit ratings become implicit feedback."""
+
+    path: Path = Field(
+        default=DEFAULT_DATA_PATH,
+        description="A data set folder: the MovieLens-posters folder or one in the generic format (see docs/dataset-format.md).",
+    )
+    positive_threshold: float = Field(
+        default=4.0, description="Ratings at or above this are positives; the rest are dropped (implicit feedback)."
+    )
+    split_ratios: tuple[float, float, float] = Field(
+        default=(0.8, 0.1, 0.1),
+        description="Chronological per-user train/validation/test fractions of each user's positives.",
+    )
+    min_positives: int = Field(
+        default=3,
+        ge=1,
+        description="Users with fewer positives keep them all in train and get no evaluation target (counted, not dropped silently).",
+    )
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            msg = f"split_ratios must be three non-negative fractions summing to 1, got {v}; e.g. (0.8, 0.1, 0.1)"
+            raise ValueError(msg)
+        return v
+
+
+class PoolConfig(_Config):
+    """Candidate pools: identical for every method, written to disk with a content hash."""
+
+    size: int = Field(default=100, ge=2, description="Candidates per pool: the target plus size-1 negatives (OOMA).")
+    seed: int = Field(default=0, description="Seed for masks, target choice and negative filling.")
+    targets_per_user: int | None = Field(
+        default=1,
+        ge=1,
+        description="Evaluation targets per user (the earliest held-out positives); None keeps every held-out positive.",
+    )
+    first_stage: str = Field(default="lightgcn", description="Retriever whose top-`size` makes the fixed pools.")
+
+
+class RetrieverConfig(_Config):
+    """Hyper-parameters of the trained first-stage retrievers (torch, CPU)."""
+
+    dim: int = Field(default=64, ge=1, description="Embedding size of BPR-MF and LightGCN.")
+    layers: int = Field(default=3, ge=1, description="LightGCN propagation layers (the paper's default is 3).")
+    epochs: int = Field(default=300, ge=1, description="Training epochs; one epoch samples one triple per train positive.")
+    batch_size: int = Field(default=4096, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0, description="L2 on the batch's ego embeddings, as in LightGCN.")
+    eval_every: int = Field(default=20, ge=1, description="Validate every N epochs and keep the best (early stopping).")
+    patience: int = Field(default=5, ge=1, description="Stop after this many validations without improvement.")
+    knn_neighbours: int = Field(default=100, ge=1, description="ItemKNN: neighbours kept per item.")
+    knn_shrink: float = Field(default=10.0, ge=0, description="ItemKNN: cosine shrinkage for rarely co-rated pairs.")
+    seed: int = 0
+
+
+class ImageFeatureConfig(_Config):
+    """Image embedding used for image-only pools until a trained CLIP tower is configured."""
+
+    kind: Literal["thumbnail"] = Field(
+        default="thumbnail",
+        description="`thumbnail`: a 12x16 RGB thumbnail, centred; a cheap, real pixel signal.",
+    )
+    width: int = 12
+    height: int = 16
+
+
+class PipelineConfig(_Config):
+    """The whole data -> retrieval -> pools pipeline (`mma pipeline`)."""
+
+    data: DataConfig = DataConfig()
+    pools: PoolConfig = PoolConfig()
+    retrievers: RetrieverConfig = RetrieverConfig()
+    image: ImageFeatureConfig = ImageFeatureConfig()
+    workdir: Path = Field(default=Path(".mma"), description="Where caches, trained retrievers and pools are written.")
+
+    @model_validator(mode="after")
+    def _first_stage_known(self) -> PipelineConfig:
+        from mma_agent.retrievers import RETRIEVERS
+
+        if self.pools.first_stage not in RETRIEVERS:
+            msg = f"pools.first_stage={self.pools.first_stage!r} is not a retriever; choose one of {sorted(RETRIEVERS)}"
+            raise ValueError(msg)
+        return self
+
+
+def load_config(path: Path | str | None) -> PipelineConfig:
+    """Load a YAML pipeline config; `None` gives the defaults."""
+    if path is None:
+        return PipelineConfig()
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        msg = f"config file {p} does not exist; pass an existing YAML file or omit --config for the defaults"
+        raise FileNotFoundError(msg)
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        msg = f"config file {p} must hold a YAML mapping at the top level, got {type(raw).__name__}"
+        raise ValueError(msg)
+    return PipelineConfig.model_validate(raw)

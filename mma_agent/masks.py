@@ -1,0 +1,208 @@
+"""Availability masks over {text, image, behaviour} and the one place they are enforced.
+
+What each modality is, precisely:
+
+- **text**: every item's text fields (title, genres, user tags, overview, tagline, keywords).
+- **image**: every item's poster and anything computed from it (image embeddings, tags).
+- **behaviour**: the collaborative signal, i.e. other users' interactions and everything learned
+  from them (the co-interaction graph, popularity, CF retrievers).
+
+The user's own history (which items they liked, in order) is the request itself, as a host app
+passes it in, and stays visible in every family: with text and image masked it is a list of ids
+whose content the agent cannot see. A cold user (behaviour masked) still has a history, e.g. from
+onboarding, but no graph evidence.
+
+Every component downstream (pools, tools, caches, baselines) reads data through a
+:class:`ModalityView`, never through the `Split` directly, so a masked modality returns ``None``
+everywhere at once. ``tests/test_masks.py`` proves it: with a modality masked, changing that
+modality's data changes no output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from mma_agent.splits import Split
+
+
+class Modality(StrEnum):
+    TEXT = "text"
+    IMAGE = "image"
+    BEHAVIOUR = "behaviour"
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Which modalities an episode may see (True = available). Hidden from the agent itself."""
+
+    text: bool = True
+    image: bool = True
+    behaviour: bool = True
+
+    def available(self, modality: Modality | str) -> bool:
+        return bool(getattr(self, Modality(modality).value))
+
+    def to_dict(self) -> dict[str, bool]:
+        return {"text": self.text, "image": self.image, "behaviour": self.behaviour}
+
+    def __str__(self) -> str:
+        return "".join(m.value[0].upper() if self.available(m) else "-" for m in Modality)
+
+
+TASK_FAMILIES: dict[str, Mask] = {
+    "full": Mask(True, True, True),
+    "no-text": Mask(False, True, True),
+    "no-image": Mask(True, False, True),
+    "cold-user": Mask(True, True, False),
+    "text-only": Mask(True, False, False),
+    "image-only": Mask(False, True, False),
+    "behaviour-only": Mask(False, False, True),
+}
+OOMA_FAMILIES = ("text-only", "image-only", "behaviour-only")
+
+
+def family_mask(family: str) -> Mask:
+    try:
+        return TASK_FAMILIES[family]
+    except KeyError:
+        msg = f"unknown task family {family!r}; choose one of {list(TASK_FAMILIES)}"
+        raise ValueError(msg) from None
+
+
+def assign_families(n: int, seed: int, families: tuple[str, ...] = tuple(TASK_FAMILIES)) -> list[str]:
+    """Balanced, deterministic family assignment for `n` episodes: each family n/len(families) times
+    (+-1), shuffled by `seed`."""
+    for f in families:
+        family_mask(f)
+    rng = np.random.default_rng(seed)
+    order = np.resize(np.arange(len(families)), n)
+    rng.shuffle(order)
+    return [families[k] for k in order]
+
+
+def compose_item_text(title: str, genres: str, tags: str, overview: str, tagline: str, keywords: str) -> str:
+    parts = [title + "."] if title else []
+    if genres:
+        parts.append("Genres: " + ", ".join(genres.split("|")) + ".")
+    if tags:
+        parts.append("Tags: " + ", ".join(tags.split("|")[:20]) + ".")
+    if overview:
+        parts.append(overview)
+    if tagline:
+        parts.append(tagline)
+    if keywords:
+        parts.append("Keywords: " + ", ".join(keywords.split("|")[:20]) + ".")
+    return " ".join(parts)
+
+
+class ModalityView:
+    """Read access to one split's data under one mask. Masked modalities read as ``None``.
+
+    `image_embeddings` is an optional (n_items, d) matrix (rows of items without an image are
+    ignored); components that need image vectors get them here, never from a cache directly.
+    """
+
+    def __init__(self, split: Split, mask: Mask, *, image_embeddings: np.ndarray | None = None) -> None:
+        if image_embeddings is not None and image_embeddings.shape[0] != split.n_items:
+            msg = f"image_embeddings has {image_embeddings.shape[0]} rows but the catalogue has {split.n_items} items"
+            raise ValueError(msg)
+        self._split = split
+        self._image_embeddings = image_embeddings
+        self.mask = mask
+
+    # --- always visible: catalogue ids and the user's own history (the request) -------------
+    @property
+    def n_items(self) -> int:
+        return self._split.n_items
+
+    @property
+    def n_users(self) -> int:
+        return self._split.n_users
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self._split.item_ids
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self._split.user_ids
+
+    def history(self, user: int, *, include_valid: bool = False) -> np.ndarray:
+        """The user's positives in time order: train, plus validation when scoring test targets."""
+        return self._history_by_split["train+valid" if include_valid else "train"][user]
+
+    def known_positives(self, user: int) -> np.ndarray:
+        """Every positive of the user in any split: never used as a negative."""
+        return self._history_by_split["all"][user]
+
+    @cached_property
+    def _history_by_split(self) -> dict[str, list[np.ndarray]]:
+        s = self._split
+        out = {}
+        for key, names in {"train": ("train",), "train+valid": ("train", "valid"), "all": ("train", "valid", "test")}.items():
+            df = pd.concat([s.frame(n) for n in names]).sort_values(["user", "timestamp", "item"], kind="stable")
+            groups = dict(iter(df.groupby("user")["item"]))
+            out[key] = [groups[u].to_numpy() if u in groups else np.empty(0, dtype=np.int64) for u in range(s.n_users)]
+        return out
+
+    # --- text -------------------------------------------------------------------------------
+    def item_text(self, item: int) -> str | None:
+        if not self.mask.text:
+            return None
+        return self._texts[item] or None
+
+    def item_texts(self) -> list[str] | None:
+        """All item texts (catalogue order), or None when text is masked."""
+        return list(self._texts) if self.mask.text else None
+
+    def item_field(self, item: int, name: str) -> str | None:
+        """One text field ('title', 'genres', 'tags', 'overview', 'tagline', 'keywords')."""
+        if not self.mask.text:
+            return None
+        if name == "tags":
+            return self._split.item_tags[item] or None
+        return str(self._split.dataset.items.at[item, name]) or None
+
+    @cached_property
+    def _texts(self) -> list[str]:
+        items = self._split.dataset.items
+        return [
+            compose_item_text(t, g, tg, o, tl, k)
+            for t, g, tg, o, tl, k in zip(
+                items["title"], items["genres"], self._split.item_tags, items["overview"], items["tagline"], items["keywords"], strict=True
+            )
+        ]
+
+    # --- image ------------------------------------------------------------------------------
+    def image_path(self, item: int) -> Path | None:
+        if not self.mask.image:
+            return None
+        return self._split.dataset.image_path(self._split.dataset.items.at[item, "image"])
+
+    def has_image(self) -> np.ndarray | None:
+        """(n_items,) bool: the item has a poster; None when image is masked."""
+        if not self.mask.image:
+            return None
+        return self._split.dataset.items["image"].ne("").to_numpy()
+
+    def image_embeddings(self) -> np.ndarray | None:
+        if not self.mask.image:
+            return None
+        return self._image_embeddings
+
+    # --- behaviour --------------------------------------------------------------------------
+    def interactions(self) -> sp.csr_matrix | None:
+        """(n_users, n_items) train positives of all users; None when behaviour is masked."""
+        return self._split.matrix("train") if self.mask.behaviour else None
+
+    def popularity(self) -> np.ndarray | None:
+        """(n_items,) train interaction counts; None when behaviour is masked."""
+        m = self.interactions()
+        return None if m is None else np.asarray(m.sum(axis=0)).ravel()

@@ -1,0 +1,186 @@
+"""The data -> retrieval -> pools pipeline behind `mma data stats`, `mma retrieve` and `mma pools`.
+
+Artefacts go under ``<workdir>/<split fingerprint>/`` so a changed data set or split config never
+reuses stale files; each step skips work whose artefact already exists (resume after a crash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from mma_agent.config import PipelineConfig
+from mma_agent.dataset import Dataset, load_dataset
+from mma_agent.masks import TASK_FAMILIES, ModalityView, family_mask
+from mma_agent.metrics import batch_metrics, topk_indices
+from mma_agent.pools import PoolSet, build_family_pools, build_fixed_pools, pool_metrics
+from mma_agent.retrievers import RETRIEVERS, Retriever, create_retriever, load_retriever
+from mma_agent.splits import Split, split_dataset
+
+log = logging.getLogger(__name__)
+
+
+def full_sort_metrics(retriever: Retriever, split: Split, target: str = "valid", ks: tuple[int, ...] = (20,)) -> dict[str, float]:
+    """Rank the whole catalogue per user, train items (and validation items when `target` is test)
+    excluded, against the user's positives in `target`."""
+    df = split.frame(target)
+    users = np.unique(df["user"].to_numpy())
+    excluded = split.matrix("train")
+    if target == "test":
+        excluded = excluded + split.matrix("valid")
+    relevant = split.matrix(target)
+    kmax = max(ks)
+    hits = np.zeros((len(users), kmax), dtype=bool)
+    for lo in range(0, len(users), 512):
+        b = users[lo : lo + 512]
+        s = retriever.score(b).astype(np.float32)
+        s[excluded[b].nonzero()] = -np.inf
+        top = topk_indices(s, kmax)
+        hits[lo : lo + len(b)] = np.asarray(relevant[b[:, None], top].todense(), dtype=bool)
+    n_rel = np.asarray(relevant[users].sum(axis=1)).ravel()
+    return {"users": len(users), **batch_metrics(hits, n_rel, ks)}
+
+
+@dataclass
+class Pipeline:
+    config: PipelineConfig
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        return load_dataset(self.config.data.path)
+
+    @cached_property
+    def split(self) -> Split:
+        return split_dataset(self.dataset, self.config.data)
+
+    @cached_property
+    def root(self) -> Path:
+        return self.config.workdir / f"{self.dataset.name}-{self.split.fingerprint()}"
+
+    @cached_property
+    def image_embeddings(self) -> np.ndarray:
+        from mma_agent.image_features import thumbnail_features
+
+        c = self.config.image
+        return thumbnail_features(self.dataset, self.root / "cache", width=c.width, height=c.height)
+
+    def view(self, family: str = "full") -> ModalityView:
+        mask = family_mask(family)
+        return ModalityView(self.split, mask, image_embeddings=self.image_embeddings if mask.image else None)
+
+    # --- statistics ------------------------------------------------------------------------
+    def stats(self, check_images: bool = False) -> dict[str, dict[str, int | float]]:
+        ds, sp_ = self.dataset, self.split
+        items = ds.items
+        rated = items["item_id"].isin(set(ds.interactions["item_id"]))
+        counts = {"users": sp_.stats["users"], "items": len(items), "rated items": int(rated.sum()), **{k: sp_.stats[k] for k in ("interactions", "positives", "train", "valid", "test")}}
+        counts["cold valid targets (item not in train)"] = sp_.cold_targets("valid")
+        counts["cold test targets (item not in train)"] = sp_.cold_targets("test")
+        counts["users without positives (skipped)"] = sp_.stats["users_without_positives"]
+        counts["users below min positives (train only)"] = sp_.stats["users_below_min_positives"]
+        counts["tag applications dropped as leaks"] = sp_.stats["tags_dropped_as_leaks"]
+        tags = np.array([bool(t) for t in sp_.item_tags])
+        fields = {
+            "no genres": items["genres"].eq(""),
+            "no user tags": ~tags,
+            "no overview": items["overview"].eq(""),
+            "no tagline": items["tagline"].eq(""),
+            "no keywords": items["keywords"].eq(""),
+            "no poster": items["image"].eq(""),
+        }
+        if check_images:
+            from mma_agent.image_features import load_rgb
+
+            bad = np.zeros(len(items), dtype=bool)
+            for i, img in enumerate(items["image"]):
+                if img:
+                    try:
+                        load_rgb(ds.image_path(img), (8, 8))
+                    except ValueError as err:
+                        bad[i] = True
+                        log.warning("%s", err)
+            fields["unreadable poster"] = bad
+        item_pos = {iid: i for i, iid in enumerate(items["item_id"])}
+        item_pos = np.array([item_pos[i] for i in ds.interactions["item_id"]])
+        missing = {}
+        for name, m in fields.items():
+            m = np.asarray(m)
+            r = rated.to_numpy()
+            missing[name] = {
+                "all items": int(m.sum()), "rated items": int(m[r].sum()),
+                "% of rated items": f"{100 * m[r].mean():.1f}%", "% of ratings": f"{100 * m[item_pos].mean():.1f}%",
+            }  # fmt: skip
+        return {"counts": counts, "missingness": missing}
+
+    # --- retrievers ------------------------------------------------------------------------
+    def retriever_path(self, name: str) -> Path:
+        cfg = hashlib.sha256(self.config.retrievers.model_dump_json().encode()).hexdigest()[:8]
+        return self.root / "retrievers" / f"{name}-{cfg}.npz"
+
+    def retriever(self, name: str, *, retrain: bool = False) -> tuple[Retriever, float | None]:
+        """A trained retriever (from disk when present) and its training time (None if loaded)."""
+        path = self.retriever_path(name)
+        if path.is_file() and not retrain:
+            return load_retriever(path), None
+        view = self.view("behaviour-only")
+        start = time.perf_counter()
+        r = create_retriever(name).fit(view, self.config.retrievers, validate=lambda m: full_sort_metrics(m, self.split, "valid")["recall@20"])
+        seconds = time.perf_counter() - start
+        path.parent.mkdir(parents=True, exist_ok=True)
+        r.save(path)
+        return r, seconds
+
+    def retrieve(self, names: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
+        rows = []
+        for name in names or list(RETRIEVERS):
+            r, seconds = self.retriever(name, retrain=retrain)
+            valid = full_sort_metrics(r, self.split, "valid", ks=(20,))
+            test = full_sort_metrics(r, self.split, "test", ks=(20,))
+            rows.append({
+                "retriever": name,
+                "valid Recall@20": valid["recall@20"], "valid NDCG@20": valid["ndcg@20"],
+                "test Recall@20": test["recall@20"], "test NDCG@20": test["ndcg@20"],
+                "train s": "cached" if seconds is None else round(seconds, 1),
+            })  # fmt: skip
+        return rows
+
+    # --- pools -----------------------------------------------------------------------------
+    def pool_path(self, protocol: str, family: str, target_split: str) -> Path:
+        p = self.config.pools
+        tag = f"n{p.size}-s{p.seed}-t{p.targets_per_user or 'all'}"
+        if protocol == "fixed":
+            tag += f"-{p.first_stage}"
+        return self.root / "pools" / f"{protocol}-{family}-{target_split}-{tag}.npz"
+
+    def pools(self, protocol: str, family: str, target_split: str, *, rebuild: bool = False) -> PoolSet:
+        path = self.pool_path(protocol, family, target_split)
+        if path.is_file() and not rebuild:
+            return PoolSet.load(path)
+        if protocol == "fixed":
+            r, _ = self.retriever(self.config.pools.first_stage)
+            pools = build_fixed_pools(r, self.config.pools.first_stage, self.split, target_split, self.config.pools)
+        else:
+            pools = build_family_pools(self.view(family), self.split, family, target_split, self.config.pools, self.config.retrievers)
+        pools.save(path)
+        return pools
+
+    def build_all_pools(self, families: list[str] | None = None, splits: tuple[str, ...] = ("valid", "test")) -> list[dict]:
+        rows = []
+        for target_split in splits:
+            for protocol, family in [("fixed", "full")] + [("family", f) for f in families or list(TASK_FAMILIES)]:
+                start = time.perf_counter()
+                pools = self.pools(protocol, family, target_split)
+                rows.append({
+                    "split": target_split, "protocol": protocol, "family": family, "pools": len(pools),
+                    "size": pools.candidates.shape[1], "Recall@size": round(pools.recall_ceiling(), 4),
+                    "filled negatives %": round(100 * pools.n_filled.sum() / max(1, pools.candidates.size - len(pools)), 2),
+                    "first-stage NDCG@10": round(pool_metrics(pools)["ndcg@10"], 4),
+                    "hash": pools.content_hash(), "s": round(time.perf_counter() - start, 1),
+                })  # fmt: skip
+        return rows

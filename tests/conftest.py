@@ -1,0 +1,77 @@
+"""Shared fixtures: a small handmade data set in the generic format, and the real one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "movielens-posters"
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Animation"]
+COLOURS = {"Action": (200, 30, 30), "Comedy": (240, 220, 40), "Drama": (40, 40, 160), "Horror": (10, 10, 10), "Animation": (40, 200, 80)}
+
+
+def write_tiny_dataset(root: Path, n_users: int = 12, n_items: int = 40, seed: int = 0) -> Path:
+    """Items with genre-coherent titles, overviews and solid-colour posters; users who prefer one
+    or two genres; timestamps increasing per user; a few user tags."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "posters").mkdir(exist_ok=True)
+    items = []
+    for i in range(n_items):
+        g = GENRES[i % len(GENRES)]
+        img = f"posters/{i}.jpg" if i % 13 != 7 else ""  # a few items without a poster
+        if img:
+            colour = np.array(COLOURS[g]) + rng.integers(-20, 20, 3)
+            Image.new("RGB", (16, 24), tuple(int(c) for c in np.clip(colour, 0, 255))).save(root / img)
+        items.append({
+            "item_id": f"m{i}", "title": f"{g} film {i}", "genres": g if i % 11 else f"{g}|Drama",
+            "overview": f"A {g.lower()} story number {i} with {g.lower()} scenes." if i % 3 else "",
+            "tagline": "", "keywords": g.lower(), "image": img,
+        })  # fmt: skip
+    rows, tags = [], []
+    for u in range(n_users):
+        liked = {GENRES[u % len(GENRES)], GENRES[(u + 1) % len(GENRES)]}
+        seen = rng.choice(n_items, size=20, replace=False)
+        for t, i in enumerate(seen):
+            g = GENRES[i % len(GENRES)]
+            rating = 5.0 if g in liked else float(rng.choice([2.0, 3.0, 4.0]))
+            rows.append({"user_id": f"u{u}", "item_id": f"m{i}", "rating": rating, "timestamp": 1000 * u + 10 * t})
+            if t % 7 == 0:
+                tags.append({"user_id": f"u{u}", "item_id": f"m{i}", "tag": f"{g.lower()} vibes"})
+    pd.DataFrame(items).to_csv(root / "items.csv", index=False)
+    pd.DataFrame(rows).to_csv(root / "interactions.csv", index=False)
+    pd.DataFrame(tags).to_csv(root / "tags.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    return write_tiny_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture
+def tiny_split(tiny_root: Path):
+    from mma_agent.dataset import load_dataset
+    from mma_agent.splits import split_dataset
+
+    return split_dataset(load_dataset(tiny_root))
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"the real data set is not at {REAL_DATA} (CI clones with ../shared beside the repository)")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def real_split(real_root: Path):
+    from mma_agent.dataset import load_dataset
+    from mma_agent.splits import split_dataset
+
+    return split_dataset(load_dataset(real_root))
