@@ -146,7 +146,7 @@ class Pipeline:
                 "retriever": name,
                 "valid Recall@20": valid["recall@20"], "valid NDCG@20": valid["ndcg@20"],
                 "test Recall@20": test["recall@20"], "test NDCG@20": test["ndcg@20"],
-                "train s": "cached" if seconds is None else round(seconds, 1),
+                "train s": "cached" if seconds is None else f"{seconds:.1f}",
             })  # fmt: skip
         return rows
 
@@ -179,8 +179,8 @@ class Pipeline:
                 rows.append({
                     "split": target_split, "protocol": protocol, "family": family, "pools": len(pools),
                     "size": pools.candidates.shape[1], "Recall@size": round(pools.recall_ceiling(), 4),
-                    "filled negatives %": round(100 * pools.n_filled.sum() / max(1, pools.candidates.size - len(pools)), 2),
+                    "filled negatives": f"{100 * pools.n_filled.sum() / max(1, pools.candidates.size - len(pools)):.2f}%",
                     "first-stage NDCG@10": round(pool_metrics(pools)["ndcg@10"], 4),
-                    "hash": pools.content_hash(), "s": round(time.perf_counter() - start, 1),
+                    "hash": pools.content_hash(), "s": f"{time.perf_counter() - start:.1f}",
                 })  # fmt: skip
         return rows

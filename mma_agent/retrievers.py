@@ -221,7 +221,7 @@ class LightGCN(_Embedding):
         n_u, n_i = self.r.shape
         a = sp.bmat([[None, self.r], [self.r.T, None]]).tocsr().astype(np.float32)  # (n_u+n_i)^2
         deg = np.asarray(a.sum(axis=1)).ravel()
-        d = np.where(deg > 0, deg**-0.5, 0.0).astype(np.float32)
+        d = np.power(deg, -0.5, out=np.zeros_like(deg), where=deg > 0).astype(np.float32)
         a = sp.diags(d) @ a @ sp.diags(d)
         a = a.tocoo()
         idx = torch.tensor(np.vstack([a.row, a.col]), dtype=torch.long)

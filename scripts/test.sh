@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The test suite: unit tests on handmade fixtures and integration tests on the real data set.
+# Extra arguments go to pytest (e.g. -m "not slow").
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+python -m pytest -q "$@"

@@ -1,0 +1,45 @@
+import pytest
+
+from mma_agent.cli import format_table, main
+
+
+def test_data_stats_on_generic_format(tiny_root, tmp_path, capsys):
+    assert main(["data", "stats", "--data", str(tiny_root), "--workdir", str(tmp_path / "w"), "--check-images"]) == 0
+    out = capsys.readouterr().out
+    assert "| users" in out and "| no poster" in out and "| unreadable poster" in out
+
+
+def test_pipeline_end_to_end_on_tiny_data(tiny_root, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage: itemknn\nimage:\n  width: 4\n  height: 4\n")
+    args = ["pipeline", "--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for needle in ("First-stage retrievers", "| lightgcn", "Candidate pools", "| text-only", "| fixed"):
+        assert needle in out
+    # a second run resumes from the saved artefacts
+    assert main(args) == 0
+    assert "cached" in capsys.readouterr().out
+
+
+def test_bad_input_gives_a_clear_error_not_a_traceback(tmp_path, capsys):
+    assert main(["data", "stats", "--data", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("pools:\n  sise: 10\n")
+    assert main(["data", "stats", "--config", str(cfg)]) == 2
+    assert "sise" in capsys.readouterr().err
+
+
+def test_corrupt_poster_is_counted(tiny_root, tmp_path, capsys):
+    (tiny_root / "posters" / "0.jpg").write_bytes(b"not a jpeg")
+    assert main(["data", "stats", "--data", str(tiny_root), "--workdir", str(tmp_path / "w"), "--check-images"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("| unreadable poster"))
+    assert line.split("|")[2].strip() == "1"
+
+
+def test_format_table():
+    assert format_table([{"a": 1, "b": 0.5}]).splitlines()[2] == "| 1 | 0.5000 |"
+    with pytest.raises(SystemExit):
+        main(["retrieve", "--only", "svd"])
