@@ -225,7 +225,7 @@ class LightGCN(_Embedding):
         a = sp.diags(d) @ a @ sp.diags(d)
         a = a.tocoo()
         idx = torch.tensor(np.vstack([a.row, a.col]), dtype=torch.long)
-        self.adj = torch.sparse_coo_tensor(idx, torch.tensor(a.data), a.shape).coalesce()
+        self.adj = torch.sparse_coo_tensor(idx, torch.tensor(a.data), a.shape, check_invariants=True).coalesce()
         self.layers = config.layers
 
     def propagate(self):
