@@ -1,0 +1,86 @@
+"""The poster CLIP: built from the installed weights, saved and reloaded through open_clip's own
+`local-dir:` path, robust to bad posters, resumable."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from mma_agent.dataset import load_dataset  # noqa: E402
+from mma_agent.poster_clip import build_untrained, load_clip, write_folder  # noqa: E402
+from mma_agent.training.clip import ClipTrainConfig, train_heads, trunk_features  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    model, preprocess = build_untrained(folder, embed_dim=32, image_size=64, context_length=32)
+    return folder, model, preprocess
+
+
+def test_trunk_is_the_imagenet_effnet(untrained):
+    _, model, _ = untrained
+    from mma_agent.poster_clip import trunk_weights_path
+
+    src = torch.load(trunk_weights_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(model.visual.trunk.conv_stem.weight, src["_conv_stem.weight"])
+    assert model.text.transformer.config.hidden_size == 384  # MiniLM
+
+
+def test_save_and_reload_through_open_clip(untrained, tiny_root, tmp_path):
+    folder, model, preprocess = untrained
+    from PIL import Image
+
+    out = write_folder(tmp_path / "saved", json_cfg(folder), model.state_dict())
+    loaded, pp, tok = load_clip(f"local-dir:{out}")
+    x = preprocess(Image.open(tiny_root / "posters" / "0.jpg").convert("RGB"))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(x), model.encode_image(x))
+        torch.testing.assert_close(loaded.encode_text(tok(["a horror movie"])), model.encode_text(tok(["a horror movie"])))
+    assert list(pp.transforms[-1].mean) == [0.5, 0.5, 0.5]  # x / 127.5 - 1, the weights' TF convention
+
+
+def json_cfg(folder):
+    from mma_agent.training.clip import model_cfg_of
+
+    return model_cfg_of(folder)
+
+
+def test_bad_posters_are_converted_or_reported_and_work_resumes(untrained, tiny_root, tmp_path, caplog):
+    from PIL import Image
+
+    _, model, preprocess = untrained
+    Image.new("L", (16, 24), 128).save(tiny_root / "posters" / "1.jpg")  # grayscale: converted
+    (tiny_root / "posters" / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")  # corrupt: reported
+    ds = load_dataset(tiny_root)
+    feats = trunk_features(ds, model, preprocess, tmp_path, chunk=16)
+    assert feats.shape == (40, 1280)
+    assert np.isfinite(feats[1]).all()
+    assert np.isnan(feats[2]).all() and "posters/2.jpg" in caplog.text
+    assert np.isnan(feats[7]).all()  # no poster at all
+    # a crash after some chunks: the final file is gone but chunk files remain; nothing is recomputed
+    final = next(tmp_path.glob("trunk-*.npy"))
+    final.unlink()
+    calls = []
+    orig = model.visual.trunk.forward
+    model.visual.trunk.forward = lambda x: calls.append(1) or orig(x)
+    try:
+        again = trunk_features(ds, model, preprocess, tmp_path, chunk=16)
+    finally:
+        model.visual.trunk.forward = orig
+    assert calls == []
+    np.testing.assert_array_equal(np.isnan(again), np.isnan(feats))
+    np.testing.assert_allclose(np.nan_to_num(again), np.nan_to_num(feats))
+
+
+def test_head_training_aligns_paired_features(untrained):
+    _, model, _ = untrained
+    rng = np.random.default_rng(0)
+    n = 600
+    img = rng.normal(size=(n, 1280)).astype(np.float32)
+    mix = rng.normal(size=(1280, 384)).astype(np.float32) / 30
+    txt = (img @ mix + 0.1 * rng.normal(size=(n, 384))).astype(np.float32)
+    report = train_heads(model, img, txt, np.arange(n), ClipTrainConfig(epochs=15, batch_size=64, patience=15, val_fraction=0.2))
+    assert report["best_val_recall@10"] > 0.5  # chance is 10/120
+    assert report["curve"][-1]["loss"] < report["curve"][0]["loss"]

@@ -1,0 +1,252 @@
+"""Train the poster CLIP's projection heads on cached frozen-tower features (LiT-style).
+
+1. Image trunk features: every poster through the frozen EfficientNet-Lite2 (open_clip's own
+   preprocessing), written in chunks so a killed run resumes where it stopped; an unreadable,
+   truncated or grayscale poster is converted or reported by file, never a crash.
+2. Text features: every item's text through the frozen MiniLM and open_clip's mean pooler.
+3. Heads: ``model.visual.head`` and ``model.text.proj`` (and the logit scale) trained with
+   open_clip's ``ClipLoss`` on (poster, text) pairs of items that are *not* validation or test
+   targets, so no evaluated target's text shapes the image space. 5% of those items are held out
+   for early stopping on image->text Recall@10.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from mma_agent.dataset import Dataset
+from mma_agent.image_features import load_rgb
+
+log = logging.getLogger(__name__)
+
+
+class ClipTrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    embed_dim: int = Field(default=256, ge=8, description="Shared embedding size.")
+    image_size: int = Field(default=224, ge=32, description="Poster side after open_clip's resize + centre crop.")
+    context_length: int = Field(default=128, ge=8, description="Text tokens kept (MiniLM allows 256).")
+    epochs: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=512, ge=8, description="CLIP loss batch: more in-batch negatives per step.")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    val_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Training items held out for early stopping.")
+    patience: int = Field(default=8, ge=1, description="Epochs without val Recall@10 gain before stopping.")
+    seed: int = 0
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:12]
+
+
+def trunk_features(ds: Dataset, model, preprocess, cache_dir: Path, *, batch_size: int = 32, chunk: int = 512) -> np.ndarray:
+    """(n_items, d) pooled trunk features; NaN rows for items with no usable poster."""
+    import torch
+
+    key = _key(str(ds.root.resolve()), *ds.items["image"], repr(preprocess))
+    final = Path(cache_dir) / f"trunk-{key}.npy"
+    if final.is_file():
+        return np.load(final)
+    parts = Path(cache_dir) / f"trunk-{key}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    images = ds.items["image"].tolist()
+    n = len(images)
+    bar = tqdm(total=n, desc="poster trunk features", unit="img")
+    failed = 0
+    for lo in range(0, n, chunk):
+        part = parts / f"{lo:06d}.npy"
+        if part.is_file():  # done before a crash: resume after it
+            bar.update(min(chunk, n - lo))
+            continue
+        out = None
+        idx = range(lo, min(lo + chunk, n))
+        for b in range(0, len(idx), batch_size):
+            rows, tensors = [], []
+            for i in idx[b : b + batch_size]:
+                if not images[i]:
+                    continue
+                try:
+                    from PIL import Image
+
+                    rgb = load_rgb(ds.image_path(images[i]))  # converts grayscale/CMYK/palette to RGB
+                    tensors.append(preprocess(Image.fromarray(rgb)))
+                    rows.append(i - lo)
+                except ValueError as err:
+                    failed += 1
+                    log.warning("%s", err)
+            if tensors:
+                with torch.no_grad():
+                    f = model.visual.trunk(torch.stack(tensors)).numpy()
+                if out is None:
+                    out = np.full((len(idx), f.shape[1]), np.nan, dtype=np.float32)
+                out[rows] = f
+            bar.update(len(idx[b : b + batch_size]))
+        if out is None:
+            out = np.full((len(idx), 1), np.nan, dtype=np.float32)
+        tmp = part.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(part)
+    bar.close()
+    chunks = [np.load(parts / f"{lo:06d}.npy") for lo in range(0, n, chunk)]
+    dim = max(c.shape[1] for c in chunks)
+    feats = np.concatenate([c if c.shape[1] == dim else np.full((len(c), dim), np.nan, np.float32) for c in chunks])
+    if failed:
+        log.warning("%d poster(s) could not be decoded; those items have no image features", failed)
+    tmp = final.with_suffix(".tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(final)
+    return feats
+
+
+def text_pooled(model, tokenizer, texts: list[str], *, batch_size: int = 64, desc: str = "text features") -> np.ndarray:
+    """Mean-pooled MiniLM states before the projection, exactly as open_clip's HFTextEncoder pools."""
+    import torch
+
+    enc = model.text
+    out = []
+    for lo in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+        x = tokenizer(texts[lo : lo + batch_size])
+        attn = (x != enc.config.pad_token_id).long()
+        with torch.no_grad():
+            out.append(enc.pooler(enc.transformer(input_ids=x, attention_mask=attn), attn).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def train_heads(model, img: np.ndarray, txt: np.ndarray, train_idx: np.ndarray, config: ClipTrainConfig) -> dict:
+    """Train visual.head, text.proj and logit_scale on cached features; keep the best epoch."""
+    import torch
+    from open_clip.loss import ClipLoss
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    idx = rng.permutation(train_idx)
+    n_val = max(64, int(len(idx) * config.val_fraction))
+    val, tr = idx[:n_val], idx[n_val:]
+    heads = [model.visual.head, model.text.proj]
+    params = [p for h in heads for p in h.parameters()] + [model.logit_scale]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = ClipLoss()
+    img_t, txt_t = torch.from_numpy(np.nan_to_num(img)), torch.from_numpy(txt)
+
+    def recall10(items: np.ndarray) -> float:
+        with torch.no_grad():
+            a = torch.nn.functional.normalize(model.visual.head(img_t[items]), dim=-1)
+            b = torch.nn.functional.normalize(model.text.proj(txt_t[items]), dim=-1)
+            ranks = (a @ b.T).argsort(dim=1, descending=True)[:, :10]
+        return float((ranks == torch.arange(len(items))[:, None]).any(1).float().mean())
+
+    best, best_state, bad, curve = -1.0, None, 0, []
+    start = time.perf_counter()
+    bar = tqdm(range(1, config.epochs + 1), desc="train CLIP heads", unit="epoch")
+    for epoch in bar:
+        for h in heads:
+            h.train()
+        perm, losses = rng.permutation(tr), []
+        for lo in range(0, len(perm) - config.batch_size // 2, config.batch_size):
+            b = perm[lo : lo + config.batch_size]
+            fi = model.visual.head(img_t[b])
+            ft = model.text.proj(txt_t[b])
+            loss = loss_fn(torch.nn.functional.normalize(fi, dim=-1), torch.nn.functional.normalize(ft, dim=-1), model.logit_scale.exp())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, np.log(100))
+            losses.append(loss.item())
+        for h in heads:
+            h.eval()
+        r10 = recall10(val)
+        curve.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_recall@10": r10})
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_r10=f"{r10:.3f}")
+        if r10 > best:
+            best, bad = r10, 0
+            best_state = [{k: v.clone() for k, v in h.state_dict().items()} for h in heads] + [model.logit_scale.detach().clone()]
+        else:
+            bad += 1
+            if bad >= config.patience:
+                break
+    if best_state is not None:
+        for h, s in zip(heads, best_state[:2], strict=True):
+            h.load_state_dict(s)
+        with torch.no_grad():
+            model.logit_scale.copy_(best_state[2])
+    return {"curve": curve, "best_val_recall@10": best, "n_train": len(tr), "n_val": len(val), "seconds": time.perf_counter() - start}
+
+
+def heldout_items(split) -> np.ndarray:
+    """Items that are validation or test targets: never used to train the heads."""
+    return np.union1d(split.valid["item"].to_numpy(), split.test["item"].to_numpy())
+
+
+def train_poster_clip(pipeline, config: ClipTrainConfig | None = None, *, retrain: bool = False) -> Path:
+    """Build, train and save the poster CLIP as an open_clip `local-dir:` folder; returns the folder.
+    Skips everything when the folder already holds weights for this config (resume)."""
+    import json
+
+    import torch
+
+    from mma_agent.masks import ModalityView, family_mask
+    from mma_agent.poster_clip import build_untrained, write_folder
+
+    config = config or ClipTrainConfig()
+    folder = pipeline.root / f"poster-clip-{_key(config.model_dump_json())}"
+    if (folder / "open_clip_pytorch_model.bin").is_file() and not retrain:
+        return folder
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, preprocess = build_untrained(folder, embed_dim=config.embed_dim, image_size=config.image_size, context_length=config.context_length)
+    cache = pipeline.root / "cache"
+    img = trunk_features(pipeline.dataset, model, preprocess, cache)
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    texts = ModalityView(pipeline.split, family_mask("full")).item_texts()
+    tkey = cache / f"text-pooled-{_key(*texts, str(config.context_length))}.npy"
+    if tkey.is_file():
+        txt = np.load(tkey)
+    else:
+        txt = text_pooled(model, tokenizer, texts)
+        np.save(tkey, txt)
+    has_img = ~np.isnan(img).any(axis=1)
+    train_idx = np.setdiff1d(np.flatnonzero(has_img), heldout_items(pipeline.split))
+    log.info("training heads on %d items (held out: %d targets)", len(train_idx), len(heldout_items(pipeline.split)))
+    report = train_heads(model, img, txt, train_idx, config)
+    write_folder(folder, model_cfg_of(folder), model.state_dict())
+    (folder / "training.json").write_text(json.dumps({"config": config.model_dump(), **report}, indent=2))
+    _plot_curve(report["curve"], folder / "training-curve.png")
+    return folder
+
+
+def model_cfg_of(folder: Path) -> dict:
+    import json
+
+    return json.loads((Path(folder) / "open_clip_config.json").read_text())["model_cfg"]
+
+
+def _plot_curve(curve: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib not installed: no training curve plot (pip install 'mma-agent[plots]')")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ep = [c["epoch"] for c in curve]
+    ax.plot(ep, [c["loss"] for c in curve], label="train CLIP loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(ep, [c["val_recall@10"] for c in curve], color="tab:orange", label="val image->text R@10")
+    ax2.set_ylabel("R@10")
+    fig.legend(loc="upper center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
