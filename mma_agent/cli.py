@@ -100,6 +100,16 @@ def cmd_bench_image(args) -> None:
     print(f"\n[bench image: {time.perf_counter() - start:.1f} s, model {folder}]")
 
 
+def cmd_bench_tools(args) -> None:
+    from mma_agent.evals.tools_bench import bench_tools
+    from mma_agent.training.clip import train_poster_clip
+
+    p = _pipeline(args)
+    folder = None if args.no_image else train_poster_clip(p, _clip_config(args))
+    for title, rows in bench_tools(p, folder, episodes=args.episodes).items():
+        print(format_table(rows, title))
+
+
 def cmd_pipeline(args) -> None:
     start = time.perf_counter()
     for step in (cmd_data_stats, cmd_retrieve, cmd_pools):
@@ -148,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     bi = bench.add_parser("image", parents=[common], help="what the poster modality carries (trains the CLIP heads if needed)")
     bi.add_argument("--clip-config", type=Path, help="YAML of ClipTrainConfig fields")
     bi.set_defaults(func=cmd_bench_image)
+
+    bt = bench.add_parser("tools", parents=[common], help="tool latency, cache build time, memory")
+    bt.add_argument("--clip-config", type=Path, help="YAML of ClipTrainConfig fields")
+    bt.add_argument("--episodes", type=int, default=100, help="pools to time the tools on")
+    bt.add_argument("--no-image", action="store_true", help="leave the image toolkit out (no CLIP training)")
+    bt.set_defaults(func=cmd_bench_tools)
 
     pp = sub.add_parser("pipeline", parents=[common], help="data stats, retrievers and pools, end to end")
     pp.set_defaults(func=cmd_pipeline, check_images=False, only=None, retrain=False, families=None, splits=["valid", "test"])

@@ -61,3 +61,72 @@ def thumbnail_features(ds: Dataset, cache_dir: Path, *, width: int = 12, height:
     np.save(tmp, feats)
     tmp.replace(path)
     return feats
+
+
+def poster_fingerprint(ds: Dataset) -> list[str]:
+    """Content key of the poster set: each item's image path with its file size and mtime."""
+    out = []
+    for iid, image in zip(ds.items["item_id"], ds.items["image"], strict=True):
+        p = ds.image_path(image)
+        st = p.stat() if p is not None and p.is_file() else None
+        out.append(f"{iid}:{image}:{st.st_size}:{st.st_mtime_ns}" if st else f"{iid}:-")
+    return out
+
+
+def embed_posters(
+    ds: Dataset, encode, preprocess, cache_dir: Path, *, name: str, encoder_identity: str, batch_size: int = 32, chunk: int = 512
+) -> np.ndarray:
+    """(n_items, d) float32 = encode(preprocess(poster)) for every poster; NaN rows for items with no
+    poster or an unreadable one (reported by file). Written in chunks, so a killed run resumes where
+    it stopped; the result is cached under a key of poster content and encoder identity."""
+    import torch
+    from PIL import Image
+
+    key = hashlib.sha256("\x00".join([name, encoder_identity, repr(preprocess), *poster_fingerprint(ds)]).encode()).hexdigest()[:12]
+    final = Path(cache_dir) / f"{name}-{key}.npy"
+    if final.is_file():
+        return np.load(final)
+    parts = Path(cache_dir) / f"{name}-{key}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    images = ds.items["image"].tolist()
+    n = len(images)
+    bar = tqdm(total=n, desc=f"poster {name}", unit="img")
+    failed = 0
+    for lo in range(0, n, chunk):
+        part = parts / f"{lo:06d}.npy"
+        idx = range(lo, min(lo + chunk, n))
+        if part.is_file():  # finished before a crash
+            bar.update(len(idx))
+            continue
+        out = np.full((len(idx), 1), np.nan, dtype=np.float32)
+        for b in range(0, len(idx), batch_size):
+            rows, tensors = [], []
+            for i in idx[b : b + batch_size]:
+                if not images[i]:
+                    continue
+                try:
+                    tensors.append(preprocess(Image.fromarray(load_rgb(ds.image_path(images[i])))))
+                    rows.append(i - lo)
+                except ValueError as err:
+                    failed += 1
+                    log.warning("%s", err)
+            if tensors:
+                with torch.no_grad():
+                    f = encode(torch.stack(tensors)).float().numpy()
+                if out.shape[1] != f.shape[1]:
+                    out = np.full((len(idx), f.shape[1]), np.nan, dtype=np.float32)
+                out[rows] = f
+            bar.update(len(idx[b : b + batch_size]))
+        tmp = part.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(part)
+    bar.close()
+    chunks = [np.load(parts / f"{lo:06d}.npy") for lo in range(0, n, chunk)]
+    dim = max(c.shape[1] for c in chunks)
+    feats = np.concatenate([c if c.shape[1] == dim else np.full((len(c), dim), np.nan, np.float32) for c in chunks])
+    if failed:
+        log.warning("%d poster(s) could not be decoded; those items have no %s features", failed, name)
+    tmp = final.with_suffix(".tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(final)
+    return feats

@@ -20,10 +20,11 @@ modality's data changes no output.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -102,20 +103,69 @@ def compose_item_text(title: str, genres: str, tags: str, overview: str, tagline
     return " ".join(parts)
 
 
+# Split-level caches shared by every view of a split (views are made per request, so they stay cheap).
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached(split: Split, key: str, build):
+    entry = _CACHE.setdefault(split, {})
+    if key not in entry:
+        entry[key] = build()
+    return entry[key]
+
+
+def _item_texts(split: Split) -> list[str]:
+    def build() -> list[str]:
+        items = split.dataset.items
+        cols = (items["title"], items["genres"], split.item_tags, items["overview"], items["tagline"], items["keywords"])
+        return [compose_item_text(*row) for row in zip(*cols, strict=True)]
+
+    return _cached(split, "texts", build)
+
+
+def _histories(split: Split) -> dict[str, list[np.ndarray]]:
+    def build() -> dict[str, list[np.ndarray]]:
+        out = {}
+        for key, names in {"train": ("train",), "train+valid": ("train", "valid"), "all": ("train", "valid", "test")}.items():
+            df = pd.concat([split.frame(n) for n in names]).sort_values(["user", "timestamp", "item"], kind="stable")
+            groups = dict(iter(df.groupby("user")["item"]))
+            out[key] = [groups[u].to_numpy() if u in groups else np.empty(0, dtype=np.int64) for u in range(split.n_users)]
+        return out
+
+    return _cached(split, "histories", build)
+
+
 class ModalityView:
     """Read access to one split's data under one mask. Masked modalities read as ``None``.
 
-    `image_embeddings` is an optional (n_items, d) matrix (rows of items without an image are
-    ignored); components that need image vectors get them here, never from a cache directly.
+    `features` are catalogue-level derived data, each tagged with the modality it comes from
+    (text embeddings, image embeddings, the co-interaction graph); `image_embeddings` is shorthand
+    for the feature "image". Components get them through `feature`, never from a cache directly.
     """
 
-    def __init__(self, split: Split, mask: Mask, *, image_embeddings: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        split: Split,
+        mask: Mask,
+        *,
+        image_embeddings: np.ndarray | None = None,
+        features: dict[str, tuple[Modality | str, Any]] | None = None,
+    ) -> None:
         if image_embeddings is not None and image_embeddings.shape[0] != split.n_items:
             msg = f"image_embeddings has {image_embeddings.shape[0]} rows but the catalogue has {split.n_items} items"
             raise ValueError(msg)
         self._split = split
-        self._image_embeddings = image_embeddings
+        self._features = {k: (Modality(m), v) for k, (m, v) in (features or {}).items()}
+        if image_embeddings is not None:
+            self._features["image"] = (Modality.IMAGE, image_embeddings)
         self.mask = mask
+
+    def feature(self, name: str) -> Any:
+        """A derived feature (embeddings, a graph), or None when its modality is masked or it is absent."""
+        if name not in self._features:
+            return None
+        modality, value = self._features[name]
+        return value if self.mask.available(modality) else None
 
     # --- always visible: catalogue ids and the user's own history (the request) -------------
     @property
@@ -142,15 +192,9 @@ class ModalityView:
         """Every positive of the user in any split: never used as a negative."""
         return self._history_by_split["all"][user]
 
-    @cached_property
+    @property
     def _history_by_split(self) -> dict[str, list[np.ndarray]]:
-        s = self._split
-        out = {}
-        for key, names in {"train": ("train",), "train+valid": ("train", "valid"), "all": ("train", "valid", "test")}.items():
-            df = pd.concat([s.frame(n) for n in names]).sort_values(["user", "timestamp", "item"], kind="stable")
-            groups = dict(iter(df.groupby("user")["item"]))
-            out[key] = [groups[u].to_numpy() if u in groups else np.empty(0, dtype=np.int64) for u in range(s.n_users)]
-        return out
+        return _histories(self._split)
 
     # --- text -------------------------------------------------------------------------------
     def item_text(self, item: int) -> str | None:
@@ -170,15 +214,9 @@ class ModalityView:
             return self._split.item_tags[item] or None
         return str(self._split.dataset.items.at[item, name]) or None
 
-    @cached_property
+    @property
     def _texts(self) -> list[str]:
-        items = self._split.dataset.items
-        return [
-            compose_item_text(t, g, tg, o, tl, k)
-            for t, g, tg, o, tl, k in zip(
-                items["title"], items["genres"], self._split.item_tags, items["overview"], items["tagline"], items["keywords"], strict=True
-            )
-        ]
+        return _item_texts(self._split)
 
     # --- image ------------------------------------------------------------------------------
     def image_path(self, item: int) -> Path | None:
@@ -193,9 +231,7 @@ class ModalityView:
         return self._split.dataset.items["image"].ne("").to_numpy()
 
     def image_embeddings(self) -> np.ndarray | None:
-        if not self.mask.image:
-            return None
-        return self._image_embeddings
+        return self.feature("image")
 
     # --- behaviour --------------------------------------------------------------------------
     def interactions(self) -> sp.csr_matrix | None:

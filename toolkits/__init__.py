@@ -1,1 +1,38 @@
-"""mma_agent.toolkits."""
+"""Evidence toolkits: text, image, graph and clarification, as LangChain tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mma_agent.splits import Split
+    from mma_agent.toolkits.base import Catalogue, Toolkit
+
+
+def prepare_toolkits(
+    split: Split,
+    cache_dir: Path,
+    *,
+    image_model: str | None,
+    image_pretrained: str | None = None,
+    text_model: str | None = None,
+    clarify: bool = True,
+) -> tuple[Catalogue, dict[str, Toolkit]]:
+    """Build every toolkit's cached features over the catalogue. `image_model=None` leaves the
+    image toolkit out (its tool then answers Null, as when the modality is missing)."""
+    from mma_agent.toolkits.base import Catalogue
+    from mma_agent.toolkits.clarify import ClarifyToolkit
+    from mma_agent.toolkits.graph import GraphToolkit
+    from mma_agent.toolkits.image import ImageToolkit
+    from mma_agent.toolkits.text import TextToolkit
+
+    catalogue = Catalogue(split)
+    kits: dict[str, Toolkit] = {"text": TextToolkit(text_model), "graph": GraphToolkit()}
+    if image_model is not None:
+        kits["image"] = ImageToolkit(image_model, image_pretrained)
+    for kit in kits.values():
+        catalogue = kit.prepare(catalogue, Path(cache_dir))
+    if clarify:
+        kits["clarify"] = ClarifyToolkit(kits["text"], kits.get("image"))
+    return catalogue, kits

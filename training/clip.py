@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from mma_agent.dataset import Dataset
-from mma_agent.image_features import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -47,62 +46,18 @@ def _key(*parts: str) -> str:
 
 
 def trunk_features(ds: Dataset, model, preprocess, cache_dir: Path, *, batch_size: int = 32, chunk: int = 512) -> np.ndarray:
-    """(n_items, d) pooled trunk features; NaN rows for items with no usable poster."""
-    import torch
+    """(n_items, d) pooled trunk features of the frozen image tower; NaN rows for items with no
+    usable poster. Cached by poster content and trunk identity; resumable."""
+    from mma_agent.image_features import embed_posters
 
-    key = _key(str(ds.root.resolve()), *ds.items["image"], repr(preprocess))
-    final = Path(cache_dir) / f"trunk-{key}.npy"
-    if final.is_file():
-        return np.load(final)
-    parts = Path(cache_dir) / f"trunk-{key}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    images = ds.items["image"].tolist()
-    n = len(images)
-    bar = tqdm(total=n, desc="poster trunk features", unit="img")
-    failed = 0
-    for lo in range(0, n, chunk):
-        part = parts / f"{lo:06d}.npy"
-        if part.is_file():  # done before a crash: resume after it
-            bar.update(min(chunk, n - lo))
-            continue
-        out = None
-        idx = range(lo, min(lo + chunk, n))
-        for b in range(0, len(idx), batch_size):
-            rows, tensors = [], []
-            for i in idx[b : b + batch_size]:
-                if not images[i]:
-                    continue
-                try:
-                    from PIL import Image
+    identity = f"{type(model.visual.trunk).__name__}:{model.visual.trunk.default_cfg.get('architecture', '')}:{trunk_weights_file()}"
+    return embed_posters(ds, model.visual.trunk, preprocess, cache_dir, name="trunk", encoder_identity=identity, batch_size=batch_size, chunk=chunk)
 
-                    rgb = load_rgb(ds.image_path(images[i]))  # converts grayscale/CMYK/palette to RGB
-                    tensors.append(preprocess(Image.fromarray(rgb)))
-                    rows.append(i - lo)
-                except ValueError as err:
-                    failed += 1
-                    log.warning("%s", err)
-            if tensors:
-                with torch.no_grad():
-                    f = model.visual.trunk(torch.stack(tensors)).numpy()
-                if out is None:
-                    out = np.full((len(idx), f.shape[1]), np.nan, dtype=np.float32)
-                out[rows] = f
-            bar.update(len(idx[b : b + batch_size]))
-        if out is None:
-            out = np.full((len(idx), 1), np.nan, dtype=np.float32)
-        tmp = part.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(part)
-    bar.close()
-    chunks = [np.load(parts / f"{lo:06d}.npy") for lo in range(0, n, chunk)]
-    dim = max(c.shape[1] for c in chunks)
-    feats = np.concatenate([c if c.shape[1] == dim else np.full((len(c), dim), np.nan, np.float32) for c in chunks])
-    if failed:
-        log.warning("%d poster(s) could not be decoded; those items have no image features", failed)
-    tmp = final.with_suffix(".tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(final)
-    return feats
+
+def trunk_weights_file() -> str:
+    from mma_agent.poster_clip import trunk_weights_path
+
+    return Path(trunk_weights_path()).name
 
 
 def text_pooled(model, tokenizer, texts: list[str], *, batch_size: int = 64, desc: str = "text features") -> np.ndarray:

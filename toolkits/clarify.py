@@ -1,0 +1,84 @@
+"""Clarification: `ask_user` puts a question about one modality to the user.
+
+In evaluation a simulated user answers from what survives of the held-out target only: its genres
+and tags when text survives, its poster's zero-shot tags when the image survives, its strongest
+co-interaction neighbours when behaviour survives; a question about a masked modality gets "I
+don't know" (Null). In an app, `answer_fn` supplies a person's answer (the agent graph wires it to
+LangGraph's `interrupt()`). The answer becomes evidence: its MiniLM similarity to each candidate's
+text when text is visible, otherwise its CLIP text similarity to each candidate's poster.
+This is an upper-bound diagnostic, not a deployable advantage: the simulated user knows the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from mma_agent.toolkits.base import EpisodeContext, Evidence, Toolkit, top_candidates
+from mma_agent.toolkits.image import ImageToolkit
+from mma_agent.toolkits.text import TextToolkit
+
+
+class AskUserArgs(BaseModel):
+    modality_type: Literal["text", "image", "behaviour"] = Field(description="Which kind of preference to ask about.")
+    query: str = Field(min_length=1, max_length=300, description="The question, in plain words.")
+
+
+class ClarifyToolkit(Toolkit):
+    name = "clarify"
+    modality = None
+    TOOLS: ClassVar = {
+        "ask_user": (
+            AskUserArgs,
+            "Ask the user one clarification question about their preference (modality_type: text = genres and topics, "
+            "image = look and style, behaviour = similar things they liked). Costly: use only when evidence is weak.",
+        )
+    }
+
+    def __init__(self, text: TextToolkit | None, image: ImageToolkit | None, answer_fn: Callable[[str, str], str] | None = None) -> None:
+        super().__init__()
+        self.text, self.image, self.answer_fn = text, image, answer_fn
+
+    def simulated_answer(self, ctx: EpisodeContext, modality_type: str) -> str | None:
+        t, view = ctx.target, ctx.view
+        if t is None:
+            return None
+        if modality_type == "text" and view.mask.text:
+            genres = (view.item_field(t, "genres") or "").replace("|", ", ")
+            words = [w for w in ((view.item_field(t, "tags") or "").split("|") + (view.item_field(t, "keywords") or "").split("|")) if w][:4]
+            return f"I'd like {genres or 'something'}" + (f", something with {', '.join(words)}" if words else "") + "."
+        if modality_type == "image" and view.mask.image and self.image is not None:
+            emb = view.feature("image")
+            if emb is not None and not np.isnan(emb[t]).any():
+                return "Something that looks " + ", ".join(self.image.top_tags(emb[t], 3)) + "."
+        if modality_type == "behaviour" and view.mask.behaviour:
+            graph = view.feature("graph")
+            if graph is not None and graph.co[t].nnz:
+                row = graph.co[t]
+                nb = row.indices[np.argsort(-row.data, kind="stable")[:3]]
+                return "Something that fans of " + "; ".join(ctx.label(int(j)) for j in nb) + " also like."
+        return None
+
+    def ask_user(self, ctx: EpisodeContext, modality_type: str, query: str) -> Evidence:
+        answer = self.answer_fn(modality_type, query) if self.answer_fn is not None else self.simulated_answer(ctx, modality_type)
+        if not answer or not answer.strip():
+            return Evidence.none("ask_user", "the user does not know")
+        channels = self.answer_evidence(ctx, answer)
+        if not channels:
+            return Evidence("ask_user", f'User: "{answer}" (no visible modality to match it against)', {}, True)
+        (name, score), = channels.items()
+        return Evidence("ask_user", f'User: "{answer}" Best matches: {top_candidates(ctx, score)}.', channels)
+
+    def answer_evidence(self, ctx: EpisodeContext, answer: str) -> dict[str, np.ndarray]:
+        text_emb = ctx.view.feature("text")
+        if text_emb is not None and self.text is not None:
+            a = self.text.embed([answer])[0]
+            return {"ask_text": np.nan_to_num(text_emb[ctx.candidates]) @ a}
+        img = ctx.view.feature("image")
+        if img is not None and self.image is not None:
+            a = self.image.encode_text([answer])[0]
+            return {"ask_image": np.nan_to_num(img[ctx.candidates]) @ a}
+        return {}

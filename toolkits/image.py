@@ -1,0 +1,139 @@
+"""Image evidence through any open_clip model (ours: `local-dir:` poster CLIP; or LAION/OpenAI).
+
+Every poster is embedded once into the cache. For a request, each candidate's poster similarity
+to the history's posters (max and mean) is the evidence; the LLM gets a "describe what you see"
+view: the top-5 zero-shot tags of the history and of the best-matching candidates, from a
+configurable tag vocabulary (default: genres, moods and visual styles of movies).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from mma_agent.masks import Modality
+from mma_agent.toolkits.base import Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, cosine_to_history
+
+MOVIE_TAGS: tuple[str, ...] = (
+    # genres
+    "action", "adventure", "animated", "children's", "comedy", "crime", "documentary", "drama", "fantasy",
+    "film noir", "horror", "musical", "mystery", "romance", "science fiction", "thriller", "war", "western",
+    # moods
+    "dark", "romantic", "funny", "scary", "suspenseful", "uplifting", "violent", "nostalgic", "whimsical", "epic",
+    "sad", "family-friendly",
+    # visual styles
+    "black and white", "vintage", "minimalist", "illustrated", "cartoon", "photographic", "colorful", "neon",
+    "space", "superhero",
+)  # fmt: skip
+PROMPT = "a poster of a {} movie"
+
+
+class AnalyzeImageArgs(BaseModel):
+    item_ids: list[str] = Field(default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose poster tags to show.")
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class ImageToolkit(Toolkit):
+    name = "image"
+    modality = Modality.IMAGE
+    TOOLS: ClassVar = {
+        "analyze_image": (
+            AnalyzeImageArgs,
+            "Image evidence: how similar each candidate's poster is to the posters in the user's history, and zero-shot "
+            "tags describing what the posters show. Null if images are unavailable.",
+        )
+    }
+
+    def __init__(self, model_name: str, pretrained: str | None = None, *, tags: tuple[str, ...] = MOVIE_TAGS, prompt: str = PROMPT) -> None:
+        super().__init__()
+        if not tags:
+            msg = "tags must name at least one zero-shot tag; pass e.g. mma_agent.toolkits.image.MOVIE_TAGS"
+            raise ValueError(msg)
+        self.model_name, self.pretrained, self.tags, self.prompt = model_name, pretrained, tuple(tags), prompt
+        self.tag_emb: np.ndarray | None = None  # (n_tags, d)
+
+    def identity(self) -> str:
+        ident = f"open_clip:{self.model_name}:{self.pretrained}"
+        if self.model_name.startswith("local-dir:"):
+            w = Path(self.model_name.removeprefix("local-dir:")) / "open_clip_pytorch_model.bin"
+            if w.is_file():
+                ident += f":{w.stat().st_size}:{w.stat().st_mtime_ns}"
+        return ident
+
+    def prepare(self, catalogue: Catalogue, cache_dir: Path) -> Catalogue:
+        import torch
+
+        from mma_agent.image_features import embed_posters, poster_fingerprint
+        from mma_agent.poster_clip import load_clip
+
+        model, preprocess, tokenizer = load_clip(self.model_name, self.pretrained)
+        ds = catalogue.split.dataset
+        visual = model.visual
+        if hasattr(visual, "trunk") and hasattr(visual, "head"):
+            # open_clip timm towers: a frozen trunk's features are cached once, the head is cheap.
+            from mma_agent.training.clip import trunk_features
+
+            trunk = trunk_features(ds, model, preprocess, cache_dir)
+            with torch.no_grad():
+                emb = np.full((len(trunk), model.visual.head(torch.zeros(1, trunk.shape[1])).shape[1]), np.nan, np.float32)
+                ok = ~np.isnan(trunk).any(axis=1)
+                emb[ok] = model.visual.head(torch.from_numpy(trunk[ok])).numpy()
+        else:
+            key = {"posters": EmbeddingCache.content_hash(poster_fingerprint(ds)), "encoder": self.identity()}
+            emb = EmbeddingCache(cache_dir).get_or_build(
+                "image-openclip", key, lambda: embed_posters(ds, model.encode_image, preprocess, cache_dir, name="image", encoder_identity=self.identity())
+            )
+        with torch.no_grad():
+            self.tag_emb = _norm(model.encode_text(tokenizer([self.prompt.format(t) for t in self.tags])).float().numpy())
+        self._tokenizer, self._model = tokenizer, model
+        return catalogue.with_features(image=(Modality.IMAGE, _norm(emb)))
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """CLIP text embeddings (unit norm), e.g. for a user's answer matched against posters."""
+        import torch
+
+        with torch.no_grad():
+            return _norm(self._model.encode_text(self._tokenizer(texts)).float().numpy())
+
+    def top_tags(self, vec: np.ndarray, k: int = 5) -> list[str]:
+        s = self.tag_emb @ vec
+        return [self.tags[j] for j in np.argsort(-s, kind="stable")[:k]]
+
+    def analyze_image(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
+        emb = ctx.view.feature("image")
+        if emb is None or self.tag_emb is None:
+            return Evidence.none("analyze_image", "no image embeddings were prepared for this catalogue")
+        if len(ctx.history) == 0:
+            return Evidence.none("analyze_image", "the user has no history to compare posters with")
+        channels, missing_h, missing_c = cosine_to_history(emb, ctx)
+        if not channels:
+            return Evidence.none("analyze_image", "none of the user's history items has a poster")
+        h = emb[ctx.history[-100:]]
+        centroid = _norm(np.nanmean(h, axis=0))
+        score = 0.5 * channels["max"] + 0.5 * channels["mean"]
+        best = np.argsort(-score, kind="stable")[:4]
+        lines = [
+            "History posters look: " + ", ".join(self.top_tags(centroid)) + ".",
+            "Best poster matches: "
+            + "; ".join(f"{ctx.label(int(ctx.candidates[j]))} {score[j]:.2f} [{', '.join(self.top_tags(emb[ctx.candidates[j]], 3))}]" for j in best if not np.isnan(emb[ctx.candidates[j]]).any())
+            + ".",
+        ]
+        if missing_c:
+            lines.append(f"{missing_c} candidate(s) have no poster.")
+        if item_ids:
+            pos = {ctx.item_id(int(i)): int(i) for i in ctx.candidates}
+            for iid in item_ids:
+                if iid not in pos:
+                    self.errors["unknown_item"] += 1
+                    lines.append(f"{iid}: not in the pool.")
+                elif np.isnan(emb[pos[iid]]).any():
+                    lines.append(f"{ctx.label(pos[iid])}: no poster.")
+                else:
+                    lines.append(f"{ctx.label(pos[iid])}: " + ", ".join(self.top_tags(emb[pos[iid]])) + ".")
+        return Evidence("analyze_image", " ".join(lines), {f"image_{k}": v for k, v in channels.items()})

