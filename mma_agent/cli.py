@@ -68,21 +68,11 @@ def cmd_pools(args) -> None:
     print(format_table(rows, f"Candidate pools under {p.root / 'pools'}"))
 
 
-def _clip_config(args):
-    from mma_agent.training.clip import ClipTrainConfig
-
-    if args.clip_config is None:
-        return ClipTrainConfig()
-    import yaml
-
-    return ClipTrainConfig.model_validate(yaml.safe_load(Path(args.clip_config).read_text()) or {})
-
-
 def cmd_clip_train(args) -> None:
     from mma_agent.training.clip import train_poster_clip
 
     p = _pipeline(args)
-    folder = train_poster_clip(p, _clip_config(args), retrain=args.retrain)
+    folder = train_poster_clip(p, p.config.image.clip, retrain=args.retrain)
     report = json.loads((folder / "training.json").read_text())
     print(f"poster CLIP saved as an open_clip folder: load it with open_clip.create_model_and_transforms('local-dir:{folder}')")
     print(format_table([{k: report[k] for k in ("n_train", "n_val", "best_val_recall@10")} | {"epochs run": len(report["curve"]), "head training s": f"{report['seconds']:.1f}"}], "Head training"))
@@ -90,11 +80,10 @@ def cmd_clip_train(args) -> None:
 
 def cmd_bench_image(args) -> None:
     from mma_agent.evals.image_bench import bench_image
-    from mma_agent.training.clip import train_poster_clip
 
     p = _pipeline(args)
     start = time.perf_counter()
-    folder = train_poster_clip(p, _clip_config(args))
+    folder = p.clip_folder
     for title, rows in bench_image(p, folder).items():
         print(format_table(rows, title))
     print(f"\n[bench image: {time.perf_counter() - start:.1f} s, model {folder}]")
@@ -102,10 +91,9 @@ def cmd_bench_image(args) -> None:
 
 def cmd_bench_tools(args) -> None:
     from mma_agent.evals.tools_bench import bench_tools
-    from mma_agent.training.clip import train_poster_clip
 
     p = _pipeline(args)
-    folder = None if args.no_image else train_poster_clip(p, _clip_config(args))
+    folder = None if args.no_image else p.clip_folder
     for title, rows in bench_tools(p, folder, episodes=args.episodes).items():
         print(format_table(rows, title))
 
@@ -151,16 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     clip = sub.add_parser("clip", help="the poster CLIP image encoder").add_subparsers(dest="clip_command", required=True)
     ct = clip.add_parser("train", parents=[common], help="train the projection heads (frozen EfficientNet-Lite2 + MiniLM)")
-    ct.add_argument("--clip-config", type=Path, help="YAML of ClipTrainConfig fields")
     ct.add_argument("--retrain", action="store_true")
     ct.set_defaults(func=cmd_clip_train)
     bench = sub.add_parser("bench", help="benchmarks that print tables").add_subparsers(dest="bench_command", required=True)
     bi = bench.add_parser("image", parents=[common], help="what the poster modality carries (trains the CLIP heads if needed)")
-    bi.add_argument("--clip-config", type=Path, help="YAML of ClipTrainConfig fields")
     bi.set_defaults(func=cmd_bench_image)
 
     bt = bench.add_parser("tools", parents=[common], help="tool latency, cache build time, memory")
-    bt.add_argument("--clip-config", type=Path, help="YAML of ClipTrainConfig fields")
     bt.add_argument("--episodes", type=int, default=100, help="pools to time the tools on")
     bt.add_argument("--no-image", action="store_true", help="leave the image toolkit out (no CLIP training)")
     bt.set_defaults(func=cmd_bench_tools)

@@ -77,15 +77,31 @@ class RetrieverConfig(_Config):
     seed: int = 0
 
 
-class ImageFeatureConfig(_Config):
-    """Image embedding used for image-only pools until a trained CLIP tower is configured."""
+class ClipTrainConfig(_Config):
+    """Head training of the poster CLIP (mma_agent.training.clip)."""
 
-    kind: Literal["thumbnail"] = Field(
-        default="thumbnail",
-        description="`thumbnail`: a 12x16 RGB thumbnail, centred; a cheap, real pixel signal.",
+    embed_dim: int = Field(default=256, ge=8, description="Shared embedding size.")
+    image_size: int = Field(default=224, ge=32, description="Poster side after open_clip's resize + centre crop.")
+    context_length: int = Field(default=128, ge=8, description="Text tokens kept (MiniLM allows 256).")
+    epochs: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=512, ge=8, description="CLIP loss batch: more in-batch negatives per step.")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    val_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Training items held out for early stopping.")
+    patience: int = Field(default=8, ge=1, description="Epochs without val Recall@10 gain before stopping.")
+    seed: int = 0
+
+
+class ImageFeatureConfig(_Config):
+    """The image embedding behind image-only pools and the image toolkit."""
+
+    kind: Literal["clip", "thumbnail"] = Field(
+        default="clip",
+        description="`clip`: the poster CLIP (trained on first use, see `clip`); `thumbnail`: a 12x16 RGB thumbnail, a cheap pixel floor.",
     )
-    width: int = 12
-    height: int = 16
+    width: int = Field(default=12, description="Thumbnail width (kind: thumbnail).")
+    height: int = Field(default=16, description="Thumbnail height (kind: thumbnail).")
+    clip: ClipTrainConfig = ClipTrainConfig()
 
 
 class PipelineConfig(_Config):

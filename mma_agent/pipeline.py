@@ -64,11 +64,29 @@ class Pipeline:
         return self.config.workdir / f"{self.dataset.name}-{self.split.fingerprint()}"
 
     @cached_property
-    def image_embeddings(self) -> np.ndarray:
+    def thumbnails(self) -> np.ndarray:
         from mma_agent.image_features import thumbnail_features
 
         c = self.config.image
         return thumbnail_features(self.dataset, self.root / "cache", width=c.width, height=c.height)
+
+    @cached_property
+    def clip_folder(self) -> Path:
+        """The trained poster CLIP (an open_clip `local-dir:` folder), trained on first use."""
+        from mma_agent.training.clip import train_poster_clip
+
+        return train_poster_clip(self, self.config.image.clip)
+
+    @cached_property
+    def image_embeddings(self) -> np.ndarray:
+        """(n_items, d) image embeddings of the configured kind; NaN rows for items without a poster."""
+        if self.config.image.kind == "thumbnail":
+            return self.thumbnails
+        from mma_agent.toolkits.base import Catalogue
+        from mma_agent.toolkits.image import ImageToolkit
+
+        catalogue = ImageToolkit(f"local-dir:{self.clip_folder}").prepare(Catalogue(self.split), self.root / "cache")
+        return catalogue.features["image"][1]
 
     def view(self, family: str = "full") -> ModalityView:
         mask = family_mask(family)
@@ -156,6 +174,8 @@ class Pipeline:
         tag = f"n{p.size}-s{p.seed}-t{p.targets_per_user or 'all'}"
         if protocol == "fixed":
             tag += f"-{p.first_stage}"
+        elif family_mask(family).image:
+            tag += f"-{self.config.image.kind}"
         return self.root / "pools" / f"{protocol}-{family}-{target_split}-{tag}.npz"
 
     def pools(self, protocol: str, family: str, target_split: str, *, rebuild: bool = False) -> PoolSet:

@@ -11,7 +11,7 @@ def test_data_stats_on_generic_format(tiny_root, tmp_path, capsys):
 
 def test_pipeline_end_to_end_on_tiny_data(tiny_root, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage: itemknn\nimage:\n  width: 4\n  height: 4\n")
+    cfg.write_text("retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage: itemknn\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
     args = ["pipeline", "--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w")]
     assert main(args) == 0
     out = capsys.readouterr().out

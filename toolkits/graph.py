@@ -30,6 +30,7 @@ class RetrieveGraphArgs(BaseModel):
 class ItemGraph:
     graph: object  # networkx.Graph over catalogue indices, edge attribute "weight"
     transition: sp.csr_matrix  # (n, n) row-stochastic transition of the weighted graph (rows of isolated items are 0)
+    transition_t: sp.csr_matrix  # its transpose, kept in CSR for fast P^T x
     co: sp.csr_matrix  # (n, n) pruned co-interaction counts
 
 
@@ -58,7 +59,7 @@ def build_item_graph(interactions: sp.csr_matrix, neighbours: int = 50) -> ItemG
     deg = np.asarray(adj.sum(axis=1)).ravel()
     inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
     transition = sp.csr_matrix(sp.diags(inv) @ adj)
-    return ItemGraph(g, transition, sp.csr_matrix(adj))
+    return ItemGraph(g, transition, transition.T.tocsr(), sp.csr_matrix(adj))
 
 
 def truncated_ppr(graph: ItemGraph, seeds: np.ndarray, alpha: float = 0.15, steps: int = 3) -> np.ndarray:
@@ -66,7 +67,7 @@ def truncated_ppr(graph: ItemGraph, seeds: np.ndarray, alpha: float = 0.15, step
     n = graph.transition.shape[0]
     e = np.zeros(n)
     e[seeds] = 1.0 / len(seeds)
-    pt = graph.transition.T.tocsr()
+    pt = graph.transition_t
     out, x = alpha * e, e
     for t in range(1, steps + 1):
         x = pt @ x

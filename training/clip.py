@@ -18,27 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from mma_agent.config import ClipTrainConfig
 from mma_agent.dataset import Dataset
 
 log = logging.getLogger(__name__)
-
-
-class ClipTrainConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    embed_dim: int = Field(default=256, ge=8, description="Shared embedding size.")
-    image_size: int = Field(default=224, ge=32, description="Poster side after open_clip's resize + centre crop.")
-    context_length: int = Field(default=128, ge=8, description="Text tokens kept (MiniLM allows 256).")
-    epochs: int = Field(default=60, ge=1)
-    batch_size: int = Field(default=512, ge=8, description="CLIP loss batch: more in-batch negatives per step.")
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.05, ge=0)
-    val_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Training items held out for early stopping.")
-    patience: int = Field(default=8, ge=1, description="Epochs without val Recall@10 gain before stopping.")
-    seed: int = 0
 
 
 def _key(*parts: str) -> str:
