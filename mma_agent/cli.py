@@ -60,6 +60,7 @@ def cmd_retrieve(args) -> None:
     p = _pipeline(args)
     rows = p.retrieve(args.only, retrain=args.retrain)
     print(format_table(rows, "First-stage retrievers: full-sort ranking, train items excluded"))
+    print(f"training curves: {p.root / 'retrievers' / 'training-curves.png'}")
 
 
 def cmd_pools(args) -> None:

@@ -155,9 +155,14 @@ class Pipeline:
         return r, seconds
 
     def retrieve(self, names: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
-        rows = []
+        from mma_agent.plots import line_plot
+
+        rows, curves = [], {}
         for name in names or list(RETRIEVERS):
             r, seconds = self.retriever(name, retrain=retrain)
+            curve = getattr(r, "curve", None)
+            if curve is not None and len(curve):
+                curves[name] = (curve[:, 0].tolist(), curve[:, 2].tolist())
             valid = full_sort_metrics(r, self.split, "valid", ks=(20,))
             test = full_sort_metrics(r, self.split, "test", ks=(20,))
             rows.append({
@@ -166,6 +171,9 @@ class Pipeline:
                 "test Recall@20": test["recall@20"], "test NDCG@20": test["ndcg@20"],
                 "train s": "cached" if seconds is None else f"{seconds:.1f}",
             })  # fmt: skip
+        if curves:
+            line_plot(curves, self.root / "retrievers" / "training-curves.png", xlabel="epoch", ylabel="validation Recall@20",
+                      title="First-stage retrievers (best epoch kept)")  # fmt: skip
         return rows
 
     # --- pools -----------------------------------------------------------------------------

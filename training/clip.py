@@ -170,23 +170,8 @@ def model_cfg_of(folder: Path) -> dict:
 
 
 def _plot_curve(curve: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
+    from mma_agent.plots import line_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib not installed: no training curve plot (pip install 'mma-agent[plots]')")
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     ep = [c["epoch"] for c in curve]
-    ax.plot(ep, [c["loss"] for c in curve], label="train CLIP loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax2 = ax.twinx()
-    ax2.plot(ep, [c["val_recall@10"] for c in curve], color="tab:orange", label="val image->text R@10")
-    ax2.set_ylabel("R@10")
-    fig.legend(loc="upper center", ncol=2, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    line_plot({"val image->text Recall@10": (ep, [c["val_recall@10"] for c in curve])}, path, xlabel="epoch", ylabel="Recall@10",
+              title="Poster CLIP heads (best epoch kept; loss in training.json)")  # fmt: skip
