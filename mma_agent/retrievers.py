@@ -83,7 +83,7 @@ class ItemKNN(Retriever):
         co = co.tocoo()
         vals = co.data / (norms[co.row] * norms[co.col] + config.knn_shrink)
         sim = sp.csr_matrix((vals.astype(np.float32), (co.row, co.col)), shape=co.shape)
-        self.sim = _keep_topk_per_row(sim, config.knn_neighbours)
+        self.sim = keep_topk_per_row(sim, config.knn_neighbours)
         return self
 
     def score(self, users):
@@ -97,7 +97,8 @@ class ItemKNN(Retriever):
         }  # fmt: skip
 
 
-def _keep_topk_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+def keep_topk_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep each row's k largest entries (a sparse k-nearest-neighbour matrix)."""
     rows, cols, vals = [], [], []
     for i in range(m.shape[0]):
         lo, hi = m.indptr[i], m.indptr[i + 1]

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality, family_mask
+from mma_agent.retrievers import keep_topk_per_row
 from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, top_candidates
 
 
@@ -41,17 +42,8 @@ def build_item_graph(interactions: sp.csr_matrix, neighbours: int = 50) -> ItemG
     co = (r.T @ r).tocsr()  # (n_items, n_items) users who liked both
     co.setdiag(0)
     co.eliminate_zeros()
-    rows, cols, vals = [], [], []
-    for i in range(co.shape[0]):
-        lo, hi = co.indptr[i], co.indptr[i + 1]
-        d, c = co.data[lo:hi], co.indices[lo:hi]
-        if len(d) > neighbours:
-            keep = np.argpartition(-d, neighbours - 1)[:neighbours]
-            d, c = d[keep], c[keep]
-        rows.append(np.full(len(d), i))
-        cols.append(c)
-        vals.append(d)
-    rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    pruned = keep_topk_per_row(co, neighbours).tocoo()
+    rows, cols, vals = pruned.row, pruned.col, pruned.data
     g = nx.Graph()
     g.add_nodes_from(range(co.shape[0]))
     g.add_weighted_edges_from(zip(rows.tolist(), cols.tolist(), vals.tolist(), strict=True))  # kept if either end keeps it
