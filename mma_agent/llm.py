@@ -98,6 +98,26 @@ class TransformersChatModel(BaseChatModel):
             self._model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
             self._model.eval()
 
+    def _trie_fn(self, completions: list[str], prompt_len: int):
+        """Constrained decoding: only token sequences of `completions` (then EOS) may be generated."""
+        trie: dict = {}
+        for text in completions:
+            node = trie
+            for tok in self._tokenizer(text, add_special_tokens=False)["input_ids"]:
+                node = node.setdefault(tok, {})
+            node[self._tokenizer.eos_token_id] = {}
+        eos = [self._tokenizer.eos_token_id]
+
+        def allowed(_batch: int, ids) -> list[int]:
+            node = trie
+            for tok in ids[prompt_len:].tolist():
+                node = node.get(tok)
+                if node is None:
+                    return eos
+            return list(node) or eos
+
+        return allowed
+
     def _generate(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
     ) -> ChatResult:
@@ -105,21 +125,30 @@ class TransformersChatModel(BaseChatModel):
 
         self._load()
         chat = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
-        ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        # `prefill` starts the assistant's reply (e.g. '{"tool": "'): a cheap way to hold a small
+        # model to the action format without a tool-aware chat template.
+        prefill = kwargs.get("prefill", "")
+        prompt = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + prefill
+        ids = self._tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         sample = self.temperature > 0
         start = time.perf_counter()
+        allowed = kwargs.get("allowed_completions")
+        constrain = {"prefix_allowed_tokens_fn": self._trie_fn(allowed, ids["input_ids"].shape[1])} if allowed else {}
         with torch.no_grad():
             out = self._model.generate(
                 **ids,
+                **constrain,
                 max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
                 do_sample=sample,
                 temperature=self.temperature if sample else None,
                 top_p=None,
                 top_k=None,
                 pad_token_id=self._tokenizer.eos_token_id,
+                stop_strings=kwargs.get("stop_strings", ["\n"]),  # an action is one line
+                tokenizer=self._tokenizer,
             )
         new = out[0, ids["input_ids"].shape[1] :]
-        text = self._tokenizer.decode(new, skip_special_tokens=True)
+        text = prefill + self._tokenizer.decode(new, skip_special_tokens=True).strip()
         for s in stop or []:
             text = text.split(s)[0]
         n_in, n_out = int(ids["input_ids"].shape[1]), int(len(new))
