@@ -99,6 +99,21 @@ def cmd_bench_tools(args) -> None:
         print(format_table(rows, title))
 
 
+def cmd_serve(args) -> None:
+    from mma_agent.llm import resolve_chat_model
+    from mma_agent.serve import serve
+
+    model = resolve_chat_model(args.model, cache_dir=Path(args.workdir or ".mma") / "models")
+    server = serve(model, args.model, args.host, args.port)
+    print(f"serving {args.model} at http://{args.host}:{server.server_address[1]}/v1 (OpenAI-compatible)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def cmd_pipeline(args) -> None:
     start = time.perf_counter()
     for step in (cmd_data_stats, cmd_retrieve, cmd_pools):
@@ -150,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--episodes", type=int, default=100, help="pools to time the tools on")
     bt.add_argument("--no-image", action="store_true", help="leave the image toolkit out (no CLIP training)")
     bt.set_defaults(func=cmd_bench_tools)
+
+    sv = sub.add_parser("serve", parents=[common], help="serve a chat model over an OpenAI-compatible HTTP API")
+    sv.add_argument("--model", default="transformers:smollm2-135m")
+    sv.add_argument("--host", default="127.0.0.1", help="loopback by default")
+    sv.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    sv.set_defaults(func=cmd_serve)
 
     pp = sub.add_parser("pipeline", parents=[common], help="data stats, retrievers and pools, end to end")
     pp.set_defaults(func=cmd_pipeline, check_images=False, only=None, retrain=False, families=None, splits=["valid", "test"])
