@@ -16,11 +16,13 @@ compiled graph needs no extra invoke arguments and mounts unchanged as a subgrap
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import math
 from typing import Any, Literal, TypedDict
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel, Field
 
 from mma_agent.actions import ActionError, parse_action
 from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
@@ -107,12 +109,44 @@ def validate_request(state: RerankState, catalogue: Catalogue) -> str | None:
     return None
 
 
+class ScoreWeightsArgs(BaseModel):
+    weights: dict[str, float] = Field(default_factory=dict, description="Weights over gathered evidence: text, image, graph, ask.")
+
+
+class ScoreMapArgs(BaseModel):
+    scores: dict[str, float] = Field(description="Item id -> score for pool items; unscored items keep their first-stage score.")
+
+
+def tool_schemas(tools: list[str], toolkits: dict[str, Toolkit], scoring: str) -> list[dict]:
+    """OpenAI-style function schemas of the agent's tools, for `bind_tools`."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from mma_agent.toolkits.clarify import ClarifyToolkit
+    from mma_agent.toolkits.graph import GraphToolkit
+    from mma_agent.toolkits.image import ImageToolkit
+    from mma_agent.toolkits.text import TextToolkit
+
+    specs = {**TextToolkit.TOOLS, **ImageToolkit.TOOLS, **GraphToolkit.TOOLS, **ClarifyToolkit.TOOLS}
+    out = []
+    for t in tools:
+        schema, description = specs[t]
+        fn = convert_to_openai_tool(schema)["function"]
+        out.append({"type": "function", "function": {**fn, "name": t, "description": description}})
+    args = ScoreWeightsArgs if scoring == "weights" else ScoreMapArgs
+    fn = convert_to_openai_tool(args)["function"]
+    out.append({"type": "function", "function": {**fn, "name": "score_candidates", "description": "Finish: score the pool."}})
+    return out
+
+
 class _Nodes:
     def __init__(self, model, catalogue: Catalogue, toolkits: dict[str, Toolkit], variant: Variant, alpha: float, max_turns: int,
-                 scoring: str, timeout: float | None, prefill: bool) -> None:  # fmt: skip
+                 scoring: str, timeout: float | None, prefill: bool, native_tools: bool = False) -> None:  # fmt: skip
         self.model, self.catalogue, self.kits = model, catalogue, toolkits
         self.variant, self.alpha, self.max_turns, self.scoring, self.timeout, self.prefill = variant, alpha, max_turns, scoring, timeout, prefill
         self.tools = [t for t in TOOL_KIT if t != "ask_user" or variant == "interactive"]
+        if native_tools and model is not None:
+            self.model = model.bind_tools(tool_schemas(self.tools, toolkits, scoring))
+        self.native = native_tools
 
     # --- context ------------------------------------------------------------------------
     def context(self, state: RerankState) -> EpisodeContext:
@@ -159,11 +193,15 @@ class _Nodes:
         usage["output_tokens"] += meta.get("output_tokens", 0)
         usage["llm_ms"] += int(1000 * meta.get("seconds", 0.0))
         messages = [*state["messages"], {"role": "assistant", "content": reply}]
-        try:
-            act = parse_action(reply)
-            action = {"tool": act.tool, "args": act.args}
-        except ActionError as err:
-            action = {"tool": None, "invalid": err.kind, "error": str(err)}
+        calls = meta.pop("tool_calls", None)
+        if calls:  # native tool calling: the first call is the action
+            action = {"tool": calls[0]["name"], "args": dict(calls[0].get("args") or {})}
+        else:
+            try:
+                act = parse_action(reply)
+                action = {"tool": act.tool, "args": act.args}
+            except ActionError as err:
+                action = {"tool": None, "invalid": err.kind, "error": str(err)}
         return {"action": action, "turn": turn, "usage": usage, "messages": messages}
 
     def _ask(self, messages: list[dict], allowed: list[str] | None = None) -> tuple[str, dict]:
@@ -182,6 +220,10 @@ class _Nodes:
                 pool.shutdown(wait=False, cancel_futures=True)
         meta = dict(getattr(out, "usage_metadata", None) or {})
         meta["seconds"] = float((getattr(out, "response_metadata", None) or {}).get("seconds", 0.0))
+        if getattr(out, "tool_calls", None):
+            meta["tool_calls"] = [{"name": c["name"], "args": c.get("args", {})} for c in out.tool_calls]
+            if not out.content:
+                return json.dumps({"tool": out.tool_calls[0]["name"], "args": out.tool_calls[0].get("args", {})}), meta
         return str(out.content), meta
 
     def completions(self, state: RerankState) -> list[str]:
@@ -290,12 +332,15 @@ def create_mma_reranker(
     scoring: Literal["weights", "scores"] = "weights",
     timeout: float | None = 60.0,
     prefill: bool | None = None,
+    native_tools: bool = False,
 ) -> StateGraph:
     """The MMA reranker as an uncompiled StateGraph (compile it with your checkpointer, or mount it).
 
     model: a chat model or a backend string ("transformers:smollm2-135m", "openai:NAME", ...);
     ignored (may be None) for variant="rule", the RuleRouter-Fuse control.
     prefill: start the reply with '{"tool": "' (local transformers models; default: on for them).
+    native_tools: for backends with native tool calling (OpenAI-compatible servers with tools,
+    vLLM with a tool parser): `bind_tools` and read the model's tool calls instead of JSON text.
     """
     if variant not in ("auto", "interactive", "rule"):
         msg = f"variant={variant!r}; choose 'auto', 'interactive' or 'rule'"
@@ -308,7 +353,7 @@ def create_mma_reranker(
 
         model = resolve_chat_model(model)
         prefill = isinstance(model, TransformersChatModel) if prefill is None else prefill
-    nodes = _Nodes(model, catalogue, toolkits, variant, alpha, max_turns, scoring, timeout, bool(prefill))
+    nodes = _Nodes(model, catalogue, toolkits, variant, alpha, max_turns, scoring, timeout, bool(prefill), native_tools)
     g = StateGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
     g.add_node(VALIDATE, nodes.validate)
     g.add_node(POLICY, nodes.policy)

@@ -99,6 +99,14 @@ def cmd_bench_tools(args) -> None:
         print(format_table(rows, title))
 
 
+def cmd_bench_rerank(args) -> None:
+    from mma_agent.evals.rerank_bench import bench_rerank
+
+    p = _pipeline(args)
+    for title, rows in bench_rerank(p, args.model, episodes=args.episodes, concurrency=args.concurrency).items():
+        print(format_table(rows, title))
+
+
 def cmd_serve(args) -> None:
     from mma_agent.llm import resolve_chat_model
     from mma_agent.serve import serve
@@ -165,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--episodes", type=int, default=100, help="pools to time the tools on")
     bt.add_argument("--no-image", action="store_true", help="leave the image toolkit out (no CLIP training)")
     bt.set_defaults(func=cmd_bench_tools)
+
+    br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")
+    br.add_argument("--model", default="transformers:smollm2-135m")
+    br.add_argument("--episodes", type=int, default=20)
+    br.add_argument("--concurrency", type=int, default=2)
+    br.set_defaults(func=cmd_bench_rerank)
 
     sv = sub.add_parser("serve", parents=[common], help="serve a chat model over an OpenAI-compatible HTTP API")
     sv.add_argument("--model", default="transformers:smollm2-135m")

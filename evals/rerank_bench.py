@@ -1,0 +1,59 @@
+"""`mma bench rerank`: episode latency, LLM calls and tokens on real 100-item pools with the
+embedded model, sequential and in batch (`.batch` with `max_concurrency`), beside RuleRouter-Fuse."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def _requests(pipeline, pools, n: int) -> list[dict]:
+    split = pipeline.split
+    return [
+        {"user_id": str(split.user_ids[pools.users[p]]), "candidates": [str(split.item_ids[c]) for c in pools.candidates[p]],
+         "first_stage_scores": [float(x) for x in pools.scores[p]]}
+        for p in range(min(n, len(pools)))
+    ]  # fmt: skip
+
+
+def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int = 2, with_image: bool = True) -> dict[str, list[dict]]:
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.llm import resolve_chat_model
+    from mma_agent.metrics import ndcg_at_k
+    from mma_agent.toolkits import prepare_toolkits
+
+    catalogue, kits = prepare_toolkits(pipeline.split, pipeline.root / "cache", image_model=f"local-dir:{pipeline.clip_folder}" if with_image else None)
+    llm = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models")
+    pools = pipeline.pools("family", "full", "test")
+    requests = _requests(pipeline, pools, episodes)
+    targets = [str(pipeline.split.item_ids[t]) for t in pools.targets[: len(requests)]]
+    rows, speed = [], []
+    for variant in ("auto", "rule"):
+        graph = create_mma_reranker(llm if variant == "auto" else None, catalogue=catalogue, toolkits=kits, variant=variant).compile()
+        graph.invoke(requests[0])  # warm-up: model load, first-call allocations
+        lat, outs = [], []
+        for req in requests:
+            start = time.perf_counter()
+            outs.append(graph.invoke(req))
+            lat.append(time.perf_counter() - start)
+        usage = [o.get("usage", {}) for o in outs]
+        ndcg = np.mean([ndcg_at_k(o["ranking"], {t}, 10) for o, t in zip(outs, targets, strict=True)])
+        first = np.mean([ndcg_at_k(sorted(r["candidates"], key=lambda c, r=r: -r["first_stage_scores"][r["candidates"].index(c)]), {t}, 10) for r, t in zip(requests, targets, strict=True)])
+        total_llm = sum(u.get("llm_ms", 0) for u in usage) / 1000
+        rows.append({
+            "variant": "MMA-Auto (" + model + ")" if variant == "auto" else "RuleRouter-Fuse",
+            "episodes": len(outs), "p50 s": f"{np.percentile(lat, 50):.2f}", "p95 s": f"{np.percentile(lat, 95):.2f}",
+            "LLM calls/ep": f"{np.mean([u.get('llm_calls', 0) for u in usage]):.1f}",
+            "prompt tok/ep": f"{np.mean([u.get('input_tokens', 0) for u in usage]):.0f}",
+            "gen tok/ep": f"{np.mean([u.get('output_tokens', 0) for u in usage]):.0f}",
+            "LLM share of time": f"{100 * total_llm / sum(lat):.0f}%", "fallback": f"{np.mean([o['fallback'] for o in outs]):.0%}",
+            "NDCG@10 (first stage)": f"{ndcg:.3f} ({first:.3f})",
+        })  # fmt: skip
+        if variant == "auto":
+            start = time.perf_counter()
+            graph.batch(requests, config={"max_concurrency": concurrency})
+            batch_s = time.perf_counter() - start
+            speed.append({"mode": "sequential .invoke", "episodes/s": f"{len(requests) / sum(lat):.3f}"})
+            speed.append({"mode": f".batch(max_concurrency={concurrency})", "episodes/s": f"{len(requests) / batch_s:.3f}"})
+    return {"Episode cost on 100-item pools (test, full family; 2 CPU cores)": rows, "Throughput, same episodes, measured side by side": speed}
