@@ -29,11 +29,13 @@ def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int =
     requests = _requests(pipeline, pools, episodes)
     targets = [str(pipeline.split.item_ids[t]) for t in pools.targets[: len(requests)]]
     rows, speed = [], []
-    for variant in ("auto", "rule"):
-        graph = create_mma_reranker(llm if variant == "auto" else None, catalogue=catalogue, toolkits=kits, variant=variant).compile()
-        graph.invoke(requests[0])  # warm-up: model load, first-call allocations
+    names = {"auto": f"MMA-Auto ({model})", "interactive": "MMA-Interactive (simulated user)", "rule": "RuleRouter-Fuse"}
+    for variant in ("auto", "interactive", "rule"):
+        graph = create_mma_reranker(None if variant == "rule" else llm, catalogue=catalogue, toolkits=kits, variant=variant).compile()
+        graph.invoke({**requests[0], "target": targets[0]})  # warm-up: model load, first-call allocations
         lat, outs = [], []
-        for req in requests:
+        for req, target in zip(requests, targets, strict=True):
+            req = {**req, "target": target} if variant == "interactive" else req
             start = time.perf_counter()
             outs.append(graph.invoke(req))
             lat.append(time.perf_counter() - start)
@@ -42,7 +44,8 @@ def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int =
         first = np.mean([ndcg_at_k(sorted(r["candidates"], key=lambda c, r=r: -r["first_stage_scores"][r["candidates"].index(c)]), {t}, 10) for r, t in zip(requests, targets, strict=True)])
         total_llm = sum(u.get("llm_ms", 0) for u in usage) / 1000
         rows.append({
-            "variant": "MMA-Auto (" + model + ")" if variant == "auto" else "RuleRouter-Fuse",
+            "variant": names[variant],
+            "ask_user/ep": f"{np.mean([sum(t.get('action', {}).get('tool') == 'ask_user' for t in o['trace'] if t.get('action')) for o in outs]):.2f}",
             "episodes": len(outs), "p50 s": f"{np.percentile(lat, 50):.2f}", "p95 s": f"{np.percentile(lat, 95):.2f}",
             "LLM calls/ep": f"{np.mean([u.get('llm_calls', 0) for u in usage]):.1f}",
             "prompt tok/ep": f"{np.mean([u.get('input_tokens', 0) for u in usage]):.0f}",

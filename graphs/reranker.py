@@ -101,6 +101,9 @@ def validate_request(state: RerankState, catalogue: Catalogue) -> str | None:
     bad = [i for i, v in enumerate(scores) if not isinstance(v, int | float) or not math.isfinite(v)]
     if bad:
         return f"first_stage_scores: position {bad[0]} is {scores[bad[0]]!r}; scores must be finite numbers"
+    mask = state.get("mask")
+    if mask is not None and (not isinstance(mask, dict) or set(mask) - {"text", "image", "behaviour"}):
+        return f"mask: {mask!r} must map some of 'text', 'image', 'behaviour' to true/false"
     _, unknown = catalogue.resolve(cands)
     if unknown:
         return f"candidates: unknown item id(s) {unknown[:5]}; every candidate must be in the catalogue"

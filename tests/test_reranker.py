@@ -101,6 +101,7 @@ def test_budget_spent_falls_back(env):
         ({"first_stage_scores": [1.0]}, "need one score per candidate"),
         ({"candidates": ["m0", "zzz"], "first_stage_scores": [1.0, 2.0]}, "unknown item id(s) ['zzz']"),
         ({"user_id": "stranger"}, "user_id: unknown user 'stranger'"),
+        ({"mask": {"txt": False}}, "mask: {'txt': False} must map"),
     ],
 )
 def test_bad_requests_name_the_field_and_fall_back(env, patch, needle):
