@@ -107,6 +107,32 @@ def cmd_bench_rerank(args) -> None:
         print(format_table(rows, title))
 
 
+def cmd_train_record(args) -> None:
+    from collections import defaultdict
+
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.toolkits import prepare_toolkits
+    from mma_agent.training.episodes import content_hash, read_episodes, record_episodes, sample_episodes
+
+    p = _pipeline(args)
+    catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=f"local-dir:{p.clip_folder}")
+    model = None if args.variant == "rule" else args.model
+    reranker = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, variant=args.variant).compile()
+    episodes = sample_episodes(p, per_family=args.per_family, seed=args.seed)
+    header = {"config": content_hash([p.config.model_dump(mode="json"), args.model, args.variant, args.per_family, args.seed]), "data": p.split.fingerprint()}
+    out = args.out or p.root / "episodes" / f"{args.variant}-{header['config']}.jsonl"
+    stats = record_episodes(episodes, reranker, out, header)
+    _, records = read_episodes(out)
+    by = defaultdict(list)
+    for r in records:
+        by[r["family"]].append(r)
+    rows = [{"family": f, "episodes": len(rs), "mean reward": float(sum(r["reward"] for r in rs) / len(rs)),
+             "NDCG@10": float(sum(r["ndcg@10"] for r in rs) / len(rs)),
+             "tool+invalid calls/ep": f"{sum(sum(r['costs'].values()) for r in rs) / len(rs):.1f}",
+             "fallback": f"{sum(r['fallback'] for r in rs) / len(rs):.0%}"} for f, rs in sorted(by.items())]  # fmt: skip
+    print(format_table(rows, f"Recorded episodes in {out} ({stats['recorded']} new, {stats['already']} resumed)"))
+
+
 def cmd_serve(args) -> None:
     from mma_agent.llm import resolve_chat_model
     from mma_agent.serve import serve
@@ -179,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--episodes", type=int, default=20)
     br.add_argument("--concurrency", type=int, default=2)
     br.set_defaults(func=cmd_bench_rerank)
+
+    train = sub.add_parser("train", help="policy training").add_subparsers(dest="train_command", required=True)
+    tr = train.add_parser("record", parents=[common], help="record balanced missingness-task episodes (resumable JSONL)")
+    tr.add_argument("--model", default="transformers:smollm2-135m")
+    tr.add_argument("--variant", choices=["auto", "interactive", "rule"], default="auto")
+    tr.add_argument("--per-family", type=int, default=None, help="episodes per family (default: every train target)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", type=Path, help="JSONL file (default under the workdir, named by config)")
+    tr.set_defaults(func=cmd_train_record)
 
     sv = sub.add_parser("serve", parents=[common], help="serve a chat model over an OpenAI-compatible HTTP API")
     sv.add_argument("--model", default="transformers:smollm2-135m")

@@ -159,15 +159,29 @@ class _ModalitySignals:
 
 
 def build_family_pools(
-    view: ModalityView, split: Split, family: str, target_split: str, config: PoolConfig, retriever_config: RetrieverConfig
+    view: ModalityView,
+    split: Split,
+    family: str,
+    target_split: str,
+    config: PoolConfig,
+    retriever_config: RetrieverConfig,
+    *,
+    targets: tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None = None,
 ) -> PoolSet:
+    """Pools for the held-out targets of `target_split`, or for explicit `targets` =
+    (users, items, histories), e.g. train-split targets with the history before them."""
     if view.mask != family_mask(family):
         msg = f"view mask {view.mask} does not match family {family!r} ({family_mask(family)})"
         raise ValueError(msg)
     from tqdm.auto import tqdm
 
     signals = _ModalitySignals(view, retriever_config)
-    users, targets = pick_targets(split, target_split, config.targets_per_user)
+    if targets is None:
+        users, items = pick_targets(split, target_split, config.targets_per_user)
+        histories = None
+    else:
+        users, items, histories = targets
+    targets = items
     n, size = len(users), config.size
     cands = np.zeros((n, size), dtype=np.int64)
     scores = np.zeros((n, size), dtype=np.float32)
@@ -193,7 +207,7 @@ def build_family_pools(
             chosen += rng.choice(pool, size=need, replace=False).tolist()
         row = np.array([t, *chosen], dtype=np.int64)
         rng.shuffle(row)
-        history = view.history(u, include_valid=target_split == "test")
+        history = histories[p] if histories is not None else view.history(u, include_valid=target_split == "test")
         per_source = [_minmax(signals.history_scores(s, history, row, u)) for s in signals.sources]
         cands[p], scores[p], filled[p] = row, np.mean(per_source, axis=0), need
     meta = {"family": family, "mask": view.mask.to_dict(), "sources": signals.sources, "size": size, "seed": config.seed, "split_fingerprint": split.fingerprint()}

@@ -1,0 +1,131 @@
+"""Episode sampling and crash-safe recording (the rule router stands in for the policy: recording
+does not depend on which policy acts)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("sentence_transformers")
+
+from mma_agent.training.episodes import EpisodeFileError, read_episodes, record_episodes, sample_episodes, train_targets  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from mma_agent.config import PipelineConfig
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.pipeline import Pipeline
+    from mma_agent.toolkits import prepare_toolkits
+    from tests.conftest import write_tiny_dataset
+
+    root = write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny", n_users=21)
+    work = tmp_path_factory.mktemp("w")
+    cfg = PipelineConfig.model_validate({"data": {"path": str(root)}, "workdir": str(work), "pools": {"size": 10}, "image": {"kind": "thumbnail", "width": 4, "height": 4}})
+    p = Pipeline(cfg)
+    catalogue, kits = prepare_toolkits(p.split, work / "cache", image_model=None)
+    reranker = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()
+    return p, reranker
+
+
+def test_train_targets_use_only_earlier_train_history(env):
+    p, _ = env
+    users, items, hists = train_targets(p.split)
+    tr = p.split.train
+    for u, t, h in zip(users, items, hists):
+        ts = tr[(tr.user == u)].set_index("item")["timestamp"]
+        assert t not in set(h) and ts[h].max() <= ts[t]
+
+
+def test_sampling_is_balanced_and_split(env):
+    p, _ = env
+    eps = sample_episodes(p, seed=0)
+    fams = [e["family"] for e in eps]
+    counts = {f: fams.count(f) for f in set(fams)}
+    assert len(counts) == 7 and max(counts.values()) - min(counts.values()) <= 1
+    assert len({e["id"] for e in eps}) == len(eps)
+    for e in eps:
+        assert e["target"] in e["candidates"] and e["target"] not in e["history"]
+    assert {e["part"] for e in eps} == {"support", "query"}
+    assert sample_episodes(p, seed=0) == eps
+
+
+def test_recording_resumes_without_loss_or_duplicates(env, tmp_path):
+    p, reranker = env
+    eps = sample_episodes(p, seed=0)
+    path = tmp_path / "episodes.jsonl"
+    header = {"config": "h1", "data": p.split.fingerprint()}
+
+    def crash_after(n):
+        seen = []
+
+        def hook(_):
+            seen.append(1)
+            if len(seen) == n:
+                raise KeyboardInterrupt  # a crash mid-run
+
+        return hook
+
+    with pytest.raises(KeyboardInterrupt):
+        record_episodes(eps, reranker, path, header, on_record=crash_after(5))
+    # a half-written line, as a kill during a write leaves
+    with path.open("a") as fh:
+        fh.write('{"id": "broken", "rew')
+    stats = record_episodes(eps, reranker, path, header)
+    assert stats == {"total": len(eps), "already": 5, "recorded": len(eps) - 5}
+    _, records = read_episodes(path)
+    assert sorted(r["id"] for r in records) == sorted(e["id"] for e in eps)
+    assert all(-1.0 <= r["reward"] <= 1.0 for r in records)
+    assert record_episodes(eps, reranker, path, header)["recorded"] == 0  # nothing counted twice
+    with pytest.raises(EpisodeFileError, match="another config"):
+        record_episodes(eps, reranker, path, {"config": "h2", "data": "x"})
+
+
+def test_malformed_line_names_its_number(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"header": {"a": 1}}\n{"id": "x", "reward": 0.1}\nnot json\n{"id": "y", "reward": 0.2}\n')
+    with pytest.raises(EpisodeFileError, match="line 3 is not valid JSON"):
+        read_episodes(path)
+    path.write_text('{"id": "x"}\n')
+    with pytest.raises(EpisodeFileError, match="line 1 must be the header"):
+        read_episodes(path)
+
+
+@pytest.mark.slow
+def test_a_killed_recording_process_resumes(env, tmp_path):
+    """A real SIGKILL of the recording process, then a resume: every episode exactly once."""
+    p, _ = env
+    script = tmp_path / "rec.py"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(p.config.model_dump_json())
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, time
+        from mma_agent.config import PipelineConfig
+        from mma_agent.graphs.reranker import create_mma_reranker
+        from mma_agent.pipeline import Pipeline
+        from mma_agent.toolkits import prepare_toolkits
+        from mma_agent.training.episodes import record_episodes, sample_episodes
+        p = Pipeline(PipelineConfig.model_validate(json.loads(open("{cfg}").read())))
+        cat, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
+        rr = create_mma_reranker(None, catalogue=cat, toolkits=kits, variant="rule").compile()
+        slow = (lambda r: time.sleep(0.3)) if sys.argv[1] == "slow" else None
+        print(record_episodes(sample_episodes(p, seed=0), rr, "{tmp_path / 'e.jsonl'}", {{"config": "k"}}, on_record=slow), flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script), "slow"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = tmp_path / "e.jsonl"
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count(chr(10)) < 4):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, before = read_episodes(out)
+    assert 0 < len(before)
+    subprocess.run([sys.executable, str(script), "fast"], check=True, capture_output=True)
+    _, after = read_episodes(out)
+    ids = [r["id"] for r in after]
+    assert len(ids) == len(set(ids)) == len(sample_episodes(p, seed=0))
