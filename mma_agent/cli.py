@@ -133,6 +133,45 @@ def cmd_train_record(args) -> None:
     print(format_table(rows, f"Recorded episodes in {out} ({stats['recorded']} new, {stats['already']} resumed)"))
 
 
+def _episodes_and_kits(args):
+    from mma_agent.toolkits import prepare_toolkits
+    from mma_agent.training.episodes import sample_episodes
+
+    p = _pipeline(args)
+    catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=f"local-dir:{p.clip_folder}")
+    return p, catalogue, kits, sample_episodes(p, per_family=args.per_family, seed=args.seed)
+
+
+def cmd_train_sft(args) -> None:
+    from mma_agent.llm import smollm2_folder
+    from mma_agent.training.sft import best_plans, sft_examples, summarize, train_sft
+
+    p, catalogue, kits, episodes = _episodes_and_kits(args)
+    support = [e for e in episodes if e["part"] == "support"]
+    start = time.perf_counter()
+    best = best_plans(support, catalogue, kits)
+    print(format_table([{**summarize(best), "explore s": f"{time.perf_counter() - start:.1f}"}], "Best action plans on support episodes"))
+    base = args.base or str(smollm2_folder(p.config.workdir / "models"))
+    out = args.out or p.root / f"sft-{args.per_family}-{args.max_steps}"
+    start = time.perf_counter()
+    final = train_sft(sft_examples(best), base, out, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size)
+    print(f"SFT policy: {final} ({time.perf_counter() - start:.0f} s); load it as transformers:{final}; curve: {out / 'training-curve.png'}")
+
+
+def cmd_train_eval(args) -> None:
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.llm import resolve_chat_model
+    from mma_agent.training.evaluate import evaluate_policies
+
+    p, catalogue, kits, episodes = _episodes_and_kits(args)
+    query = [e for e in episodes if e["part"] == "query"]
+    policies = {"RuleRouter-Fuse": create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()}
+    for spec in args.policy:
+        model = resolve_chat_model(spec, cache_dir=p.config.workdir / "models")
+        policies[spec] = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
+    print(format_table(evaluate_policies(policies, query), f"Query episodes ({len(query)}): reward, NDCG@10, routing diagnostics"))
+
+
 def cmd_serve(args) -> None:
     from mma_agent.llm import resolve_chat_model
     from mma_agent.serve import serve
@@ -214,6 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", type=Path, help="JSONL file (default under the workdir, named by config)")
     tr.set_defaults(func=cmd_train_record)
+    ts = train.add_parser("sft", parents=[common], help="SFT on the best action plans of support episodes (TRL)")
+    ts.add_argument("--per-family", type=int, default=20)
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--max-steps", type=int, default=40)
+    ts.add_argument("--lr", type=float, default=1e-4)
+    ts.add_argument("--batch-size", type=int, default=4)
+    ts.add_argument("--base", help="base model folder (default: the embedded SmolLM2)")
+    ts.add_argument("--out", type=Path)
+    ts.set_defaults(func=cmd_train_sft)
+    te = train.add_parser("eval", parents=[common], help="compare policies on query episodes")
+    te.add_argument("--policy", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, e.g. transformers:<SFT folder>")
+    te.add_argument("--per-family", type=int, default=20)
+    te.add_argument("--seed", type=int, default=0)
+    te.set_defaults(func=cmd_train_eval)
 
     sv = sub.add_parser("serve", parents=[common], help="serve a chat model over an OpenAI-compatible HTTP API")
     sv.add_argument("--model", default="transformers:smollm2-135m")
