@@ -212,7 +212,7 @@ class _Nodes:
 
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         lc = [kinds[m["role"]](m["content"]) for m in messages]
-        kwargs = {"prefill": '{"tool": "', "allowed_completions": allowed} if self.prefill else {}
+        kwargs = {"prefill": '{"tool": "', "allowed_completions": allowed, "stop_strings": ["\n"]} if self.prefill else {}
         if self.timeout is None:
             out = self.model.invoke(lc, **kwargs)
         else:

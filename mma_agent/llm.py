@@ -144,7 +144,7 @@ class TransformersChatModel(BaseChatModel):
                 top_p=None,
                 top_k=None,
                 pad_token_id=self._tokenizer.eos_token_id,
-                stop_strings=kwargs.get("stop_strings", ["\n"]),  # an action is one line
+                stop_strings=kwargs.get("stop_strings"),  # the reranker passes ["\n"]: an action is one line
                 tokenizer=self._tokenizer,
             )
         new = out[0, ids["input_ids"].shape[1] :]
