@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mma_agent.toolkits.image import l2_normalize as _norm
+
 GENRE_PROMPT = "a poster of a {} movie"
 
 
@@ -47,10 +49,6 @@ def _genre_matrix(genres: list[str], vocab: list[str]) -> np.ndarray:
     return m
 
 
-def _norm(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _similarity_vs_genres(emb: np.ndarray, g: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
     from scipy.stats import spearmanr
 
@@ -71,9 +69,8 @@ def _similarity_vs_genres(emb: np.ndarray, g: np.ndarray, rng: np.random.Generat
 def bench_image(pipeline, folder: Path, *, n_throughput: int = 64, seed: int = 0) -> dict[str, list[dict]]:
     import torch
 
-    from mma_agent.masks import ModalityView, family_mask
     from mma_agent.poster_clip import load_clip
-    from mma_agent.training.clip import heldout_items, text_pooled, trunk_features
+    from mma_agent.training.clip import heldout_items, pooled_item_texts, trunk_features
 
     model, preprocess, tokenizer = load_clip(f"local-dir:{folder}")
     ds, split = pipeline.dataset, pipeline.split
@@ -114,8 +111,7 @@ def bench_image(pipeline, folder: Path, *, n_throughput: int = 64, seed: int = 0
         rows_tag.append({"method": name, "items": int(ok.sum()), "genre mAP": _map(scores, g_held), "top-3 accuracy": float(acc)})
 
     # 2. image -> text retrieval among held-out items
-    texts = ModalityView(split, family_mask("full")).item_texts()
-    pooled = text_pooled(model, tokenizer, [texts[i] for i in held], desc="held-out text features")
+    pooled = pooled_item_texts(pipeline, model, tokenizer)[held]  # cached when the heads were trained
     with torch.no_grad():
         txt = _norm(model.text.proj(torch.from_numpy(pooled)).numpy())
     top10 = np.argpartition(-(img @ txt.T), 10, axis=1)[:, :10]

@@ -26,20 +26,12 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
+from mma_agent.extras import require as _require
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "user"}
-
-
-def _require(module: str, extra: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        msg = f"{module} is not installed; install the `{extra}` extra: pip install 'mma-agent[{extra}]'"
-        raise ImportError(msg) from err
 
 
 def smollm2_folder(cache_dir: Path) -> Path:

@@ -18,19 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mma_agent.extras import require as _require
+
 TRUNK = "tf_efficientnet_lite2"
 # The TF-converted EfficientNet-Lite weights expect x / 127.5 - 1, i.e. mean = std = 0.5 on [0, 1].
 PREPROCESS_CFG = {"size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "shortest"}
-
-
-def _require(module: str, extra: str = "local"):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        msg = f"{module} is not installed; install the `{extra}` extra: pip install 'mma-agent[{extra}]'"
-        raise ImportError(msg) from err
 
 
 def minilm_path() -> str:

