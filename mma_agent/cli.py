@@ -142,20 +142,100 @@ def _episodes_and_kits(args):
     return p, catalogue, kits, sample_episodes(p, per_family=args.per_family, seed=args.seed)
 
 
-def cmd_train_sft(args) -> None:
-    from mma_agent.llm import smollm2_folder
-    from mma_agent.training.sft import best_plans, sft_examples, summarize, train_sft
+def _trl_overrides(pairs: list[str] | None) -> dict:
+    """`--trl key=value` pairs (YAML values) passed through to TRL's config dataclass."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            msg = f"--trl {pair!r}: expected KEY=VALUE, e.g. --trl gradient_accumulation_steps=2"
+            raise ValueError(msg)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _support_points(args):
+    """Explored decision points of the support episodes (cached on disk by content)."""
+    from mma_agent.training.episodes import content_hash
+    from mma_agent.training.sft import action_plans, decision_points, explore_plans
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     support = [e for e in episodes if e["part"] == "support"]
+    key = content_hash([[e["id"] for e in support], action_plans(), p.split.fingerprint()])
+    path = p.root / "explore" / f"support-{key}.json"
     start = time.perf_counter()
-    best = best_plans(support, catalogue, kits)
-    print(format_table([{**summarize(best), "explore s": f"{time.perf_counter() - start:.1f}"}], "Best action plans on support episodes"))
-    base = args.base or str(smollm2_folder(p.config.workdir / "models"))
-    out = args.out or p.root / f"sft-{args.per_family}-{args.max_steps}"
+    if path.is_file():
+        explored = json.loads(path.read_text())
+    else:
+        explored = explore_plans(support, catalogue, kits)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(explored))
+        tmp.replace(path)
+    took = time.perf_counter() - start
+    return p, catalogue, kits, support, explored, decision_points(explored), took
+
+
+def _base(args, p, *stages: str) -> str:
+    """--base, else the newest earlier stage's policy under the workdir, else the embedded SmolLM2."""
+    from mma_agent.llm import smollm2_folder
+
+    if args.base:
+        return str(args.base)
+    for stage in stages:
+        folder = p.root / "train" / stage / "policy"
+        if (folder / "config.json").is_file():
+            return str(folder)
+    return str(smollm2_folder(p.config.workdir / "models"))
+
+
+def cmd_train_sft(args) -> None:
+    from mma_agent.training.sft import best_of, decision_sft_rows, sft_examples, summarize, train_sft
+
+    p, _, _, support, explored, points, took = _support_points(args)
+    best = best_of(explored)
+    print(format_table([{**summarize(best), "states": len(points), "explore s": f"{took:.1f}"}], "Best action plans on support episodes"))
+    rows = decision_sft_rows(points) if args.rows == "decision" else sft_examples(best)
+    base = _base(args)
+    out = args.out or p.root / "train" / "sft"
     start = time.perf_counter()
-    final = train_sft(sft_examples(best), base, out, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size)
-    print(f"SFT policy: {final} ({time.perf_counter() - start:.0f} s); load it as transformers:{final}; curve: {out / 'training-curve.png'}")
+    final = train_sft(rows, base, out, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed, **_trl_overrides(args.trl))
+    print(f"SFT policy ({len(rows)} rows, from {base}): {final} ({time.perf_counter() - start:.0f} s); "
+          f"load it as transformers:{final}; curve: {out / 'training-curve.png'}")  # fmt: skip
+
+
+def cmd_train_dpo(args) -> None:
+    from mma_agent.training.preference import preference_pairs, train_dpo
+
+    p, _, _, _, _, points, _ = _support_points(args)
+    pairs = preference_pairs(points, margin=args.margin)
+    base = _base(args, "sft")
+    out = args.out or p.root / "train" / "dpo"
+    start = time.perf_counter()
+    final = train_dpo(pairs, base, out, max_steps=args.max_steps, lr=args.lr, beta=args.beta, batch_size=args.batch_size, seed=args.seed,
+                      **_trl_overrides(args.trl))  # fmt: skip
+    print(f"DPO policy ({len(pairs)} pairs, from {base}): {final} ({time.perf_counter() - start:.0f} s); curve: {out / 'training-curve.png'}")
+
+
+def cmd_train_grpo(args) -> None:
+    import random
+
+    from mma_agent.training.grpo import EnvironmentReward, grpo_rows, train_grpo
+
+    p, catalogue, kits, support, _, points, _ = _support_points(args)
+    # states where the choice matters: GRPO learns nothing from a group whose rewards are all equal
+    informative = [pt for pt in points if max(pt["values"].values()) - min(pt["values"].values()) >= args.margin]
+    random.Random(args.seed).shuffle(informative)
+    reward = EnvironmentReward(support, catalogue, kits)
+    base = _base(args, "dpo", "sft")
+    out = args.out or p.root / "train" / "grpo"
+    start = time.perf_counter()
+    final = train_grpo(grpo_rows(informative), reward, base, out, max_steps=args.max_steps, lr=args.lr, num_generations=args.num_generations,
+                       prompts_per_step=args.prompts_per_step, seed=args.seed, **_trl_overrides(args.trl))  # fmt: skip
+    print(f"GRPO policy ({len(informative)} states, {reward.calls} environment episodes, from {base}): {final} "
+          f"({time.perf_counter() - start:.0f} s); curve: {out / 'training-curve.png'}")  # fmt: skip
 
 
 def cmd_train_eval(args) -> None:
@@ -167,9 +247,15 @@ def cmd_train_eval(args) -> None:
     query = [e for e in episodes if e["part"] == "query"]
     policies = {"RuleRouter-Fuse": create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()}
     for spec in args.policy:
-        model = resolve_chat_model(spec, cache_dir=p.config.workdir / "models")
-        policies[spec] = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
-    print(format_table(evaluate_policies(policies, query), f"Query episodes ({len(query)}): reward, NDCG@10, routing diagnostics"))
+        name, sep, backend = spec.partition("=")
+        name, backend = (name, backend) if sep else (spec, spec)
+        model = resolve_chat_model(backend, cache_dir=p.config.workdir / "models")
+        policies[name] = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
+    rows = evaluate_policies(policies, query)
+    print(format_table(rows, f"Query episodes ({len(query)}): reward, NDCG@10, routing diagnostics"))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1))
 
 
 def cmd_serve(args) -> None:
@@ -253,19 +339,38 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", type=Path, help="JSONL file (default under the workdir, named by config)")
     tr.set_defaults(func=cmd_train_record)
-    ts = train.add_parser("sft", parents=[common], help="SFT on the best action plans of support episodes (TRL)")
-    ts.add_argument("--per-family", type=int, default=20)
-    ts.add_argument("--seed", type=int, default=0)
-    ts.add_argument("--max-steps", type=int, default=40)
-    ts.add_argument("--lr", type=float, default=1e-4)
-    ts.add_argument("--batch-size", type=int, default=4)
-    ts.add_argument("--base", help="base model folder (default: the embedded SmolLM2)")
-    ts.add_argument("--out", type=Path)
-    ts.set_defaults(func=cmd_train_sft)
+
+    def trainer_args(parser, steps: int, lr: float, batch: int | None = None) -> None:
+        parser.add_argument("--per-family", type=int, default=20, help="episodes per family (80%% support, used here)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--max-steps", type=int, default=steps)
+        parser.add_argument("--lr", type=float, default=lr)
+        if batch is not None:
+            parser.add_argument("--batch-size", type=int, default=batch)
+        parser.add_argument("--base", type=Path, help="starting policy folder (default: the previous stage's, else the embedded SmolLM2)")
+        parser.add_argument("--out", type=Path, help="run folder (default: <workdir>/<data>/train/<stage>)")
+        parser.add_argument("--trl", action="append", metavar="KEY=VALUE", help="any field of TRL's config dataclass, passed through (repeatable)")
+
+    ts = train.add_parser("sft", parents=[common], help="SFT on the best action at every explored state of the support episodes (TRL)")
+    trainer_args(ts, 60, 1e-4, 4)
+    ts.add_argument("--rows", choices=["decision", "best"], default="decision", help="every explored state (default) or only the best plans")
+    td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
+    trainer_args(td, 30, 5e-6, 2)
+    td.add_argument("--beta", type=float, default=0.1)
+    td.add_argument("--margin", type=float, default=0.01, help="least value gap for a pair")
+    tg = train.add_parser("grpo", parents=[common], help="GRPO with rewards from the real reranker graph (TRL)")
+    trainer_args(tg, 20, 1e-6)
+    tg.add_argument("--num-generations", type=int, default=4)
+    tg.add_argument("--prompts-per-step", type=int, default=2)
+    tg.add_argument("--margin", type=float, default=0.01, help="train on states whose actions differ in value by at least this")
+    for parser, fn in ((ts, cmd_train_sft), (td, cmd_train_dpo), (tg, cmd_train_grpo)):
+        parser.set_defaults(func=fn)
+
     te = train.add_parser("eval", parents=[common], help="compare policies on query episodes")
-    te.add_argument("--policy", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, e.g. transformers:<SFT folder>")
+    te.add_argument("--policy", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, optionally NAME=BACKEND, e.g. SFT=transformers:<folder>")
     te.add_argument("--per-family", type=int, default=20)
     te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--out", type=Path, help="also write the rows as JSON")
     te.set_defaults(func=cmd_train_eval)
 
     sv = sub.add_parser("serve", parents=[common], help="serve a chat model over an OpenAI-compatible HTTP API")

