@@ -258,6 +258,46 @@ def cmd_train_eval(args) -> None:
         args.out.write_text(json.dumps(rows, indent=1))
 
 
+def _store_path(args, p) -> Path:
+    run = Path(args.run)
+    return run if run.suffix == ".sqlite" else p.root / "evals" / f"{args.run}.sqlite"
+
+
+def cmd_eval_run(args) -> None:
+    from mma_agent.evals.methods import build_methods
+    from mma_agent.evals.runner import run_eval
+
+    p = _pipeline(args)
+    trained = {}
+    for spec in args.trained or []:
+        label, sep, backend = spec.partition("=")
+        if not sep:
+            msg = f"--trained {spec!r}: expected LABEL=BACKEND, e.g. GRPO=transformers:.mma/.../train/grpo/policy"
+            raise ValueError(msg)
+        trained[label] = backend
+    methods = build_methods(args.methods, zero_shot=args.model, trained=trained)
+    path = _store_path(args, p)
+    start = time.perf_counter()
+    summary = run_eval(p, path, methods, splits=args.splits, protocols=args.protocols, families=args.families, limit=args.limit,
+                       llm_limit=args.llm_limit, seeds=args.seeds, concurrency=args.concurrency)  # fmt: skip
+    rows = [{"method": m, "new episodes": s["new"], "resumed": s["resumed"], "s": f"{s['seconds']:.1f}"} for m, s in summary.items()]
+    print(format_table(rows, f"Evaluation run {path} ({time.perf_counter() - start:.0f} s)"))
+    print(f"report: mma eval report {args.run}")
+
+
+def cmd_eval_report(args) -> None:
+    from mma_agent.evals.report import build_report
+
+    p = _pipeline(args)
+    path = _store_path(args, p)
+    if not path.is_file():
+        msg = f"no results store at {path}; run `mma eval run --run {args.run}` first"
+        raise FileNotFoundError(msg)
+    _, main = build_report(path, args.out, title=args.title)
+    print(format_table(main, "Main table (test; paired on the LLM methods' pools)"))
+    print(f"\nreport: {args.out / 'report.md'}")
+
+
 def cmd_serve(args) -> None:
     from mma_agent.llm import resolve_chat_model
     from mma_agent.serve import serve
@@ -372,6 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--seed", type=int, default=0)
     te.add_argument("--out", type=Path, help="also write the rows as JSON")
     te.set_defaults(func=cmd_train_eval)
+
+    ev = sub.add_parser("eval", help="evaluation graphs: methods x protocols, resumable, with a report").add_subparsers(dest="eval_command", required=True)
+    er = ev.add_parser("run", parents=[common], help="run methods over the test (and validation) pools into a SQLite store")
+    er.add_argument("--run", default="main", help="run name (store <workdir>/<data>/evals/RUN.sqlite) or a .sqlite path")
+    er.add_argument("--methods", nargs="+", help="short names (default: all); see mma_agent.evals.methods.build_methods")
+    er.add_argument("--protocols", nargs="+", choices=["family", "fixed"], default=["family", "fixed"])
+    er.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), help="default: all seven")
+    er.add_argument("--splits", nargs="+", choices=["valid", "test"], default=["valid", "test"], help="valid picks alpha")
+    er.add_argument("--limit", type=int, help="pools per family and split for every method (default: all)")
+    er.add_argument("--llm-limit", type=int, default=20, help="pools per family and split for methods that call an LLM")
+    er.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds for stochastic methods")
+    er.add_argument("--concurrency", type=int, default=2, help="episodes in flight for LLM methods (LangGraph batch)")
+    er.add_argument("--model", default="transformers:smollm2-135m", help="zero-shot backend for ReAct, listwise and MMA-Auto (zero-shot)")
+    er.add_argument("--trained", nargs="+", metavar="LABEL=BACKEND", help="trained policies, each a row 'MMA-Auto (LABEL)'")
+    er.set_defaults(func=cmd_eval_run)
+    ep = ev.add_parser("report", parents=[common], help="Markdown report with tables, tests, diagnostics and plots")
+    ep.add_argument("run", help="run name or .sqlite path")
+    ep.add_argument("--out", type=Path, default=Path("evals/results"))
+    ep.add_argument("--title", default="mma-agent evaluation on MovieLens-posters")
+    ep.set_defaults(func=cmd_eval_report)
 
     sv = sub.add_parser("serve", parents=[common], help="serve a chat model over an OpenAI-compatible HTTP API")
     sv.add_argument("--model", default="transformers:smollm2-135m")

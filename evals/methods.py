@@ -1,0 +1,303 @@
+"""The methods the evaluation graphs compare, behind one interface.
+
+Every method scores one episode's pool: `score(ep)` returns the method's own score per candidate
+(aligned with `ep["candidates"]`, before fusion) or None when it cannot score this episode (its
+modality is masked, the agent fell back, ...), plus an info dict for diagnostics. The runner fuses
+with the first-stage scores for every alpha of a grid (Eq. 2) and stores the metrics of each, so
+alpha is picked on validation afterwards without re-running anything. None means the first-stage
+ranking, which is what an embedding app gets from a method that cannot help.
+
+Rows (see `build_methods`):
+- first stage: the pool's own first-stage scores; each CF retriever (Popularity, ItemKNN, BPR-MF,
+  LightGCN) re-scoring the pool where behaviour is visible.
+- single modality: one evidence tool (text, image, graph) and nothing else, through the real graph.
+- completion: late fusion of text, image and behaviour similarity to the user's history, with the
+  masked modalities' item features completed from a bank of other catalogue items: zero, mean,
+  neighbour-mean (the k nearest bank items in a visible modality) or feature propagation over the
+  kNN graph of a visible modality (Malitesta et al.). Like every completion method, these read
+  the masked modality of *other* items (the bank); the agent methods never do.
+- LLM listwise: the backend model orders the first-stage top window by titles (RankGPT style).
+- agents: RuleRouter-Fuse, ReAct zero-shot (free-form actions, no constrained decoding), MMA-Auto
+  (zero-shot, or any trained policy folder), MMA-Interactive (simulated user).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mma_agent.masks import Mask
+
+log = logging.getLogger(__name__)
+AUTOMATED = ("analyze_text", "analyze_image", "retrieve_graph")
+
+
+def agent_info(out: dict) -> dict:
+    """Routing diagnostics of one reranker output (the paper's failed-call rate and turns)."""
+    steps = [t for t in out.get("trace", []) if t.get("action") and (t["action"] or {}).get("tool") != "score_candidates"]
+    first = next((t["action"].get("tool") for t in out.get("trace", []) if t.get("action")), None)
+    usage = out.get("usage") or {}
+    return {
+        "calls": len(steps), "failed": sum(bool(t.get("null")) or bool(t.get("invalid")) for t in steps),
+        "invalid": sum(bool(t.get("invalid")) for t in steps), "turns": len([t for t in out.get("trace", []) if t.get("action")]),
+        "first_action": first or "none", "fallback": bool(out.get("fallback")), "reason": out.get("reason", ""),
+        "ask_user": sum((t.get("action") or {}).get("tool") == "ask_user" for t in steps), "llm_ms": usage.get("llm_ms", 0),
+    }  # fmt: skip
+
+
+@dataclass
+class EvalEnv:
+    """What methods share: the pipeline, catalogue and toolkits, and lazily loaded models."""
+
+    pipeline: Any
+    catalogue: Any
+    kits: dict
+    model_cache: dict = field(default_factory=dict)
+
+    def chat_model(self, spec: str, **kwargs):
+        from mma_agent.llm import resolve_chat_model
+
+        key = (spec, tuple(sorted(kwargs.items())))
+        if key not in self.model_cache:
+            self.model_cache[key] = resolve_chat_model(spec, cache_dir=self.pipeline.config.workdir / "models", **kwargs)
+        return self.model_cache[key]
+
+
+class Method:
+    name: str = ""
+    uses_llm: bool = False
+    group: str = ""
+
+    def setup(self, env: EvalEnv) -> None:
+        self.env = env
+
+    def score(self, ep: dict) -> tuple[np.ndarray | None, dict]:
+        raise NotImplementedError
+
+
+class FirstStage(Method):
+    group = "first stage"
+
+    def __init__(self) -> None:
+        self.name = "First stage (pool scores)"
+
+    def score(self, ep):
+        return np.asarray(ep["first_stage_scores"], dtype=float), {}
+
+
+class RetrieverMethod(Method):
+    """A CF retriever re-scoring the pool; needs behaviour (it is learned from interactions)."""
+
+    group = "first stage"
+
+    def __init__(self, retriever: str) -> None:
+        self.retriever, self.name = retriever, {"popularity": "Popularity", "itemknn": "ItemKNN", "bprmf": "BPR-MF", "lightgcn": "LightGCN"}[retriever]
+
+    def setup(self, env):
+        super().setup(env)
+        self.model, _ = env.pipeline.retriever(self.retriever)
+
+    def score(self, ep):
+        if not ep["mask"]["behaviour"]:
+            return None, {"reason": "behaviour is masked"}
+        return self.model.score(np.array([ep["user"]]))[0][ep["cand_idx"]].astype(float), {}
+
+
+class AgentMethod(Method):
+    """The reranker graph with a policy: scripted plan, rule router, or an LLM backend."""
+
+    group = "agent"
+
+    def __init__(self, name: str, *, model: str | None = None, variant: str = "auto", plan: list[str] | None = None,
+                 prefill: bool | None = None, group: str = "agent") -> None:  # fmt: skip
+        self.name, self.model_spec, self.variant, self.plan, self.prefill, self.group = name, model, variant, plan, prefill, group
+        self.uses_llm = model is not None
+
+    def setup(self, env):
+        from mma_agent.graphs.reranker import create_mma_reranker
+
+        super().setup(env)
+        self.graph = None
+        if self.plan is None:
+            model = env.chat_model(self.model_spec) if self.model_spec else None
+            self.graph = create_mma_reranker(model, catalogue=env.catalogue, toolkits=env.kits, variant=self.variant, alpha=0.0, prefill=self.prefill).compile()
+
+    def score(self, ep):
+        graph = self.graph
+        if graph is None:  # a scripted plan: a fresh fake model per episode (it keeps a cursor)
+            from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+            from mma_agent.graphs.reranker import create_mma_reranker
+
+            graph = create_mma_reranker(FakeListChatModel(responses=self.plan), catalogue=self.env.catalogue, toolkits=self.env.kits, alpha=0.0, prefill=False).compile()
+        request = {"user_id": ep["user_id"], "history": ep["history"], "candidates": ep["candidates"], "first_stage_scores": ep["first_stage_scores"], "mask": ep["mask"]}
+        if self.variant == "interactive":
+            request["target"] = ep["target"]  # the simulated user answers about the held-out item
+        out = graph.invoke(request)
+        info = agent_info(out)
+        if out.get("fallback") or not out.get("mma_scores"):
+            return None, info
+        return np.array([out["mma_scores"][c] for c in ep["candidates"]], dtype=float), info
+
+
+def single_tool_plan(tool: str, group: str) -> list[str]:
+    import json
+
+    return [json.dumps({"tool": tool, "args": {}}), json.dumps({"tool": "score_candidates", "args": {"weights": {group: 1}}})]
+
+
+class CompletionFusion(Method):
+    """Late fusion of per-modality similarity to the history, masked modalities completed from a bank."""
+
+    group = "completion"
+    MODALITIES = ("text", "image", "behaviour")
+
+    def __init__(self, imputation: str, k: int = 10, iterations: int = 10) -> None:
+        if imputation not in ("zero", "mean", "neighbour-mean", "feature-propagation"):
+            raise ValueError(f"unknown imputation {imputation!r}")
+        self.imputation, self.k, self.iterations = imputation, k, iterations
+        self.name = {"zero": "Completion: zero", "mean": "Completion: mean", "neighbour-mean": "Completion: neighbour-mean",
+                     "feature-propagation": "Completion: feature propagation"}[imputation]  # fmt: skip
+
+    def setup(self, env):
+        super().setup(env)
+        full = env.catalogue.view(Mask())
+        lightgcn, _ = env.pipeline.retriever("lightgcn")
+        feats = {"text": full.feature("text"), "image": full.feature("image"), "behaviour": lightgcn.item_vecs}
+        self.features = {m: _unit(np.nan_to_num(np.asarray(f, dtype=np.float32))) for m, f in feats.items() if f is not None}
+        # the bank: items whose features an offline imputer may read; never a validation/test target
+        split = env.pipeline.split
+        held = set(split.valid["item"].tolist()) | set(split.test["item"].tolist())
+        self.bank = np.array([i for i in range(split.n_items) if i not in held], dtype=np.int64)
+
+    def score(self, ep):
+        visible = [m for m in self.MODALITIES if ep["mask"][m] and m in self.features]
+        missing = [m for m in self.MODALITIES if not ep["mask"][m] and m in self.features]
+        items = np.concatenate([ep["cand_idx"], ep["hist_idx"]])
+        n_c = len(ep["cand_idx"])
+        bank = self.bank[~np.isin(self.bank, items)]
+        channels = []
+        for m in visible:
+            channels.append(_history_cosine(self.features[m][items], n_c))
+        if missing and self.imputation != "zero" and visible:
+            anchor = self.features[visible[0]]
+            for m in missing:
+                channels.append(_history_cosine(self._impute(anchor, self.features[m], items, bank), n_c))
+        channels = [c for c in channels if np.ptp(c) > 0]
+        if not channels:
+            return None, {"reason": "no modality to score with"}
+        return np.mean([_minmax(c) for c in channels], axis=0), {"imputed": missing if self.imputation != "zero" else []}
+
+    def _impute(self, anchor: np.ndarray, target: np.ndarray, items: np.ndarray, bank: np.ndarray) -> np.ndarray:
+        if self.imputation == "mean":
+            return np.repeat(target[bank].mean(axis=0, keepdims=True), len(items), axis=0)
+        sims = anchor[items] @ anchor[bank].T  # episode items x bank, in a visible modality
+        k = min(self.k, len(bank) - 1)
+        nn = np.argpartition(-sims, k, axis=1)[:, :k]
+        if self.imputation == "neighbour-mean":
+            return _unit(target[bank[nn]].mean(axis=1))
+        # feature propagation: diffuse over the kNN graph of episode + bank items, bank rows clamped
+        nodes = np.concatenate([items, np.unique(bank[nn])])
+        s = anchor[nodes] @ anchor[nodes].T
+        np.fill_diagonal(s, -np.inf)
+        k = min(self.k, len(nodes) - 2)
+        knn = np.argpartition(-s, k, axis=1)[:, :k]
+        a = np.zeros_like(s, dtype=np.float32)
+        np.put_along_axis(a, knn, 1.0, axis=1)
+        a = np.maximum(a, a.T)
+        a /= a.sum(axis=1, keepdims=True)
+        known = np.arange(len(items), len(nodes))
+        x = np.zeros((len(nodes), target.shape[1]), dtype=np.float32)
+        x[known] = target[nodes[known]]
+        for _ in range(self.iterations):
+            x = a @ x
+            x[known] = target[nodes[known]]
+        return _unit(x[: len(items)])
+
+
+class ListwiseLLM(Method):
+    """RankGPT-style listwise reranking of the first-stage top window by the backend model."""
+
+    group = "LLM"
+    uses_llm = True
+
+    def __init__(self, model: str, window: int = 20, history: int = 10) -> None:
+        self.model_spec, self.window, self.history_len = model, window, history
+        self.name = "LLM listwise (RankGPT-style)"
+
+    def setup(self, env):
+        super().setup(env)
+        self.model = env.chat_model(self.model_spec, max_new_tokens=6 * self.window)
+
+    def score(self, ep):
+        if not ep["mask"]["text"]:
+            return None, {"reason": "text is masked: no titles to rank by", "fallback": True}
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        view = self.env.catalogue.view(Mask(**ep["mask"]))
+        first = np.asarray(ep["first_stage_scores"], dtype=float)
+        top = np.argsort(-first, kind="stable")[: self.window]
+        liked = "; ".join(view.item_field(int(i), "title") or "?" for i in ep["hist_idx"][-self.history_len :])
+        listing = "\n".join(f"[{j + 1}] {view.item_field(int(ep['cand_idx'][i]), 'title')}" for j, i in enumerate(top))
+        prompt = (f"The user recently liked: {liked}.\nRank these {len(top)} movies by how likely the user is to like them next.\n"
+                  f"{listing}\nAnswer only with the identifiers, best first, like [3] > [1] > [2].")  # fmt: skip
+        out = self.model.invoke([SystemMessage("You rank movies for a user."), HumanMessage(prompt)])
+        order = []
+        for m in re.findall(r"\[(\d+)\]", str(out.content)):
+            j = int(m) - 1
+            if 0 <= j < len(top) and j not in order:
+                order.append(j)
+        if not order:
+            return None, {"reason": "no identifiers in the reply", "fallback": True}
+        scores = _minmax(first) * 0.5  # unranked: below every ranked one, first-stage order kept
+        for rank, j in enumerate(order):
+            scores[top[j]] = 2.0 - rank / len(top)
+        return scores, {"ranked": len(order), "fallback": False}
+
+
+def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str, str]) -> list[Method]:
+    """The method rows by short name (default: all). `trained`: label -> backend of trained policies."""
+    table: dict[str, Any] = {
+        "first-stage": FirstStage, "popularity": lambda: RetrieverMethod("popularity"), "itemknn": lambda: RetrieverMethod("itemknn"),
+        "bprmf": lambda: RetrieverMethod("bprmf"), "lightgcn": lambda: RetrieverMethod("lightgcn"),
+        "text-sim": lambda: AgentMethod("Single modality: text", plan=single_tool_plan("analyze_text", "text"), group="single modality"),
+        "image-sim": lambda: AgentMethod("Single modality: image", plan=single_tool_plan("analyze_image", "image"), group="single modality"),
+        "graph-sim": lambda: AgentMethod("Single modality: graph", plan=single_tool_plan("retrieve_graph", "graph"), group="single modality"),
+        "completion-zero": lambda: CompletionFusion("zero"), "completion-mean": lambda: CompletionFusion("mean"),
+        "completion-neighbour": lambda: CompletionFusion("neighbour-mean"), "completion-fp": lambda: CompletionFusion("feature-propagation"),
+        "rule": lambda: AgentMethod("RuleRouter-Fuse", variant="rule"),
+        "listwise": lambda: ListwiseLLM(zero_shot),
+        "react": lambda: AgentMethod("ReAct zero-shot (free-form)", model=zero_shot, prefill=False, group="LLM"),
+        "mma-zero-shot": lambda: AgentMethod("MMA-Auto (zero-shot)", model=zero_shot),
+        "mma-interactive": lambda: AgentMethod("MMA-Interactive", model=next(iter(trained.values()), zero_shot), variant="interactive"),
+    }  # fmt: skip
+    for label, backend in trained.items():
+        table[f"mma-{label.lower()}"] = lambda label=label, backend=backend: AgentMethod(f"MMA-Auto ({label})", model=backend)
+    chosen = names or list(table)
+    unknown = [n for n in chosen if n not in table]
+    if unknown:
+        msg = f"unknown methods {unknown}; choose from {list(table)}"
+        raise ValueError(msg)
+    return [table[n]() for n in chosen]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.where(n > 0, x / np.where(n > 0, n, 1), 0.0).astype(np.float32)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=float)
+
+
+def _history_cosine(feats: np.ndarray, n_candidates: int) -> np.ndarray:
+    """Each candidate's mean cosine to the last 100 history items (rows after the candidates)."""
+    cands, hist = feats[:n_candidates], feats[n_candidates:][-100:]
+    if len(hist) == 0:
+        return np.zeros(n_candidates)
+    return (cands @ hist.T).mean(axis=1).astype(float)

@@ -1,0 +1,237 @@
+"""`mma eval report RUN`: tables, significance tests, routing diagnostics and plots from a store.
+
+Alpha (Eq. 2) is chosen per method and protocol (family pools / fixed pools) as the grid value
+with the best mean validation NDCG@10 (ties: the larger alpha, i.e. closer to the first stage),
+then every test number is read at that alpha. Comparisons are paired on the episodes both methods
+ran: the main table is on the pools the LLM methods ran (the same seeded subset for every method),
+a second table gives the methods without an LLM on every test pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mma_agent.masks import OOMA_FAMILIES, TASK_FAMILIES
+
+from .store import ResultStore
+
+OTHER_FAMILIES = tuple(f for f in TASK_FAMILIES if f not in OOMA_FAMILIES)
+
+
+def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:
+    """P(a > b) - P(a < b) over all pairs (a dominance effect size in [-1, 1])."""
+    a, b = np.asarray(a, float)[:, None], np.asarray(b, float)[None, :]
+    return float((a > b).mean() - (a < b).mean())
+
+
+def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided paired Wilcoxon signed-rank p-value (1.0 when every pair is tied)."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if not np.any(d != 0):
+        return 1.0
+    return float(wilcoxon(a, b, zero_method="wilcox").pvalue)
+
+
+class Results:
+    """Per-episode metrics of a run at each method's validation-chosen alpha."""
+
+    def __init__(self, rows: list[dict], meta: dict) -> None:
+        self.meta = meta
+        self.by_method: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            self.by_method[r["method"]].append(r)
+        self.methods = list(self.by_method)
+        self.alpha: dict[tuple[str, str], str] = {}
+        for m, rs in self.by_method.items():
+            for protocol in ("family", "fixed"):
+                valid = [r for r in rs if r["split"] == "valid" and r["protocol"] == protocol]
+                if not valid:
+                    self.alpha[m, protocol] = "0.5"
+                    continue
+                alphas = list(valid[0]["metrics"])
+                means = {a: np.mean([r["metrics"][a]["ndcg@10"] for r in valid]) for a in alphas}
+                best = max(means.values())
+                self.alpha[m, protocol] = max((a for a in alphas if means[a] >= best - 1e-12), key=float)
+
+    def test(self, method: str, metric: str = "ndcg@10") -> dict[tuple, float]:
+        """(protocol, family, pool) -> metric on test at the chosen alpha."""
+        return {(r["protocol"], r["family"], r["pool"]): r["metrics"][self.alpha[method, r["protocol"]]][metric]
+                for r in self.by_method[method] if r["split"] == "test"}  # fmt: skip
+
+    def test_rows(self, method: str) -> list[dict]:
+        return [r for r in self.by_method[method] if r["split"] == "test"]
+
+    def group(self, method: str) -> str:
+        return self.meta.get("groups", {}).get(method, "")
+
+
+def _mean(values: dict[tuple, float], keys: list[tuple], select) -> float | None:
+    ks = [k for k in keys if select(k)]
+    return float(np.mean([values[k] for k in ks])) if ks else None
+
+
+def method_table(res: Results, methods: list[str], keys: list[tuple]) -> list[dict]:
+    rows = []
+    for m in methods:
+        vals = {metric: res.test(m, metric) for metric in ("ndcg@10", "hr@10", "ndcg@20", "hr@20")}
+        ks = [k for k in keys if k in vals["ndcg@10"]]
+        ooma = lambda k: k[0] == "family" and k[1] in OOMA_FAMILIES  # noqa: E731
+        row: dict[str, Any] = {"method": m, "alpha fam/fixed": f"{res.alpha[m, 'family']}/{res.alpha[m, 'fixed']}"}
+        for metric, label in (("ndcg@10", "OOMA N@10"), ("hr@10", "OOMA H@10"), ("ndcg@20", "OOMA N@20"), ("hr@20", "OOMA H@20")):
+            row[label] = _mean(vals[metric], ks, ooma)
+        for fam in OOMA_FAMILIES + OTHER_FAMILIES:
+            row[fam] = _mean(vals["ndcg@10"], ks, lambda k, fam=fam: k[0] == "family" and k[1] == fam)
+        row["fixed N@10"] = _mean(vals["ndcg@10"], ks, lambda k: k[0] == "fixed")
+        row["fixed H@10"] = _mean(vals["hr@10"], ks, lambda k: k[0] == "fixed")
+        trs = [r for r in res.test_rows(m) if (r["protocol"], r["family"], r["pool"]) in set(ks)]
+        row["fallback"] = f"{100 * np.mean([r['status'] == 'fallback' for r in trs]):.0f}%" if trs else ""
+        row["errors"] = sum(r["status"] == "error" for r in trs)
+        row["ms/ep"] = f"{1000 * np.mean([r['seconds'] for r in trs]):.0f}" if trs else ""
+        row["episodes"] = len(ks)
+        rows.append({k: (round(v, 4) if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()})
+    return rows
+
+
+def routing_table(res: Results, methods: list[str]) -> list[dict]:
+    rows = []
+    for m in methods:
+        trs = [r for r in res.test_rows(m) if "calls" in r["info"]]
+        if not trs:
+            continue
+        by = defaultdict(list)
+        for r in trs:
+            by[r["family"] if r["protocol"] == "family" else "fixed pools"].append(r)
+        for fam, rs in [*sorted(by.items()), ("all", trs)]:
+            calls = sum(r["info"]["calls"] for r in rs)
+            first = Counter(r["info"]["first_action"] for r in rs).most_common(1)[0]
+            rows.append({
+                "method": m, "family": fam, "episodes": len(rs), "failed calls": f"{100 * sum(r['info']['failed'] for r in rs) / max(calls, 1):.1f}%",
+                "invalid/ep": f"{np.mean([r['info']['invalid'] for r in rs]):.2f}", "turns/ep": f"{np.mean([r['info']['turns'] for r in rs]):.2f}",
+                "ask_user/ep": f"{np.mean([r['info'].get('ask_user', 0) for r in rs]):.2f}", "fallback": f"{100 * np.mean([r['info']['fallback'] for r in rs]):.0f}%",
+                "first action": f"{first[0]} ({100 * first[1] / len(rs):.0f}%)",
+            })  # fmt: skip
+    return rows
+
+
+def compare(res: Results, a: str, b: str, keys: list[tuple], label: str) -> dict:
+    va, vb = res.test(a), res.test(b)
+    ks = [k for k in keys if k in va and k in vb]
+    x, y = np.array([va[k] for k in ks]), np.array([vb[k] for k in ks])
+    if not ks:
+        return {"comparison": f"{a} vs {b}", "protocol": label, "episodes": 0}
+    return {
+        "comparison": f"{a} vs {b}", "protocol": label, "episodes": len(ks), "NDCG@10 A": round(float(x.mean()), 4), "NDCG@10 B": round(float(y.mean()), 4),
+        "rel. diff": f"{100 * (x.mean() - y.mean()) / y.mean():+.1f}%" if y.mean() > 0 else "", "A better/worse/tied": f"{(x > y).sum()}/{(x < y).sum()}/{(x == y).sum()}",
+        "Wilcoxon p": float(f"{wilcoxon_p(x, y):.3g}"), "Cliff's delta": round(cliffs_delta(x, y), 3),
+    }  # fmt: skip
+
+
+def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") -> tuple[str, list[dict]]:
+    """Write `report.md` and plots into out_dir; return the Markdown and the main table."""
+    from mma_agent.cli import format_table
+
+    store = ResultStore(store_path)
+    rows, meta = store.rows(), store.meta()
+    store.close()
+    res = Results(rows, meta)
+    groups = meta.get("groups", {})
+    llm = [m for m in res.methods if meta.get("uses_llm", {}).get(m)]
+    cheap = [m for m in res.methods if m not in llm]
+    order = meta.get("order", res.methods)
+    llm, cheap = [m for m in order if m in llm], [m for m in order if m in cheap]
+    test_keys = lambda m: set(res.test(m))  # noqa: E731
+    paired = sorted(set.intersection(*(test_keys(m) for m in llm))) if llm else sorted(set.union(*(test_keys(m) for m in cheap)))
+    all_keys = sorted(set.union(*(test_keys(m) for m in res.methods)))
+    main = method_table(res, [m for m in order if m in res.methods], paired)
+    full = method_table(res, cheap, all_keys)
+    for r in main + full:
+        r["group"] = groups.get(r["method"], "")
+
+    # headline comparisons
+    ooma = [k for k in paired if k[0] == "family" and k[1] in OOMA_FAMILIES]
+    fixed = [k for k in paired if k[0] == "fixed"]
+    mma = [m for m in llm if m.startswith("MMA-Auto")]
+    valid_ooma = lambda m: np.mean([r["metrics"][res.alpha[m, "family"]]["ndcg@10"] for r in res.by_method[m]  # noqa: E731
+                                    if r["split"] == "valid" and r["protocol"] == "family" and r["family"] in OOMA_FAMILIES] or [0])  # fmt: skip
+    best_mma = max(mma, key=valid_ooma) if mma else None
+    baselines = [m for m in res.methods if not m.startswith("MMA-") and m != "RuleRouter-Fuse"]
+    sig = []
+    if best_mma:
+        for label, keys in (("OOMA (text/image/behaviour-only)", ooma), ("fixed pools", fixed)):
+            if not keys:
+                continue
+            strongest = max(baselines, key=lambda m, keys=keys: np.mean([res.test(m).get(k, np.nan) for k in keys]))
+            sig.append(compare(res, best_mma, strongest, keys, label))
+            if "RuleRouter-Fuse" in res.methods:
+                sig.append(compare(res, best_mma, "RuleRouter-Fuse", keys, label))
+            if "MMA-Interactive" in res.methods:
+                sig.append(compare(res, "MMA-Interactive", best_mma, keys, label))
+            if "MMA-Auto (zero-shot)" in res.methods and best_mma != "MMA-Auto (zero-shot)":
+                sig.append(compare(res, best_mma, "MMA-Auto (zero-shot)", keys, label))
+    routing = routing_table(res, [m for m in order if m in res.methods and (m.startswith(("MMA", "ReAct", "RuleRouter")))])
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = _plots(main, out_dir)
+    ceiling = meta.get("recall@100", {})
+    n_llm = len({k for k in paired})
+    md = [f"# {title}", "", f"Data: `{meta.get('data')}`. Pools: {meta.get('protocols')} on families {meta.get('families')}; "
+          f"LLM methods on a seeded subset of {meta.get('llm_limit')} pools per family and split ({n_llm} test episodes), the others on every pool "
+          f"({len(all_keys)} test episodes). Alpha grid {meta.get('alphas')}, chosen per method and protocol on validation NDCG@10.",
+          "", f"Fixed-pool Recall@100 (the ceiling, identical for every method): {json.dumps(ceiling)}.", ""]  # fmt: skip
+    md += [format_table(main, "## Every method on the pools the LLM methods ran (paired; test, NDCG@10 unless named)"), ""]
+    md += [format_table(full, "## Methods without an LLM on every test pool"), ""]
+    md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the trained policy best on validation OOMA)"), ""]
+    md += [format_table(routing, "## Routing diagnostics (test)"), ""]
+    md += [f"![{p.stem}]({p.name})" for p in plots]
+    if meta.get("notes"):
+        md += ["", "## Notes", "", *meta["notes"]]
+    text = "\n".join(md) + "\n"
+    (out_dir / "report.md").write_text(text)
+    return text, main
+
+
+def _plots(main: list[dict], out_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    paths = []
+    methods = [r["method"] for r in main]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(len(methods), 1)
+    for i, r in enumerate(main):
+        ys = [r[f] if r[f] != "" else 0 for f in OOMA_FAMILIES]
+        ax.bar(np.arange(3) + i * width, ys, width, label=r["method"])
+    ax.set_xticks(np.arange(3) + 0.4 - width / 2, OOMA_FAMILIES)
+    ax.set_ylabel("NDCG@10 (test)")
+    ax.set_title("Per-modality OOMA breakdown")
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    paths.append(out_dir / "per-modality.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    fams = list(OOMA_FAMILIES + OTHER_FAMILIES) + ["fixed N@10"]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for r in main:
+        ax.plot(range(len(fams)), [r[f] if r[f] != "" else np.nan for f in fams], marker="o", markersize=3, label=r["method"])
+    ax.set_xticks(range(len(fams)), [f.replace(" N@10", "") for f in fams], rotation=20)
+    ax.set_ylabel("NDCG@10 (test)")
+    ax.set_title("NDCG@10 by task family")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    paths.append(out_dir / "by-family.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

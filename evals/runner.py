@@ -1,0 +1,197 @@
+"""The evaluation graph: methods over episodes in batch, each result stored as it finishes.
+
+A LangGraph `StateGraph` runs one (method, episode, seed): `score` (the method, with any
+exception caught and recorded) -> `measure` (Eq. 2 fusion with the first-stage scores at every
+alpha of the grid, and the ranking metrics of each) -> `store` (one committed SQLite row). The
+runner feeds it with `.batch(..., max_concurrency=...)`, method by method, skipping the keys the
+store already holds, with a progress bar per method.
+
+Episodes are the saved candidate pools (identical for every method): the seven task families'
+pools (protocols 1, 2 and the other families) and the fixed first-stage top-100 pools
+(protocol 3), on validation (to choose alpha) and test. Methods that call an LLM run on a fixed,
+seeded subset of `llm_limit` pools per family and split (the same subset for every method), the
+others on every pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mma_agent.masks import TASK_FAMILIES, family_mask
+from mma_agent.metrics import hr_at_k, ndcg_at_k
+
+from .methods import EvalEnv, Method, _minmax
+from .store import ResultStore
+
+log = logging.getLogger(__name__)
+ALPHAS = tuple(round(a, 1) for a in np.linspace(0.0, 1.0, 11))
+METRICS = (("ndcg@10", ndcg_at_k, 10), ("hr@10", hr_at_k, 10), ("ndcg@20", ndcg_at_k, 20), ("hr@20", hr_at_k, 20))
+
+
+def build_episodes(pipeline, split: str, *, protocols: Sequence[str] = ("family", "fixed"), families: Sequence[str] | None = None,
+                   limit: int | None = None, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Episodes from the saved pools; `limit` keeps a seeded subset of pools per (protocol, family)."""
+    sp = pipeline.split
+    view = pipeline.view("full")
+    targets = [("family", f) for f in (families or TASK_FAMILIES)] if "family" in protocols else []
+    if "fixed" in protocols:
+        targets.append(("fixed", "full"))
+    episodes = []
+    for protocol, family in targets:
+        pools = pipeline.pools(protocol, family, split)
+        order = np.random.default_rng(seed).permutation(len(pools))
+        picked = np.sort(order[:limit]) if limit is not None else np.arange(len(pools))
+        for p in picked:
+            p = int(p)
+            user = int(pools.users[p])
+            hist = view.history(user, include_valid=split == "test")
+            rel = [str(sp.item_ids[i]) for i in pools.relevant(p)]
+            cands = [str(sp.item_ids[c]) for c in pools.candidates[p]]
+            target = next((r for r in rel if r in set(cands)), rel[0])
+            episodes.append({
+                "split": split, "protocol": protocol, "family": family, "pool": p, "user": user, "user_id": str(sp.user_ids[user]),
+                "cand_idx": pools.candidates[p], "candidates": cands, "first_stage_scores": [float(x) for x in pools.scores[p]],
+                "relevant": rel, "target": target, "mask": family_mask(family).to_dict(),
+                "hist_idx": hist, "history": [str(sp.item_ids[i]) for i in hist],
+            })  # fmt: skip
+    return episodes
+
+
+def fused_metrics(first: np.ndarray, method: np.ndarray | None, candidates: list[str], relevant: list[str]) -> dict[str, dict[str, float]]:
+    """Eq. 2 at every alpha of the grid; `method=None` is the first-stage ranking at every alpha."""
+    base = _minmax(np.asarray(first, dtype=float))
+    rel = set(relevant)
+    out = {}
+    for a in ALPHAS:
+        final = base if method is None else a * base + (1 - a) * _minmax(np.asarray(method, dtype=float))
+        ranking = [candidates[i] for i in np.argsort(-final, kind="stable")]
+        out[str(a)] = {name: fn(ranking, rel, k) for name, fn, k in METRICS}
+    return out
+
+
+class EvalState(TypedDict, total=False):
+    method: str
+    seed: int
+    episode: dict
+    scores: list | None
+    info: dict
+    error: str | None
+    seconds: float
+    metrics: dict
+
+
+def create_eval_graph(methods: dict[str, Method], store: ResultStore, on_done=None):
+    """score -> measure -> store, for one (method, episode, seed) per invocation."""
+    from langgraph.graph import END, START, StateGraph
+
+    def score(state: EvalState) -> dict:
+        start = time.perf_counter()
+        try:
+            scores, info = methods[state["method"]].score(state["episode"])
+            if scores is not None and (len(scores) != len(state["episode"]["candidates"]) or not np.isfinite(scores).all()):
+                msg = f"returned {len(scores)} scores (finite: {bool(np.isfinite(scores).all())}) for {len(state['episode']['candidates'])} candidates"
+                raise ValueError(msg)
+            error = None
+        except Exception as err:  # a crashing method is recorded, and the run goes on
+            log.warning("%s crashed on %s/%s pool %s: %s", state["method"], state["episode"]["protocol"], state["episode"]["family"],
+                        state["episode"]["pool"], err)  # fmt: skip
+            scores, info, error = None, {}, f"{type(err).__name__}: {err}"
+        return {"scores": None if scores is None else [float(x) for x in scores], "info": info, "error": error,
+                "seconds": time.perf_counter() - start}  # fmt: skip
+
+    def measure(state: EvalState) -> dict:
+        ep = state["episode"]
+        return {"metrics": fused_metrics(ep["first_stage_scores"], state["scores"], ep["candidates"], ep["relevant"])}
+
+    def save(state: EvalState) -> dict:
+        ep = state["episode"]
+        status = "error" if state["error"] else "fallback" if state["scores"] is None else "ok"
+        store.add({"method": state["method"], "split": ep["split"], "protocol": ep["protocol"], "family": ep["family"], "pool": ep["pool"],
+                   "seed": state["seed"], "status": status, "metrics": state["metrics"], "info": state["info"], "error": state["error"],
+                   "seconds": state["seconds"]})  # fmt: skip
+        if on_done is not None:
+            on_done(state)
+        return {}
+
+    g = StateGraph(EvalState)
+    g.add_node("score", score)
+    g.add_node("measure", measure)
+    g.add_node("store", save)
+    g.add_edge(START, "score")
+    g.add_edge("score", "measure")
+    g.add_edge("measure", "store")
+    g.add_edge("store", END)
+    return g.compile()
+
+
+def run_eval(
+    pipeline,
+    store_path: Path,
+    methods: list[Method],
+    *,
+    splits: Sequence[str] = ("valid", "test"),
+    protocols: Sequence[str] = ("family", "fixed"),
+    families: Sequence[str] | None = None,
+    limit: int | None = None,
+    llm_limit: int | None = 20,
+    seeds: Sequence[int] = (0,),
+    concurrency: int = 2,
+    env: EvalEnv | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run every method on every episode (LLM methods on the seeded subset); resumable."""
+    from mma_agent.toolkits import prepare_toolkits
+
+    store = ResultStore(store_path)
+    meta = {"data": pipeline.split.fingerprint(), "protocols": list(protocols), "families": list(families or TASK_FAMILIES),
+            "limit": limit, "llm_limit": llm_limit, "alphas": list(ALPHAS),
+            "pools": {f"{p}:{f}:{s}": pipeline.pools(p, f, s).content_hash() for s in splits
+                      for p, f in ([("family", f) for f in (families or TASK_FAMILIES)] if "family" in protocols else []) + ([("fixed", "full")] if "fixed" in protocols else [])}}  # fmt: skip
+    before = store.meta()
+    meta["groups"] = {**before.get("groups", {}), **{m.name: m.group for m in methods}}
+    meta["uses_llm"] = {**before.get("uses_llm", {}), **{m.name: m.uses_llm for m in methods}}
+    meta["order"] = [*before.get("order", []), *(m.name for m in methods if m.name not in before.get("order", []))]
+    if "fixed" in protocols:
+        meta["recall@100"] = {s: round(pipeline.pools("fixed", "full", s).recall_ceiling(), 4) for s in splits}
+    meta["notes"] = notes or before.get("notes", [])
+    store.check_meta(meta, compare=("data", "limit", "llm_limit", "pools"))
+    if env is None:
+        catalogue, kits = prepare_toolkits(pipeline.split, pipeline.root / "cache", image_model=f"local-dir:{pipeline.clip_folder}")
+        env = EvalEnv(pipeline, catalogue, kits)
+    episodes: dict[tuple[str, bool], list[dict]] = {}
+    for split in splits:
+        episodes[split, False] = build_episodes(pipeline, split, protocols=protocols, families=families, limit=limit)
+        small = llm_limit if limit is None else min(limit, llm_limit or limit)
+        episodes[split, True] = build_episodes(pipeline, split, protocols=protocols, families=families, limit=small)
+    lock = threading.Lock()
+    summary = {}
+    for method in methods:
+        method.setup(env)
+        done = store.done(method.name)
+        seeds_m = list(seeds) if getattr(method, "stochastic", False) else [seeds[0]]
+        todo = [{"method": method.name, "seed": s, "episode": ep} for split in splits for ep in episodes[split, method.uses_llm] for s in seeds_m
+                if (ep["split"], ep["protocol"], ep["family"], ep["pool"], s) not in done]  # fmt: skip
+        total = len(todo) + len(done)
+        bar = tqdm(total=total, initial=len(done), desc=method.name[:36], unit="ep")
+
+        def tick(_state, bar=bar):
+            with lock:
+                bar.update(1)
+
+        graph = create_eval_graph({method.name: method}, store, on_done=tick)
+        start = time.perf_counter()
+        conc = concurrency if method.uses_llm else 1
+        for i in range(0, len(todo), 64):
+            graph.batch(todo[i : i + 64], config={"max_concurrency": conc})
+        bar.close()
+        summary[method.name] = {"new": len(todo), "resumed": len(done), "seconds": time.perf_counter() - start}
+    store.close()
+    return summary

@@ -1,0 +1,150 @@
+"""The evaluation graph, its results store, resume after a kill, and the report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+
+from mma_agent.evals.methods import EvalEnv, Method, build_methods  # noqa: E402
+from mma_agent.evals.report import build_report, cliffs_delta, wilcoxon_p  # noqa: E402
+from mma_agent.evals.runner import ALPHAS, build_episodes, fused_metrics, run_eval  # noqa: E402
+from mma_agent.evals.store import ResultStore, RunMismatchError  # noqa: E402
+
+CHEAP = ["first-stage", "popularity", "lightgcn", "text-sim", "graph-sim", "completion-zero", "completion-fp", "rule"]
+
+
+def _setup(root, work):
+    from mma_agent.config import PipelineConfig
+    from mma_agent.pipeline import Pipeline
+    from mma_agent.toolkits import prepare_toolkits
+
+    cfg = PipelineConfig.model_validate({"data": {"path": str(root)}, "workdir": str(work), "pools": {"size": 10},
+                                         "image": {"kind": "thumbnail", "width": 4, "height": 4}})  # fmt: skip
+    p = Pipeline(cfg)
+    catalogue, kits = prepare_toolkits(p.split, work / "cache", image_model=None)
+    return p, EvalEnv(p, catalogue, kits)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.conftest import write_tiny_dataset
+
+    root = write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny", n_users=21)
+    work = tmp_path_factory.mktemp("w")
+    return root, work, *_setup(root, work)
+
+
+class Crashy(Method):
+    """Raises on some families' pools: the run must record it and go on."""
+
+    name, group = "Crashy", "test"
+
+    def score(self, ep):
+        if len(ep["family"]) % 2:
+            raise RuntimeError("boom")
+        return np.arange(len(ep["candidates"]), dtype=float), {}
+
+
+def test_fused_metrics_at_alpha_one_is_the_first_stage():
+    first = np.array([0.9, 0.1, 0.5])
+    m = fused_metrics(first, np.array([0.0, 1.0, 0.2]), ["a", "b", "c"], ["b"])
+    assert set(m) == {str(a) for a in ALPHAS}
+    assert m["1.0"]["hr@10"] == 1.0 and m["1.0"]["ndcg@10"] == pytest.approx(1 / np.log2(4))  # b third by first stage
+    assert m["0.0"]["ndcg@10"] == 1.0  # b first by the method
+    assert fused_metrics(first, None, ["a", "b", "c"], ["b"])["0.0"] == m["1.0"]
+
+
+def test_statistics_on_hand_computed_cases():
+    assert cliffs_delta(np.array([2, 3]), np.array([1, 1])) == 1.0
+    assert cliffs_delta(np.array([1, 2]), np.array([2, 1])) == 0.0
+    assert wilcoxon_p(np.ones(5), np.ones(5)) == 1.0
+    from scipy.stats import wilcoxon
+
+    a, b = np.array([0.5, 0.2, 0.9, 0.4, 0.7, 0.3]), np.array([0.1, 0.25, 0.3, 0.2, 0.6, 0.0])
+    assert wilcoxon_p(a, b) == pytest.approx(wilcoxon(a, b).pvalue)
+
+
+def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
+    _, _, p, env = tiny
+    methods = build_methods(CHEAP, zero_shot="unused", trained={}) + [Crashy()]
+    store = tmp_path / "run.sqlite"
+    run_eval(p, store, methods, limit=3, env=env)
+    eps = build_episodes(p, "valid", limit=3) + build_episodes(p, "test", limit=3)
+    rows = ResultStore(store).rows()
+    assert len(rows) == len(eps) * len(methods)
+    crashy = [r for r in rows if r["method"] == "Crashy"]
+    assert {r["status"] for r in crashy if len(r["family"]) % 2} == {"error"} and all("boom" in r["error"] for r in crashy if len(r["family"]) % 2)
+    assert {r["status"] for r in crashy if not len(r["family"]) % 2} == {"ok"}
+    # masked modalities: retrievers and the text tool fall back to the first stage instead of scoring
+    pop = {(r["family"], r["status"]) for r in rows if r["method"] == "Popularity"}
+    assert ("text-only", "fallback") in pop and ("full", "ok") in pop
+    text = [r for r in rows if r["method"] == "Single modality: text" and r["family"] == "image-only"]
+    assert text and all(r["status"] == "fallback" for r in text)
+    first = {(r["split"], r["protocol"], r["family"], r["pool"]): r["metrics"] for r in rows if r["method"] == "First stage (pool scores)"}
+    for r in rows:  # a fallback is exactly the first-stage ranking
+        if r["status"] != "ok":
+            assert r["metrics"]["0.0"] == first[r["split"], r["protocol"], r["family"], r["pool"]]["0.0"]
+    # a rerun adds nothing
+    summary = run_eval(p, store, methods, limit=3, env=env)
+    assert all(s["new"] == 0 for s in summary.values()) and len(ResultStore(store).rows()) == len(rows)
+    with pytest.raises(RunMismatchError, match="other settings"):
+        run_eval(p, store, methods, limit=2, env=env)
+    text_md, main = build_report(store, tmp_path / "report")
+    assert (tmp_path / "report" / "report.md").read_text() == text_md
+    assert (tmp_path / "report" / "per-modality.png").is_file() and (tmp_path / "report" / "by-family.png").is_file()
+    names = [r["method"] for r in main]
+    assert names[: len(CHEAP)] == [m.name for m in methods[: len(CHEAP)]]
+    assert next(r for r in main if r["method"] == "Crashy")["errors"] > 0
+    assert "Routing diagnostics" in text_md and "RuleRouter-Fuse" in text_md
+
+
+def test_killed_run_resumes_to_the_same_numbers(tiny, tmp_path):
+    root, work, p, env = tiny
+    methods = build_methods(["first-stage", "rule", "completion-fp"], zero_shot="unused", trained={})
+    clean = tmp_path / "clean.sqlite"
+    run_eval(p, clean, methods, limit=4, env=env)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(os.getcwd())!r})
+        from pathlib import Path
+        from tests.test_evals import _setup
+        from mma_agent.evals.methods import build_methods
+        from mma_agent.evals.runner import run_eval
+        p, env = _setup(Path({str(root)!r}), Path({str(work)!r}))
+        methods = build_methods(["first-stage", "rule", "completion-fp"], zero_shot="unused", trained={{}})
+        if sys.argv[1] == "slow":
+            for m in methods:
+                score = m.score
+                m.score = lambda ep, score=score: (time.sleep(0.05), score(ep))[1]
+        run_eval(p, Path({str(tmp_path / "killed.sqlite")!r}), methods, limit=4, env=env)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script), "slow"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import sqlite3
+    import time
+
+    deadline, n = time.time() + 180, 0
+    while time.time() < deadline and n < 20:
+        time.sleep(0.2)
+        try:
+            n = sqlite3.connect(tmp_path / "killed.sqlite").execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        except sqlite3.Error:
+            n = 0
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(ResultStore(tmp_path / "killed.sqlite").rows())
+    assert 0 < partial < len(ResultStore(clean).rows())
+    subprocess.run([sys.executable, str(script), "fast"], check=True, capture_output=True)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(ResultStore(tmp_path / "killed.sqlite").rows()) == strip(ResultStore(clean).rows())
+    a = build_report(clean, tmp_path / "a")[1]
+    b = build_report(tmp_path / "killed.sqlite", tmp_path / "b")[1]
+    assert [{k: v for k, v in r.items() if k != "ms/ep"} for r in a] == [{k: v for k, v in r.items() if k != "ms/ep"} for r in b]
+    assert json.loads(json.dumps(a))  # the report rows are plain data
