@@ -392,19 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--trl", action="append", metavar="KEY=VALUE", help="any field of TRL's config dataclass, passed through (repeatable)")
 
     ts = train.add_parser("sft", parents=[common], help="SFT on the best action at every explored state of the support episodes (TRL)")
-    trainer_args(ts, 60, 1e-4, 4)
+    trainer_args(ts, 40, 1e-4, 4)
     ts.add_argument("--rows", choices=["decision", "best"], default="decision", help="every explored state (default) or only the best plans")
     td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
-    trainer_args(td, 30, 5e-6, 2)
+    trainer_args(td, 20, 1e-5, 2)
     td.add_argument("--beta", type=float, default=0.1)
     td.add_argument("--margin", type=float, default=0.01, help="least value gap for a pair")
     tg = train.add_parser("grpo", parents=[common], help="GRPO with rewards from the real reranker graph (TRL)")
-    trainer_args(tg, 20, 1e-6)
+    trainer_args(tg, 12, 5e-6)
     tg.add_argument("--num-generations", type=int, default=4)
     tg.add_argument("--prompts-per-step", type=int, default=2)
     tg.add_argument("--margin", type=float, default=0.01, help="train on states whose actions differ in value by at least this")
-    for parser, fn in ((ts, cmd_train_sft), (td, cmd_train_dpo), (tg, cmd_train_grpo)):
-        parser.set_defaults(func=fn)
+    for stage, fn in ((ts, cmd_train_sft), (td, cmd_train_dpo), (tg, cmd_train_grpo)):
+        stage.set_defaults(func=fn)
 
     te = train.add_parser("eval", parents=[common], help="compare policies on query episodes")
     te.add_argument("--policy", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, optionally NAME=BACKEND, e.g. SFT=transformers:<folder>")

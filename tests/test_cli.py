@@ -43,3 +43,13 @@ def test_format_table():
     assert format_table([{"a": 1, "b": 0.5}]).splitlines()[2] == "| 1 | 0.5000 |"
     with pytest.raises(SystemExit):
         main(["retrieve", "--only", "svd"])
+
+
+def test_every_command_routes_to_its_own_handler():
+    from mma_agent.cli import build_parser
+
+    cases = {("bench", "rerank"): "cmd_bench_rerank", ("pipeline",): "cmd_pipeline", ("train", "sft"): "cmd_train_sft",
+             ("train", "dpo"): "cmd_train_dpo", ("train", "grpo"): "cmd_train_grpo", ("train", "eval"): "cmd_train_eval",
+             ("eval", "run"): "cmd_eval_run", ("eval", "report", "main"): "cmd_eval_report", ("serve",): "cmd_serve"}  # fmt: skip
+    for argv, handler in cases.items():
+        assert build_parser().parse_args(list(argv)).func.__name__ == handler
