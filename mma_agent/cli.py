@@ -198,7 +198,7 @@ def cmd_train_sft(args) -> None:
     best = best_of(explored)
     print(format_table([{**summarize(best), "states": len(points), "explore s": f"{took:.1f}"}], "Best action plans on support episodes"))
     rows = decision_sft_rows(points) if args.rows == "decision" else sft_examples(best)
-    base = _base(args)
+    base = _base(args, p)
     out = args.out or p.root / "train" / "sft"
     start = time.perf_counter()
     final = train_sft(rows, base, out, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed, **_trl_overrides(args.trl))
@@ -211,7 +211,7 @@ def cmd_train_dpo(args) -> None:
 
     p, _, _, _, _, points, _ = _support_points(args)
     pairs = preference_pairs(points, margin=args.margin)
-    base = _base(args, "sft")
+    base = _base(args, p, "sft")
     out = args.out or p.root / "train" / "dpo"
     start = time.perf_counter()
     final = train_dpo(pairs, base, out, max_steps=args.max_steps, lr=args.lr, beta=args.beta, batch_size=args.batch_size, seed=args.seed,
@@ -229,7 +229,7 @@ def cmd_train_grpo(args) -> None:
     informative = [pt for pt in points if max(pt["values"].values()) - min(pt["values"].values()) >= args.margin]
     random.Random(args.seed).shuffle(informative)
     reward = EnvironmentReward(support, catalogue, kits)
-    base = _base(args, "dpo", "sft")
+    base = _base(args, p, "dpo", "sft")
     out = args.out or p.root / "train" / "grpo"
     start = time.perf_counter()
     final = train_grpo(grpo_rows(informative), reward, base, out, max_steps=args.max_steps, lr=args.lr, num_generations=args.num_generations,

@@ -53,3 +53,49 @@ def test_every_command_routes_to_its_own_handler():
              ("eval", "run"): "cmd_eval_run", ("eval", "report", "main"): "cmd_eval_report", ("serve",): "cmd_serve"}  # fmt: skip
     for argv, handler in cases.items():
         assert build_parser().parse_args(list(argv)).func.__name__ == handler
+
+
+def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkeypatch):
+    """sft -> dpo -> grpo: each starts from the previous stage's policy folder (trainers stubbed:
+    their own tests run them for real; this checks the command wiring)."""
+    pytest.importorskip("sentence_transformers")
+    import mma_agent.cli as cli
+    import mma_agent.training.grpo as grpo
+    import mma_agent.training.preference as pref
+    import mma_agent.training.sft as sft
+    from mma_agent.toolkits import prepare_toolkits
+    from mma_agent.training.episodes import sample_episodes
+
+    def episodes_and_kits(args):
+        p = cli._pipeline(args)
+        catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
+        return p, catalogue, kits, sample_episodes(p, per_family=args.per_family, seed=args.seed)
+
+    seen = []
+
+    def fake_trainer(stage):
+        def train(rows, *args, **kwargs):
+            base, out = (args[1], args[2]) if stage == "grpo" else (args[0], args[1])
+            seen.append((stage, len(rows), str(base), kwargs))
+            (out / "policy").mkdir(parents=True, exist_ok=True)
+            (out / "policy" / "config.json").write_text("{}")
+            return out / "policy"
+
+        return train
+
+    monkeypatch.setattr(cli, "_episodes_and_kits", episodes_and_kits)
+    monkeypatch.setattr(sft, "train_sft", fake_trainer("sft"))
+    monkeypatch.setattr(pref, "train_dpo", fake_trainer("dpo"))
+    monkeypatch.setattr(grpo, "train_grpo", fake_trainer("grpo"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\n  first_stage: itemknn\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
+    common = ["--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w"), "--per-family", "2", "--base", str(tmp_path / "base")]
+    assert main(["train", "sft", *common, "--trl", "gradient_accumulation_steps=2"]) == 0
+    assert main(["train", "dpo", *common[:-2]]) == 0
+    assert main(["train", "grpo", *common[:-2]]) == 0
+    assert [s[0] for s in seen] == ["sft", "dpo", "grpo"]
+    assert seen[0][2] == str(tmp_path / "base") and seen[0][3]["gradient_accumulation_steps"] == 2
+    assert seen[1][2].endswith("train/sft/policy") and seen[2][2].endswith("train/dpo/policy")
+    assert all(n > 0 for _, n, _, _ in seen)
+    assert main(["train", "sft", *common, "--trl", "no_equals_sign"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
