@@ -200,23 +200,22 @@ class CompletionFusion(Method):
         nn = np.argpartition(-sims, k, axis=1)[:, :k]
         if self.imputation == "neighbour-mean":
             return _unit(target[bank[nn]].mean(axis=1))
-        # feature propagation: diffuse over the kNN graph of episode + bank items, bank rows clamped
-        nodes = np.concatenate([items, np.unique(bank[nn])])
-        s = anchor[nodes] @ anchor[nodes].T
-        np.fill_diagonal(s, -np.inf)
-        k = min(self.k, len(nodes) - 2)
-        knn = np.argpartition(-s, k, axis=1)[:, :k]
-        a = np.zeros_like(s, dtype=np.float32)
-        np.put_along_axis(a, knn, 1.0, axis=1)
-        a = np.maximum(a, a.T)
-        a /= a.sum(axis=1, keepdims=True)
-        known = np.arange(len(items), len(nodes))
-        x = np.zeros((len(nodes), target.shape[1]), dtype=np.float32)
-        x[known] = target[nodes[known]]
+        # feature propagation (Rossi et al.; Malitesta et al. for missing modalities): each episode
+        # item repeatedly takes the mean of its k nearest nodes among the episode items and the
+        # bank, bank features clamped. Only unknown rows change, so only their kNN rows are needed.
+        n = len(items)
+        s_ii = anchor[items] @ anchor[items].T
+        np.fill_diagonal(s_ii, -np.inf)
+        s_all = np.concatenate([s_ii, sims], axis=1)
+        k = min(self.k, s_all.shape[1] - 1)
+        knn = np.argpartition(-s_all, k, axis=1)[:, :k]
+        inner = knn < n
+        from_bank = np.where(inner, 0, knn - n)
+        const = (target[bank[from_bank]] * (~inner)[..., None]).sum(axis=1) / k  # the clamped neighbours' share
+        x = np.zeros((n, target.shape[1]), dtype=np.float32)
         for _ in range(self.iterations):
-            x = a @ x
-            x[known] = target[nodes[known]]
-        return _unit(x[: len(items)])
+            x = const + (x[np.where(inner, knn, 0)] * inner[..., None]).sum(axis=1) / k
+        return _unit(x)
 
 
 class ListwiseLLM(Method):

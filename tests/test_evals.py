@@ -148,3 +148,16 @@ def test_killed_run_resumes_to_the_same_numbers(tiny, tmp_path):
     b = build_report(tmp_path / "killed.sqlite", tmp_path / "b")[1]
     assert [{k: v for k, v in r.items() if k != "ms/ep"} for r in a] == [{k: v for k, v in r.items() if k != "ms/ep"} for r in b]
     assert json.loads(json.dumps(a))  # the report rows are plain data
+
+
+def test_imputations_on_a_hand_computed_case():
+    from mma_agent.evals.methods import CompletionFusion
+
+    anchor = np.eye(4, dtype=np.float32)[[0, 0, 0, 1, 1, 1]] + 1e-3 * np.arange(6, dtype=np.float32)[:, None]
+    target = np.arange(12, dtype=np.float32).reshape(6, 2)
+    items, bank = np.array([0]), np.array([1, 2, 3, 4, 5])
+    expect = np.array([3.0, 4.0]) / 5.0  # the mean of bank items 1 and 2, its two nearest, unit-normed
+    for how in ("neighbour-mean", "feature-propagation"):
+        m = CompletionFusion(how, k=2)
+        assert np.allclose(m._impute(anchor, target, items, bank), expect, atol=1e-6), how
+    assert np.allclose(CompletionFusion("mean")._impute(anchor, target, items, bank), target[bank].mean(axis=0))

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The full evaluation behind evals/results/: every method over the saved validation and test pools
+# into one resumable store, then the report. Run scripts/main.sh and scripts/train.sh first.
+# Re-running resumes: finished episodes are skipped, so a killed run just continues.
+#   LLM_LIMIT  pools per family and split for the methods that call an LLM (default 6)
+#   RUN        run name (default main)
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+run="${RUN:-main}"
+limit="${LLM_LIMIT:-6}"
+work="$(python -c 'from mma_agent.pipeline import Pipeline; from mma_agent.config import load_config; print(Pipeline(load_config("configs/default.yaml")).root)')"
+t0=$SECONDS
+mma eval run --run "$run" --llm-limit "$limit" --methods first-stage popularity itemknn bprmf lightgcn text-sim image-sim graph-sim \
+  completion-zero completion-mean completion-neighbour completion-fp rule
+mma eval run --run "$run" --llm-limit "$limit" --methods listwise react mma-zero-shot mma-sft mma-dpo mma-grpo mma-interactive \
+  --trained "GRPO=transformers:$work/train/grpo/policy" "SFT=transformers:$work/train/sft/policy" "DPO=transformers:$work/train/dpo/policy"
+mma eval report "$run" --out evals/results
+echo "evaluation wall time: $((SECONDS - t0)) s"
