@@ -272,3 +272,40 @@ def test_train_sft_runs_saves_and_resumes(env, tmp_path):
     # the trained policy is a folder the transformers: backend loads
     out = resolve_chat_model(f"transformers:{final}", max_new_tokens=4).invoke("hi")
     assert out.usage_metadata["output_tokens"] <= 4
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL an SFT run after its first checkpoint; the rerun resumes there: every step is
+    trained and logged exactly once, and the policy is saved."""
+    base = _smollm2(tmp_path)
+    run = tmp_path / "run"
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(os.getcwd())!r})
+        from pathlib import Path
+        from mma_agent.training.sft import train_sft
+        rows = [{{"prompt": [{{"role": "user", "content": "Pick a tool."}}],
+                  "completion": [{{"role": "assistant", "content": '{{"tool": "analyze_text", "args": {{}}}}'}}]}}] * 8
+        train_sft(rows, {base!r}, Path({str(run)!r}), max_steps=6, batch_size=2, logging_steps=1, save_steps=2, save_total_limit=5)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import time
+
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "policy").exists(), "killed before the end"
+    first_ckpt = (run / "checkpoints" / "checkpoint-2" / "model.safetensors").stat().st_mtime_ns
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    history = json.loads((run / "log_history.json").read_text())
+    steps = [h["step"] for h in history if "loss" in h]
+    assert steps == sorted(set(steps)) and steps[-1] == 6 and min(steps) <= 2
+    # resumed, not restarted: the first checkpoint was not written again
+    assert (run / "checkpoints" / "checkpoint-2" / "model.safetensors").stat().st_mtime_ns == first_ckpt
+    assert (run / "policy" / "model.safetensors").is_file()
