@@ -16,6 +16,7 @@ Rows (see `build_methods`):
   neighbour-mean (the k nearest bank items in a visible modality) or feature propagation over the
   kNN graph of a visible modality (Malitesta et al.). Like every completion method, these read
   the masked modality of *other* items (the bank); the agent methods never do.
+- trained multimodal: scaled-down MARGO-style and MAGNET-style models (`fusion_models.py`).
 - LLM listwise: the backend model orders the first-stage top window by titles (RankGPT style).
 - agents: RuleRouter-Fuse, ReAct zero-shot (free-form actions, no constrained decoding), MMA-Auto
   (zero-shot, or any trained policy folder), MMA-Interactive (simulated user).
@@ -218,6 +219,49 @@ class CompletionFusion(Method):
         return _unit(x)
 
 
+class TrainedFusion(Method):
+    """A scaled-down MARGO- or MAGNET-style model (see `fusion_models.py`), trained once on the
+    train split and cached under the workdir."""
+
+    group = "trained multimodal"
+
+    def __init__(self, kind: str, seed: int = 0) -> None:
+        self.kind, self.seed = kind, seed
+        self.name = {"margo": "MARGO-style (reliability-weighted fusion)", "magnet": "MAGNET-style (dual view, role experts)"}[kind]
+
+    def setup(self, env):
+        import torch
+
+        from mma_agent.training.episodes import content_hash
+
+        from .fusion_models import content_view, load_fusion, train_fusion
+
+        super().setup(env)
+        full = env.catalogue.view(Mask())
+        lightgcn, _ = env.pipeline.retriever("lightgcn")
+        feats = {m: _unit(np.nan_to_num(np.asarray(f, dtype=np.float32)))
+                 for m, f in (("text", full.feature("text")), ("image", full.feature("image")), ("behaviour", lightgcn.item_vecs)) if f is not None}  # fmt: skip
+        self.features = content_view(feats) if self.kind == "magnet" else feats
+        split = env.pipeline.split
+        key = content_hash([split.fingerprint(), self.kind, {m: list(f.shape) for m, f in self.features.items()}, self.seed])
+        path = env.pipeline.root / "evals" / f"{self.kind}-{key}.pt"
+        dims = {m: f.shape[1] for m, f in self.features.items()}
+        if path.is_file():
+            self.model = load_fusion(self.kind, dims, torch.load(path))
+        else:
+            self.model = train_fusion(self.kind, self.features, [full.history(u) for u in range(split.n_users)], seed=self.seed)
+            log.info("%s: loss per epoch %s, stages %s", self.name, [round(c, 4) for c in self.model.curve], self.model.stages)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.model.state_dict(), path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+
+    def score(self, ep):
+        from .fusion_models import score_pool
+
+        out = score_pool(self.model, self.features, ep["mask"], np.asarray(ep["hist_idx"]), np.asarray(ep["cand_idx"]))
+        return out, {} if out is not None else {"reason": "no visible modality"}
+
+
 class ListwiseLLM(Method):
     """RankGPT-style listwise reranking of the first-stage top window by the backend model."""
 
@@ -268,6 +312,7 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
         "graph-sim": lambda: AgentMethod("Single modality: graph", plan=single_tool_plan("retrieve_graph", "graph"), group="single modality"),
         "completion-zero": lambda: CompletionFusion("zero"), "completion-mean": lambda: CompletionFusion("mean"),
         "completion-neighbour": lambda: CompletionFusion("neighbour-mean"), "completion-fp": lambda: CompletionFusion("feature-propagation"),
+        "margo": lambda: TrainedFusion("margo"), "magnet": lambda: TrainedFusion("magnet"),
         "rule": lambda: AgentMethod("RuleRouter-Fuse", variant="rule"),
         "listwise": lambda: ListwiseLLM(zero_shot),
         "react": lambda: AgentMethod("ReAct zero-shot (free-form)", model=zero_shot, prefill=False, group="LLM"),

@@ -21,6 +21,24 @@ from mma_agent.masks import OOMA_FAMILIES, TASK_FAMILIES
 from .store import ResultStore
 
 OTHER_FAMILIES = tuple(f for f in TASK_FAMILIES if f not in OOMA_FAMILIES)
+NOTES = [
+    "- Regenerate with `bash scripts/eval.sh` (after `scripts/main.sh` and `scripts/train.sh`); the raw store stays under `.mma/`.",
+    "- Family pools: the target and 99 hard negatives mined from the family's surviving modalities; OOMA = the text-only, image-only "
+    "and behaviour-only families pooled. Fixed pools: LightGCN's top-100 over the catalogue (the target may be missing).",
+    "- Every method's own scores are fused with the first stage (Eq. 2) at the alpha chosen on validation; a method that cannot score "
+    "an episode (masked modality, agent fallback, crash) gets the first-stage ranking there, counted under `fallback` / `errors`.",
+    "- Retriever rows re-score the pool with a CF model, so they fall back wherever behaviour is masked.",
+    "- Completion rows impute the masked modalities of the episode's items from a bank of catalogue items that are never "
+    "validation/test targets (zero, bank mean, mean of the 10 nearest bank items in a visible modality, or 10 rounds of feature "
+    "propagation over that kNN graph), then average text, image and LightGCN-embedding similarity to the history. Unlike the agent, "
+    "they read the masked modality of other items.",
+    "- Seeds: every method here is deterministic (fixed pools, greedy decoding, scripted plans), so each ran once; the spread is "
+    "over episodes, and the tests are paired Wilcoxon signed-rank tests over episodes.",
+    "- MARGO-style and MAGNET-style rows are scaled down (see `evals/fusion_models.py`): frozen encoders (MiniLM, the poster CLIP, "
+    "LightGCN item vectors) with learned projections, history-mean users, modality dropout, 6 epochs of BPR on the train split; "
+    "MARGO keeps the reliability-supervised, confidence-scaled item weights and the two stages; MAGNET keeps the dual view "
+    "(interaction graph + content kNN edges), the three role experts with a router, and the entropy-triggered two-stage schedule.",
+]
 
 
 def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:
@@ -191,8 +209,9 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the trained policy best on validation OOMA)"), ""]
     md += [format_table(routing, "## Routing diagnostics (test)"), ""]
     md += [f"![{p.stem}]({p.name})" for p in plots]
+    md += ["", "## How to read this", "", *NOTES]
     if meta.get("notes"):
-        md += ["", "## Notes", "", *meta["notes"]]
+        md += meta["notes"]
     text = "\n".join(md) + "\n"
     (out_dir / "report.md").write_text(text)
     return text, main
