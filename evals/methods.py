@@ -262,6 +262,31 @@ class TrainedFusion(Method):
         return out, {} if out is not None else {"reason": "no visible modality"}
 
 
+class PoolCentrality(Method):
+    """A protocol probe, not a recommender: each candidate's mean similarity to the other
+    candidates in the visible modalities, ignoring the user entirely. Family pools put the
+    target's nearest neighbours around it as negatives, so the target sits at the centre of its
+    pool; a high score here means a method can find the target from the pool's shape alone."""
+
+    group = "protocol probe"
+
+    def __init__(self) -> None:
+        self.name = "Pool-centrality probe (ignores the user)"
+
+    def setup(self, env):
+        super().setup(env)
+        full = env.catalogue.view(Mask())
+        lightgcn, _ = env.pipeline.retriever("lightgcn")
+        self.features = {m: _unit(np.nan_to_num(np.asarray(f, dtype=np.float32)))
+                         for m, f in (("text", full.feature("text")), ("image", full.feature("image")), ("behaviour", lightgcn.item_vecs)) if f is not None}  # fmt: skip
+
+    def score(self, ep):
+        visible = [m for m in self.features if ep["mask"][m]]
+        if not visible:
+            return None, {"reason": "no visible modality"}
+        return np.mean([_minmax((f := self.features[m][ep["cand_idx"]]) @ f.mean(axis=0)) for m in visible], axis=0), {}
+
+
 class ListwiseLLM(Method):
     """RankGPT-style listwise reranking of the first-stage top window by the backend model."""
 
@@ -313,6 +338,7 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
         "completion-zero": lambda: CompletionFusion("zero"), "completion-mean": lambda: CompletionFusion("mean"),
         "completion-neighbour": lambda: CompletionFusion("neighbour-mean"), "completion-fp": lambda: CompletionFusion("feature-propagation"),
         "margo": lambda: TrainedFusion("margo"), "magnet": lambda: TrainedFusion("magnet"),
+        "centrality-probe": PoolCentrality,
         "rule": lambda: AgentMethod("RuleRouter-Fuse", variant="rule"),
         "listwise": lambda: ListwiseLLM(zero_shot),
         "react": lambda: AgentMethod("ReAct zero-shot (free-form)", model=zero_shot, prefill=False, group="LLM"),

@@ -32,6 +32,10 @@ NOTES = [
     "validation/test targets (zero, bank mean, mean of the 10 nearest bank items in a visible modality, or 10 rounds of feature "
     "propagation over that kNN graph), then average text, image and LightGCN-embedding similarity to the history. Unlike the agent, "
     "they read the masked modality of other items.",
+    "- **Protocol caveat.** Family pools take the target's nearest neighbours in the surviving modalities as its negatives, so "
+    "the target sits at the centre of its own pool. The pool-centrality probe, which never looks at the user, measures how much a "
+    "method can gain from that alone; any method that compares candidates with each other (feature propagation with edges inside "
+    "the pool does) can exploit it. Per-candidate methods (the tools, the agent, retrievers) cannot. Read OOMA numbers with the probe's row beside them.",
     "- Seeds: every method here is deterministic (fixed pools, greedy decoding, scripted plans), so each ran once; the spread is "
     "over episodes, and the tests are paired Wilcoxon signed-rank tests over episodes.",
     "- MARGO-style and MAGNET-style rows are scaled down (see `evals/fusion_models.py`): frozen encoders (MiniLM, the poster CLIP, "

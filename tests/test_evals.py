@@ -17,7 +17,7 @@ from mma_agent.evals.report import build_report, cliffs_delta, wilcoxon_p  # noq
 from mma_agent.evals.runner import ALPHAS, build_episodes, fused_metrics, run_eval  # noqa: E402
 from mma_agent.evals.store import ResultStore, RunMismatchError  # noqa: E402
 
-CHEAP = ["first-stage", "popularity", "lightgcn", "text-sim", "graph-sim", "completion-zero", "completion-fp", "margo", "magnet", "rule"]
+CHEAP = ["first-stage", "popularity", "lightgcn", "text-sim", "graph-sim", "completion-zero", "completion-fp", "margo", "magnet", "centrality-probe", "rule"]
 
 
 def _setup(root, work):
