@@ -125,6 +125,7 @@ class AgentMethod(Method):
         self.graph = None
         if self.plan is None:
             model = env.chat_model(self.model_spec) if self.model_spec else None
+            getattr(model, "_load", lambda: None)()  # load before the batch, not inside its first calls
             self.graph = create_mma_reranker(model, catalogue=env.catalogue, toolkits=env.kits, variant=self.variant, alpha=0.0, prefill=self.prefill).compile()
 
     def score(self, ep):
@@ -300,6 +301,7 @@ class ListwiseLLM(Method):
     def setup(self, env):
         super().setup(env)
         self.model = env.chat_model(self.model_spec, max_new_tokens=6 * self.window)
+        getattr(self.model, "_load", lambda: None)()
 
     def score(self, ep):
         if not ep["mask"]["text"]:

@@ -146,6 +146,7 @@ def run_eval(
     concurrency: int = 2,
     env: EvalEnv | None = None,
     notes: list[str] | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Run every method on every episode (LLM methods on the seeded subset); resumable."""
     from mma_agent.toolkits import prepare_toolkits
@@ -174,6 +175,8 @@ def run_eval(
     lock = threading.Lock()
     summary = {}
     for method in methods:
+        if fresh and (n := store.forget(method.name)):
+            log.info("%s: dropped %d stored episodes (--fresh)", method.name, n)
         method.setup(env)
         done = store.done(method.name)
         seeds_m = list(seeds) if getattr(method, "stochastic", False) else [seeds[0]]

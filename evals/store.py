@@ -64,6 +64,11 @@ class ResultStore:
             rows = self._db.execute("SELECT split, protocol, family, pool, seed FROM results WHERE method = ?", (method,))
             return {tuple(r) for r in rows}
 
+    def forget(self, method: str) -> int:
+        """Delete a method's rows (to re-run it from scratch); returns how many were deleted."""
+        with self._lock:
+            return self._db.execute("DELETE FROM results WHERE method = ?", (method,)).rowcount
+
     def add(self, row: dict[str, Any]) -> bool:
         """Insert one finished episode (committed at once); False if that key was already stored."""
         values = (*(row[k] for k in KEY), row["status"], json.dumps(row["metrics"]), json.dumps(row["info"]), row.get("error"), float(row["seconds"]))

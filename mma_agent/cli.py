@@ -279,7 +279,7 @@ def cmd_eval_run(args) -> None:
     path = _store_path(args, p)
     start = time.perf_counter()
     summary = run_eval(p, path, methods, splits=args.splits, protocols=args.protocols, families=args.families, limit=args.limit,
-                       llm_limit=args.llm_limit, seeds=args.seeds, concurrency=args.concurrency)  # fmt: skip
+                       llm_limit=args.llm_limit, seeds=args.seeds, concurrency=args.concurrency, fresh=args.fresh)  # fmt: skip
     rows = [{"method": m, "new episodes": s["new"], "resumed": s["resumed"], "s": f"{s['seconds']:.1f}"} for m, s in summary.items()]
     print(format_table(rows, f"Evaluation run {path} ({time.perf_counter() - start:.0f} s)"))
     print(f"report: mma eval report {args.run}")
@@ -426,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--concurrency", type=int, default=2, help="episodes in flight for LLM methods (LangGraph batch)")
     er.add_argument("--model", default="transformers:smollm2-135m", help="zero-shot backend for ReAct, listwise and MMA-Auto (zero-shot)")
     er.add_argument("--trained", nargs="+", metavar="LABEL=BACKEND", help="trained policies, each a row 'MMA-Auto (LABEL)'")
+    er.add_argument("--fresh", action="store_true", help="drop the selected methods' stored episodes first and run them again")
     er.set_defaults(func=cmd_eval_run)
     ep = ev.add_parser("report", parents=[common], help="Markdown report with tables, tests, diagnostics and plots")
     ep.add_argument("run", help="run name or .sqlite path")

@@ -12,9 +12,11 @@ Heavy libraries load inside the functions that need them; a missing one fails na
 
 from __future__ import annotations
 
+
 import importlib.util
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +68,9 @@ def smollm2_folder(cache_dir: Path) -> Path:
     return out
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 class TransformersChatModel(BaseChatModel):
     """A chat model over a local transformers causal LM, greedy by default. Reports token usage."""
 
@@ -83,12 +88,17 @@ class TransformersChatModel(BaseChatModel):
         return "mma-transformers"
 
     def _load(self) -> None:
-        if self._model is None:
-            transformers = _require("transformers", "local")
-            torch = _require("torch", "local")
-            self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
-            self._model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
-            self._model.eval()
+        # One load at a time, process-wide: from_pretrained switches torch's global default dtype
+        # while it builds the model, which breaks a generation running in another thread (first
+        # calls of a `.batch` arrive together).
+        with _LOAD_LOCK:
+            if self._model is None:
+                transformers = _require("transformers", "local")
+                torch = _require("torch", "local")
+                tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
+                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
+                model.eval()
+                self._tokenizer, self._model = tokenizer, model
 
     def _trie_fn(self, completions: list[str], prompt_len: int):
         """Constrained decoding: only token sequences of `completions` (then EOS) may be generated."""

@@ -41,3 +41,12 @@ def test_embedded_smollm2_converts_once_and_generates(tmp_path):
     # a local folder (e.g. a fine-tuned policy) loads through the same backend
     again = resolve_chat_model(f"transformers:{folder}", max_new_tokens=4)
     assert again.invoke([HumanMessage("Hi")]).usage_metadata["output_tokens"] <= 4
+    # the first calls of a batch arrive together: one load, and no generation broken by another
+    # thread's load (from_pretrained switches torch's global default dtype while it builds)
+    fresh = resolve_chat_model(f"transformers:{folder}", max_new_tokens=4)
+    lazy_too = resolve_chat_model(f"transformers:{folder}", max_new_tokens=3)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda mdl: mdl.invoke([HumanMessage("Hi")]), [fresh, fresh, lazy_too, lazy_too]))
+    assert all(o.usage_metadata["output_tokens"] > 0 for o in outs)
