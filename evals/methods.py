@@ -72,6 +72,7 @@ class Method:
     name: str = ""
     uses_llm: bool = False
     group: str = ""
+    uses_pool_structure: bool = False  # compares candidates with each other (see PoolCentrality)
 
     def setup(self, env: EvalEnv) -> None:
         self.env = env
@@ -162,6 +163,7 @@ class CompletionFusion(Method):
         if imputation not in ("zero", "mean", "neighbour-mean", "feature-propagation"):
             raise ValueError(f"unknown imputation {imputation!r}")
         self.imputation, self.k, self.iterations = imputation, k, iterations
+        self.uses_pool_structure = imputation == "feature-propagation"  # edges between the episode's items
         self.name = {"zero": "Completion: zero", "mean": "Completion: mean", "neighbour-mean": "Completion: neighbour-mean",
                      "feature-propagation": "Completion: feature propagation"}[imputation]  # fmt: skip
 
@@ -270,6 +272,7 @@ class PoolCentrality(Method):
     pool; a high score here means a method can find the target from the pool's shape alone."""
 
     group = "protocol probe"
+    uses_pool_structure = True
 
     def __init__(self) -> None:
         self.name = "Pool-centrality probe (ignores the user)"

@@ -183,7 +183,9 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     valid_ooma = lambda m: np.mean([r["metrics"][res.alpha[m, "family"]]["ndcg@10"] for r in res.by_method[m]  # noqa: E731
                                     if r["split"] == "valid" and r["protocol"] == "family" and r["family"] in OOMA_FAMILIES] or [0])  # fmt: skip
     best_mma = max(mma, key=valid_ooma) if mma else None
-    baselines = [m for m in res.methods if not m.startswith("MMA-") and m != "RuleRouter-Fuse"]
+    probes = {m for m in res.methods if groups.get(m) == "protocol probe"}
+    baselines = [m for m in res.methods if not m.startswith("MMA-") and m != "RuleRouter-Fuse" and m not in probes]
+    per_candidate = [m for m in baselines if not meta.get("pool_structure", {}).get(m)]
     sig = []
     if best_mma:
         for label, keys in (("OOMA (text/image/behaviour-only)", ooma), ("fixed pools", fixed)):
@@ -191,6 +193,9 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
                 continue
             strongest = max(baselines, key=lambda m, keys=keys: np.mean([res.test(m).get(k, np.nan) for k in keys]))
             sig.append(compare(res, best_mma, strongest, keys, label))
+            strongest_pc = max(per_candidate, key=lambda m, keys=keys: np.mean([res.test(m).get(k, np.nan) for k in keys]))
+            if strongest_pc != strongest:
+                sig.append(compare(res, best_mma, strongest_pc, keys, label + ", per-candidate baselines"))
             if "RuleRouter-Fuse" in res.methods:
                 sig.append(compare(res, best_mma, "RuleRouter-Fuse", keys, label))
             if "MMA-Interactive" in res.methods:

@@ -159,6 +159,7 @@ def run_eval(
     before = store.meta()
     meta["groups"] = {**before.get("groups", {}), **{m.name: m.group for m in methods}}
     meta["uses_llm"] = {**before.get("uses_llm", {}), **{m.name: m.uses_llm for m in methods}}
+    meta["pool_structure"] = {**before.get("pool_structure", {}), **{m.name: m.uses_pool_structure for m in methods}}
     meta["order"] = [*before.get("order", []), *(m.name for m in methods if m.name not in before.get("order", []))]
     if "fixed" in protocols:
         meta["recall@100"] = {s: round(pipeline.pools("fixed", "full", s).recall_ceiling(), 4) for s in splits}
