@@ -73,6 +73,7 @@ class Method:
     uses_llm: bool = False
     group: str = ""
     uses_pool_structure: bool = False  # compares candidates with each other (see PoolCentrality)
+    stochastic: bool = False  # set up once per seed (`setup(env, seed=...)`) and run for every seed
 
     def setup(self, env: EvalEnv) -> None:
         self.env = env
@@ -227,12 +228,13 @@ class TrainedFusion(Method):
     train split and cached under the workdir."""
 
     group = "trained multimodal"
+    stochastic = True
 
     def __init__(self, kind: str, seed: int = 0) -> None:
         self.kind, self.seed = kind, seed
         self.name = {"margo": "MARGO-style (reliability-weighted fusion)", "magnet": "MAGNET-style (dual view, role experts)"}[kind]
 
-    def setup(self, env):
+    def setup(self, env, seed: int | None = None):
         import torch
 
         from mma_agent.training.episodes import content_hash
@@ -240,6 +242,7 @@ class TrainedFusion(Method):
         from .fusion_models import content_view, load_fusion, train_fusion
 
         super().setup(env)
+        self.seed = self.seed if seed is None else seed
         full = env.catalogue.view(Mask())
         lightgcn, _ = env.pipeline.retriever("lightgcn")
         feats = {m: _unit(np.nan_to_num(np.asarray(f, dtype=np.float32)))

@@ -36,8 +36,9 @@ NOTES = [
     "the target sits at the centre of its own pool. The pool-centrality probe, which never looks at the user, measures how much a "
     "method can gain from that alone; any method that compares candidates with each other (feature propagation with edges inside "
     "the pool does) can exploit it. Per-candidate methods (the tools, the agent, retrievers) cannot. Read OOMA numbers with the probe's row beside them.",
-    "- Seeds: every method here is deterministic (fixed pools, greedy decoding, scripted plans), so each ran once; the spread is "
-    "over episodes, and the tests are paired Wilcoxon signed-rank tests over episodes.",
+    "- Seeds: the trained MARGO- and MAGNET-style rows are trained and evaluated with five seeds (their numbers are the mean over "
+    "seeds, with the standard deviation of the OOMA mean); every other method is deterministic here (fixed pools, greedy decoding, "
+    "scripted plans) and ran once. The tests are paired Wilcoxon signed-rank tests over episodes.",
     "- MARGO-style and MAGNET-style rows are scaled down (see `evals/fusion_models.py`): frozen encoders (MiniLM, the poster CLIP, "
     "LightGCN item vectors) with learned projections, history-mean users, modality dropout, 6 epochs of BPR on the train split; "
     "MARGO keeps the reliability-supervised, confidence-scaled item weights and the two stages; MAGNET keeps the dual view "
@@ -82,10 +83,16 @@ class Results:
                 best = max(means.values())
                 self.alpha[m, protocol] = max((a for a in alphas if means[a] >= best - 1e-12), key=float)
 
-    def test(self, method: str, metric: str = "ndcg@10") -> dict[tuple, float]:
-        """(protocol, family, pool) -> metric on test at the chosen alpha."""
-        return {(r["protocol"], r["family"], r["pool"]): r["metrics"][self.alpha[method, r["protocol"]]][metric]
-                for r in self.by_method[method] if r["split"] == "test"}  # fmt: skip
+    def test(self, method: str, metric: str = "ndcg@10", seed: int | None = None) -> dict[tuple, float]:
+        """(protocol, family, pool) -> metric on test at the chosen alpha (the mean over seeds, or one seed's)."""
+        acc: dict[tuple, list[float]] = defaultdict(list)
+        for r in self.by_method[method]:
+            if r["split"] == "test" and (seed is None or r["seed"] == seed):
+                acc[r["protocol"], r["family"], r["pool"]].append(r["metrics"][self.alpha[method, r["protocol"]]][metric])
+        return {k: float(np.mean(v)) for k, v in acc.items()}
+
+    def seeds(self, method: str) -> list[int]:
+        return sorted({r["seed"] for r in self.by_method[method]})
 
     def test_rows(self, method: str) -> list[dict]:
         return [r for r in self.by_method[method] if r["split"] == "test"]
@@ -111,8 +118,14 @@ def method_table(res: Results, methods: list[str], keys: list[tuple]) -> list[di
         for fam in OOMA_FAMILIES + OTHER_FAMILIES:
             row[fam] = _mean(vals["ndcg@10"], ks, lambda k, fam=fam: k[0] == "family" and k[1] == fam)
         row["fixed N@10"] = _mean(vals["ndcg@10"], ks, lambda k: k[0] == "fixed")
+        seeds = res.seeds(m)
+        if len(seeds) > 1:  # the spread of the OOMA mean over seeds
+            per_seed = [_mean(res.test(m, "ndcg@10", seed=sd), ks, ooma) for sd in seeds]
+            row["seeds (OOMA sd)"] = f"{len(seeds)} ({np.std([v for v in per_seed if v is not None]):.4f})"
+        else:
+            row["seeds (OOMA sd)"] = "1"
         row["fixed H@10"] = _mean(vals["hr@10"], ks, lambda k: k[0] == "fixed")
-        trs = [r for r in res.test_rows(m) if (r["protocol"], r["family"], r["pool"]) in set(ks)]
+        trs = [r for r in res.test_rows(m) if (r["protocol"], r["family"], r["pool"]) in set(ks) and r["seed"] == seeds[0]]
         row["fallback"] = f"{100 * np.mean([r['status'] == 'fallback' for r in trs]):.0f}%" if trs else ""
         row["errors"] = sum(r["status"] == "error" for r in trs)
         row["ms/ep"] = f"{1000 * np.mean([r['seconds'] for r in trs]):.0f}" if trs else ""

@@ -178,13 +178,11 @@ def run_eval(
     for method in methods:
         if fresh and (n := store.forget(method.name)):
             log.info("%s: dropped %d stored episodes (--fresh)", method.name, n)
-        method.setup(env)
         done = store.done(method.name)
-        seeds_m = list(seeds) if getattr(method, "stochastic", False) else [seeds[0]]
-        todo = [{"method": method.name, "seed": s, "episode": ep} for split in splits for ep in episodes[split, method.uses_llm] for s in seeds_m
+        seeds_m = list(seeds) if method.stochastic else [seeds[0]]
+        todo = [{"method": method.name, "seed": s, "episode": ep} for s in seeds_m for split in splits for ep in episodes[split, method.uses_llm]
                 if (ep["split"], ep["protocol"], ep["family"], ep["pool"], s) not in done]  # fmt: skip
-        total = len(todo) + len(done)
-        bar = tqdm(total=total, initial=len(done), desc=method.name[:36], unit="ep")
+        bar = tqdm(total=len(todo) + len(done), initial=len(done), desc=method.name[:36], unit="ep")
 
         def tick(_state, bar=bar):
             with lock:
@@ -193,8 +191,13 @@ def run_eval(
         graph = create_eval_graph({method.name: method}, store, on_done=tick)
         start = time.perf_counter()
         conc = concurrency if method.uses_llm else 1
-        for i in range(0, len(todo), 64):
-            graph.batch(todo[i : i + 64], config={"max_concurrency": conc})
+        for seed in seeds_m:  # a stochastic method is set up once per seed (e.g. trained with it)
+            mine = [t for t in todo if t["seed"] == seed]
+            if not mine and seed != seeds_m[-1]:
+                continue
+            method.setup(env, seed=seed) if method.stochastic else method.setup(env)
+            for i in range(0, len(mine), 64):
+                graph.batch(mine[i : i + 64], config={"max_concurrency": conc})
         bar.close()
         summary[method.name] = {"new": len(todo), "resumed": len(done), "seconds": time.perf_counter() - start}
     store.close()

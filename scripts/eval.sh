@@ -9,7 +9,7 @@ run="${RUN:-main}"
 limit="${LLM_LIMIT:-6}"
 work="$(python -c 'from mma_agent.pipeline import Pipeline; from mma_agent.config import load_config; print(Pipeline(load_config("configs/default.yaml")).root)')"
 t0=$SECONDS
-mma eval run --run "$run" --llm-limit "$limit" --methods first-stage popularity itemknn bprmf lightgcn text-sim image-sim graph-sim \
+mma eval run --run "$run" --llm-limit "$limit" --seeds 0 1 2 3 4 --methods first-stage popularity itemknn bprmf lightgcn text-sim image-sim graph-sim \
   completion-zero completion-mean completion-neighbour completion-fp margo magnet centrality-probe rule
 mma eval run --run "$run" --llm-limit "$limit" --methods listwise react mma-zero-shot mma-sft mma-dpo mma-grpo mma-interactive \
   --trained "GRPO=transformers:$work/train/grpo/policy" "SFT=transformers:$work/train/sft/policy" "DPO=transformers:$work/train/dpo/policy"

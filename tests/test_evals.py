@@ -75,10 +75,12 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
     _, _, p, env = tiny
     methods = build_methods(CHEAP, zero_shot="unused", trained={}) + [Crashy()]
     store = tmp_path / "run.sqlite"
-    run_eval(p, store, methods, limit=3, env=env)
+    run_eval(p, store, methods, limit=3, env=env, seeds=(0, 1))
     eps = build_episodes(p, "valid", limit=3) + build_episodes(p, "test", limit=3)
     rows = ResultStore(store).rows()
-    assert len(rows) == len(eps) * len(methods)
+    n_seeds = {m.name: 2 if m.stochastic else 1 for m in methods}
+    assert len(rows) == len(eps) * sum(n_seeds.values())
+    assert {r["seed"] for r in rows if r["method"].startswith("MARGO")} == {0, 1}
     crashy = [r for r in rows if r["method"] == "Crashy"]
     assert {r["status"] for r in crashy if len(r["family"]) % 2} == {"error"} and all("boom" in r["error"] for r in crashy if len(r["family"]) % 2)
     assert {r["status"] for r in crashy if not len(r["family"]) % 2} == {"ok"}
@@ -92,7 +94,7 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
         if r["status"] != "ok":
             assert r["metrics"]["0.0"] == first[r["split"], r["protocol"], r["family"], r["pool"]]["0.0"]
     # a rerun adds nothing
-    summary = run_eval(p, store, methods, limit=3, env=env)
+    summary = run_eval(p, store, methods, limit=3, env=env, seeds=(0, 1))
     assert all(s["new"] == 0 for s in summary.values()) and len(ResultStore(store).rows()) == len(rows)
     with pytest.raises(RunMismatchError, match="other settings"):
         run_eval(p, store, methods, limit=2, env=env)
@@ -102,6 +104,7 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
     names = [r["method"] for r in main]
     assert names[: len(CHEAP)] == [m.name for m in methods[: len(CHEAP)]]
     assert next(r for r in main if r["method"] == "Crashy")["errors"] > 0
+    assert next(r for r in main if r["method"].startswith("MAGNET"))["seeds (OOMA sd)"].startswith("2 (")
     assert "Routing diagnostics" in text_md and "RuleRouter-Fuse" in text_md
 
 
