@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds for stochastic methods")
     er.add_argument("--concurrency", type=int, default=2, help="episodes in flight for LLM methods (LangGraph batch)")
     er.add_argument("--model", default="transformers:smollm2-135m", help="zero-shot backend for ReAct, listwise and MMA-Auto (zero-shot)")
-    er.add_argument("--trained", nargs="+", metavar="LABEL=BACKEND", help="trained policies, each a row 'MMA-Auto (LABEL)'")
+    er.add_argument("--trained", nargs="+", metavar="LABEL=BACKEND", help="trained policies, each a row 'MMA-Auto (LABEL)'; MMA-Interactive runs the first")
     er.add_argument("--fresh", action="store_true", help="drop the selected methods' stored episodes first and run them again")
     er.set_defaults(func=cmd_eval_run)
     ep = ev.add_parser("report", parents=[common], help="Markdown report with tables, tests, diagnostics and plots")

@@ -11,7 +11,7 @@ work="$(python -c 'from mma_agent.pipeline import Pipeline; from mma_agent.confi
 t0=$SECONDS
 mma eval run --run "$run" --llm-limit "$limit" --seeds 0 1 2 3 4 --methods first-stage popularity itemknn bprmf lightgcn text-sim image-sim graph-sim \
   completion-zero completion-mean completion-neighbour completion-fp margo magnet centrality-probe rule
-mma eval run --run "$run" --llm-limit "$limit" --methods listwise react mma-zero-shot mma-sft mma-dpo mma-grpo mma-interactive \
-  --trained "GRPO=transformers:$work/train/grpo/policy" "SFT=transformers:$work/train/sft/policy" "DPO=transformers:$work/train/dpo/policy"
+mma eval run --run "$run" --llm-limit "$limit" --methods mma-zero-shot listwise react mma-sft mma-interactive mma-grpo \
+  --trained "SFT=transformers:$work/train/sft/policy" "GRPO=transformers:$work/train/grpo/policy"   # MMA-Interactive runs the first
 mma eval report "$run" --out evals/results
 echo "evaluation wall time: $((SECONDS - t0)) s"
