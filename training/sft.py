@@ -1,10 +1,12 @@
-"""SFT from the best action sequences (rejection sampling / expert iteration), with TRL.
+"""SFT from the best actions found by search (rejection sampling / expert iteration), with TRL.
 
-The environment is cheap (tools are vector operations), so for every support episode we run many
-action plans through the real graph (every subset of the three automated tools, then each scoring
-template) with a scripted policy, keep the highest-reward plan (paper Eq. 3: NDCG@10 minus call
-costs), and train the policy on that plan's conversation: each action is a completion given the
-conversation before it (TRL prompt-completion format, loss on the completion only).
+The environment is cheap (tools are vector operations), so for every support episode we run every
+action plan through the real graph (each ordered sequence of the three automated tools, then each
+scoring template) with a scripted policy and score it with the paper's Eq. 3 (NDCG@10 minus call
+costs). Every state the plans pass through gets the value of each next action (`decision_points`),
+and the policy is trained on the best action at each state: a completion given the conversation
+before it (TRL prompt-completion format, loss on the completion only). The same table feeds DPO
+(`preference.py`) and GRPO (`grpo.py`).
 """
 
 from __future__ import annotations
