@@ -197,7 +197,7 @@ def cmd_train_sft(args) -> None:
     p, _, _, support, explored, points, took = _support_points(args)
     best = best_of(explored)
     print(format_table([{**summarize(best), "states": len(points), "explore s": f"{took:.1f}"}], "Best action plans on support episodes"))
-    rows = decision_sft_rows(points) if args.rows == "decision" else sft_examples(best)
+    rows = sft_examples(best) if args.rows == "best" else decision_sft_rows(points, states="all" if args.rows == "all" else "path")
     base = _base(args, p)
     out = args.out or p.root / "train" / "sft"
     start = time.perf_counter()
@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ts = train.add_parser("sft", parents=[common], help="SFT on the best action at every explored state of the support episodes (TRL)")
     trainer_args(ts, 40, 1e-4, 4)
-    ts.add_argument("--rows", choices=["decision", "best"], default="decision", help="every explored state (default) or only the best plans")
+    ts.add_argument("--rows", choices=["path", "all", "best"], default="path",
+                    help="best-action path plus Null recovery (default), every explored state, or the hindsight-best plans")
     td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
     trainer_args(td, 20, 1e-5, 2)
     td.add_argument("--beta", type=float, default=0.1)

@@ -186,8 +186,15 @@ def test_decision_points_value_every_action_from_every_state(explored):
     # in the image-only family (text masked) the text tool answers Null, and a state shows it
     img = next(p for p in points if p["family"] == "image-only" and p["prefix"] == ['{"tool": "analyze_text", "args": {}}'])
     assert "Null" in img["prompt"][-1]["content"]
-    rows = decision_sft_rows(points)
+    rows = decision_sft_rows(points, states="all")
     assert len(rows) == len(points) and rows[0]["completion"][0]["content"] == best_action(points[0])
+    path = decision_sft_rows(points)
+    firsts = [r for r in path if len(r["prompt"]) == 2]
+    assert len(firsts) == len(eps)  # every episode's start state, once
+    # every path ends with a scoring action, and a Null state is followed by something other than the Null tool
+    assert sum(json.loads(r["completion"][0]["content"])["tool"] == "score_candidates" for r in path) >= len(eps)
+    nulls = [r for r in path if "Null" in r["prompt"][-1]["content"] and len(r["prompt"]) == 4]
+    assert nulls and all(r["completion"][0]["content"] != r["prompt"][2]["content"] for r in nulls)
 
 
 def test_preference_pairs_prefer_the_higher_value_action(explored):

@@ -120,9 +120,37 @@ def best_action(point: dict) -> str:
     return max(point["values"], key=point["values"].get)
 
 
-def decision_sft_rows(points: list[dict]) -> list[dict]:
-    """Prompt-completion rows: the best action at every explored state."""
-    return [{"prompt": p["prompt"], "completion": [{"role": "assistant", "content": best_action(p)}]} for p in points]
+def decision_sft_rows(points: list[dict], *, states: str = "path") -> list[dict]:
+    """Prompt-completion rows: the best action at explored states.
+
+    states="path" (default): per episode, the states along the best-action path from the start,
+    plus the path after each tool that answered Null (the recovery the hidden mask calls for).
+    states="all": every explored state. A first run trained on all states learned to score at
+    once: 15 of an episode's 16 states follow a tool call, where scoring is usually best, so the
+    start state was 6% of the rows and the policy scored before gathering anything.
+    """
+    if states not in ("path", "all"):
+        raise ValueError(f"states={states!r}; choose 'path' or 'all'")
+    row = lambda p: {"prompt": p["prompt"], "completion": [{"role": "assistant", "content": best_action(p)}]}  # noqa: E731
+    if states == "all":
+        return [row(p) for p in points]
+    by_episode: dict[str, dict[tuple, dict]] = {}
+    for p in points:
+        by_episode.setdefault(p["id"], {})[tuple(p["prefix"])] = p
+    rows = []
+    for table in by_episode.values():
+        starts = [()] + [prefix for prefix, p in table.items() if len(prefix) == 1 and "Null" in p["prompt"][-1]["content"]]
+        seen = set()
+        for prefix in starts:
+            while prefix in table and prefix not in seen:
+                seen.add(prefix)
+                p = table[prefix]
+                rows.append(row(p))
+                action = best_action(p)
+                if json.loads(action)["tool"] == "score_candidates":
+                    break
+                prefix = (*prefix, action)
+    return rows
 
 
 def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: int = 60, lr: float = 5e-5, batch_size: int = 4, seed: int = 0,
