@@ -3,6 +3,7 @@
 # each stage's wall time. Run scripts/main.sh first (data, retrievers, pools, poster CLIP).
 # Every stage checkpoints and resumes: re-running after a crash continues where it stopped.
 #   PER_FAMILY  episodes per task family (default 20: 16 support + 4 query)
+#   SFT_STEPS, DPO_STEPS, GRPO_STEPS  optimiser steps per stage (default: the commands' defaults, 40 / 20 / 12)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 per_family="${PER_FAMILY:-20}"
 work="$(python -c 'from mma_agent.pipeline import Pipeline; from mma_agent.config import load_config; print(Pipeline(load_config("configs/default.yaml")).root)')"
@@ -13,9 +14,9 @@ stage() {
   "$@"
   times+=("| $name | $((SECONDS - t0)) s |")
 }
-stage "SFT (explore + train)" mma train sft --per-family "$per_family" "$@"
-stage "DPO" mma train dpo --per-family "$per_family" "$@"
-stage "GRPO" mma train grpo --per-family "$per_family" "$@"
+stage "SFT (explore + train)" mma train sft --per-family "$per_family" --max-steps "${SFT_STEPS:-40}" "$@"
+stage "DPO" mma train dpo --per-family "$per_family" --max-steps "${DPO_STEPS:-20}" "$@"
+stage "GRPO" mma train grpo --per-family "$per_family" --max-steps "${GRPO_STEPS:-12}" "$@"
 stage "query comparison" mma train eval --per-family "$per_family" --out "$work/train/comparison.json" --policy \
   "zero-shot=transformers:smollm2-135m" "SFT=transformers:$work/train/sft/policy" \
   "DPO=transformers:$work/train/dpo/policy" "GRPO=transformers:$work/train/grpo/policy"
