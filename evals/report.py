@@ -119,17 +119,16 @@ def method_table(res: Results, methods: list[str], keys: list[tuple]) -> list[di
             row[fam] = _mean(vals["ndcg@10"], ks, lambda k, fam=fam: k[0] == "family" and k[1] == fam)
         row["fixed N@10"] = _mean(vals["ndcg@10"], ks, lambda k: k[0] == "fixed")
         seeds = res.seeds(m)
-        if len(seeds) > 1:  # the spread of the OOMA mean over seeds
-            per_seed = [_mean(res.test(m, "ndcg@10", seed=sd), ks, ooma) for sd in seeds]
-            row["seeds (OOMA sd)"] = f"{len(seeds)} ({np.std([v for v in per_seed if v is not None]):.4f})"
-        else:
-            row["seeds (OOMA sd)"] = "1"
-        row["fixed H@10"] = _mean(vals["hr@10"], ks, lambda k: k[0] == "fixed")
         trs = [r for r in res.test_rows(m) if (r["protocol"], r["family"], r["pool"]) in set(ks) and r["seed"] == seeds[0]]
         row["fallback"] = f"{100 * np.mean([r['status'] == 'fallback' for r in trs]):.0f}%" if trs else ""
         row["errors"] = sum(r["status"] == "error" for r in trs)
         row["ms/ep"] = f"{1000 * np.mean([r['seconds'] for r in trs]):.0f}" if trs else ""
         row["episodes"] = len(ks)
+        if len(seeds) > 1:  # the spread of the OOMA mean over seeds
+            per_seed = [_mean(res.test(m, "ndcg@10", seed=sd), ks, ooma) for sd in seeds]
+            row["seeds (OOMA sd)"] = f"{len(seeds)} ({np.std([v for v in per_seed if v is not None]):.4f})"
+        else:
+            row["seeds (OOMA sd)"] = "1"
         rows.append({k: (round(v, 4) if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()})
     return rows
 
@@ -182,7 +181,9 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     order = [*meta.get("order", []), *(m for m in res.methods if m not in meta.get("order", []))]
     llm, cheap = [m for m in order if m in llm], [m for m in order if m in cheap]
     test_keys = lambda m: set(res.test(m))  # noqa: E731
-    paired = sorted(set.intersection(*(test_keys(m) for m in llm))) if llm else sorted(set.union(*(test_keys(m) for m in cheap)))
+    # the LLM methods' seeded subset (each row reports how many of these episodes it has; a run
+    # still in progress has fewer), or every pool when no LLM method ran
+    paired = sorted(set.union(*(test_keys(m) for m in llm))) if llm else sorted(set.union(*(test_keys(m) for m in cheap)))
     all_keys = sorted(set.union(*(test_keys(m) for m in res.methods)))
     main = method_table(res, [m for m in order if m in res.methods], paired)
     full = method_table(res, cheap, all_keys)
@@ -226,7 +227,7 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
           f"LLM methods on a seeded subset of {meta.get('llm_limit')} pools per family and split ({n_llm} test episodes), the others on every pool "
           f"({len(all_keys)} test episodes). Alpha grid {meta.get('alphas')}, chosen per method and protocol on validation NDCG@10.",
           "", f"Fixed-pool Recall@100 (the ceiling, identical for every method): {json.dumps(ceiling)}.", ""]  # fmt: skip
-    md += [format_table(main, "## Every method on the pools the LLM methods ran (paired; test, NDCG@10 unless named)"), ""]
+    md += [format_table(main, "## Every method on the pools the LLM methods ran (the same seeded subset; test, NDCG@10 unless named)"), ""]
     md += [format_table(full, "## Methods without an LLM on every test pool"), ""]
     md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the trained policy best on validation OOMA)"), ""]
     md += [format_table(routing, "## Routing diagnostics (test)"), ""]
