@@ -118,6 +118,7 @@ def method_table(res: Results, methods: list[str], keys: list[tuple]) -> list[di
         for fam in OOMA_FAMILIES + OTHER_FAMILIES:
             row[fam] = _mean(vals["ndcg@10"], ks, lambda k, fam=fam: k[0] == "family" and k[1] == fam)
         row["fixed N@10"] = _mean(vals["ndcg@10"], ks, lambda k: k[0] == "fixed")
+        row["fixed H@10"] = _mean(vals["hr@10"], ks, lambda k: k[0] == "fixed")
         seeds = res.seeds(m)
         trs = [r for r in res.test_rows(m) if (r["protocol"], r["family"], r["pool"]) in set(ks) and r["seed"] == seeds[0]]
         row["fallback"] = f"{100 * np.mean([r['status'] == 'fallback' for r in trs]):.0f}%" if trs else ""

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("sentence_transformers")
 
+from mma_agent.masks import OOMA_FAMILIES  # noqa: E402
 from mma_agent.evals.methods import EvalEnv, Method, build_methods  # noqa: E402
 from mma_agent.evals.report import build_report, cliffs_delta, wilcoxon_p  # noqa: E402
 from mma_agent.evals.runner import ALPHAS, build_episodes, fused_metrics, run_eval  # noqa: E402
@@ -101,6 +102,7 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
     text_md, main = build_report(store, tmp_path / "report")
     assert (tmp_path / "report" / "report.md").read_text() == text_md
     assert (tmp_path / "report" / "per-modality.png").is_file() and (tmp_path / "report" / "by-family.png").is_file()
+    assert {"OOMA N@10", "OOMA H@10", "OOMA N@20", "OOMA H@20", "fixed N@10", "fixed H@10", *OOMA_FAMILIES, "full"} <= set(main[0])
     names = [r["method"] for r in main]
     assert names[: len(CHEAP)] == [m.name for m in methods[: len(CHEAP)]]
     assert next(r for r in main if r["method"] == "Crashy")["errors"] > 0

@@ -164,7 +164,7 @@ def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: in
     out_dir = Path(out_dir)
     config = SFTConfig(**{
         "output_dir": str(out_dir / "checkpoints"), "max_steps": max_steps, "learning_rate": lr, "per_device_train_batch_size": batch_size,
-        "gradient_accumulation_steps": 1, "logging_steps": 5, "save_strategy": "steps", "save_steps": max(1, min(20, max_steps // 2)),
+        "gradient_accumulation_steps": 1, "logging_steps": min(5, max_steps), "save_strategy": "steps", "save_steps": max(1, min(20, max_steps // 2)),
         "save_total_limit": 2, "report_to": [], "use_cpu": True, "bf16": False, "max_length": 1024, "completion_only_loss": True, "seed": seed,
         "lr_scheduler_type": "cosine", "warmup_steps": 5, **config_overrides,
     })  # fmt: skip
