@@ -221,7 +221,7 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _plots(main, out_dir)
+    plots = _plots(full, out_dir, "whole test set, methods without an LLM")
     ceiling = meta.get("recall@100", {})
     n_llm = len({k for k in paired})
     md = [f"# {title}", "", f"Data: `{meta.get('data')}`. Pools: {meta.get('protocols')} on families {meta.get('families')}; "
@@ -241,7 +241,7 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     return text, main
 
 
-def _plots(main: list[dict], out_dir: Path) -> list[Path]:
+def _plots(main: list[dict], out_dir: Path, scope: str) -> list[Path]:
     try:
         import matplotlib
 
@@ -255,10 +255,10 @@ def _plots(main: list[dict], out_dir: Path) -> list[Path]:
     width = 0.8 / max(len(methods), 1)
     for i, r in enumerate(main):
         ys = [r[f] if r[f] != "" else 0 for f in OOMA_FAMILIES]
-        ax.bar(np.arange(3) + i * width, ys, width, label=r["method"])
+        ax.bar(np.arange(3) + i * width, ys, width, label=r["method"], color=plt.cm.tab20(i % 20))
     ax.set_xticks(np.arange(3) + 0.4 - width / 2, OOMA_FAMILIES)
     ax.set_ylabel("NDCG@10 (test)")
-    ax.set_title("Per-modality OOMA breakdown")
+    ax.set_title(f"Per-modality OOMA breakdown ({scope})")
     ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     paths.append(out_dir / "per-modality.png")
@@ -267,10 +267,11 @@ def _plots(main: list[dict], out_dir: Path) -> list[Path]:
     fams = list(OOMA_FAMILIES + OTHER_FAMILIES) + ["fixed N@10"]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for r in main:
-        ax.plot(range(len(fams)), [r[f] if r[f] != "" else np.nan for f in fams], marker="o", markersize=3, label=r["method"])
+        ax.plot(range(len(fams)), [r[f] if r[f] != "" else np.nan for f in fams], marker="o", markersize=3, label=r["method"],
+                color=plt.cm.tab20(main.index(r) % 20))
     ax.set_xticks(range(len(fams)), [f.replace(" N@10", "") for f in fams], rotation=20)
     ax.set_ylabel("NDCG@10 (test)")
-    ax.set_title("NDCG@10 by task family")
+    ax.set_title(f"NDCG@10 by task family ({scope})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
