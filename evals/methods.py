@@ -27,11 +27,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from mma_agent.graphs.reranker import minmax
 from mma_agent.masks import Mask
+from mma_agent.toolkits.image import l2_normalize
 
 log = logging.getLogger(__name__)
 AUTOMATED = ("analyze_text", "analyze_image", "retrieve_graph")
@@ -58,6 +61,15 @@ class EvalEnv:
     catalogue: Any
     kits: dict
     model_cache: dict = field(default_factory=dict)
+
+    @cached_property
+    def item_features(self) -> dict[str, np.ndarray]:
+        """Unit-norm item features of every catalogue item, unmasked (text, image, LightGCN item
+        vectors): what the completion, trained-fusion and probe rows start from. Masks apply per episode."""
+        full = self.catalogue.view(Mask())
+        lightgcn, _ = self.pipeline.retriever("lightgcn")
+        feats = {"text": full.feature("text"), "image": full.feature("image"), "behaviour": lightgcn.item_vecs}
+        return {m: l2_normalize(np.nan_to_num(np.asarray(f, dtype=np.float32))) for m, f in feats.items() if f is not None}
 
     def chat_model(self, spec: str, **kwargs):
         from mma_agent.llm import resolve_chat_model
@@ -127,7 +139,6 @@ class AgentMethod(Method):
         self.graph = None
         if self.plan is None:
             model = env.chat_model(self.model_spec) if self.model_spec else None
-            getattr(model, "_load", lambda: None)()  # load before the batch, not inside its first calls
             self.graph = create_mma_reranker(model, catalogue=env.catalogue, toolkits=env.kits, variant=self.variant, alpha=0.0, prefill=self.prefill).compile()
 
     def score(self, ep):
@@ -170,10 +181,7 @@ class CompletionFusion(Method):
 
     def setup(self, env):
         super().setup(env)
-        full = env.catalogue.view(Mask())
-        lightgcn, _ = env.pipeline.retriever("lightgcn")
-        feats = {"text": full.feature("text"), "image": full.feature("image"), "behaviour": lightgcn.item_vecs}
-        self.features = {m: _unit(np.nan_to_num(np.asarray(f, dtype=np.float32))) for m, f in feats.items() if f is not None}
+        self.features = env.item_features
         # the bank: items whose features an offline imputer may read; never a validation/test target
         split = env.pipeline.split
         held = set(split.valid["item"].tolist()) | set(split.test["item"].tolist())
@@ -195,7 +203,7 @@ class CompletionFusion(Method):
         channels = [c for c in channels if np.ptp(c) > 0]
         if not channels:
             return None, {"reason": "no modality to score with"}
-        return np.mean([_minmax(c) for c in channels], axis=0), {"imputed": missing if self.imputation != "zero" else []}
+        return np.mean([minmax(c) for c in channels], axis=0), {"imputed": missing if self.imputation != "zero" else []}
 
     def _impute(self, anchor: np.ndarray, target: np.ndarray, items: np.ndarray, bank: np.ndarray) -> np.ndarray:
         if self.imputation == "mean":
@@ -204,7 +212,7 @@ class CompletionFusion(Method):
         k = min(self.k, len(bank) - 1)
         nn = np.argpartition(-sims, k, axis=1)[:, :k]
         if self.imputation == "neighbour-mean":
-            return _unit(target[bank[nn]].mean(axis=1))
+            return l2_normalize(target[bank[nn]].mean(axis=1))
         # feature propagation (Rossi et al.; Malitesta et al. for missing modalities): each episode
         # item repeatedly takes the mean of its k nearest nodes among the episode items and the
         # bank, bank features clamped. Only unknown rows change, so only their kNN rows are needed.
@@ -220,7 +228,7 @@ class CompletionFusion(Method):
         x = np.zeros((n, target.shape[1]), dtype=np.float32)
         for _ in range(self.iterations):
             x = const + (x[np.where(inner, knn, 0)] * inner[..., None]).sum(axis=1) / k
-        return _unit(x)
+        return l2_normalize(x)
 
 
 class TrainedFusion(Method):
@@ -243,11 +251,9 @@ class TrainedFusion(Method):
 
         super().setup(env)
         self.seed = self.seed if seed is None else seed
+        if not hasattr(self, "features"):  # the same for every seed
+            self.features = content_view(env.item_features) if self.kind == "magnet" else env.item_features
         full = env.catalogue.view(Mask())
-        lightgcn, _ = env.pipeline.retriever("lightgcn")
-        feats = {m: _unit(np.nan_to_num(np.asarray(f, dtype=np.float32)))
-                 for m, f in (("text", full.feature("text")), ("image", full.feature("image")), ("behaviour", lightgcn.item_vecs)) if f is not None}  # fmt: skip
-        self.features = content_view(feats) if self.kind == "magnet" else feats
         split = env.pipeline.split
         key = content_hash([split.fingerprint(), self.kind, {m: list(f.shape) for m, f in self.features.items()}, self.seed])
         path = env.pipeline.root / "evals" / f"{self.kind}-{key}.pt"
@@ -282,16 +288,13 @@ class PoolCentrality(Method):
 
     def setup(self, env):
         super().setup(env)
-        full = env.catalogue.view(Mask())
-        lightgcn, _ = env.pipeline.retriever("lightgcn")
-        self.features = {m: _unit(np.nan_to_num(np.asarray(f, dtype=np.float32)))
-                         for m, f in (("text", full.feature("text")), ("image", full.feature("image")), ("behaviour", lightgcn.item_vecs)) if f is not None}  # fmt: skip
+        self.features = env.item_features
 
     def score(self, ep):
         visible = [m for m in self.features if ep["mask"][m]]
         if not visible:
             return None, {"reason": "no visible modality"}
-        return np.mean([_minmax((f := self.features[m][ep["cand_idx"]]) @ f.mean(axis=0)) for m in visible], axis=0), {}
+        return np.mean([minmax((f := self.features[m][ep["cand_idx"]]) @ f.mean(axis=0)) for m in visible], axis=0), {}
 
 
 class ListwiseLLM(Method):
@@ -307,7 +310,6 @@ class ListwiseLLM(Method):
     def setup(self, env):
         super().setup(env)
         self.model = env.chat_model(self.model_spec, max_new_tokens=6 * self.window)
-        getattr(self.model, "_load", lambda: None)()
 
     def score(self, ep):
         if not ep["mask"]["text"]:
@@ -329,7 +331,7 @@ class ListwiseLLM(Method):
                 order.append(j)
         if not order:
             return None, {"reason": "no identifiers in the reply", "fallback": True}
-        scores = _minmax(first) * 0.5  # unranked: below every ranked one, first-stage order kept
+        scores = minmax(first) * 0.5  # unranked: below every ranked one, first-stage order kept
         for rank, j in enumerate(order):
             scores[top[j]] = 2.0 - rank / len(top)
         return scores, {"ranked": len(order), "fallback": False}
@@ -361,16 +363,6 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
         msg = f"unknown methods {unknown}; choose from {list(table)}"
         raise ValueError(msg)
     return [table[n]() for n in chosen]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.where(n > 0, x / np.where(n > 0, n, 1), 0.0).astype(np.float32)
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(x)), float(np.max(x))
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=float)
 
 
 def _history_cosine(feats: np.ndarray, n_candidates: int) -> np.ndarray:

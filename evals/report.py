@@ -120,7 +120,8 @@ def method_table(res: Results, methods: list[str], keys: list[tuple]) -> list[di
         row["fixed N@10"] = _mean(vals["ndcg@10"], ks, lambda k: k[0] == "fixed")
         row["fixed H@10"] = _mean(vals["hr@10"], ks, lambda k: k[0] == "fixed")
         seeds = res.seeds(m)
-        trs = [r for r in res.test_rows(m) if (r["protocol"], r["family"], r["pool"]) in set(ks) and r["seed"] == seeds[0]]
+        in_ks = set(ks)
+        trs = [r for r in res.test_rows(m) if (r["protocol"], r["family"], r["pool"]) in in_ks and r["seed"] == seeds[0]]
         row["fallback"] = f"{100 * np.mean([r['status'] == 'fallback' for r in trs]):.0f}%" if trs else ""
         row["errors"] = sum(r["status"] == "error" for r in trs)
         row["ms/ep"] = f"{1000 * np.mean([r['seconds'] for r in trs]):.0f}" if trs else ""

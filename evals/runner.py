@@ -25,10 +25,11 @@ from typing import Any, TypedDict
 import numpy as np
 from tqdm.auto import tqdm
 
+from mma_agent.graphs.reranker import minmax
 from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import hr_at_k, ndcg_at_k
 
-from .methods import EvalEnv, Method, _minmax
+from .methods import EvalEnv, Method
 from .store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,7 @@ def build_episodes(pipeline, split: str, *, protocols: Sequence[str] = ("family"
     episodes = []
     for protocol, family in targets:
         pools = pipeline.pools(protocol, family, split)
-        order = np.random.default_rng(seed).permutation(len(pools))
-        picked = np.sort(order[:limit]) if limit is not None else np.arange(len(pools))
-        for p in picked:
+        for p in picked_pools(len(pools), limit, seed):
             p = int(p)
             user = int(pools.users[p])
             hist = view.history(user, include_valid=split == "test")
@@ -57,7 +56,7 @@ def build_episodes(pipeline, split: str, *, protocols: Sequence[str] = ("family"
             cands = [str(sp.item_ids[c]) for c in pools.candidates[p]]
             target = next((r for r in rel if r in set(cands)), rel[0])
             episodes.append({
-                "split": split, "protocol": protocol, "family": family, "pool": p, "user": user, "user_id": str(sp.user_ids[user]),
+                "split": split, "protocol": protocol, "family": family, "pool": p, "n_pools": len(pools), "user": user, "user_id": str(sp.user_ids[user]),
                 "cand_idx": pools.candidates[p], "candidates": cands, "first_stage_scores": [float(x) for x in pools.scores[p]],
                 "relevant": rel, "target": target, "mask": family_mask(family).to_dict(),
                 "hist_idx": hist, "history": [str(sp.item_ids[i]) for i in hist],
@@ -65,13 +64,27 @@ def build_episodes(pipeline, split: str, *, protocols: Sequence[str] = ("family"
     return episodes
 
 
+def picked_pools(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """The seeded subset of `limit` pool indices out of n (all of them when limit is None)."""
+    return np.arange(n) if limit is None else np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def subset(episodes: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
+    """`build_episodes(..., limit=limit)` from episodes built with no or a larger limit (the
+    seeded subsets are prefixes of one permutation), without building them again."""
+    if limit is None:
+        return episodes
+    keep = {n: set(picked_pools(n, limit, seed).tolist()) for n in {ep["n_pools"] for ep in episodes}}
+    return [ep for ep in episodes if ep["pool"] in keep[ep["n_pools"]]]
+
+
 def fused_metrics(first: np.ndarray, method: np.ndarray | None, candidates: list[str], relevant: list[str]) -> dict[str, dict[str, float]]:
     """Eq. 2 at every alpha of the grid; `method=None` is the first-stage ranking at every alpha."""
-    base = _minmax(np.asarray(first, dtype=float))
+    base = minmax(np.asarray(first, dtype=float))
     rel = set(relevant)
     out = {}
     for a in ALPHAS:
-        final = base if method is None else a * base + (1 - a) * _minmax(np.asarray(method, dtype=float))
+        final = base if method is None else a * base + (1 - a) * minmax(np.asarray(method, dtype=float))
         ranking = [candidates[i] for i in np.argsort(-final, kind="stable")]
         out[str(a)] = {name: fn(ranking, rel, k) for name, fn, k in METRICS}
     return out
@@ -172,7 +185,7 @@ def run_eval(
     for split in splits:
         episodes[split, False] = build_episodes(pipeline, split, protocols=protocols, families=families, limit=limit)
         small = llm_limit if limit is None else min(limit, llm_limit or limit)
-        episodes[split, True] = build_episodes(pipeline, split, protocols=protocols, families=families, limit=small)
+        episodes[split, True] = subset(episodes[split, False], small)
     lock = threading.Lock()
     summary = {}
     for method in methods:

@@ -31,6 +31,12 @@ from mma_agent.pools import build_family_pools
 from mma_agent.training.rewards import action_costs, episode_reward
 
 log = logging.getLogger(__name__)
+REQUEST_KEYS = ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")  # an episode's reranker request
+
+
+def request_of(ep: dict) -> dict:
+    """The reranker request of an episode (the target lets the simulated user answer)."""
+    return {k: ep[k] for k in REQUEST_KEYS}
 
 
 class EpisodeFileError(ValueError):
@@ -149,7 +155,7 @@ def record_episodes(
     stats = {"total": len(episodes), "already": len(episodes) - len(todo), "recorded": 0}
     with path.open("a") as fh:
         for ep in tqdm(todo, desc="record episodes", unit="ep", initial=stats["already"], total=len(episodes)):
-            request = {k: ep[k] for k in ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")}
+            request = request_of(ep)
             out = reranker.invoke(request)
             record = {
                 "id": ep["id"], "family": ep["family"], "part": ep["part"], "mask": ep["mask"], "target": ep["target"],

@@ -9,6 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.metrics import ndcg_at_k
+from mma_agent.training.episodes import request_of
 from mma_agent.training.rewards import action_costs, episode_reward
 
 
@@ -18,7 +19,7 @@ def evaluate_policies(policies: dict, episodes: list[dict]) -> list[dict]:
     for name, graph in policies.items():
         by = defaultdict(list)
         for ep in tqdm(episodes, desc=f"eval {name}", unit="ep"):
-            out = graph.invoke({k: ep[k] for k in ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")})
+            out = graph.invoke(request_of(ep))
             steps = [t for t in out["trace"] if t.get("action") and t["action"].get("tool") != "score_candidates"]
             failed = sum(bool(t.get("null")) or bool(t.get("invalid")) for t in steps)
             by[ep["family"]].append({

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from mma_agent.actions import ActionError, parse_action
+from mma_agent.training.episodes import request_of
 from mma_agent.training.rewards import episode_reward
-from mma_agent.training.sft import save_run
+from mma_agent.training.sft import train_and_save
 
 log = logging.getLogger(__name__)
-REQUEST_KEYS = ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")
 EQUAL_SCORE = json.dumps({"tool": "score_candidates", "args": {"weights": {}}})
 
 
@@ -76,7 +76,7 @@ class EnvironmentReward:
         plan = [*prefix, action, *rest]
         graph = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=self.catalogue, toolkits=self.toolkits,
                                     alpha=self.alpha, prefill=False).compile()  # fmt: skip
-        out = graph.invoke({k: ep[k] for k in REQUEST_KEYS})
+        out = graph.invoke(request_of(ep))
         self.calls += 1
         return episode_reward(out, ep["target"]), out
 
@@ -106,7 +106,5 @@ def train_grpo(rows: list[dict], reward: EnvironmentReward, base_model: str, out
     tok = AutoTokenizer.from_pretrained(base_model, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(base_model)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    return save_run(trainer, tok, out_dir, "GRPO in the reranker environment",
+    return train_and_save(trainer, tok, out_dir, "GRPO in the reranker environment",
                     {"mean reward": "reward", "reward std within group": "reward_std"})  # fmt: skip

@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from mma_agent.training.sft import best_action, save_run
+from mma_agent.training.sft import best_action, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,5 @@ def train_dpo(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: in
     model = AutoModelForCausalLM.from_pretrained(base_model)
     data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tok)
-    resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    return save_run(trainer, tok, out_dir, "DPO on best vs worst action per explored state",
+    return train_and_save(trainer, tok, out_dir, "DPO on best vs worst action per explored state",
                  {"DPO loss": "loss", "reward accuracy": "rewards/accuracies", "reward margin": "rewards/margins"})  # fmt: skip

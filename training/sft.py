@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mma_agent.training.episodes import request_of
 from mma_agent.training.rewards import episode_reward
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
     plans = plans or action_plans()
     explored = []
     for ep in tqdm(episodes, desc="explore action plans", unit="ep"):
-        request = {k: ep[k] for k in ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")}
+        request = request_of(ep)
         outcomes = []
         for plan in plans:
             graph = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=toolkits, alpha=alpha, prefill=False).compile()
@@ -171,15 +172,16 @@ def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: in
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    return save_run(trainer, tok, out_dir, "SFT on best actions", {"train loss (completion tokens)": "loss"})
+    return train_and_save(trainer, tok, out_dir, "SFT on best actions", {"train loss (completion tokens)": "loss"})
 
 
-def save_run(trainer, tok, out_dir: Path, title: str, curves: dict[str, str]) -> Path:
-    """Save the policy folder, the log history and a training-curve plot beside it."""
+def train_and_save(trainer, tok, out_dir: Path, title: str, curves: dict[str, str]) -> Path:
+    """Train (resuming from the newest checkpoint under out_dir/checkpoints, if any), then save the
+    policy folder, the log history and a training-curve plot beside it. Shared by SFT, DPO and GRPO."""
     from mma_agent.plots import line_plot
 
+    resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
     final = out_dir / "policy"
     trainer.save_model(str(final))
     tok.save_pretrained(str(final))
