@@ -3,8 +3,8 @@
 Alpha (Eq. 2) is chosen per method and protocol (family pools / fixed pools) as the grid value
 with the best mean validation NDCG@10 (ties: the larger alpha, i.e. closer to the first stage),
 then every test number is read at that alpha. Comparisons are paired on the episodes both methods
-ran: the main table is on the pools the LLM methods ran (the same seeded subset for every method),
-a second table gives the methods without an LLM on every test pool.
+ran: the main table holds every method that ran on the whole test set; when some LLM methods ran
+only on the seeded subset, a second table gives every method on the episodes they share.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Results:
         for r in rows:
             self.by_method[r["method"]].append(r)
         self.methods = list(self.by_method)
+        self._test: dict[tuple, dict[tuple, float]] = {}
         self.alpha: dict[tuple[str, str], str] = {}
         for m, rs in self.by_method.items():
             for protocol in ("family", "fixed"):
@@ -85,6 +86,11 @@ class Results:
 
     def test(self, method: str, metric: str = "ndcg@10", seed: int | None = None) -> dict[tuple, float]:
         """(protocol, family, pool) -> metric on test at the chosen alpha (the mean over seeds, or one seed's)."""
+        if (method, metric, seed) not in self._test:
+            self._test[method, metric, seed] = self._read_test(method, metric, seed)
+        return self._test[method, metric, seed]
+
+    def _read_test(self, method: str, metric: str, seed: int | None) -> dict[tuple, float]:
         acc: dict[tuple, list[float]] = defaultdict(list)
         for r in self.by_method[method]:
             if r["split"] == "test" and (seed is None or r["seed"] == seed):
@@ -169,6 +175,51 @@ def compare(res: Results, a: str, b: str, keys: list[tuple], label: str) -> dict
     }  # fmt: skip
 
 
+def coverage(meta: dict, llm: list[str], n_subset: int) -> str:
+    """Which LLM methods ran on every pool and which on the seeded subset, in words."""
+    limits = meta.get("llm_limit", {})
+    if not isinstance(limits, dict):  # a store written before limits were per method
+        limits = {m: limits for m in llm}
+    full = [m for m in llm if limits.get(m) is None]
+    part = sorted({limits[m] for m in llm if limits.get(m) is not None})
+    out = "Methods without an LLM ran on every pool"
+    out += f", and so did {', '.join(full)}." if full else "."
+    if part:
+        rest = [m for m in llm if m not in full]
+        out += (f" {', '.join(rest)} ran on a seeded subset of {'/'.join(map(str, part))} pools per family and split "
+                f"({n_subset} test episodes common to them).")
+    return out
+
+
+def significance(res: Results, mma: str | None, keys: list[tuple], baselines: list[str], per_candidate: list[str], scope: str,
+                 done: set) -> list[dict]:
+    """MMA-Auto against the strongest baseline on OOMA and fixed pools (and the strongest one that
+    scores candidates one by one, when that is another), against RuleRouter-Fuse, Interactive
+    against Auto, and Auto against its zero-shot policy (each pair once, in the widest scope both
+    cover: `done` carries the pairs made); paired on the episodes both ran."""
+    if mma is None:
+        return []
+    out = []
+    for label, ks in (("OOMA (text/image/behaviour-only)", [k for k in keys if k[0] == "family" and k[1] in OOMA_FAMILIES]),
+                      ("fixed pools", [k for k in keys if k[0] == "fixed"])):  # fmt: skip
+        if not ks:
+            continue
+        label = f"{label}, {scope}"
+        strength = lambda m, ks=ks: np.mean([res.test(m).get(k, np.nan) for k in ks])  # noqa: E731 (res.test is memoised)
+        if baselines:
+            strongest = max(baselines, key=strength)
+            out.append(compare(res, mma, strongest, ks, label))
+            strongest_pc = max(per_candidate, key=strength) if per_candidate else strongest
+            if strongest_pc != strongest:
+                out.append(compare(res, mma, strongest_pc, ks, label + ", per-candidate baselines"))
+        for a, b in ((mma, "RuleRouter-Fuse"), ("MMA-Interactive", mma), (mma, "MMA-Auto (zero-shot)")):
+            covered = lambda m, ks=ks: m in res.methods and set(ks) <= set(res.test(m))  # noqa: E731
+            if a != b and covered(a) and covered(b) and (a, b, label.split(",")[0]) not in done:
+                done.add((a, b, label.split(",")[0]))
+                out.append(compare(res, a, b, ks, label))
+    return out
+
+
 def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") -> tuple[str, list[dict]]:
     """Write `report.md` and plots into out_dir; return the Markdown and the main table."""
     from mma_agent.cli import format_table
@@ -179,59 +230,44 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     res = Results(rows, meta)
     groups = meta.get("groups", {})
     llm = [m for m in res.methods if meta.get("uses_llm", {}).get(m)]
-    cheap = [m for m in res.methods if m not in llm]
     order = [*meta.get("order", []), *(m for m in res.methods if m not in meta.get("order", []))]
-    llm, cheap = [m for m in order if m in llm], [m for m in order if m in cheap]
-    test_keys = lambda m: set(res.test(m))  # noqa: E731
-    # the LLM methods' seeded subset (each row reports how many of these episodes it has; a run
-    # still in progress has fewer), or every pool when no LLM method ran
-    paired = sorted(set.union(*(test_keys(m) for m in llm))) if llm else sorted(set.union(*(test_keys(m) for m in cheap)))
-    all_keys = sorted(set.union(*(test_keys(m) for m in res.methods)))
-    main = method_table(res, [m for m in order if m in res.methods], paired)
-    full = method_table(res, cheap, all_keys)
-    for r in main + full:
+    llm = [m for m in order if m in llm]
+    test_keys = {m: set(res.test(m)) for m in res.methods}
+    all_keys = sorted(set.union(*test_keys.values()))
+    # methods on every test pool, and the seeded subset that the LLM methods still on a subset share
+    whole = [m for m in order if m in res.methods and test_keys[m] >= set(all_keys)]
+    partial = [m for m in llm if m not in whole]
+    subset_keys = sorted(set.intersection(*(test_keys[m] for m in partial))) if partial else []
+    main = method_table(res, whole, all_keys)
+    sub = method_table(res, [m for m in order if m in res.methods], subset_keys) if subset_keys else []
+    for r in main + sub:
         r["group"] = groups.get(r["method"], "")
 
-    # headline comparisons
-    ooma = [k for k in paired if k[0] == "family" and k[1] in OOMA_FAMILIES]
-    fixed = [k for k in paired if k[0] == "fixed"]
+    # headline comparisons: on the whole test set against every method that ran there, then on
+    # the subset against the LLM methods that ran only there
     mma = [m for m in llm if m.startswith("MMA-Auto")]
     valid_ooma = lambda m: np.mean([r["metrics"][res.alpha[m, "family"]]["ndcg@10"] for r in res.by_method[m]  # noqa: E731
                                     if r["split"] == "valid" and r["protocol"] == "family" and r["family"] in OOMA_FAMILIES] or [0])  # fmt: skip
-    best_mma = max(mma, key=valid_ooma) if mma else None
+    best_mma = max([m for m in mma if m in whole] or mma, key=valid_ooma) if mma else None
     probes = {m for m in res.methods if groups.get(m) == "protocol probe"}
     baselines = [m for m in res.methods if not m.startswith("MMA-") and m != "RuleRouter-Fuse" and m not in probes]
     per_candidate = [m for m in baselines if not meta.get("pool_structure", {}).get(m)]
-    sig = []
-    if best_mma:
-        for label, keys in (("OOMA (text/image/behaviour-only)", ooma), ("fixed pools", fixed)):
-            if not keys:
-                continue
-            strongest = max(baselines, key=lambda m, keys=keys: np.mean([res.test(m).get(k, np.nan) for k in keys]))
-            sig.append(compare(res, best_mma, strongest, keys, label))
-            strongest_pc = max(per_candidate, key=lambda m, keys=keys: np.mean([res.test(m).get(k, np.nan) for k in keys]))
-            if strongest_pc != strongest:
-                sig.append(compare(res, best_mma, strongest_pc, keys, label + ", per-candidate baselines"))
-            if "RuleRouter-Fuse" in res.methods:
-                sig.append(compare(res, best_mma, "RuleRouter-Fuse", keys, label))
-            if "MMA-Interactive" in res.methods:
-                sig.append(compare(res, "MMA-Interactive", best_mma, keys, label))
-            if "MMA-Auto (zero-shot)" in res.methods and best_mma != "MMA-Auto (zero-shot)":
-                sig.append(compare(res, best_mma, "MMA-Auto (zero-shot)", keys, label))
+    sig = significance(res, best_mma, all_keys, [m for m in baselines if m in whole], [m for m in per_candidate if m in whole], "whole test set", done := set())
+    if subset_keys:
+        sig += significance(res, best_mma, subset_keys, [m for m in baselines if m in partial], [], "LLM subset", done)
     routing = routing_table(res, [m for m in order if m in res.methods and (m.startswith(("MMA", "ReAct", "RuleRouter")))])
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _plots(full, out_dir, "whole test set, methods without an LLM")
+    plots = _plots(main, out_dir, "whole test set")
     ceiling = meta.get("recall@100", {})
-    n_llm = len({k for k in paired})
     md = [f"# {title}", "", f"Data: `{meta.get('data')}`. Pools: {meta.get('protocols')} on families {meta.get('families')}; "
-          f"LLM methods on a seeded subset of {meta.get('llm_limit')} pools per family and split ({n_llm} test episodes), the others on every pool "
-          f"({len(all_keys)} test episodes). Alpha grid {meta.get('alphas')}, chosen per method and protocol on validation NDCG@10.",
-          "", f"Fixed-pool Recall@100 (the ceiling, identical for every method): {json.dumps(ceiling)}.", ""]  # fmt: skip
-    md += [format_table(main, "## Every method on the pools the LLM methods ran (the same seeded subset; test, NDCG@10 unless named)"), ""]
-    md += [format_table(full, "## Methods without an LLM on every test pool"), ""]
-    md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the trained policy best on validation OOMA)"), ""]
+          f"{len(all_keys)} test episodes. {coverage(meta, llm, len(subset_keys))} Alpha grid {meta.get('alphas')}, chosen per method and "
+          "protocol on validation NDCG@10.", "", f"Fixed-pool Recall@100 (the ceiling, identical for every method): {json.dumps(ceiling)}.", ""]  # fmt: skip
+    md += [format_table(main, "## Every method that ran on the whole test set (NDCG@10 unless named)"), ""]
+    if sub:
+        md += [format_table(sub, f"## Every method on the seeded subset that the other LLM methods ran ({len(subset_keys)} test episodes)"), ""]
+    md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the policy best on validation OOMA among those on the whole test set)"), ""]
     md += [format_table(routing, "## Routing diagnostics (test)"), ""]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     md += ["", "## How to read this", "", *NOTES]

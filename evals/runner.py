@@ -9,8 +9,8 @@ store already holds, with a progress bar per method.
 Episodes are the saved candidate pools (identical for every method): the seven task families'
 pools (protocols 1, 2 and the other families) and the fixed first-stage top-100 pools
 (protocol 3), on validation (to choose alpha) and test. Methods that call an LLM run on a fixed,
-seeded subset of `llm_limit` pools per family and split (the same subset for every method), the
-others on every pool.
+seeded subset of `llm_limit` pools per family and split (the same nested subsets for every
+method; `None` is every pool, and the limit is recorded per method), the others on every pool.
 """
 
 from __future__ import annotations
@@ -145,6 +145,19 @@ def create_eval_graph(methods: dict[str, Method], store: ResultStore, on_done=No
     return g.compile()
 
 
+def _llm_limits(before: dict, now: dict[str, int | None]) -> dict[str, int | None]:
+    """Per LLM method, the widest subset it has run on (None: every pool). The seeded subsets
+    are nested, so a method rerun with a larger limit keeps its rows and adds the rest; a store
+    written before limits were per method holds one number for every LLM method."""
+    old = before.get("llm_limit", {})
+    if not isinstance(old, dict):
+        old = {m: old for m, uses in before.get("uses_llm", {}).items() if uses}
+    out = dict(old)
+    for m, lim in now.items():
+        out[m] = None if lim is None or (m in old and old[m] is None) else max(lim, old.get(m) or 0)
+    return out
+
+
 def run_eval(
     pipeline,
     store_path: Path,
@@ -166,18 +179,19 @@ def run_eval(
 
     store = ResultStore(store_path)
     meta = {"data": pipeline.split.fingerprint(), "protocols": list(protocols), "families": list(families or TASK_FAMILIES),
-            "limit": limit, "llm_limit": llm_limit, "alphas": list(ALPHAS),
+            "limit": limit, "alphas": list(ALPHAS),
             "pools": {f"{p}:{f}:{s}": pipeline.pools(p, f, s).content_hash() for s in splits
                       for p, f in ([("family", f) for f in (families or TASK_FAMILIES)] if "family" in protocols else []) + ([("fixed", "full")] if "fixed" in protocols else [])}}  # fmt: skip
     before = store.meta()
     meta["groups"] = {**before.get("groups", {}), **{m.name: m.group for m in methods}}
     meta["uses_llm"] = {**before.get("uses_llm", {}), **{m.name: m.uses_llm for m in methods}}
     meta["pool_structure"] = {**before.get("pool_structure", {}), **{m.name: m.uses_pool_structure for m in methods}}
+    meta["llm_limit"] = _llm_limits(before, {m.name: llm_limit for m in methods if m.uses_llm})
     meta["order"] = [*before.get("order", []), *(m.name for m in methods if m.name not in before.get("order", []))]
     if "fixed" in protocols:
         meta["recall@100"] = {s: round(pipeline.pools("fixed", "full", s).recall_ceiling(), 4) for s in splits}
     meta["notes"] = notes or before.get("notes", [])
-    store.check_meta(meta, compare=("data", "limit", "llm_limit", "pools"))
+    store.check_meta(meta, compare=("data", "limit", "pools"))
     if env is None:
         catalogue, kits = prepare_toolkits(pipeline.split, pipeline.root / "cache", image_model=f"local-dir:{pipeline.clip_folder}")
         env = EvalEnv(pipeline, catalogue, kits)

