@@ -30,7 +30,7 @@ from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import hr_at_k, ndcg_at_k
 
 from .methods import EvalEnv, Method
-from .store import ResultStore
+from .store import ResultStore, RunMismatchError
 
 log = logging.getLogger(__name__)
 ALPHAS = tuple(round(a, 1) for a in np.linspace(0.0, 1.0, 11))
@@ -178,20 +178,25 @@ def run_eval(
     from mma_agent.toolkits import prepare_toolkits
 
     store = ResultStore(store_path)
-    meta = {"data": pipeline.split.fingerprint(), "protocols": list(protocols), "families": list(families or TASK_FAMILIES),
-            "limit": limit, "alphas": list(ALPHAS),
-            "pools": {f"{p}:{f}:{s}": pipeline.pools(p, f, s).content_hash() for s in splits
-                      for p, f in ([("family", f) for f in (families or TASK_FAMILIES)] if "family" in protocols else []) + ([("fixed", "full")] if "fixed" in protocols else [])}}  # fmt: skip
     before = store.meta()
+    pools = {f"{p}:{f}:{s}": pipeline.pools(p, f, s).content_hash() for s in splits
+             for p, f in ([("family", f) for f in (families or TASK_FAMILIES)] if "family" in protocols else []) + ([("fixed", "full")] if "fixed" in protocols else [])}  # fmt: skip
+    # a run may add splits, families or protocols to a store; the pools it shares must be the same
+    clash = sorted(k for k, v in pools.items() if before.get("pools", {}).get(k, v) != v)
+    if clash:
+        raise RunMismatchError(f"{store_path} holds results on other pools for {clash} (the pools were rebuilt); use another run name")
+    meta = {"data": pipeline.split.fingerprint(), "limit": limit, "alphas": list(ALPHAS), "pools": {**before.get("pools", {}), **pools},
+            "protocols": [p for p in ("family", "fixed") if p in {*before.get("protocols", []), *protocols}],
+            "families": [f for f in TASK_FAMILIES if f in {*before.get("families", []), *(families or TASK_FAMILIES)}]}  # fmt: skip
     meta["groups"] = {**before.get("groups", {}), **{m.name: m.group for m in methods}}
     meta["uses_llm"] = {**before.get("uses_llm", {}), **{m.name: m.uses_llm for m in methods}}
     meta["pool_structure"] = {**before.get("pool_structure", {}), **{m.name: m.uses_pool_structure for m in methods}}
     meta["llm_limit"] = _llm_limits(before, {m.name: llm_limit for m in methods if m.uses_llm})
     meta["order"] = [*before.get("order", []), *(m.name for m in methods if m.name not in before.get("order", []))]
     if "fixed" in protocols:
-        meta["recall@100"] = {s: round(pipeline.pools("fixed", "full", s).recall_ceiling(), 4) for s in splits}
+        meta["recall@100"] = {**before.get("recall@100", {}), **{s: round(pipeline.pools("fixed", "full", s).recall_ceiling(), 4) for s in splits}}
     meta["notes"] = notes or before.get("notes", [])
-    store.check_meta(meta, compare=("data", "limit", "pools"))
+    store.check_meta(meta, compare=("data", "limit"))
     if env is None:
         catalogue, kits = prepare_toolkits(pipeline.split, pipeline.root / "cache", image_model=f"local-dir:{pipeline.clip_folder}")
         env = EvalEnv(pipeline, catalogue, kits)

@@ -87,6 +87,16 @@ def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_pa
     text, main = build_report(store, tmp_path / "r2")
     assert [r["method"] for r in main] == [*(m.name for m in cheap), "LLM A"]
     assert "and so did LLM A" in text and "LLM B ran on a seeded subset of 1 pools" in text
+    # a run on fewer splits and families joins the store; rebuilt pools do not
+    meta = ResultStore(store).meta()
+    run_eval(p, store, [SubsetOnly("LLM C")], llm_limit=None, splits=("test",), families=("text-only",), protocols=("family",), env=env)
+    assert count("LLM C") == len([e for e in build_episodes(p, "test") if e["family"] == "text-only" and e["protocol"] == "family"])
+    assert {k: ResultStore(store).meta()[k] for k in ("pools", "families", "protocols", "recall@100")} == {k: meta[k] for k in ("pools", "families", "protocols", "recall@100")}
+    db = ResultStore(store)
+    db.check_meta({**meta, "pools": {**meta["pools"], "family:text-only:test": "rebuilt"}}, compare=())
+    db.close()
+    with pytest.raises(RunMismatchError, match="other pools"):
+        run_eval(p, store, [a], llm_limit=None, env=env)
 
 
 def test_fused_metrics_at_alpha_one_is_the_first_stage():
