@@ -27,6 +27,8 @@ NOTES = [
     "and behaviour-only families pooled. Fixed pools: LightGCN's top-100 over the catalogue (the target may be missing).",
     "- Every method's own scores are fused with the first stage (Eq. 2) at the alpha chosen on validation; a method that cannot score "
     "an episode (masked modality, agent fallback, crash) gets the first-stage ranking there, counted under `fallback` / `errors`.",
+    "- Alpha comes from the validation episodes a method ran (`valid eps (alpha)`): every validation pool for the methods without "
+    "an LLM, the seeded validation subset for an LLM method that was extended to the test pools only.",
     "- Retriever rows re-score the pool with a CF model, so they fall back wherever behaviour is masked.",
     "- Completion rows impute the masked modalities of the episode's items from a bank of catalogue items that are never "
     "validation/test targets (zero, bank mean, mean of the 10 nearest bank items in a visible modality, or 10 rounds of feature "
@@ -132,6 +134,7 @@ def method_table(res: Results, methods: list[str], keys: list[tuple]) -> list[di
         row["errors"] = sum(r["status"] == "error" for r in trs)
         row["ms/ep"] = f"{1000 * np.mean([r['seconds'] for r in trs]):.0f}" if trs else ""
         row["episodes"] = len(ks)
+        row["valid eps (alpha)"] = sum(r["split"] == "valid" and r["seed"] == seeds[0] for r in res.by_method[m])
         if len(seeds) > 1:  # the spread of the OOMA mean over seeds
             per_seed = [_mean(res.test(m, "ndcg@10", seed=sd), ks, ooma) for sd in seeds]
             row["seeds (OOMA sd)"] = f"{len(seeds)} ({np.std([v for v in per_seed if v is not None]):.4f})"
