@@ -178,19 +178,21 @@ def compare(res: Results, a: str, b: str, keys: list[tuple], label: str) -> dict
     }  # fmt: skip
 
 
-def coverage(meta: dict, llm: list[str], n_subset: int) -> str:
-    """Which LLM methods ran on every pool and which on the seeded subset, in words."""
+def coverage(meta: dict, llm: list[str], whole: list[str], test_keys: dict[str, set], n_subset: int) -> str:
+    """Which LLM methods ran on every test pool and which on the seeded subset, in words."""
     limits = meta.get("llm_limit", {})
     if not isinstance(limits, dict):  # a store written before limits were per method
         limits = {m: limits for m in llm}
-    full = [m for m in llm if limits.get(m) is None]
-    part = sorted({limits[m] for m in llm if limits.get(m) is not None})
+    full = [m for m in llm if m in whole]
     out = "Methods without an LLM ran on every pool"
-    out += f", and so did {', '.join(full)}." if full else "."
-    if part:
-        rest = [m for m in llm if m not in full]
-        out += (f" {', '.join(rest)} ran on a seeded subset of {'/'.join(map(str, part))} pools per family and split "
-                f"({n_subset} test episodes common to them).")
+    out += f", and so did {', '.join(full)} on test." if full else "."
+    rest = [m for m in llm if m not in whole]
+    if rest:
+        size = min((v for v in limits.values() if v is not None), default="?")  # the subset every LLM method ran
+        out += (f" {', '.join(rest)} ran on a seeded subset of {size} pools per family and split "
+                f"({n_subset} test episodes common to them)")
+        more = [f"{m} also on {len(test_keys[m]) - n_subset} more" for m in rest if len(test_keys[m]) > n_subset]
+        out += f"; {', '.join(more)} test episodes, used where a comparison covers them." if more else "."
     return out
 
 
@@ -265,7 +267,7 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     plots = _plots(main, out_dir, "whole test set")
     ceiling = meta.get("recall@100", {})
     md = [f"# {title}", "", f"Data: `{meta.get('data')}`. Pools: {meta.get('protocols')} on families {meta.get('families')}; "
-          f"{len(all_keys)} test episodes. {coverage(meta, llm, len(subset_keys))} Alpha grid {meta.get('alphas')}, chosen per method and "
+          f"{len(all_keys)} test episodes. {coverage(meta, llm, whole, test_keys, len(subset_keys))} Alpha grid {meta.get('alphas')}, chosen per method and "
           "protocol on validation NDCG@10.", "", f"Fixed-pool Recall@100 (the ceiling, identical for every method): {json.dumps(ceiling)}.", ""]  # fmt: skip
     md += [format_table(main, "## Every method that ran on the whole test set (NDCG@10 unless named)"), ""]
     if sub:
