@@ -174,7 +174,7 @@ def compare(res: Results, a: str, b: str, keys: list[tuple], label: str) -> dict
     return {
         "comparison": f"{a} vs {b}", "protocol": label, "episodes": len(ks), "NDCG@10 A": round(float(x.mean()), 4), "NDCG@10 B": round(float(y.mean()), 4),
         "rel. diff": f"{100 * (x.mean() - y.mean()) / y.mean():+.1f}%" if y.mean() > 0 else "", "A better/worse/tied": f"{(x > y).sum()}/{(x < y).sum()}/{(x == y).sum()}",
-        "Wilcoxon p": float(f"{wilcoxon_p(x, y):.3g}"), "Cliff's delta": round(cliffs_delta(x, y), 3),
+        "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}", "Cliff's delta": round(cliffs_delta(x, y), 3),
     }  # fmt: skip
 
 
