@@ -1,8 +1,10 @@
 """`mma bench rerank`: episode latency, LLM calls and tokens on real 100-item pools with the
-embedded model, sequential and in batch (`.batch` with `max_concurrency`), beside RuleRouter-Fuse."""
+embedded model, sequential and in batch (`.batch` with `max_concurrency`), beside RuleRouter-Fuse;
+for a local model also the constrained fast path against masked `generate` on the same episodes."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -17,9 +19,13 @@ def _requests(pipeline, pools, n: int) -> list[dict]:
     ]  # fmt: skip
 
 
+def _actions(out: dict) -> list[str]:
+    return [json.dumps(t["action"], sort_keys=True) for t in out["trace"] if t.get("action")]
+
+
 def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int = 2, with_image: bool = True) -> dict[str, list[dict]]:
     from mma_agent.graphs.reranker import create_mma_reranker
-    from mma_agent.llm import resolve_chat_model
+    from mma_agent.llm import TransformersChatModel, resolve_chat_model
     from mma_agent.metrics import ndcg_at_k
     from mma_agent.toolkits import prepare_toolkits
 
@@ -59,4 +65,15 @@ def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int =
             batch_s = time.perf_counter() - start
             speed.append({"mode": "sequential .invoke", "episodes/s": f"{len(requests) / sum(lat):.3f}"})
             speed.append({"mode": f".batch(max_concurrency={concurrency})", "episodes/s": f"{len(requests) / batch_s:.3f}"})
+            if isinstance(llm, TransformersChatModel):  # the constrained fast path against masked `generate`
+                llm.fast_constrained = False
+                try:
+                    start = time.perf_counter()
+                    slow = [graph.invoke(req) for req in requests]
+                    slow_s = time.perf_counter() - start
+                finally:
+                    llm.fast_constrained = True
+                same = sum(_actions(a) == _actions(b) for a, b in zip(outs, slow, strict=True))
+                speed[0]["same actions"] = f"{same}/{len(outs)} as masked generate"
+                speed.append({"mode": "sequential .invoke, masked generate (no fast path)", "episodes/s": f"{len(requests) / slow_s:.3f}", "same actions": ""})
     return {"Episode cost on 100-item pools (test, full family; 2 CPU cores)": rows, "Throughput, same episodes, measured side by side": speed}

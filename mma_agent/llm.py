@@ -127,6 +127,7 @@ class TransformersChatModel(BaseChatModel):
     max_new_tokens: int = 96
     temperature: float = 0.0
     dtype: str = "bfloat16"
+    fast_constrained: bool = True  # constrained greedy decoding by `_constrained_greedy` (False: masked `generate`)
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
     _prefix_cache: Any = PrivateAttr(default_factory=lambda: PrefixCache())
@@ -222,8 +223,8 @@ class TransformersChatModel(BaseChatModel):
         sample = self.temperature > 0
         start = time.perf_counter()
         allowed = kwargs.get("allowed_completions")
-        constrain = {"prefix_allowed_tokens_fn": self._trie_fn(allowed, ids["input_ids"].shape[1])} if allowed and sample else {}
-        if allowed and not sample:
+        constrain = {"prefix_allowed_tokens_fn": self._trie_fn(allowed, ids["input_ids"].shape[1])} if allowed and (sample or not self.fast_constrained) else {}
+        if allowed and not sample and self.fast_constrained:
             new = self._constrained_greedy(ids["input_ids"][0].tolist(), allowed)
         else:
             with torch.no_grad():
