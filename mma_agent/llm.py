@@ -176,7 +176,8 @@ class TransformersChatModel(BaseChatModel):
 
     def _constrained_greedy(self, prompt: list[int], completions: list[str]) -> list[int]:
         """Greedy decoding restricted to `completions`, the same choice as `generate` with the
-        trie as `prefix_allowed_tokens_fn`, at a fraction of the cost: a token that is the only
+        trie as `prefix_allowed_tokens_fn` (up to bf16 rounding at near-ties), at a fraction of
+        the cost: a token that is the only
         one allowed is appended without a forward pass (the masked argmax could pick nothing
         else), so the model runs once per branching point; and the prompt's longest prefix
         already computed (the system prompt, or the same episode's previous turn) is taken from
@@ -242,6 +243,8 @@ class TransformersChatModel(BaseChatModel):
                 )
             new = out[0, ids["input_ids"].shape[1] :].tolist()
         text = prefill + self._tokenizer.decode(new, skip_special_tokens=True).strip()
+        for s in stop or []:
+            text = text.split(s)[0]
         n_in, n_out = int(ids["input_ids"].shape[1]), int(len(new))
         msg = AIMessage(
             content=text,
