@@ -175,13 +175,12 @@ class TransformersChatModel(BaseChatModel):
         return allowed
 
     def _constrained_greedy(self, prompt: list[int], completions: list[str]) -> list[int]:
-        """Greedy decoding restricted to `completions`, the same choice as `generate` with the
-        trie as `prefix_allowed_tokens_fn` (up to bf16 rounding at near-ties), at a fraction of
-        the cost: a token that is the only
-        one allowed is appended without a forward pass (the masked argmax could pick nothing
-        else), so the model runs once per branching point; and the prompt's longest prefix
-        already computed (the system prompt, or the same episode's previous turn) is taken from
-        the prefix KV cache instead of being prefilled again."""
+        """Greedy decoding restricted to `completions`: the choice `generate` makes with the trie
+        as `prefix_allowed_tokens_fn` (up to bf16 rounding at near-ties), at a fraction of the
+        cost. A token that is the only one allowed is appended without a forward pass (the masked
+        argmax could pick nothing else), so the model runs once per branching point; and the
+        prompt's longest prefix already computed (the system prompt, or the same episode's
+        previous turn) comes from the prefix KV cache instead of being prefilled again."""
         import torch
 
         eos = self._tokenizer.eos_token_id
