@@ -234,17 +234,16 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     store.close()
     res = Results(rows, meta)
     groups = meta.get("groups", {})
-    llm = [m for m in res.methods if meta.get("uses_llm", {}).get(m)]
-    order = [*meta.get("order", []), *(m for m in res.methods if m not in meta.get("order", []))]
-    llm = [m for m in order if m in llm]
+    order = [m for m in [*meta.get("order", []), *(m for m in res.methods if m not in meta.get("order", []))] if m in res.methods]
+    llm = [m for m in order if meta.get("uses_llm", {}).get(m)]
     test_keys = {m: set(res.test(m)) for m in res.methods}
     all_keys = sorted(set.union(*test_keys.values()))
     # methods on every test pool, and the seeded subset that the LLM methods still on a subset share
-    whole = [m for m in order if m in res.methods and test_keys[m] >= set(all_keys)]
+    whole = [m for m in order if test_keys[m] >= set(all_keys)]
     partial = [m for m in llm if m not in whole]
     subset_keys = sorted(set.intersection(*(test_keys[m] for m in partial))) if partial else []
     main = method_table(res, whole, all_keys)
-    sub = method_table(res, [m for m in order if m in res.methods], subset_keys) if subset_keys else []
+    sub = method_table(res, order, subset_keys) if subset_keys else []
     for r in main + sub:
         r["group"] = groups.get(r["method"], "")
 
@@ -260,7 +259,7 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     sig = significance(res, best_mma, all_keys, [m for m in baselines if m in whole], [m for m in per_candidate if m in whole], "whole test set", done := set())
     if subset_keys:
         sig += significance(res, best_mma, subset_keys, [m for m in baselines if m in partial], [], "LLM subset", done)
-    routing = routing_table(res, [m for m in order if m in res.methods and (m.startswith(("MMA", "ReAct", "RuleRouter")))])
+    routing = routing_table(res, [m for m in order if m.startswith(("MMA", "ReAct", "RuleRouter"))])
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

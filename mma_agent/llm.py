@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 import threading
 import time
@@ -85,21 +86,13 @@ class PrefixCache:
         self._entries: list[tuple[list[int], Any]] = []
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _common(a: list[int], b: list[int]) -> int:
-        n = min(len(a), len(b))
-        i = 0
-        while i < n and a[i] == b[i]:
-            i += 1
-        return i
-
     def lookup(self, ids: list[int]) -> tuple[Any, int]:
         import copy
 
         with self._lock:
             best, n = None, 0
             for entry in self._entries:
-                k = self._common(entry[0], ids)
+                k = len(os.path.commonprefix([entry[0], ids]))
                 if k > n:
                     best, n = entry, k
             n = min(n, len(ids) - 1)
@@ -223,10 +216,10 @@ class TransformersChatModel(BaseChatModel):
         sample = self.temperature > 0
         start = time.perf_counter()
         allowed = kwargs.get("allowed_completions")
-        constrain = {"prefix_allowed_tokens_fn": self._trie_fn(allowed, ids["input_ids"].shape[1])} if allowed and (sample or not self.fast_constrained) else {}
         if allowed and not sample and self.fast_constrained:
             new = self._constrained_greedy(ids["input_ids"][0].tolist(), allowed)
         else:
+            constrain = {"prefix_allowed_tokens_fn": self._trie_fn(allowed, ids["input_ids"].shape[1])} if allowed else {}
             with torch.no_grad():
                 out = self._model.generate(
                     **ids,

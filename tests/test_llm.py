@@ -1,7 +1,7 @@
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from mma_agent.llm import PrefixCache, resolve_chat_model
+from mma_agent.llm import _ROLES, PrefixCache, resolve_chat_model
 
 
 def test_spec_errors_name_the_valid_choices(tmp_path):
@@ -103,7 +103,7 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path):
     picks = []
     for msgs in conversations:
         out = m.invoke(msgs, prefill='{"tool": "', allowed_completions=completions)
-        chat = [{"role": {"system": "system", "human": "user", "ai": "assistant"}[x.type], "content": x.content} for x in msgs]
+        chat = [{"role": _ROLES[x.type], "content": x.content} for x in msgs]
         prompt = m._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + '{"tool": "'
         ids = m._tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
