@@ -18,6 +18,9 @@ Rows (see `build_methods`):
   the masked modality of *other* items (the bank); the agent methods never do.
 - trained multimodal: scaled-down MARGO-style and MAGNET-style models (`fusion_models.py`).
 - LLM listwise: the backend model orders the first-stage top window by titles (RankGPT style).
+- probes and ceiling (never fused): user-blind protocol probes (random, popularity, lowest
+  first-stage score, pool centrality per modality) and the oracle reranker.
+- the user's own rerankers (`UserMethod`, `mma eval run --method package.module:attr`).
 - agents: RuleRouter-Fuse, ReAct zero-shot (free-form actions, no constrained decoding), MMA-Auto
   (zero-shot, or any trained policy folder), MMA-Interactive (simulated user).
 """
@@ -33,10 +36,11 @@ from typing import Any
 import numpy as np
 
 from mma_agent.graphs.reranker import minmax
-from mma_agent.masks import Mask
+from mma_agent.masks import TASK_FAMILIES, Mask
 from mma_agent.toolkits.image import l2_normalize
 
 log = logging.getLogger(__name__)
+FIRST_STAGE = "First stage (the family's retriever)"
 AUTOMATED = ("analyze_text", "analyze_image", "retrieve_graph")
 
 
@@ -84,7 +88,8 @@ class Method:
     name: str = ""
     uses_llm: bool = False
     group: str = ""
-    uses_pool_structure: bool = False  # compares candidates with each other (see PoolCentrality)
+    fused: bool = True  # reported at the validation-chosen alpha of Eq. 2; False: its own scores alone (probes, the oracle)
+    uses_pool_structure: bool = False  # compares candidates with each other (see CentralityProbe)
     stochastic: bool = False  # set up once per seed (`setup(env, seed=...)`) and run for every seed
 
     def setup(self, env: EvalEnv) -> None:
@@ -95,10 +100,12 @@ class Method:
 
 
 class FirstStage(Method):
+    """The family's first-stage retriever itself (the pool's order)."""
+
     group = "first stage"
 
     def __init__(self) -> None:
-        self.name = "First stage (pool scores)"
+        self.name = FIRST_STAGE
 
     def score(self, ep):
         return np.asarray(ep["first_stage_scores"], dtype=float), {}
@@ -274,27 +281,147 @@ class TrainedFusion(Method):
         return out, {} if out is not None else {"reason": "no visible modality"}
 
 
-class PoolCentrality(Method):
-    """A protocol probe, not a recommender: each candidate's mean similarity to the other
-    candidates in the visible modalities, ignoring the user entirely. Family pools put the
-    target's nearest neighbours around it as negatives, so the target sits at the centre of its
-    pool; a high score here means a method can find the target from the pool's shape alone."""
+class Probe(Method):
+    """A user-blind protocol probe: it never looks at the user's history, so anything it finds
+    comes from the shape of the pools. Reported alone (alpha 0), never fused with the first stage;
+    a method that does not beat the probes has not shown anything. Probes read every modality in
+    every family (they diagnose the pools, they are not methods)."""
 
     group = "protocol probe"
-    uses_pool_structure = True
+    fused = False
 
-    def __init__(self) -> None:
-        self.name = "Pool-centrality probe (ignores the user)"
+
+class RandomProbe(Probe):
+    name = "Probe: random order"
+
+    def score(self, ep):
+        seed = [0, ["valid", "test"].index(ep["split"]), list(TASK_FAMILIES).index(ep["family"]), ep["pool"]]
+        return np.random.default_rng(seed).random(len(ep["candidates"])), {}
+
+
+class PopularityProbe(Probe):
+    name = "Probe: popularity"
 
     def setup(self, env):
         super().setup(env)
-        self.features = env.item_features
+        self.pop = np.asarray(env.pipeline.split.matrix("train").sum(axis=0), dtype=float).ravel()
 
     def score(self, ep):
-        visible = [m for m in self.features if ep["mask"][m]]
-        if not visible:
-            return None, {"reason": "no visible modality"}
-        return np.mean([minmax((f := self.features[m][ep["cand_idx"]]) @ f.mean(axis=0)) for m in visible], axis=0), {}
+        return self.pop[ep["cand_idx"]], {}
+
+
+class LowestFirstStageProbe(Probe):
+    """The shortcut of a target inserted into a retrieved list: the lowest first-stage score."""
+
+    name = "Probe: lowest first-stage score"
+
+    def score(self, ep):
+        return -np.asarray(ep["first_stage_scores"], dtype=float), {}
+
+
+class CentralityProbe(Probe):
+    """Each candidate's similarity to the pool's mean in one modality (the shortcut of pools mined
+    around the target, which put it at their centre)."""
+
+    uses_pool_structure = True
+
+    def __init__(self, modality: str) -> None:
+        self.modality = modality
+        self.name = f"Probe: pool centrality ({modality})"
+
+    def setup(self, env):
+        super().setup(env)
+        self.features = env.item_features.get(self.modality)
+
+    def score(self, ep):
+        if self.features is None:
+            return None, {"reason": f"no {self.modality} features in this run"}
+        f = self.features[ep["cand_idx"]]
+        return (f @ f.mean(axis=0)).astype(float), {}
+
+
+class Oracle(Method):
+    """The ceiling of a reranker of these pools: the relevant items first (it reads the answers)."""
+
+    group = "ceiling"
+    fused = False
+    name = "Ceiling: oracle reranker (reads the answers)"
+
+    def score(self, ep):
+        rel = set(ep["relevant"])
+        return np.array([float(c in rel) for c in ep["candidates"]]), {}
+
+
+class UserMethod(Method):
+    """A reranker of the user's own, named `package.module:attr`: a callable, a compiled LangGraph
+    graph (anything with `.invoke`), or an uncompiled `StateGraph`, taking the request that
+    `create_mma_reranker` takes ({user_id, history, candidates, first_stage_scores, mask}) and
+    returning per-candidate scores (a list aligned with the candidates, or {item_id: score}), a
+    ranking (a list of item ids), or a dict holding one of them ("mma_scores", "scores",
+    "ranking"; `fallback: True` means it could not help). It is fused with the first stage at its
+    validation alpha like every method."""
+
+    group = "user method"
+
+    def __init__(self, spec: str, *, uses_llm: bool = False) -> None:
+        self.spec, self.name, self.uses_llm = spec, spec, uses_llm
+        self.target = load_object(spec)  # fail early, before any episode runs
+        if hasattr(self.target, "compile") and not hasattr(self.target, "invoke"):
+            self.target = self.target.compile()
+        if not (callable(self.target) or hasattr(self.target, "invoke")):
+            msg = f"--method {spec}: {type(self.target).__name__} is neither callable nor a graph with .invoke"
+            raise ValueError(msg)
+
+    def score(self, ep):
+        request = {k: ep[k] for k in ("user_id", "history", "candidates", "first_stage_scores", "mask")}
+        out = self.target.invoke(request) if hasattr(self.target, "invoke") else self.target(request)
+        return scores_from_output(out, ep["candidates"]), {}
+
+
+def load_object(spec: str) -> Any:
+    """`package.module:attr` (attr may be dotted) -> the object; a ValueError says what is wrong."""
+    import importlib
+
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        msg = f"--method {spec!r}: expected package.module:attr, e.g. my_app.rerank:reranker"
+        raise ValueError(msg)
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as err:
+        msg = f"--method {spec!r}: cannot import {module!r} ({err}); is it on PYTHONPATH?"
+        raise ValueError(msg) from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            msg = f"--method {spec!r}: {module} has no attribute {attr!r}"
+            raise ValueError(msg)
+        obj = getattr(obj, part)
+    return obj
+
+
+def scores_from_output(out: Any, candidates: list[str]) -> np.ndarray | None:
+    """Per-candidate scores from what a reranker returned (see `UserMethod`); None for a fallback.
+    Candidates a score map or ranking leaves out come below every item it scored."""
+    if isinstance(out, dict) and out.keys() & {"fallback", "mma_scores", "scores", "ranking"}:
+        if out.get("fallback"):
+            return None
+        for key in ("mma_scores", "scores", "ranking"):
+            if out.get(key) is not None:
+                return scores_from_output(out[key], candidates)
+        msg = f"the method returned a dict without mma_scores, scores or ranking (keys: {sorted(out)[:8]})"
+        raise ValueError(msg)
+    if isinstance(out, dict):  # {item_id: score}
+        given = [float(v) for v in out.values()]
+        floor = min(given, default=0.0) - 1.0
+        return np.array([float(out[c]) if c in out else floor for c in candidates])
+    if isinstance(out, list | tuple) and out and all(isinstance(x, str) for x in out):  # a ranking, best first
+        pos = {c: r for r, c in enumerate(out)}
+        return np.array([float(len(out) - pos[c]) if c in pos else 0.0 for c in candidates])
+    arr = np.asarray(out, dtype=float).reshape(-1)
+    if len(arr) != len(candidates):
+        msg = f"the method returned {len(arr)} scores for {len(candidates)} candidates"
+        raise ValueError(msg)
+    return arr
 
 
 class ListwiseLLM(Method):
@@ -337,8 +464,13 @@ class ListwiseLLM(Method):
         return scores, {"ranked": len(order), "fallback": False}
 
 
-def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str, str]) -> list[Method]:
-    """The method rows by short name (default: all). `trained`: label -> backend of trained policies."""
+PROBES = ("random-probe", "popularity-probe", "lowest-first-stage-probe", "centrality-probe-text", "centrality-probe-image",
+          "centrality-probe-behaviour", "oracle")  # every report table carries these rows
+
+
+def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str, str], user: list[str] | None = None) -> list[Method]:
+    """The method rows by short name (default: all), then the user's own (`package.module:attr`).
+    `trained`: label -> backend of trained policies."""
     table: dict[str, Any] = {
         "first-stage": FirstStage, "popularity": lambda: RetrieverMethod("popularity"), "itemknn": lambda: RetrieverMethod("itemknn"),
         "bprmf": lambda: RetrieverMethod("bprmf"), "lightgcn": lambda: RetrieverMethod("lightgcn"),
@@ -348,7 +480,9 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
         "completion-zero": lambda: CompletionFusion("zero"), "completion-mean": lambda: CompletionFusion("mean"),
         "completion-neighbour": lambda: CompletionFusion("neighbour-mean"), "completion-fp": lambda: CompletionFusion("feature-propagation"),
         "margo": lambda: TrainedFusion("margo"), "magnet": lambda: TrainedFusion("magnet"),
-        "centrality-probe": PoolCentrality,
+        "random-probe": RandomProbe, "popularity-probe": PopularityProbe, "lowest-first-stage-probe": LowestFirstStageProbe,
+        "centrality-probe-text": lambda: CentralityProbe("text"), "centrality-probe-image": lambda: CentralityProbe("image"),
+        "centrality-probe-behaviour": lambda: CentralityProbe("behaviour"), "oracle": Oracle,
         "rule": lambda: AgentMethod("RuleRouter-Fuse", variant="rule"),
         "listwise": lambda: ListwiseLLM(zero_shot),
         "react": lambda: AgentMethod("ReAct zero-shot (free-form)", model=zero_shot, prefill=False, group="LLM"),
@@ -357,12 +491,12 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
     }  # fmt: skip
     for label, backend in trained.items():
         table[f"mma-{label.lower()}"] = lambda label=label, backend=backend: AgentMethod(f"MMA-Auto ({label})", model=backend)
-    chosen = names or list(table)
+    chosen = list(table) if names is None else names
     unknown = [n for n in chosen if n not in table]
     if unknown:
-        msg = f"unknown methods {unknown}; choose from {list(table)}"
+        msg = f"unknown methods {unknown}; choose from {list(table)}, or pass your own with --method package.module:attr"
         raise ValueError(msg)
-    return [table[n]() for n in chosen]
+    return [table[n]() for n in chosen] + [UserMethod(spec) for spec in user or []]
 
 
 def _history_cosine(feats: np.ndarray, n_candidates: int) -> np.ndarray:

@@ -1,10 +1,12 @@
 """`mma eval report RUN`: tables, significance tests, routing diagnostics and plots from a store.
 
-Alpha (Eq. 2) is chosen per method and protocol (family pools / fixed pools) as the grid value
-with the best mean validation NDCG@10 (ties: the larger alpha, i.e. closer to the first stage),
-then every test number is read at that alpha. Comparisons are paired on the episodes both methods
-ran: the main table holds every method that ran on the whole test set; when some LLM methods ran
-only on the seeded subset, a second table gives every method on the episodes they share.
+Alpha (Eq. 2) is chosen per method and task family as the grid value with the best mean
+validation NDCG@10 (ties: the larger alpha, i.e. closer to the first stage), then every test
+number is read at that alpha; probes and the oracle are read alone (alpha 0). Comparisons are
+paired on the episodes both methods ran: the main table holds every method that ran on the whole
+test set; when some LLM methods ran only on the seeded subset, a second table gives every method
+on the episodes they share. Every table carries the Recall@100 ceiling, the oracle and the
+user-blind probes.
 """
 
 from __future__ import annotations
@@ -20,31 +22,28 @@ from mma_agent.masks import OOMA_FAMILIES, TASK_FAMILIES
 
 from .store import ResultStore
 
-OTHER_FAMILIES = tuple(f for f in TASK_FAMILIES if f not in OOMA_FAMILIES)
+FAMILIES = (*OOMA_FAMILIES, *(f for f in TASK_FAMILIES if f not in OOMA_FAMILIES))  # table order: OOMA first
+NOT_METHODS = ("protocol probe", "ceiling")  # groups that are rows of every table but never compared as methods
 NOTES = [
     "- Regenerate with `bash scripts/eval.sh` (after `scripts/main.sh` and `scripts/train.sh`); the raw store stays under `.mma/`.",
-    "- Family pools: the target and 99 hard negatives mined from the family's surviving modalities; OOMA = the text-only, image-only "
-    "and behaviour-only families pooled. Fixed pools: LightGCN's top-100 over the catalogue (the target may be missing).",
-    "- Every method's own scores are fused with the first stage (Eq. 2) at the alpha chosen on validation; a method that cannot score "
-    "an episode (masked modality, agent fallback, crash) gets the first-stage ranking there, counted under `fallback` / `errors`.",
-    "- Alpha comes from the validation episodes a method ran (`valid eps (alpha)`): every validation pool for the methods without "
-    "an LLM, the seeded validation subset for an LLM method that was extended to the test pools only.",
+    "- Protocol v2: per task family, each user's top-100 over the whole catalogue from a first stage that reads only the family's "
+    "surviving modalities, queried with the user's history (known positives excluded); nothing is inserted. Relevant items are all "
+    "of the user's held-out positives in the split, so Recall@100 is the ceiling every reranker shares, and NDCG@10 is also given "
+    "over the pools that hold a relevant item. OOMA = the mean of the text-only, image-only and behaviour-only families.",
+    "- Every method's own scores are fused with the first stage (Eq. 2) at the alpha chosen per family on validation; a method that "
+    "cannot score an episode (masked modality, agent fallback, crash) gets the first-stage ranking there, counted under "
+    "`fallback` / `errors`. Probes and the oracle are read alone (alpha 0).",
+    "- User-blind probes (random order, popularity, the lowest first-stage score, each candidate's centrality in the pool per "
+    "modality) never look at the user's history; they read every modality in every family. A method that does not beat the best "
+    "probe of a family has shown nothing there (`> best probe`).",
     "- Retriever rows re-score the pool with a CF model, so they fall back wherever behaviour is masked.",
     "- Completion rows impute the masked modalities of the episode's items from a bank of catalogue items that are never "
     "validation/test targets (zero, bank mean, mean of the 10 nearest bank items in a visible modality, or 10 rounds of feature "
     "propagation over that kNN graph), then average text, image and LightGCN-embedding similarity to the history. Unlike the agent, "
     "they read the masked modality of other items.",
-    "- **Protocol caveat.** Family pools take the target's nearest neighbours in the surviving modalities as its negatives, so "
-    "the target sits at the centre of its own pool. The pool-centrality probe, which never looks at the user, measures how much a "
-    "method can gain from that alone; any method that compares candidates with each other (feature propagation with edges inside "
-    "the pool does) can exploit it. Per-candidate methods (the tools, the agent, retrievers) cannot. Read OOMA numbers with the probe's row beside them.",
     "- Seeds: the trained MARGO- and MAGNET-style rows are trained and evaluated with five seeds (their numbers are the mean over "
-    "seeds, with the standard deviation of the OOMA mean); every other method is deterministic here (fixed pools, greedy decoding, "
-    "scripted plans) and ran once. The tests are paired Wilcoxon signed-rank tests over episodes.",
-    "- MARGO-style and MAGNET-style rows are scaled down (see `evals/fusion_models.py`): frozen encoders (MiniLM, the poster CLIP, "
-    "LightGCN item vectors) with learned projections, history-mean users, modality dropout, 6 epochs of BPR on the train split; "
-    "MARGO keeps the reliability-supervised, confidence-scaled item weights and the two stages; MAGNET keeps the dual view "
-    "(interaction graph + content kNN edges), the three role experts with a router, and the entropy-triggered two-stage schedule.",
+    "seeds, with the standard deviation of the OOMA mean); every other method is deterministic here and ran once. The tests are "
+    "paired Wilcoxon signed-rank tests over episodes, with Cliff's delta as the effect size.",
 ]
 
 
@@ -64,6 +63,9 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(wilcoxon(a, b, zero_method="wilcox").pvalue)
 
 
+Key = tuple[str, int]  # (family, pool)
+
+
 class Results:
     """Per-episode metrics of a run at each method's validation-chosen alpha."""
 
@@ -73,31 +75,34 @@ class Results:
         for r in rows:
             self.by_method[r["method"]].append(r)
         self.methods = list(self.by_method)
-        self._test: dict[tuple, dict[tuple, float]] = {}
+        self._test: dict[tuple, dict[Key, float]] = {}
         self.alpha: dict[tuple[str, str], str] = {}
         for m, rs in self.by_method.items():
-            for protocol in ("family", "fixed"):
-                valid = [r for r in rs if r["split"] == "valid" and r["protocol"] == protocol]
-                if not valid:
-                    self.alpha[m, protocol] = "0.5"
+            valid = defaultdict(list)
+            for r in rs:
+                if r["split"] == "valid":
+                    valid[r["family"]].append(r)
+            for family in {r["family"] for r in rs}:
+                if not meta.get("fused", {}).get(m, True):
+                    self.alpha[m, family] = "0.0"
                     continue
-                alphas = list(valid[0]["metrics"])
-                means = {a: np.mean([r["metrics"][a]["ndcg@10"] for r in valid]) for a in alphas}
+                if not valid[family]:
+                    self.alpha[m, family] = "0.5"
+                    continue
+                alphas = list(valid[family][0]["metrics"])
+                means = {a: np.mean([r["metrics"][a]["ndcg@10"] for r in valid[family]]) for a in alphas}
                 best = max(means.values())
-                self.alpha[m, protocol] = max((a for a in alphas if means[a] >= best - 1e-12), key=float)
+                self.alpha[m, family] = max((a for a in alphas if means[a] >= best - 1e-12), key=float)
 
-    def test(self, method: str, metric: str = "ndcg@10", seed: int | None = None) -> dict[tuple, float]:
-        """(protocol, family, pool) -> metric on test at the chosen alpha (the mean over seeds, or one seed's)."""
+    def test(self, method: str, metric: str = "ndcg@10", seed: int | None = None) -> dict[Key, float]:
+        """(family, pool) -> metric on test at the chosen alpha (the mean over seeds, or one seed's)."""
         if (method, metric, seed) not in self._test:
-            self._test[method, metric, seed] = self._read_test(method, metric, seed)
+            acc: dict[Key, list[float]] = defaultdict(list)
+            for r in self.by_method[method]:
+                if r["split"] == "test" and (seed is None or r["seed"] == seed):
+                    acc[r["family"], r["pool"]].append(r["metrics"][self.alpha[method, r["family"]]][metric])
+            self._test[method, metric, seed] = {k: float(np.mean(v)) for k, v in acc.items()}
         return self._test[method, metric, seed]
-
-    def _read_test(self, method: str, metric: str, seed: int | None) -> dict[tuple, float]:
-        acc: dict[tuple, list[float]] = defaultdict(list)
-        for r in self.by_method[method]:
-            if r["split"] == "test" and (seed is None or r["seed"] == seed):
-                acc[r["protocol"], r["family"], r["pool"]].append(r["metrics"][self.alpha[method, r["protocol"]]][metric])
-        return {k: float(np.mean(v)) for k, v in acc.items()}
 
     def seeds(self, method: str) -> list[int]:
         return sorted({r["seed"] for r in self.by_method[method]})
@@ -105,43 +110,95 @@ class Results:
     def test_rows(self, method: str) -> list[dict]:
         return [r for r in self.by_method[method] if r["split"] == "test"]
 
-    def group(self, method: str) -> str:
-        return self.meta.get("groups", {}).get(method, "")
+
+def _mean(values: dict[Key, float], keys: list[Key]) -> float | None:
+    vals = [values[k] for k in keys if k in values]
+    return float(np.mean(vals)) if vals else None
 
 
-def _mean(values: dict[tuple, float], keys: list[tuple], select) -> float | None:
-    ks = [k for k in keys if select(k)]
-    return float(np.mean([values[k] for k in ks])) if ks else None
+def _family_means(values: dict[Key, float], keys: list[Key]) -> dict[str, float | None]:
+    out = {f: _mean(values, [k for k in keys if k[0] == f]) for f in FAMILIES}
+    ooma = [out[f] for f in OOMA_FAMILIES]
+    out["OOMA"] = float(np.mean(ooma)) if all(v is not None for v in ooma) else None
+    return out
 
 
-def method_table(res: Results, methods: list[str], keys: list[tuple]) -> list[dict]:
-    rows = []
+def _round(row: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()}
+
+
+def ceiling_row(res: Results, keys: list[Key]) -> dict:
+    """Recall@100 of the pools per family: identical for every method (read off any one)."""
+    ref = next(m for m in res.methods if set(keys) <= set(res.test(m, "recall@100")))
+    means = _family_means(res.test(ref, "recall@100"), keys)
+    return _round({"method": "Ceiling: Recall@100 of the pools", "group": "ceiling", **{c: means[c] for c in ("OOMA", *FAMILIES)}})
+
+
+def method_table(res: Results, methods: list[str], keys: list[Key], probe_best: dict[str, float]) -> list[dict]:
+    """The headline columns: NDCG@10 per family and OOMA, the full family's other metrics, whether
+    the method beats the best probe, and its cost and failures."""
+    rows = [ceiling_row(res, keys)]
+    groups = res.meta.get("groups", {})
     for m in methods:
-        vals = {metric: res.test(m, metric) for metric in ("ndcg@10", "hr@10", "ndcg@20", "hr@20")}
-        ks = [k for k in keys if k in vals["ndcg@10"]]
-        ooma = lambda k: k[0] == "family" and k[1] in OOMA_FAMILIES  # noqa: E731
-        row: dict[str, Any] = {"method": m, "alpha fam/fixed": f"{res.alpha[m, 'family']}/{res.alpha[m, 'fixed']}"}
-        for metric, label in (("ndcg@10", "OOMA N@10"), ("hr@10", "OOMA H@10"), ("ndcg@20", "OOMA N@20"), ("hr@20", "OOMA H@20")):
-            row[label] = _mean(vals[metric], ks, ooma)
-        for fam in OOMA_FAMILIES + OTHER_FAMILIES:
-            row[fam] = _mean(vals["ndcg@10"], ks, lambda k, fam=fam: k[0] == "family" and k[1] == fam)
-        row["fixed N@10"] = _mean(vals["ndcg@10"], ks, lambda k: k[0] == "fixed")
-        row["fixed H@10"] = _mean(vals["hr@10"], ks, lambda k: k[0] == "fixed")
+        ks = [k for k in keys if k in res.test(m)]
+        n10 = _family_means(res.test(m), ks)
+        full = [k for k in ks if k[0] == "full"]
+        hit = [k for k in full if res.test(m, "recall@100")[k] > 0]
+        row: dict[str, Any] = {"method": m, "group": groups.get(m, ""), "OOMA": n10["OOMA"], **{f: n10[f] for f in FAMILIES}}
+        row["full H@10"] = _mean(res.test(m, "hr@10"), full)
+        row["full N@20"] = _mean(res.test(m, "ndcg@20"), full)
+        row["full N@10 (pools with a relevant)"] = _mean(res.test(m), hit)
+        if groups.get(m) in NOT_METHODS:
+            row["> best probe (OOMA/full)"] = ""
+        else:
+            row["> best probe (OOMA/full)"] = "/".join(
+                "" if n10[c] is None or c not in probe_best else ("yes" if n10[c] > probe_best[c] + 1e-12 else "NO") for c in ("OOMA", "full"))
         seeds = res.seeds(m)
         in_ks = set(ks)
-        trs = [r for r in res.test_rows(m) if (r["protocol"], r["family"], r["pool"]) in in_ks and r["seed"] == seeds[0]]
+        trs = [r for r in res.test_rows(m) if (r["family"], r["pool"]) in in_ks and r["seed"] == seeds[0]]
         row["fallback"] = f"{100 * np.mean([r['status'] == 'fallback' for r in trs]):.0f}%" if trs else ""
         row["errors"] = sum(r["status"] == "error" for r in trs)
         row["ms/ep"] = f"{1000 * np.mean([r['seconds'] for r in trs]):.0f}" if trs else ""
         row["episodes"] = len(ks)
+        row["alpha (text/image/behaviour-only; full)"] = (" ".join(res.alpha.get((m, f), "-") for f in OOMA_FAMILIES)
+                                                          + f"; {res.alpha.get((m, 'full'), '-')}")  # fmt: skip
         row["valid eps (alpha)"] = sum(r["split"] == "valid" and r["seed"] == seeds[0] for r in res.by_method[m])
         if len(seeds) > 1:  # the spread of the OOMA mean over seeds
-            per_seed = [_mean(res.test(m, "ndcg@10", seed=sd), ks, ooma) for sd in seeds]
+            per_seed = [_family_means(res.test(m, "ndcg@10", seed=sd), ks)["OOMA"] for sd in seeds]
             row["seeds (OOMA sd)"] = f"{len(seeds)} ({np.std([v for v in per_seed if v is not None]):.4f})"
         else:
             row["seeds (OOMA sd)"] = "1"
-        rows.append({k: (round(v, 4) if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()})
+        rows.append(_round(row))
     return rows
+
+
+def family_tables(res: Results, methods: list[str], keys: list[Key]) -> list[tuple[str, list[dict]]]:
+    """Per family: NDCG@10, HR@10, NDCG@20, NDCG@10 over the pools holding a relevant item, with the ceiling in the title."""
+    out = []
+    first_stage = res.meta.get("first_stage", {})
+    for f in FAMILIES:
+        fk = [k for k in keys if k[0] == f]
+        if not fk:
+            continue
+        ref = next(m for m in res.methods if set(fk) <= set(res.test(m, "recall@100")))
+        rec = res.test(ref, "recall@100")
+        hit = [k for k in fk if rec[k] > 0]
+        rows = []
+        for m in methods:
+            ks = [k for k in fk if k in res.test(m)]
+            if not ks:
+                continue
+            hk = [k for k in hit if k in res.test(m)]
+            status = [r["status"] for r in res.test_rows(m) if r["family"] == f and r["seed"] == res.seeds(m)[0]]
+            rows.append(_round({
+                "method": m, "N@10": _mean(res.test(m), ks), "H@10": _mean(res.test(m, "hr@10"), ks), "N@20": _mean(res.test(m, "ndcg@20"), ks),
+                "N@10 (pools with a relevant)": _mean(res.test(m), hk), "alpha": res.alpha.get((m, f), ""),
+                "fallback": f"{100 * np.mean([s == 'fallback' for s in status]):.0f}%" if status else "", "episodes": len(ks),
+            }))  # fmt: skip
+        title = (f"### {f}: first stage {first_stage.get(f, '?')}; {len(fk)} test pools; Recall@100 (ceiling) {_mean(rec, fk):.4f}; "
+                 f"{100 * len(hit) / len(fk):.1f}% of pools hold a relevant item")  # fmt: skip
+        out.append((title, rows))
+    return out
 
 
 def routing_table(res: Results, methods: list[str]) -> list[dict]:
@@ -152,8 +209,8 @@ def routing_table(res: Results, methods: list[str]) -> list[dict]:
             continue
         by = defaultdict(list)
         for r in trs:
-            by[r["family"] if r["protocol"] == "family" else "fixed pools"].append(r)
-        for fam, rs in [*sorted(by.items()), ("all", trs)]:
+            by[r["family"]].append(r)
+        for fam, rs in [*sorted(by.items(), key=lambda kv: FAMILIES.index(kv[0])), ("all", trs)]:
             calls = sum(r["info"]["calls"] for r in rs)
             first = Counter(r["info"]["first_action"] for r in rs).most_common(1)[0]
             rows.append({
@@ -165,68 +222,65 @@ def routing_table(res: Results, methods: list[str]) -> list[dict]:
     return rows
 
 
-def compare(res: Results, a: str, b: str, keys: list[tuple], label: str) -> dict:
+def compare(res: Results, a: str, b: str, keys: list[Key], label: str) -> dict:
     va, vb = res.test(a), res.test(b)
     ks = [k for k in keys if k in va and k in vb]
-    x, y = np.array([va[k] for k in ks]), np.array([vb[k] for k in ks])
     if not ks:
-        return {"comparison": f"{a} vs {b}", "protocol": label, "episodes": 0}
+        return {"comparison": f"{a} vs {b}", "scope": label, "episodes": 0}
+    x, y = np.array([va[k] for k in ks]), np.array([vb[k] for k in ks])
     return {
-        "comparison": f"{a} vs {b}", "protocol": label, "episodes": len(ks), "NDCG@10 A": round(float(x.mean()), 4), "NDCG@10 B": round(float(y.mean()), 4),
+        "comparison": f"{a} vs {b}", "scope": label, "episodes": len(ks), "NDCG@10 A": round(float(x.mean()), 4), "NDCG@10 B": round(float(y.mean()), 4),
         "rel. diff": f"{100 * (x.mean() - y.mean()) / y.mean():+.1f}%" if y.mean() > 0 else "", "A better/worse/tied": f"{(x > y).sum()}/{(x < y).sum()}/{(x == y).sum()}",
         "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}", "Cliff's delta": round(cliffs_delta(x, y), 3),
     }  # fmt: skip
 
 
-def coverage(meta: dict, llm: list[str], whole: list[str], test_keys: dict[str, set], n_subset: int) -> str:
-    """Which LLM methods ran on every test pool and which on the seeded subset, in words."""
-    limits = meta.get("llm_limit", {})
-    if not isinstance(limits, dict):  # a store written before limits were per method
-        limits = {m: limits for m in llm}
-    full = [m for m in llm if m in whole]
-    out = "Methods without an LLM ran on every pool"
-    out += f", and so did {', '.join(full)} on test." if full else "."
-    rest = [m for m in llm if m not in whole]
-    if rest:
-        size = min((v for v in limits.values() if v is not None), default="?")  # the subset every LLM method ran
-        out += (f" {', '.join(rest)} ran on a seeded subset of {size} pools per family and split "
-                f"({n_subset} test episodes common to them)")
-        more = [f"{m} also on {len(test_keys[m]) - n_subset} more" for m in rest if len(test_keys[m]) > n_subset]
-        out += f"; {', '.join(more)} test episodes, used where a comparison covers them." if more else "."
-    return out
-
-
-def significance(res: Results, mma: str | None, keys: list[tuple], baselines: list[str], per_candidate: list[str], scope: str,
-                 done: set) -> list[dict]:
-    """MMA-Auto against the strongest baseline on OOMA and fixed pools (and the strongest one that
-    scores candidates one by one, when that is another), against RuleRouter-Fuse, Interactive
-    against Auto, and Auto against its zero-shot policy (each pair once, in the widest scope both
-    cover: `done` carries the pairs made); paired on the episodes both ran."""
+def significance(res: Results, mma: str | None, keys: list[Key], baselines: list[str], scope: str, done: set) -> list[dict]:
+    """MMA-Auto against the strongest baseline, RuleRouter-Fuse, its zero-shot policy, the LLM
+    listwise and ReAct rows, and Interactive against Auto, on the OOMA episodes pooled and on the
+    full family (each pair once, in the widest scope both cover: `done` carries the pairs made);
+    paired on the episodes both ran."""
     if mma is None:
         return []
     out = []
-    for label, ks in (("OOMA (text/image/behaviour-only)", [k for k in keys if k[0] == "family" and k[1] in OOMA_FAMILIES]),
-                      ("fixed pools", [k for k in keys if k[0] == "fixed"])):  # fmt: skip
+    llm_rows = [m for m in res.methods if m.startswith(("LLM listwise", "ReAct"))]
+    for label, ks in (("OOMA (text/image/behaviour-only pooled)", [k for k in keys if k[0] in OOMA_FAMILIES]),
+                      ("full family", [k for k in keys if k[0] == "full"])):  # fmt: skip
         if not ks:
             continue
-        label = f"{label}, {scope}"
-        strength = lambda m, ks=ks: np.mean([res.test(m).get(k, np.nan) for k in ks])  # noqa: E731 (res.test is memoised)
-        if baselines:
-            strongest = max(baselines, key=strength)
-            out.append(compare(res, mma, strongest, ks, label))
-            strongest_pc = max(per_candidate, key=strength) if per_candidate else strongest
-            if strongest_pc != strongest:
-                out.append(compare(res, mma, strongest_pc, ks, label + ", per-candidate baselines"))
-        for a, b in ((mma, "RuleRouter-Fuse"), ("MMA-Interactive", mma), (mma, "MMA-Auto (zero-shot)")):
-            covered = lambda m, ks=ks: m in res.methods and set(ks) <= set(res.test(m))  # noqa: E731
-            if a != b and covered(a) and covered(b) and (a, b, label.split(",")[0]) not in done:
-                done.add((a, b, label.split(",")[0]))
-                out.append(compare(res, a, b, ks, label))
+        covered = lambda m, ks=ks: m in res.methods and set(ks) <= set(res.test(m))  # noqa: E731
+        pairs = []
+        usable = [m for m in baselines if covered(m)]
+        if usable:
+            strongest = max(usable, key=lambda m, ks=ks: np.mean([res.test(m)[k] for k in ks]))
+            pairs.append((mma, strongest))
+        pairs += [(mma, "RuleRouter-Fuse"), ("MMA-Interactive", mma), (mma, "MMA-Auto (zero-shot)"), *((mma, m) for m in llm_rows)]
+        for a, b in pairs:
+            if a != b and covered(a) and covered(b) and (a, b, label) not in done:
+                done.add((a, b, label))
+                out.append(compare(res, a, b, ks, f"{label}, {scope}"))
+    return out
+
+
+def coverage(res: Results, llm: list[str], all_keys: list[Key]) -> str:
+    """Which LLM methods ran on every test pool and on how many per family otherwise, in words."""
+    full, part = [], []
+    for m in llm:
+        ks = set(res.test(m))
+        if ks >= set(all_keys):
+            full.append(m)
+            continue
+        per = Counter(f for f, _ in ks)
+        part.append(f"{m} on {', '.join(f'{per[f]} {f}' for f in FAMILIES if per[f])} test pools")
+    out = "Methods without an LLM ran on every pool"
+    out += f", and so did {', '.join(full)}." if full else "."
+    if part:
+        out += " The LLM methods that could not cover every pool on these CPUs ran on one seeded subset (nested, the same pools for each): " + "; ".join(part) + "."
     return out
 
 
 def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") -> tuple[str, list[dict]]:
-    """Write `report.md` and plots into out_dir; return the Markdown and the main table."""
+    """Write `report.md` and its plot into out_dir; return the Markdown and the main table."""
     from mma_agent.cli import format_table
 
     store = ResultStore(store_path)
@@ -235,54 +289,59 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     res = Results(rows, meta)
     groups = meta.get("groups", {})
     order = [m for m in [*meta.get("order", []), *(m for m in res.methods if m not in meta.get("order", []))] if m in res.methods]
+    order = [m for m in order if groups.get(m) not in NOT_METHODS] + [m for m in order if groups.get(m) in NOT_METHODS]
     llm = [m for m in order if meta.get("uses_llm", {}).get(m)]
     test_keys = {m: set(res.test(m)) for m in res.methods}
-    all_keys = sorted(set.union(*test_keys.values()))
-    # methods on every test pool, and the seeded subset that the LLM methods still on a subset share
+    all_keys = sorted(set.union(*test_keys.values()), key=lambda k: (FAMILIES.index(k[0]), k[1]))
     whole = [m for m in order if test_keys[m] >= set(all_keys)]
     partial = [m for m in llm if m not in whole]
-    subset_keys = sorted(set.intersection(*(test_keys[m] for m in partial))) if partial else []
-    main = method_table(res, whole, all_keys)
-    sub = method_table(res, order, subset_keys) if subset_keys else []
-    for r in main + sub:
-        r["group"] = groups.get(r["method"], "")
+    subset_keys = sorted(set.intersection(*(test_keys[m] for m in partial)), key=all_keys.index) if partial else []
+    probes = [m for m in order if groups.get(m) == "protocol probe"]
 
-    # headline comparisons: on the whole test set against every method that ran there, then on
-    # the subset against the LLM methods that ran only there
+    def probe_best(keys: list[Key]) -> dict[str, float]:
+        means = [_family_means(res.test(m), keys) for m in probes if set(keys) <= test_keys[m]]
+        return {c: max(v[c] for v in means) for c in ("OOMA", *FAMILIES) if means and all(v[c] is not None for v in means)}
+
+    main = method_table(res, whole, all_keys, probe_best(all_keys))
+    sub = method_table(res, order, subset_keys, probe_best(subset_keys)) if subset_keys else []
+
     mma = [m for m in llm if m.startswith("MMA-Auto")]
-    valid_ooma = lambda m: np.mean([r["metrics"][res.alpha[m, "family"]]["ndcg@10"] for r in res.by_method[m]  # noqa: E731
-                                    if r["split"] == "valid" and r["protocol"] == "family" and r["family"] in OOMA_FAMILIES] or [0])  # fmt: skip
+    valid_ooma = lambda m: np.mean([r["metrics"][res.alpha[m, r["family"]]]["ndcg@10"] for r in res.by_method[m]  # noqa: E731
+                                    if r["split"] == "valid" and r["family"] in OOMA_FAMILIES] or [0])  # fmt: skip
     best_mma = max([m for m in mma if m in whole] or mma, key=valid_ooma) if mma else None
-    probes = {m for m in res.methods if groups.get(m) == "protocol probe"}
-    baselines = [m for m in res.methods if not m.startswith("MMA-") and m != "RuleRouter-Fuse" and m not in probes]
-    per_candidate = [m for m in baselines if not meta.get("pool_structure", {}).get(m)]
-    sig = significance(res, best_mma, all_keys, [m for m in baselines if m in whole], [m for m in per_candidate if m in whole], "whole test set", done := set())
+    baselines = [m for m in res.methods if not m.startswith(("MMA-", "LLM listwise", "ReAct")) and m != "RuleRouter-Fuse" and groups.get(m) not in NOT_METHODS]
+    sig = significance(res, best_mma, all_keys, baselines, "whole test set", done := set())
     if subset_keys:
-        sig += significance(res, best_mma, subset_keys, [m for m in baselines if m in partial], [], "LLM subset", done)
+        sig += significance(res, best_mma, subset_keys, baselines, "LLM subset", done)
     routing = routing_table(res, [m for m in order if m.startswith(("MMA", "ReAct", "RuleRouter"))])
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _plots(main, out_dir, "whole test set")
-    ceiling = meta.get("recall@100", {})
-    md = [f"# {title}", "", f"Data: `{meta.get('data')}`. Pools: {meta.get('protocols')} on families {meta.get('families')}; "
-          f"{len(all_keys)} test episodes. {coverage(meta, llm, whole, test_keys, len(subset_keys))} Alpha grid {meta.get('alphas')}, chosen per method and "
-          "protocol on validation NDCG@10.", "", f"Fixed-pool Recall@100 (the ceiling, identical for every method): {json.dumps(ceiling)}.", ""]  # fmt: skip
-    md += [format_table(main, "## Every method that ran on the whole test set (NDCG@10 unless named)"), ""]
+    plots = _plots(res, order, all_keys, subset_keys, out_dir, headline=[m for m in (best_mma, "MMA-Interactive", "RuleRouter-Fuse") if m])
+    below = [r["method"] for r in main if "NO" in str(r.get("> best probe (OOMA/full)", ""))]
+    md = [f"# {title}", "", f"Protocol `{meta.get('protocol')}`, data `{meta.get('data')}`; families {meta.get('families')}; {len(all_keys)} test "
+          f"episodes. {coverage(res, llm, all_keys)} Alpha grid {meta.get('alphas')}, chosen per method and family on validation NDCG@10.", "",
+          "First stage per family (chosen on validation Recall@100): " + "; ".join(f"{f}: {v}" for f, v in meta.get("first_stage", {}).items()) + ".", ""]  # fmt: skip
+    if below:
+        md += [f"Not above the best user-blind probe on OOMA or the full family (no result there): {', '.join(below)}.", ""]
+    md += [format_table(main, "## Every method that ran on the whole test set (NDCG@10 per family unless named; the first row is the Recall@100 ceiling)"), ""]
     if sub:
         md += [format_table(sub, f"## Every method on the seeded subset that the other LLM methods ran ({len(subset_keys)} test episodes)"), ""]
-    md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the policy best on validation OOMA among those on the whole test set)"), ""]
+    md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the policy best on validation OOMA)"), ""]
+    md += ["## Per family (whole test set)", ""]
+    for t, rs in family_tables(res, whole, all_keys):
+        md += [format_table(rs, t), ""]
     md += [format_table(routing, "## Routing diagnostics (test)"), ""]
     md += [f"![{p.stem}]({p.name})" for p in plots]
-    md += ["", "## How to read this", "", *NOTES]
-    if meta.get("notes"):
-        md += meta["notes"]
+    md += ["", "## How to read this", "", *NOTES, *meta.get("notes", [])]
     text = "\n".join(md) + "\n"
     (out_dir / "report.md").write_text(text)
     return text, main
 
 
-def _plots(main: list[dict], out_dir: Path, scope: str) -> list[Path]:
+def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: list[Key], out_dir: Path, headline: list[str]) -> list[Path]:
+    """A methods x families heatmap of test NDCG@10 (the ceiling as its first row, probes and the
+    oracle last and in grey, headline methods in bold); LLM rows on the subset are drawn on it."""
     try:
         import matplotlib
 
@@ -290,33 +349,41 @@ def _plots(main: list[dict], out_dir: Path, scope: str) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    paths = []
-    methods = [r["method"] for r in main]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / max(len(methods), 1)
-    for i, r in enumerate(main):
-        ys = [r[f] if r[f] != "" else 0 for f in OOMA_FAMILIES]
-        ax.bar(np.arange(3) + i * width, ys, width, label=r["method"], color=plt.cm.tab20(i % 20))
-    ax.set_xticks(np.arange(3) + 0.4 - width / 2, OOMA_FAMILIES)
-    ax.set_ylabel("NDCG@10 (test)")
-    ax.set_title(f"Per-modality OOMA breakdown ({scope})")
-    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    groups = res.meta.get("groups", {})
+    cols = ["OOMA", *FAMILIES]
+    names, rows_of, grid = ["Ceiling: Recall@100"], ["ceiling"], []
+    ref = next(m for m in res.methods if set(all_keys) <= set(res.test(m, "recall@100")))
+    rec = _family_means(res.test(ref, "recall@100"), all_keys)
+    grid.append([rec[c] for c in cols])
+    test_keys = {m: set(res.test(m)) for m in order}
+    for m in order:
+        keys = all_keys if test_keys[m] >= set(all_keys) else subset_keys
+        if not keys:
+            continue
+        v = _family_means(res.test(m), keys)
+        names.append(m + ("" if keys is all_keys else f" (subset, {len(keys)} eps)"))
+        rows_of.append(m)
+        grid.append([v[c] for c in cols])
+    data = np.array([[np.nan if x is None else x for x in row] for row in grid], dtype=float)
+    fig, ax = plt.subplots(figsize=(11, 0.34 * len(names) + 1.6))
+    shown = np.ma.masked_invalid(data[1:])  # the ceiling row gets its own scale: it is a recall, not an NDCG
+    ax.imshow(np.vstack([np.full((1, len(cols)), np.nan), shown.filled(np.nan)]), aspect="auto", cmap="viridis")
+    for i in range(len(names)):
+        for j in range(len(cols)):
+            if np.isfinite(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.3f}", ha="center", va="center", fontsize=7, color="black" if i == 0 else "white")
+    ax.set_xticks(range(len(cols)), cols, rotation=20)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for label, m in zip(ax.get_yticklabels(), rows_of, strict=True):
+        if m in headline:
+            label.set_fontweight("bold")
+        if groups.get(m) in NOT_METHODS or m == "ceiling":
+            label.set_color("dimgray")
+            label.set_style("italic")
+    ax.axhline(0.5, color="white", lw=2)
+    ax.set_title("Test NDCG@10 by task family (protocol v2); first row: the pools' Recall@100 ceiling; grey: probes and oracle", fontsize=9)
     fig.tight_layout()
-    paths.append(out_dir / "per-modality.png")
-    fig.savefig(paths[-1], dpi=120)
+    path = out_dir / "by-family.png"
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    fams = list(OOMA_FAMILIES + OTHER_FAMILIES) + ["fixed N@10"]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    for r in main:
-        ax.plot(range(len(fams)), [r[f] if r[f] != "" else np.nan for f in fams], marker="o", markersize=3, label=r["method"],
-                color=plt.cm.tab20(main.index(r) % 20))
-    ax.set_xticks(range(len(fams)), [f.replace(" N@10", "") for f in fams], rotation=20)
-    ax.set_ylabel("NDCG@10 (test)")
-    ax.set_title(f"NDCG@10 by task family ({scope})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    paths.append(out_dir / "by-family.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
+    return [path]

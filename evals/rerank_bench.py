@@ -31,9 +31,10 @@ def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int =
 
     catalogue, kits = prepare_toolkits(pipeline.split, pipeline.root / "cache", image_model=f"local-dir:{pipeline.clip_folder}" if with_image else None)
     llm = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models")
-    pools = pipeline.pools("family", "full", "test")
+    pools = pipeline.pools("full", "test")
     requests = _requests(pipeline, pools, episodes)
-    targets = [str(pipeline.split.item_ids[t]) for t in pools.targets[: len(requests)]]
+    targets = [str(pipeline.split.item_ids[pools.target(p)]) for p in range(len(requests))]
+    relevant = [{str(pipeline.split.item_ids[i]) for i in pools.relevant(p)} for p in range(len(requests))]
     rows, speed = [], []
     names = {"auto": f"MMA-Auto ({model})", "interactive": "MMA-Interactive (simulated user)", "rule": "RuleRouter-Fuse"}
     for variant in ("auto", "interactive", "rule"):
@@ -46,8 +47,8 @@ def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int =
             outs.append(graph.invoke(req))
             lat.append(time.perf_counter() - start)
         usage = [o.get("usage", {}) for o in outs]
-        ndcg = np.mean([ndcg_at_k(o["ranking"], {t}, 10) for o, t in zip(outs, targets, strict=True)])
-        first = np.mean([ndcg_at_k(sorted(r["candidates"], key=lambda c, r=r: -r["first_stage_scores"][r["candidates"].index(c)]), {t}, 10) for r, t in zip(requests, targets, strict=True)])
+        ndcg = np.mean([ndcg_at_k(o["ranking"], rel, 10) for o, rel in zip(outs, relevant, strict=True)])
+        first = np.mean([ndcg_at_k(r["candidates"], rel, 10) for r, rel in zip(requests, relevant, strict=True)])  # pools are in first-stage order
         total_llm = sum(u.get("llm_ms", 0) for u in usage) / 1000
         rows.append({
             "variant": names[variant],

@@ -6,11 +6,13 @@ alpha of the grid, and the ranking metrics of each) -> `store` (one committed SQ
 runner feeds it with `.batch(..., max_concurrency=...)`, method by method, skipping the keys the
 store already holds, with a progress bar per method.
 
-Episodes are the saved candidate pools (identical for every method): the seven task families'
-pools (protocols 1, 2 and the other families) and the fixed first-stage top-100 pools
-(protocol 3), on validation (to choose alpha) and test. Methods that call an LLM run on a fixed,
-seeded subset of `llm_limit` pools per family and split (the same nested subsets for every
-method; `None` is every pool, and the limit is recorded per method), the others on every pool.
+Episodes are the saved protocol-v2 pools (identical for every method): per task family, each
+user's top-100 from the family's first stage, on validation (to choose alpha) and test. The
+relevant items are all of the user's held-out positives in the split, in the pool or not, so
+Recall@100 (stored with every row) is the ceiling. Methods that call an LLM run on a fixed,
+seeded subset of `llm_limit` pools per family and split (an int, or per family; the same nested
+subsets for every method; `None` is every pool, and the limit is recorded per method), the
+others on every pool.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -27,41 +29,61 @@ from tqdm.auto import tqdm
 
 from mma_agent.graphs.reranker import minmax
 from mma_agent.masks import TASK_FAMILIES, family_mask
-from mma_agent.metrics import hr_at_k, ndcg_at_k
+from mma_agent.metrics import hr_at_k, ndcg_at_k, recall_at_k
+from mma_agent.pools import PROTOCOL
 
 from .methods import EvalEnv, Method
 from .store import ResultStore, RunMismatchError
 
 log = logging.getLogger(__name__)
 ALPHAS = tuple(round(a, 1) for a in np.linspace(0.0, 1.0, 11))
-METRICS = (("ndcg@10", ndcg_at_k, 10), ("hr@10", hr_at_k, 10), ("ndcg@20", ndcg_at_k, 20), ("hr@20", hr_at_k, 20))
+METRICS = (("ndcg@10", ndcg_at_k, 10), ("hr@10", hr_at_k, 10), ("ndcg@20", ndcg_at_k, 20), ("hr@20", hr_at_k, 20), ("recall@100", recall_at_k, 100))
+# recall@100 of a 100-item pool is the same for every ranking of it: the ceiling, stored with every row
 
 
-def build_episodes(pipeline, split: str, *, protocols: Sequence[str] = ("family", "fixed"), families: Sequence[str] | None = None,
-                   limit: int | None = None, seed: int = 0) -> list[dict]:  # fmt: skip
-    """Episodes from the saved pools; `limit` keeps a seeded subset of pools per (protocol, family)."""
+def build_episodes(pipeline, split: str, *, families: Sequence[str] | None = None, limit: Limit = None, seed: int = 0) -> list[dict]:
+    """Episodes from the saved pools; `limit` keeps a seeded subset of pools per family. A family
+    that no first-stage retriever can serve on this data set is skipped (its pools say why)."""
     sp = pipeline.split
     view = pipeline.view("full")
-    targets = [("family", f) for f in (families or TASK_FAMILIES)] if "family" in protocols else []
-    if "fixed" in protocols:
-        targets.append(("fixed", "full"))
     episodes = []
-    for protocol, family in targets:
-        pools = pipeline.pools(protocol, family, split)
-        for p in picked_pools(len(pools), limit, seed):
+    for family in families or TASK_FAMILIES:
+        try:
+            pools = pipeline.pools(family, split)
+        except ValueError as err:
+            if "no first-stage retriever" not in str(err):
+                raise
+            log.warning("%s", err)
+            continue
+        for p in picked_pools(len(pools), family_limit(limit, family), seed):
             p = int(p)
             user = int(pools.users[p])
             hist = view.history(user, include_valid=split == "test")
             rel = [str(sp.item_ids[i]) for i in pools.relevant(p)]
             cands = [str(sp.item_ids[c]) for c in pools.candidates[p]]
-            target = next((r for r in rel if r in set(cands)), rel[0])
             episodes.append({
-                "split": split, "protocol": protocol, "family": family, "pool": p, "n_pools": len(pools), "user": user, "user_id": str(sp.user_ids[user]),
-                "cand_idx": pools.candidates[p], "candidates": cands, "first_stage_scores": [float(x) for x in pools.scores[p]],
-                "relevant": rel, "target": target, "mask": family_mask(family).to_dict(),
-                "hist_idx": hist, "history": [str(sp.item_ids[i]) for i in hist],
+                "split": split, "protocol": PROTOCOL, "family": family, "pool": p, "n_pools": len(pools), "user": user,
+                "user_id": str(sp.user_ids[user]), "cand_idx": pools.candidates[p], "candidates": cands,
+                "first_stage_scores": [float(x) for x in pools.scores[p]], "relevant": rel,
+                "target": str(sp.item_ids[pools.target(p)]),  # what the simulated user of MMA-Interactive is after
+                "mask": family_mask(family).to_dict(), "hist_idx": hist, "history": [str(sp.item_ids[i]) for i in hist],
             })  # fmt: skip
     return episodes
+
+
+Limit = int | None | Mapping[str, int | None]
+
+
+def family_limit(limit: Limit, family: str) -> int | None:
+    """The pools per split that `limit` gives `family`: an int for every family, or a mapping with
+    an optional "*" default (a family it does not name, with no default: every pool)."""
+    if isinstance(limit, Mapping):
+        return limit.get(family, limit.get("*"))
+    return limit
+
+
+def _narrowest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def picked_pools(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
@@ -69,13 +91,11 @@ def picked_pools(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
     return np.arange(n) if limit is None else np.sort(np.random.default_rng(seed).permutation(n)[:limit])
 
 
-def subset(episodes: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
+def subset(episodes: list[dict], limit: Limit, seed: int = 0) -> list[dict]:
     """`build_episodes(..., limit=limit)` from episodes built with no or a larger limit (the
     seeded subsets are prefixes of one permutation), without building them again."""
-    if limit is None:
-        return episodes
-    keep = {n: set(picked_pools(n, limit, seed).tolist()) for n in {ep["n_pools"] for ep in episodes}}
-    return [ep for ep in episodes if ep["pool"] in keep[ep["n_pools"]]]
+    keep = {(f, n): set(picked_pools(n, family_limit(limit, f), seed).tolist()) for f, n in {(ep["family"], ep["n_pools"]) for ep in episodes}}
+    return [ep for ep in episodes if ep["pool"] in keep[ep["family"], ep["n_pools"]]]
 
 
 def fused_metrics(first: np.ndarray, method: np.ndarray | None, candidates: list[str], relevant: list[str]) -> dict[str, dict[str, float]]:
@@ -145,16 +165,18 @@ def create_eval_graph(methods: dict[str, Method], store: ResultStore, on_done=No
     return g.compile()
 
 
-def _llm_limits(before: dict, now: dict[str, int | None]) -> dict[str, int | None]:
-    """Per LLM method, the widest subset it has run on (None: every pool). The seeded subsets
-    are nested, so a method rerun with a larger limit keeps its rows and adds the rest; a store
-    written before limits were per method holds one number for every LLM method."""
-    old = before.get("llm_limit", {})
-    if not isinstance(old, dict):
-        old = {m: old for m, uses in before.get("uses_llm", {}).items() if uses}
-    out = dict(old)
-    for m, lim in now.items():
-        out[m] = None if lim is None or (m in old and old[m] is None) else max(lim, old.get(m) or 0)
+def _widest(old: int | None | str, new: int | None) -> int | None:
+    return None if new is None or old is None else max(int(old), new)
+
+
+def _llm_limits(before: dict, now: dict[str, dict[str, int | None]]) -> dict[str, dict[str, int | None]]:
+    """Per LLM method and family, the widest subset it has run on (None: every pool). The seeded
+    subsets are nested, so a method rerun with a larger limit keeps its rows and adds the rest."""
+    out = {m: dict(v) for m, v in before.get("llm_limit", {}).items() if isinstance(v, dict)}
+    for m, per_family in now.items():
+        mine = out.setdefault(m, {})
+        for f, lim in per_family.items():
+            mine[f] = _widest(mine[f], lim) if f in mine else lim
     return out
 
 
@@ -164,10 +186,9 @@ def run_eval(
     methods: list[Method],
     *,
     splits: Sequence[str] = ("valid", "test"),
-    protocols: Sequence[str] = ("family", "fixed"),
     families: Sequence[str] | None = None,
-    limit: int | None = None,
-    llm_limit: int | None = 20,
+    limit: Limit = None,
+    llm_limit: Limit = 20,
     seeds: Sequence[int] = (0,),
     concurrency: int = 2,
     env: EvalEnv | None = None,
@@ -179,31 +200,36 @@ def run_eval(
 
     store = ResultStore(store_path)
     before = store.meta()
-    pools = {f"{p}:{f}:{s}": pipeline.pools(p, f, s).content_hash() for s in splits
-             for p, f in ([("family", f) for f in (families or TASK_FAMILIES)] if "family" in protocols else []) + ([("fixed", "full")] if "fixed" in protocols else [])}  # fmt: skip
-    # a run may add splits, families or protocols to a store; the pools it shares must be the same
+    if before and before.get("protocol") != PROTOCOL:
+        store.close()
+        raise RunMismatchError(f"{store_path} holds results on the old target-centred pools; protocol {PROTOCOL} needs a new run name")
+    families = list(families or TASK_FAMILIES)
+    episodes: dict[tuple[str, bool], list[dict]] = {}
+    for split in splits:
+        episodes[split, False] = build_episodes(pipeline, split, families=families, limit=limit)
+    ran = sorted({ep["family"] for eps in episodes.values() for ep in eps}, key=families.index)
+    pools = {f"{f}:{s}": pipeline.pools(f, s).content_hash() for s in splits for f in ran}
+    # a run may add splits or families to a store; the pools it shares must be the same
     clash = sorted(k for k, v in pools.items() if before.get("pools", {}).get(k, v) != v)
     if clash:
         raise RunMismatchError(f"{store_path} holds results on other pools for {clash} (the pools were rebuilt); use another run name")
-    meta = {"data": pipeline.split.fingerprint(), "limit": limit, "alphas": list(ALPHAS), "pools": {**before.get("pools", {}), **pools},
-            "protocols": [p for p in ("family", "fixed") if p in {*before.get("protocols", []), *protocols}],
-            "families": [f for f in TASK_FAMILIES if f in {*before.get("families", []), *(families or TASK_FAMILIES)}]}  # fmt: skip
+    small = {f: _narrowest(family_limit(limit, f), family_limit(llm_limit, f)) for f in ran}
+    meta = {"protocol": PROTOCOL, "data": pipeline.split.fingerprint(), "limit": limit, "alphas": list(ALPHAS),
+            "pools": {**before.get("pools", {}), **pools},
+            "families": [f for f in TASK_FAMILIES if f in {*before.get("families", []), *ran}]}  # fmt: skip
     meta["groups"] = {**before.get("groups", {}), **{m.name: m.group for m in methods}}
     meta["uses_llm"] = {**before.get("uses_llm", {}), **{m.name: m.uses_llm for m in methods}}
+    meta["fused"] = {**before.get("fused", {}), **{m.name: m.fused for m in methods}}
     meta["pool_structure"] = {**before.get("pool_structure", {}), **{m.name: m.uses_pool_structure for m in methods}}
-    meta["llm_limit"] = _llm_limits(before, {m.name: llm_limit for m in methods if m.uses_llm})
+    meta["llm_limit"] = _llm_limits(before, {m.name: small for m in methods if m.uses_llm})
     meta["order"] = [*before.get("order", []), *(m.name for m in methods if m.name not in before.get("order", []))]
-    if "fixed" in protocols:
-        meta["recall@100"] = {**before.get("recall@100", {}), **{s: round(pipeline.pools("fixed", "full", s).recall_ceiling(), 4) for s in splits}}
+    meta["first_stage"] = {**before.get("first_stage", {}), **{f: pipeline.pools(f, "test" if "test" in splits else splits[0]).meta["first_stage_name"] for f in ran}}
     meta["notes"] = notes or before.get("notes", [])
-    store.check_meta(meta, compare=("data", "limit"))
+    store.check_meta(meta, compare=("protocol", "data", "limit"))
     if env is None:
         catalogue, kits = prepare_toolkits(pipeline.split, pipeline.root / "cache", image_model=f"local-dir:{pipeline.clip_folder}")
         env = EvalEnv(pipeline, catalogue, kits)
-    episodes: dict[tuple[str, bool], list[dict]] = {}
     for split in splits:
-        episodes[split, False] = build_episodes(pipeline, split, protocols=protocols, families=families, limit=limit)
-        small = llm_limit if limit is None else min(limit, llm_limit or limit)
         episodes[split, True] = subset(episodes[split, False], small)
     lock = threading.Lock()
     summary = {}

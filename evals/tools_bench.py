@@ -52,7 +52,7 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
         sizes.append(f"{fname} {nbytes / 2**20:.1f} MB")
     build_rows.append({"toolkit": "all", "prepare s": "", "what": f"peak RSS {rss_mb:.0f} MB; features: " + ", ".join(sizes)})
 
-    pools = pipeline.pools("family", "full", "test")
+    pools = pipeline.pools("full", "test")
     view = catalogue.view(family_mask("full"))
     times: dict[str, list[float]] = {t: [] for t in ("analyze_text", "analyze_image", "retrieve_graph", "ask_user")}
     nulls = dict.fromkeys(times, 0)
@@ -60,7 +60,7 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
     graph = catalogue.features["graph"][1]
     for p in range(min(episodes, len(pools))):
         u = int(pools.users[p])
-        ctx = EpisodeContext(view, view.history(u, include_valid=True), pools.candidates[p], u, int(pools.targets[p]))
+        ctx = EpisodeContext(view, view.history(u, include_valid=True), pools.candidates[p], u, pools.target(p))
         for kit, tool, args in (("text", "analyze_text", {}), ("image", "analyze_image", {}), ("graph", "retrieve_graph", {}),
                                 ("clarify", "ask_user", {"modality_type": "text", "query": "What genres do you feel like?"})):  # fmt: skip
             if kit not in kits:

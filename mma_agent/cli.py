@@ -66,7 +66,11 @@ def cmd_retrieve(args) -> None:
 def cmd_pools(args) -> None:
     p = _pipeline(args)
     rows = p.build_all_pools(args.families, tuple(args.splits))
-    print(format_table(rows, f"Candidate pools under {p.root / 'pools'}"))
+    sel = p.first_stage_selection()
+    chosen = {c: [f for f, v in sel["families"].items() if v == c] for c in sel["recall"]}
+    print(format_table([{"first stage": c, "validation Recall@100": round(r, 4), "serves": ", ".join(chosen[c])} for c, r in sel["recall"].items()],
+                       "First-stage candidates (each family takes the best its mask allows)"))  # fmt: skip
+    print(format_table(rows, f"Candidate pools (protocol v2) under {p.root / 'pools'}"))
 
 
 def cmd_clip_train(args) -> None:
@@ -263,8 +267,26 @@ def _store_path(args, p) -> Path:
     return run if run.suffix == ".sqlite" else p.root / "evals" / f"{args.run}.sqlite"
 
 
+def _llm_limit(values: list[str]) -> dict[str, int | None]:
+    """`--llm-limit 100 full=300`: pools per family and split for LLM methods ('*' the default; 0 every pool)."""
+    from mma_agent.masks import family_mask
+
+    out: dict[str, int | None] = {}
+    for v in values:
+        family, sep, n = v.rpartition("=") if "=" in v else ("*", "", v)
+        if family != "*":
+            family_mask(family)
+        try:
+            k = int(n)
+        except ValueError:
+            msg = f"--llm-limit {v!r}: expected N or FAMILY=N with an integer N (0: every pool)"
+            raise ValueError(msg) from None
+        out[family] = None if k == 0 else k
+    return out
+
+
 def cmd_eval_run(args) -> None:
-    from mma_agent.evals.methods import build_methods
+    from mma_agent.evals.methods import PROBES, build_methods
     from mma_agent.evals.runner import run_eval
 
     p = _pipeline(args)
@@ -275,11 +297,14 @@ def cmd_eval_run(args) -> None:
             msg = f"--trained {spec!r}: expected LABEL=BACKEND, e.g. GRPO=transformers:.mma/.../train/grpo/policy"
             raise ValueError(msg)
         trained[label] = backend
-    methods = build_methods(args.methods, zero_shot=args.model, trained=trained)
+    names = args.methods
+    if names is not None:  # the first stage, the probes and the oracle are rows of every table
+        names = [n for n in ("first-stage", *PROBES) if n not in names] + names
+    methods = build_methods(names, zero_shot=args.model, trained=trained, user=args.method)
     path = _store_path(args, p)
     start = time.perf_counter()
-    summary = run_eval(p, path, methods, splits=args.splits, protocols=args.protocols, families=args.families, limit=args.limit,
-                       llm_limit=args.llm_limit or None, seeds=args.seeds, concurrency=args.concurrency, fresh=args.fresh)  # fmt: skip
+    summary = run_eval(p, path, methods, splits=args.splits, families=args.families, limit=args.limit,
+                       llm_limit=_llm_limit(args.llm_limit), seeds=args.seeds, concurrency=args.concurrency, fresh=args.fresh)  # fmt: skip
     rows = [{"method": m, "new episodes": s["new"], "resumed": s["resumed"], "s": f"{s['seconds']:.1f}"} for m, s in summary.items()]
     print(format_table(rows, f"Evaluation run {path} ({time.perf_counter() - start:.0f} s)"))
     print(f"report: mma eval report {args.run}")
@@ -294,7 +319,7 @@ def cmd_eval_report(args) -> None:
         msg = f"no results store at {path}; run `mma eval run --run {args.run}` first"
         raise FileNotFoundError(msg)
     _, main = build_report(path, args.out, title=args.title)
-    print(format_table(main, "Main table (test; paired on the LLM methods' pools)"))
+    print(format_table(main, "Main table (test NDCG@10 per family; first row: the Recall@100 ceiling)"))
     print(f"\nreport: {args.out / 'report.md'}")
 
 
@@ -347,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--retrain", action="store_true", help="ignore saved retrievers")
     rt.set_defaults(func=cmd_retrieve)
 
-    pl = sub.add_parser("pools", parents=[common], help="build the candidate pools (family and fixed)")
+    pl = sub.add_parser("pools", parents=[common], help="build the candidate pools (protocol v2: each family's first stage, queried with the user's history)")
     pl.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), help="default: all seven")
     pl.add_argument("--splits", nargs="+", choices=["valid", "test"], default=["valid", "test"])
     pl.set_defaults(func=cmd_pools)
@@ -414,15 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--out", type=Path, help="also write the rows as JSON")
     te.set_defaults(func=cmd_train_eval)
 
-    ev = sub.add_parser("eval", help="evaluation graphs: methods x protocols, resumable, with a report").add_subparsers(dest="eval_command", required=True)
+    ev = sub.add_parser("eval", help="evaluation graphs: methods x task families, resumable, with a report").add_subparsers(dest="eval_command", required=True)
     er = ev.add_parser("run", parents=[common], help="run methods over the test (and validation) pools into a SQLite store")
     er.add_argument("--run", default="main", help="run name (store <workdir>/<data>/evals/RUN.sqlite) or a .sqlite path")
     er.add_argument("--methods", nargs="+", help="short names (default: all); see mma_agent.evals.methods.build_methods")
-    er.add_argument("--protocols", nargs="+", choices=["family", "fixed"], default=["family", "fixed"])
     er.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), help="default: all seven")
     er.add_argument("--splits", nargs="+", choices=["valid", "test"], default=["valid", "test"], help="valid picks alpha")
     er.add_argument("--limit", type=int, help="pools per family and split for every method (default: all)")
-    er.add_argument("--llm-limit", type=int, default=20, help="pools per family and split for methods that call an LLM (0: every pool)")
+    er.add_argument("--llm-limit", nargs="+", default=["20"], metavar="N|FAMILY=N",
+                    help="pools per family and split for methods that call an LLM: N for every family, FAMILY=N for one (0: every pool), "
+                    "e.g. 100 full=300")  # fmt: skip
+    er.add_argument("--method", action="append", metavar="PACKAGE.MODULE:ATTR",
+                    help="your own reranker (a callable or LangGraph graph taking the reranker request), evaluated like ours; repeatable")
     er.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds for stochastic methods")
     er.add_argument("--concurrency", type=int, default=2, help="episodes in flight for LLM methods (LangGraph batch)")
     er.add_argument("--model", default="transformers:smollm2-135m", help="zero-shot backend for ReAct, listwise and MMA-Auto (zero-shot)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The shared data set sits beside a checkout of this repository; commands run from its root.
 DEFAULT_DATA_PATH = Path("../shared/datasets/movielens-posters")
@@ -49,16 +49,33 @@ class DataConfig(_Config):
 
 
 class PoolConfig(_Config):
-    """Candidate pools: identical for every method, written to disk with a content hash."""
+    """Candidate pools (protocol v2): each user's top-`size` from a first-stage retriever that sees
+    only the task family's surviving modalities, queried with the user's history."""
 
-    size: int = Field(default=100, ge=2, description="Candidates per pool: the target plus size-1 negatives (OOMA).")
-    seed: int = Field(default=0, description="Seed for masks, target choice and negative filling.")
-    targets_per_user: int | None = Field(
-        default=1,
-        ge=1,
-        description="Evaluation targets per user (the earliest held-out positives); None keeps every held-out positive.",
+    size: int = Field(default=100, ge=2, description="Candidates per pool (the first stage's top-size; Recall@size is the ceiling).")
+    history_window: int = Field(default=50, ge=1, description="History items (most recent) whose text makes the BM25 query.")
+    rrf_k: float = Field(default=60.0, gt=0, description="Reciprocal-rank fusion constant when a family fuses several retrievers.")
+    first_stage: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per family, the first stage to use instead of the validation choice: a source or '+'-joined sources "
+        "from text, image, behaviour (several are fused by RRF), e.g. {full: behaviour}.",
     )
-    first_stage: str = Field(default="lightgcn", description="Retriever whose top-`size` makes the fixed pools.")
+
+    @field_validator("first_stage")
+    @classmethod
+    def _first_stage_allowed(cls, v: dict[str, str]) -> dict[str, str]:
+        from mma_agent.masks import family_mask
+
+        for family, combo in v.items():
+            mask = family_mask(family)
+            for src in combo.split("+"):
+                if src not in ("text", "image", "behaviour"):
+                    msg = f"pools.first_stage.{family}: unknown source {src!r}; use text, image, behaviour or a '+'-joined list"
+                    raise ValueError(msg)
+                if not mask.available(src):
+                    msg = f"pools.first_stage.{family}: {src} is masked in family {family!r}; its first stage may only use {mask}"
+                    raise ValueError(msg)
+        return v
 
 
 class RetrieverConfig(_Config):
@@ -112,15 +129,6 @@ class PipelineConfig(_Config):
     retrievers: RetrieverConfig = RetrieverConfig()
     image: ImageFeatureConfig = ImageFeatureConfig()
     workdir: Path = Field(default=Path(".mma"), description="Where caches, trained retrievers and pools are written.")
-
-    @model_validator(mode="after")
-    def _first_stage_known(self) -> PipelineConfig:
-        from mma_agent.retrievers import RETRIEVERS
-
-        if self.pools.first_stage not in RETRIEVERS:
-            msg = f"pools.first_stage={self.pools.first_stage!r} is not a retriever; choose one of {sorted(RETRIEVERS)}"
-            raise ValueError(msg)
-        return self
 
 
 def load_config(path: Path | str | None) -> PipelineConfig:

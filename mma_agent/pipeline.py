@@ -7,6 +7,7 @@ reuses stale files; each step skips work whose artefact already exists (resume a
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ import numpy as np
 
 from mma_agent.config import PipelineConfig
 from mma_agent.dataset import Dataset, load_dataset
-from mma_agent.masks import TASK_FAMILIES, ModalityView, family_mask
+from mma_agent.masks import TASK_FAMILIES, Modality, ModalityView, family_mask
 from mma_agent.metrics import batch_metrics, topk_indices
-from mma_agent.pools import PoolSet, build_family_pools, build_fixed_pools, pool_metrics
+from mma_agent.pools import BEHAVIOUR_FEATURE, HistoryRetrievers, PoolSet, Queries, heldout_queries, pool_metrics, retrieve_pools, select_first_stage
 from mma_agent.retrievers import RETRIEVERS, Retriever, create_retriever, load_retriever
 from mma_agent.splits import Split, split_dataset
 
@@ -176,39 +177,106 @@ class Pipeline:
                       title="First-stage retrievers (best epoch kept)")  # fmt: skip
         return rows
 
-    # --- pools -----------------------------------------------------------------------------
-    def pool_path(self, protocol: str, family: str, target_split: str) -> Path:
-        p = self.config.pools
-        tag = f"n{p.size}-s{p.seed}-t{p.targets_per_user or 'all'}"
-        if protocol == "fixed":
-            tag += f"-{p.first_stage}"
-        elif family_mask(family).image:
-            tag += f"-{self.config.image.kind}"
-        return self.root / "pools" / f"{protocol}-{family}-{target_split}-{tag}.npz"
+    # --- pools (protocol v2) ---------------------------------------------------------------
+    def pool_view(self, family: str) -> ModalityView:
+        """The family's view with what the first-stage retrievers read: item text, the image
+        embeddings and LightGCN's item vectors (behaviour), each hidden when its modality is masked."""
+        mask = family_mask(family)
+        features = {}
+        if mask.behaviour:
+            features[BEHAVIOUR_FEATURE] = (Modality.BEHAVIOUR, self.retriever("lightgcn")[0].item_vecs)
+        return ModalityView(self.split, mask, image_embeddings=self.image_embeddings if mask.image else None, features=features)
 
-    def pools(self, protocol: str, family: str, target_split: str, *, rebuild: bool = False) -> PoolSet:
-        path = self.pool_path(protocol, family, target_split)
+    def history_retrievers(self, family: str) -> HistoryRetrievers:
+        if family not in self._retrievers:
+            self._retrievers[family] = HistoryRetrievers(self.pool_view(family), history_window=self.config.pools.history_window)
+        return self._retrievers[family]
+
+    @cached_property
+    def _retrievers(self) -> dict[str, HistoryRetrievers]:
+        return {}
+
+    @cached_property
+    def _pool_tag(self) -> str:
+        """Keys pool files by everything they depend on besides the split (already in `root`)."""
+        p = self.config.pools
+        key = [p.size, p.history_window, p.rrf_k, self.config.image.kind, self.config.retrievers.model_dump(mode="json")]
+        return f"n{p.size}-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+
+    def first_stage_selection(self) -> dict:
+        """Validation Recall@size of every first-stage combination, and each family's choice (the
+        best its mask allows, unless `pools.first_stage` names one). Cached beside the pools."""
+        path = self.root / "pools" / f"first-stage-{self._pool_tag}.json"
+        if path.is_file():
+            recall = json.loads(path.read_text())["recall"]
+        else:
+            full = self.history_retrievers("full")
+            recall = select_first_stage(full, heldout_queries(full.view, self.split, "valid"), size=self.config.pools.size,
+                                        rrf_k=self.config.pools.rrf_k)  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"recall": recall, "missing": self.history_retrievers("full").missing}, indent=1))
+            tmp.replace(path)
+        families = {}
+        for family, mask in TASK_FAMILIES.items():
+            allowed = {c: r for c, r in recall.items() if all(mask.available(s) for s in c.split("+"))}
+            families[family] = self.config.pools.first_stage.get(family) or (max(allowed, key=allowed.get) if allowed else None)
+        return {"recall": recall, "families": families}
+
+    def pool_path(self, family: str, target_split: str) -> Path:
+        return self.root / "pools" / f"{family}-{target_split}-{self._pool_tag}.npz"
+
+    def first_stage_of(self, family: str) -> tuple[str, ...]:
+        """The sources of the family's first stage; ValueError naming why when none survives."""
+        combo = self.first_stage_selection()["families"][family]
+        retr = self.history_retrievers(family)
+        if combo is None or any(s not in retr.sources for s in combo.split("+")):
+            why = "; ".join(f"{m}: {w}" for m, w in retr.missing.items()) or "its mask hides every modality with data"
+            msg = f"family {family!r} has no first-stage retriever ({why}); its pools are skipped"
+            raise ValueError(msg)
+        return tuple(combo.split("+"))
+
+    def pools(self, family: str, target_split: str, *, rebuild: bool = False) -> PoolSet:
+        path = self.pool_path(family, target_split)
         if path.is_file() and not rebuild:
             return PoolSet.load(path)
-        if protocol == "fixed":
-            r, _ = self.retriever(self.config.pools.first_stage)
-            pools = build_fixed_pools(r, self.config.pools.first_stage, self.split, target_split, self.config.pools)
-        else:
-            pools = build_family_pools(self.view(family), self.split, family, target_split, self.config.pools, self.config.retrievers)
+        retr = self.history_retrievers(family)
+        queries = heldout_queries(retr.view, self.split, target_split)
+        valid_recall = self.first_stage_selection()["recall"]
+        combo = self.first_stage_of(family)
+        meta = {"mask": family_mask(family).to_dict(), "split_fingerprint": self.split.fingerprint(), "valid_recall": valid_recall["+".join(combo)]}
+        pools = retrieve_pools(retr, combo, queries, family=family, split=target_split, size=self.config.pools.size,
+                               rrf_k=self.config.pools.rrf_k, meta=meta)  # fmt: skip
         pools.save(path)
         return pools
 
+    def train_pools(self, family: str, queries: Queries) -> PoolSet:
+        """Pools for training episodes (train targets, the history before each), built exactly as
+        the evaluation's (same retrievers and family choice); not saved."""
+        combo = self.first_stage_of(family)
+        return retrieve_pools(self.history_retrievers(family), combo, queries, family=family, split="train",
+                              size=self.config.pools.size, rrf_k=self.config.pools.rrf_k)  # fmt: skip
+
     def build_all_pools(self, families: list[str] | None = None, splits: tuple[str, ...] = ("valid", "test")) -> list[dict]:
+        """Every family's pools on each split; a family no retriever can serve is skipped with a
+        warning and a row saying why."""
         rows = []
         for target_split in splits:
-            for protocol, family in [("fixed", "full")] + [("family", f) for f in families or list(TASK_FAMILIES)]:
+            for family in families or list(TASK_FAMILIES):
                 start = time.perf_counter()
-                pools = self.pools(protocol, family, target_split)
+                try:
+                    pools = self.pools(family, target_split)
+                except ValueError as err:
+                    if "no first-stage retriever" not in str(err):
+                        raise
+                    log.warning("%s", err)
+                    rows.append({"split": target_split, "family": family, "pools": 0, "first stage": "skipped: " + str(err)})
+                    continue
                 rows.append({
-                    "split": target_split, "protocol": protocol, "family": family, "pools": len(pools),
-                    "size": pools.candidates.shape[1], "Recall@size": round(pools.recall_ceiling(), 4),
-                    "filled negatives": f"{100 * pools.n_filled.sum() / max(1, pools.candidates.size - len(pools)):.2f}%",
+                    "split": target_split, "family": family, "pools": len(pools), "first stage": pools.meta["first_stage_name"],
+                    "valid Recall@100 (choice)": round(pools.meta["valid_recall"], 4), "Recall@size": round(pools.recall_ceiling(), 4),
+                    "pools with a relevant item": f"{100 * (pools.recall() > 0).mean():.1f}%",
                     "first-stage NDCG@10": round(pool_metrics(pools)["ndcg@10"], 4),
-                    "hash": pools.content_hash(), "s": f"{time.perf_counter() - start:.1f}",
+                    "skipped": sum(pools.meta["skipped"].values()), "hash": pools.content_hash(), "s": f"{time.perf_counter() - start:.1f}",
                 })  # fmt: skip
         return rows

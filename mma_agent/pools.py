@@ -1,47 +1,64 @@
-"""Candidate pools, identical for every method, written to disk with a content hash.
+"""Candidate pools (protocol v2): each user's top-`size` over the whole catalogue, retrieved for
+the user under the task family's mask.
 
-- **Family pools** (OOMA and the other masked families): the held-out target plus ``size - 1``
-  hard negatives mined from the surviving modalities only: BM25 neighbours of the target's text,
-  nearest neighbours of its image embedding, its co-interaction neighbours in the train graph.
-  With several modalities available, their neighbour lists are interleaved. Negatives never include
-  a known positive of the user. When a modality runs out of neighbours (a cold target has no
-  co-interactions, an item may have no poster), the rest are uniform random items, counted in
-  ``n_filled``. The first-stage score of each candidate comes from the *user's history* in the
-  same surviving modalities (BM25 against the history's text, cosine to the history's mean image,
-  ItemKNN over the train graph), min-max normalised and averaged; candidate order is shuffled so
-  position never reveals the target.
-- **Fixed pools**: a first-stage retriever's top-``size`` over all items the user has not met in
-  train (nor in validation, for test pools). The target may be absent; Recall@size is the ceiling.
+For every task family and split, a first-stage retriever that sees only the family's surviving
+modalities is queried with the user's history (the request) and returns its top-`size` over the
+catalogue, the history itself excluded. Nothing is inserted: the user's held-out positives are
+the relevant items, wherever the retriever put them, and Recall@size is the ceiling every
+reranker shares. Construction never reads a held-out item (``tests/test_pools.py`` replaces every
+user's held-out positives and checks that candidates and scores stay identical).
+
+The retrievers (`HistoryRetrievers`), one per modality, all queried with the history only:
+
+- **text**: BM25 over the items' text, the query being the text of the last `history_window`
+  history items;
+- **image**: cosine to the centroid of the history's poster embeddings (items without a poster
+  cannot be retrieved by it);
+- **behaviour**: LightGCN item vectors (trained on the train split), the user folded in as the
+  mean of the history's vectors, so that a training episode's history before its target and an
+  app's unknown user are queried the same way as an evaluation user.
+
+A family with several surviving modalities uses the combination (one retriever alone, or the
+reciprocal-rank fusion of several) with the best validation Recall@size among those its mask
+allows; `select_first_stage` makes that choice and records every candidate's recall.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mma_agent.config import PoolConfig, RetrieverConfig
-from mma_agent.masks import ModalityView, family_mask
-from mma_agent.retrievers import ItemKNN, Retriever
-from mma_agent.splits import Split
+from mma_agent.masks import ModalityView
+
+log = logging.getLogger(__name__)
+PROTOCOL = "retrieval-v2"
+SOURCES = ("text", "image", "behaviour")  # first-stage retrievers, one per modality
+BEHAVIOUR_FEATURE = "lightgcn"  # the view feature (behaviour modality) holding LightGCN item vectors
 
 
 @dataclass(frozen=True, eq=False)
 class PoolSet:
-    protocol: str  # "family" or "fixed"
+    """One family's pools on one split: `candidates[p]` in first-stage order with their scores,
+    and the relevant (held-out) items of pool p, `relevant(p)`, which the pool may not contain."""
+
     family: str
     split: str
     users: np.ndarray  # (n,) user indices
-    targets: np.ndarray  # (n,) target item per pool; -1 for fixed pools (see `relevant`)
-    candidates: np.ndarray  # (n, size) item indices
+    candidates: np.ndarray  # (n, size) item indices, best first-stage score first
     scores: np.ndarray  # (n, size) first-stage scores, aligned with candidates
-    n_filled: np.ndarray  # (n,) negatives filled at random because the modality ran out
     rel_indptr: np.ndarray  # relevant items of pool p: rel_indices[rel_indptr[p]:rel_indptr[p+1]]
     rel_indices: np.ndarray
     meta: dict = field(default_factory=dict)
+
+    protocol = PROTOCOL
 
     def __len__(self) -> int:
         return len(self.users)
@@ -49,23 +66,34 @@ class PoolSet:
     def relevant(self, p: int) -> np.ndarray:
         return self.rel_indices[self.rel_indptr[p] : self.rel_indptr[p + 1]]
 
+    def target(self, p: int) -> int:
+        """The held-out item a simulated user (MMA-Interactive) answers about: the first relevant
+        item the pool holds, else the first relevant item."""
+        rel = self.relevant(p)
+        inside = rel[np.isin(rel, self.candidates[p])]
+        return int(inside[0] if len(inside) else rel[0])
+
     def content_hash(self) -> str:
         h = hashlib.sha256()
-        for a in (self.users, self.targets, self.candidates, self.scores, self.rel_indptr, self.rel_indices):
+        for a in (self.users, self.candidates, self.scores, self.rel_indptr, self.rel_indices):
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(json.dumps(self.meta, sort_keys=True).encode())
         return h.hexdigest()[:16]
 
+    def recall(self) -> np.ndarray:
+        """(n,) fraction of each pool's relevant items that the pool holds."""
+        return np.array([np.isin(self.relevant(p), self.candidates[p]).mean() if len(self.relevant(p)) else 0.0 for p in range(len(self))])
+
     def recall_ceiling(self) -> float:
-        """Mean fraction of each pool's relevant items that the pool contains."""
-        return float(np.mean([np.isin(self.relevant(p), self.candidates[p]).mean() for p in range(len(self))]))
+        """Mean Recall@size: the ceiling, identical for every reranker of these pools."""
+        return float(self.recall().mean()) if len(self) else 0.0
 
     def save(self, path: Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        arrays = {k: getattr(self, k) for k in ("users", "targets", "candidates", "scores", "n_filled", "rel_indptr", "rel_indices")}
-        header = {"protocol": self.protocol, "family": self.family, "split": self.split, "meta": self.meta, "hash": self.content_hash()}
+        arrays = {k: getattr(self, k) for k in ("users", "candidates", "scores", "rel_indptr", "rel_indices")}
+        header = {"protocol": PROTOCOL, "family": self.family, "split": self.split, "meta": self.meta, "hash": self.content_hash()}
         np.savez_compressed(tmp, header=np.array(json.dumps(header)), **arrays)
         tmp.replace(path)
         return path
@@ -75,181 +103,220 @@ class PoolSet:
         with np.load(path) as z:
             header = json.loads(str(z["header"]))
             arrays = {k: z[k] for k in z.files if k != "header"}
-        pools = cls(header["protocol"], header["family"], header["split"], meta=header["meta"], **arrays)
+        if header.get("protocol") != PROTOCOL:
+            msg = f"{path}: pools of protocol {header.get('protocol', 'v1 (target-centred)')!r}, not {PROTOCOL!r}; rebuild them with `mma pools`"
+            raise ValueError(msg)
+        pools = cls(header["family"], header["split"], meta=header["meta"], **arrays)
         if pools.content_hash() != header["hash"]:
             msg = f"{path}: content hash mismatch (file changed or corrupt); rebuild it with `mma pools`"
             raise ValueError(msg)
         return pools
 
 
-def pick_targets(split: Split, name: str, per_user: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The earliest `per_user` held-out positives of every user in split `name`: (users, items)."""
+@dataclass(frozen=True)
+class Queries:
+    """Who the pools are for: per query a user, the history the retriever is queried with (also
+    excluded from the pool), and the relevant items, which construction never reads."""
+
+    users: np.ndarray
+    histories: list[np.ndarray]
+    relevant: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def heldout_queries(view: ModalityView, split, name: str) -> Queries:
+    """One query per user with positives in split `name` ('valid' or 'test'): the history is the
+    user's positives before it (train, plus validation for test), the relevant items all of the
+    user's positives in `name`."""
+    if name not in ("valid", "test"):
+        msg = f"held-out queries come from 'valid' or 'test', not {name!r}; training episodes pass their own Queries"
+        raise ValueError(msg)
     df = split.frame(name).sort_values(["user", "timestamp", "item"], kind="stable")
-    if per_user is not None:
-        df = df.groupby("user", sort=True).head(per_user)
-    return df["user"].to_numpy(), df["item"].to_numpy()
+    users, rel = [], []
+    for u, g in df.groupby("user", sort=True):
+        users.append(int(u))
+        rel.append(g["item"].to_numpy())
+    hists = [view.history(u, include_valid=name == "test") for u in users]
+    return Queries(np.array(users, dtype=np.int64), hists, rel)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
-    x = np.nan_to_num(x.astype(np.float64), nan=np.nanmin(x) if np.isfinite(x).any() else 0.0)
     lo, hi = x.min(), x.max()
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-class _ModalitySignals:
-    """Per-modality neighbour lists for mining negatives, and history scores for ranking, computed
-    from a view only (so a masked modality contributes nothing)."""
+class HistoryRetrievers:
+    """The per-modality first-stage retrievers of one view, queried with a history only.
 
-    def __init__(self, view: ModalityView, retriever_config: RetrieverConfig):
-        self.view = view
+    `sources` lists the modalities this view lets them read (a masked modality has no retriever,
+    and a modality with no data at all, e.g. no item has a poster, is reported and left out)."""
+
+    def __init__(self, view: ModalityView, *, history_window: int = 50) -> None:
+        self.view, self.window = view, history_window
         self.sources: list[str] = []
+        self.missing: dict[str, str] = {}
         texts = view.item_texts()
-        if texts is not None:
+        if texts is not None and any(t.strip() for t in texts):
             import bm25s
 
             self.tokens = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
             self.bm25 = bm25s.BM25()
             self.bm25.index(self.tokens, show_progress=False)
             self.sources.append("text")
+        elif texts is not None:
+            self.missing["text"] = "no item has any text"
         emb = view.image_embeddings()
         if emb is not None:
-            self.img_ok = ~np.isnan(emb).any(axis=1)
-            e = np.nan_to_num(emb)
-            self.img = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-            self.sources.append("image")
-        inter = view.interactions()
-        if inter is not None:
-            self.co = (inter.T @ inter).tocsr()  # (n_items, n_items) co-interaction counts
-            self.knn = ItemKNN().fit(view, retriever_config)
+            self.img_ok = np.isfinite(emb).all(axis=1) & (np.abs(np.nan_to_num(emb)).sum(axis=1) > 0)
+            if self.img_ok.any():
+                e = np.nan_to_num(emb.astype(np.float32))
+                self.img = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+                self.sources.append("image")
+            else:
+                self.missing["image"] = "no item has a usable image embedding"
+        elif view.mask.image:
+            self.missing["image"] = "no image embeddings were given"
+        vecs = view.feature(BEHAVIOUR_FEATURE)
+        if vecs is not None:
+            self.item_vecs = np.asarray(vecs, dtype=np.float32)
             self.sources.append("behaviour")
-        if not self.sources:
-            msg = "the view's mask hides every modality; a pool needs at least one"
+        elif view.mask.behaviour:
+            self.missing["behaviour"] = f"no {BEHAVIOUR_FEATURE} item vectors were given"
+
+    def score(self, source: str, history: np.ndarray) -> np.ndarray | None:
+        """(n_items,) scores over the catalogue, -inf where this retriever cannot score an item;
+        None when the history gives it no query (no history item with a poster, say)."""
+        if source not in self.sources:
+            msg = f"no {source!r} retriever in this view (available: {self.sources})"
             raise ValueError(msg)
-
-    def neighbours(self, source: str, target: int) -> np.ndarray:
-        """Items most similar to the target in one modality, best first (may be short)."""
+        history = np.asarray(history, dtype=np.int64)
         if source == "text":
-            s = self.bm25.get_scores(self.tokens[target])
-            order = np.argsort(-s, kind="stable")
-            return order[s[order] > 0]
+            query = [t for h in history[-self.window :] for t in self.tokens[h]]
+            if not query:
+                return None
+            s = np.asarray(self.bm25.get_scores(query), dtype=np.float64)
+            return np.where(s > 0, s, -np.inf)
         if source == "image":
-            if not self.img_ok[target]:
-                return np.empty(0, dtype=np.int64)
-            s = self.img @ self.img[target]
-            s[~self.img_ok] = -np.inf
-            order = np.argsort(-s, kind="stable")
-            return order[np.isfinite(s[order])]
-        row = self.co[target]
-        order = np.argsort(-row.data, kind="stable")
-        return row.indices[order]
-
-    def history_scores(self, source: str, history: np.ndarray, cands: np.ndarray, user: int) -> np.ndarray:
-        if len(history) == 0:
-            return np.zeros(len(cands))
-        if source == "text":
-            query = [t for h in history[-50:] for t in self.tokens[h]]
-            return self.bm25.get_scores(query)[cands]
-        if source == "image":
-            h = history[self.img_ok[history]]
+            h = history[self.img_ok[history]] if len(history) else history
             if len(h) == 0:
-                return np.zeros(len(cands))
-            s = self.img[cands] @ self.img[h].mean(axis=0)
-            return np.where(self.img_ok[cands], s, np.nan)
-        return self.knn.score(np.array([user]))[0, cands]
+                return None
+            s = (self.img @ self.img[h].mean(axis=0)).astype(np.float64)
+            return np.where(self.img_ok, s, -np.inf)
+        if len(history) == 0:
+            return None
+        return (self.item_vecs @ self.item_vecs[history].mean(axis=0)).astype(np.float64)
 
 
-def build_family_pools(
-    view: ModalityView,
-    split: Split,
-    family: str,
-    target_split: str,
-    config: PoolConfig,
-    retriever_config: RetrieverConfig,
-    *,
-    targets: tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None = None,
-) -> PoolSet:
-    """Pools for the held-out targets of `target_split`, or for explicit `targets` =
-    (users, items, histories), e.g. train-split targets with the history before them."""
-    if view.mask != family_mask(family):
-        msg = f"view mask {view.mask} does not match family {family!r} ({family_mask(family)})"
-        raise ValueError(msg)
+def rrf(scores: Sequence[np.ndarray], k: float = 60.0) -> np.ndarray:
+    """Reciprocal-rank fusion (Cormack et al. 2009): sum over retrievers of 1 / (k + rank), ranks
+    from 1 over the items each retriever can score (-inf: not ranked by it)."""
+    out = np.zeros(len(scores[0]))
+    for s in scores:
+        ok = np.isfinite(s)
+        order = np.argsort(-np.where(ok, s, -np.inf), kind="stable")
+        rank = np.empty(len(s))
+        rank[order] = np.arange(1, len(s) + 1)
+        out += np.where(ok, 1.0 / (k + rank), 0.0)
+    return np.where(out > 0, out, -np.inf)
+
+
+def combinations(sources: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every first-stage combination of the given sources: each alone, and every fusion of two or more."""
+    return [c for n in range(1, len(sources) + 1) for c in itertools.combinations(sources, n)]
+
+
+def combo_name(combo: Sequence[str]) -> str:
+    names = {"text": "BM25 (text)", "image": "poster-CLIP centroid (image)", "behaviour": "LightGCN (behaviour)"}
+    return names[combo[0]] if len(combo) == 1 else "RRF(" + " + ".join(combo) + ")"
+
+
+def _first_stage(per_source: dict[str, np.ndarray | None], combo: Sequence[str], rrf_k: float) -> np.ndarray | None:
+    parts = [per_source[s] for s in combo if per_source[s] is not None]
+    if not parts:
+        return None
+    return parts[0] if len(combo) == 1 else rrf(parts, rrf_k)
+
+
+def retrieve_pools(retrievers: HistoryRetrievers, combo: Sequence[str], queries: Queries, *, family: str, split: str, size: int,
+                   rrf_k: float = 60.0, meta: dict | None = None, progress: bool = True) -> PoolSet:  # fmt: skip
+    """Each query's top-`size` of the `combo` first stage over the catalogue, its history excluded.
+    A query the retrievers cannot serve (no usable history in the surviving modalities, fewer
+    than `size` retrievable items) is skipped and counted in `meta["skipped"]`, never an error."""
     from tqdm.auto import tqdm
 
-    signals = _ModalitySignals(view, retriever_config)
-    if targets is None:
-        users, items = pick_targets(split, target_split, config.targets_per_user)
-        histories = None
-    else:
-        users, items, histories = targets
-    targets = items
-    n, size = len(users), config.size
-    cands = np.zeros((n, size), dtype=np.int64)
-    scores = np.zeros((n, size), dtype=np.float32)
-    filled = np.zeros(n, dtype=np.int64)
-    for p in tqdm(range(n), desc=f"pools {family}/{target_split}", unit="pool"):
-        u, t = int(users[p]), int(targets[p])
-        rng = np.random.default_rng([config.seed, u, t])
-        banned = set(view.known_positives(u).tolist()) | {t}
-        lists = [signals.neighbours(s, t) for s in signals.sources]
-        chosen: list[int] = []
-        seen = set(banned)
-        for rank in range(max(len(lst) for lst in lists) if lists else 0):
-            for lst in lists:
-                if rank < len(lst) and lst[rank] not in seen:
-                    seen.add(int(lst[rank]))
-                    chosen.append(int(lst[rank]))
-            if len(chosen) >= size - 1:
-                break
-        chosen = chosen[: size - 1]
-        need = size - 1 - len(chosen)
-        if need:
-            pool = np.setdiff1d(np.arange(view.n_items), np.fromiter(seen, dtype=np.int64))
-            chosen += rng.choice(pool, size=need, replace=False).tolist()
-        row = np.array([t, *chosen], dtype=np.int64)
-        rng.shuffle(row)
-        history = histories[p] if histories is not None else view.history(u, include_valid=target_split == "test")
-        per_source = [_minmax(signals.history_scores(s, history, row, u)) for s in signals.sources]
-        cands[p], scores[p], filled[p] = row, np.mean(per_source, axis=0), need
-    meta = {"family": family, "mask": view.mask.to_dict(), "sources": signals.sources, "size": size, "seed": config.seed, "split_fingerprint": split.fingerprint()}
-    indptr = np.arange(n + 1, dtype=np.int64)
-    return PoolSet("family", family, target_split, users, targets, cands, scores, filled, indptr, targets.copy(), meta)
-
-
-def build_fixed_pools(retriever: Retriever, retriever_name: str, split: Split, target_split: str, config: PoolConfig) -> PoolSet:
-    """Top-`size` of a first-stage retriever over items unseen in train (and valid, for test)."""
-    from mma_agent.metrics import topk_indices
-
-    df = split.frame(target_split)
-    users = np.unique(df["user"].to_numpy())
-    excluded = split.matrix("train")
-    if target_split == "test":
-        excluded = excluded + split.matrix("valid")
-    cands = np.zeros((len(users), config.size), dtype=np.int64)
-    scores = np.zeros((len(users), config.size), dtype=np.float32)
-    for lo in range(0, len(users), 256):
-        b = users[lo : lo + 256]
-        s = retriever.score(b).astype(np.float32)
-        s[excluded[b].nonzero()] = -np.inf
-        top = topk_indices(s, config.size)
-        cands[lo : lo + len(b)] = top
-        scores[lo : lo + len(b)] = np.take_along_axis(s, top, axis=1)
-    rel = df.sort_values(["user", "timestamp", "item"], kind="stable").groupby("user")["item"].apply(np.asarray)
-    rel_lists = [rel[u] for u in users]
-    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rel_lists])]).astype(np.int64)
-    meta = {"retriever": retriever_name, "size": config.size, "split_fingerprint": split.fingerprint()}
+    bad = [s for s in combo if s not in retrievers.sources]
+    if bad:
+        msg = f"family {family!r}: first stage {list(combo)} needs {bad}, which this view cannot read (available: {retrievers.sources})"
+        raise ValueError(msg)
+    keep, cands, scores, skipped = [], [], [], Counter()
+    for q in tqdm(range(len(queries)), desc=f"pools {family}/{split}", unit="pool", disable=not progress, mininterval=5):
+        hist = np.asarray(queries.histories[q], dtype=np.int64)
+        if len(hist) == 0:
+            skipped["empty history"] += 1
+            continue
+        s = _first_stage({src: retrievers.score(src, hist) for src in combo}, combo, rrf_k)
+        if s is None:
+            skipped["no history item usable by " + "/".join(combo)] += 1
+            continue
+        s = s.copy()
+        s[hist] = -np.inf  # known positives: never a candidate
+        if np.isfinite(s).sum() < size:
+            skipped[f"fewer than {size} retrievable items"] += 1
+            continue
+        top = np.argpartition(-s, size - 1)[:size]
+        top = top[np.lexsort((top, -s[top]))]  # best first, ties by item index (deterministic)
+        keep.append(q)
+        cands.append(top)
+        scores.append(s[top])
+    if skipped:
+        log.warning("pools %s/%s: skipped %d of %d queries: %s", family, split, sum(skipped.values()), len(queries), dict(skipped))
+    rel = [np.asarray(queries.relevant[q], dtype=np.int64) for q in keep]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rel])]).astype(np.int64)
+    meta = {**(meta or {}), "first_stage": list(combo), "first_stage_name": combo_name(combo), "size": size, "rrf_k": rrf_k,
+            "queries": len(queries), "skipped": dict(skipped)}  # fmt: skip
     return PoolSet(
-        "fixed", "full", target_split, users, np.full(len(users), -1), cands, scores,
-        np.zeros(len(users), dtype=np.int64), indptr, np.concatenate(rel_lists).astype(np.int64), meta,
+        family, split, queries.users[keep].astype(np.int64),
+        np.array(cands, dtype=np.int64).reshape(-1, size), np.array(scores, dtype=np.float32).reshape(-1, size),
+        indptr, np.concatenate(rel).astype(np.int64) if rel else np.empty(0, dtype=np.int64), meta,
     )  # fmt: skip
 
 
+def select_first_stage(retrievers: HistoryRetrievers, queries: Queries, *, size: int, rrf_k: float = 60.0) -> dict[str, float]:
+    """Validation Recall@size of every combination of `retrievers.sources` on `queries` (model
+    selection: it reads the validation positives, as choosing any hyperparameter on validation does)."""
+    from tqdm.auto import tqdm
+
+    combos = combinations(retrievers.sources)
+    hits = {c: [] for c in combos}
+    for q in tqdm(range(len(queries)), desc="first-stage selection", unit="query", mininterval=5):
+        hist = np.asarray(queries.histories[q], dtype=np.int64)
+        rel = np.asarray(queries.relevant[q], dtype=np.int64)
+        if len(hist) == 0 or len(rel) == 0:
+            continue
+        per_source = {s: retrievers.score(s, hist) for s in retrievers.sources}
+        for c in combos:
+            s = _first_stage(per_source, c, rrf_k)
+            if s is None:
+                hits[c].append(0.0)
+                continue
+            s = s.copy()
+            s[hist] = -np.inf
+            top = np.argpartition(-s, size - 1)[:size]
+            top = top[np.isfinite(s[top])]
+            hits[c].append(float(np.isin(rel, top).mean()))
+    return {"+".join(c): float(np.mean(h)) if h else 0.0 for c, h in hits.items()}
+
+
 def pool_metrics(pools: PoolSet, scores: np.ndarray | None = None, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
-    """Rank each pool by `scores` (default: its first-stage scores) and average the metrics.
-    Ties keep the pool's (shuffled) candidate order."""
+    """Rank each pool by `scores` (default: its first-stage scores) and average the metrics
+    (relevant items outside the pool count as misses). Ties keep the first-stage order."""
     from mma_agent.metrics import batch_metrics
 
     scores = pools.scores if scores is None else scores
     order = np.argsort(-scores, axis=1, kind="stable")
     ranked = np.take_along_axis(pools.candidates, order, axis=1)
-    hits = np.stack([np.isin(ranked[p], pools.relevant(p)) for p in range(len(pools))])
+    hits = np.stack([np.isin(ranked[p], pools.relevant(p)) for p in range(len(pools))]) if len(pools) else np.zeros((0, pools.candidates.shape[1]), bool)
     return batch_metrics(hits, np.diff(pools.rel_indptr), ks)
+

@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# The full evaluation behind evals/results/: every method over the saved validation and test pools
-# into one resumable store, then the report. Run scripts/main.sh and scripts/train.sh first.
+# The full evaluation behind evals/results/ (protocol v2): every method over the saved validation
+# and test pools into one resumable store, then the report. Run scripts/main.sh and scripts/train.sh first.
 # Re-running resumes: finished episodes are skipped, so a killed run just continues.
-#   LLM_LIMIT  pools per family and split for every method that calls an LLM (default 6); the headline
-#              ones are then extended to every pool, as below
-#   RUN        run name (default main)
+#   RUN          run name (default main-v2)
+#   LLM_VALID    pools per family for the LLM methods' validation subset, which picks their alpha (default 50)
+#   LLM_TEST     pools per family for their test subset: N for the OOMA families, then full=N (default "100 full=300":
+#                300 OOMA pools pooled and 300 full-family pools, the paired comparison every LLM row is in)
+#   LLM_METHODS  the LLM rows (default: all of them; listwise and ReAct cost 8 and 15-36 s per episode on two cores)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-run="${RUN:-main}"
-limit="${LLM_LIMIT:-6}"
+run="${RUN:-main-v2}"
+read -r -a test_limit <<< "${LLM_TEST:-100 full=300}"
+read -r -a llm_methods <<< "${LLM_METHODS:-rule mma-zero-shot mma-sft mma-interactive listwise react}"
 work="$(python -c 'from mma_agent.pipeline import Pipeline; from mma_agent.config import load_config; print(Pipeline(load_config("configs/default.yaml")).root)')"
 t0=$SECONDS
-mma eval run --run "$run" --llm-limit "$limit" --seeds 0 1 2 3 4 --methods first-stage popularity itemknn bprmf lightgcn text-sim image-sim graph-sim \
-  completion-zero completion-mean completion-neighbour completion-fp margo magnet centrality-probe rule
-trained=(--trained "SFT=transformers:$work/train/sft/policy" "GRPO=transformers:$work/train/grpo/policy")   # MMA-Interactive runs the first
-mma eval run --run "$run" --llm-limit "$limit" --methods mma-zero-shot listwise react mma-sft mma-interactive mma-grpo "${trained[@]}"
-# the headline methods beyond the subset (each extends its subset rows): the trained policy on every
-# pool, Interactive on every test pool, the zero-shot policy on every OOMA and fixed test pool
-mma eval run --run "$run" --llm-limit 0 --methods mma-sft "${trained[@]}"
-mma eval run --run "$run" --llm-limit 0 --methods mma-interactive --splits test "${trained[@]}"
-mma eval run --run "$run" --llm-limit 0 --methods mma-zero-shot --splits test --families text-only image-only behaviour-only "${trained[@]}"
+# every method without an LLM on every pool (the trained fusion rows with five seeds); probes and the oracle come with every run
+mma eval run --run "$run" --seeds 0 1 2 3 4 --methods first-stage popularity itemknn bprmf lightgcn text-sim image-sim graph-sim \
+  completion-zero completion-mean completion-neighbour completion-fp margo magnet rule
+# the LLM rows on one nested seeded subset of the OOMA and full families (validation picks alpha)
+trained=(--trained "SFT=transformers:$work/train/sft/policy")   # MMA-Interactive runs it
+oomafull=(--families text-only image-only behaviour-only full)
+for m in "${llm_methods[@]}"; do
+  [ "$m" = rule ] && continue
+  mma eval run --run "$run" --splits valid --llm-limit "${LLM_VALID:-50}" --methods "$m" "${oomafull[@]}" "${trained[@]}"
+  mma eval run --run "$run" --splits test --llm-limit "${test_limit[@]}" --methods "$m" "${oomafull[@]}" "${trained[@]}"
+done
 mma eval report "$run" --out evals/results
 echo "evaluation wall time: $((SECONDS - t0)) s"

@@ -11,12 +11,15 @@ def test_data_stats_on_generic_format(tiny_root, tmp_path, capsys):
 
 def test_pipeline_end_to_end_on_tiny_data(tiny_root, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage: itemknn\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
+    cfg.write_text("retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
     args = ["pipeline", "--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for needle in ("First-stage retrievers", "| lightgcn", "Candidate pools", "| text-only", "| fixed"):
+    for needle in ("First-stage retrievers", "| lightgcn", "Candidate pools (protocol v2)", "| text-only", "First-stage candidates",
+                   "| text+image+behaviour"):
         assert needle in out
+    full = next(x for x in out.splitlines() if x.startswith("| test ") and "| full " in x)
+    assert "LightGCN (behaviour)" in full  # the config's choice for the full family, not validation's
     # a second run resumes from the saved artefacts
     assert main(args) == 0
     assert "cached" in capsys.readouterr().out
@@ -88,7 +91,7 @@ def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkey
     monkeypatch.setattr(pref, "train_dpo", fake_trainer("dpo"))
     monkeypatch.setattr(grpo, "train_grpo", fake_trainer("grpo"))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\n  first_stage: itemknn\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
+    cfg.write_text("retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
     common = ["--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w"), "--per-family", "2", "--base", str(tmp_path / "base")]
     assert main(["train", "sft", *common, "--trl", "gradient_accumulation_steps=2"]) == 0
     assert main(["train", "dpo", *common[:-2]]) == 0

@@ -48,8 +48,10 @@ def test_sampling_is_balanced_and_split(env):
     counts = {f: fams.count(f) for f in set(fams)}
     assert len(counts) == 7 and max(counts.values()) - min(counts.values()) <= 1
     assert len({e["id"] for e in eps}) == len(eps)
-    for e in eps:
-        assert e["target"] in e["candidates"] and e["target"] not in e["history"]
+    for e in eps:  # pools as in evaluation: the history excluded, the target never inserted
+        assert e["target"] not in e["history"] and not set(e["history"]) & set(e["candidates"])
+        assert e["first_stage_scores"] == sorted(e["first_stage_scores"], reverse=True)
+    assert any(e["target"] in e["candidates"] for e in eps) and not all(e["target"] in e["candidates"] for e in eps)
     assert {e["part"] for e in eps} == {"support", "query"}
     assert sample_episodes(p, seed=0) == eps
 

@@ -13,12 +13,12 @@ import pytest
 pytest.importorskip("sentence_transformers")
 
 from mma_agent.masks import OOMA_FAMILIES  # noqa: E402
-from mma_agent.evals.methods import EvalEnv, Method, build_methods  # noqa: E402
+from mma_agent.evals.methods import FIRST_STAGE, PROBES, EvalEnv, Method, build_methods, scores_from_output  # noqa: E402
 from mma_agent.evals.report import build_report, cliffs_delta, wilcoxon_p  # noqa: E402
 from mma_agent.evals.runner import ALPHAS, build_episodes, fused_metrics, run_eval  # noqa: E402
 from mma_agent.evals.store import ResultStore, RunMismatchError  # noqa: E402
 
-CHEAP = ["first-stage", "popularity", "lightgcn", "text-sim", "graph-sim", "completion-zero", "completion-fp", "margo", "magnet", "centrality-probe", "rule"]
+CHEAP = ["first-stage", "popularity", "lightgcn", "text-sim", "graph-sim", "completion-zero", "completion-fp", "margo", "magnet", "rule", *PROBES]
 
 
 def _setup(root, work):
@@ -27,6 +27,7 @@ def _setup(root, work):
     from mma_agent.toolkits import prepare_toolkits
 
     cfg = PipelineConfig.model_validate({"data": {"path": str(root)}, "workdir": str(work), "pools": {"size": 10},
+                                         "retrievers": {"epochs": 4, "eval_every": 2, "dim": 8},
                                          "image": {"kind": "thumbnail", "width": 4, "height": 4}})  # fmt: skip
     p = Pipeline(cfg)
     catalogue, kits = prepare_toolkits(p.split, work / "cache", image_model=None)
@@ -68,35 +69,104 @@ class SubsetOnly(Method):
 def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_path):
     _, _, p, env = tiny
     store = tmp_path / "s.sqlite"
-    cheap = build_methods(["first-stage", "rule"], zero_shot="unused", trained={})
+    cheap = build_methods(["first-stage", "rule", "random-probe", "oracle"], zero_shot="unused", trained={})
     a, b = SubsetOnly("LLM A"), SubsetOnly("LLM B")
-    run_eval(p, store, [*cheap, a, b], llm_limit=1, env=env)
+    run_eval(p, store, [*cheap, a, b], llm_limit={"*": 1, "full": 2}, env=env)
     every = build_episodes(p, "valid") + build_episodes(p, "test")
-    count = lambda m: sum(r["method"] == m for r in ResultStore(store).rows())  # noqa: E731
+    count = lambda m, f=None: sum(r["method"] == m and f in (None, r["family"]) for r in ResultStore(store).rows())  # noqa: E731
     small = count("LLM A")
     assert 0 < small == count("LLM B") < len(every) == count("RuleRouter-Fuse")
+    assert count("LLM A", "full") == 4 and count("LLM A", "text-only") == 2  # per-family limits, on valid and test
     text, main = build_report(store, tmp_path / "r1")
-    assert [r["method"] for r in main] == [m.name for m in cheap]
-    assert "LLM A, LLM B ran on a seeded subset of 1 pools" in text and "seeded subset that the other LLM methods ran" in text
+    assert [r["method"] for r in main] == ["Ceiling: Recall@100 of the pools", *(m.name for m in cheap)]
+    assert "LLM A on 1 text-only, 1 image-only, 1 behaviour-only, 2 full" in text and "seeded subset that the other LLM methods ran" in text
     # the same method with every pool: its subset rows are kept, the rest added, nothing twice
     summary = run_eval(p, store, [a], llm_limit=None, env=env)
     assert summary["LLM A"] == {**summary["LLM A"], "new": len(every) - small, "resumed": small}
-    assert count("LLM A") == len(every) and ResultStore(store).meta()["llm_limit"] == {"LLM A": None, "LLM B": 1}
+    assert count("LLM A") == len(every) and set(ResultStore(store).meta()["llm_limit"]["LLM A"].values()) == {None}
     run_eval(p, store, [a], llm_limit=1, env=env)  # a smaller limit later does not shrink the record
-    assert ResultStore(store).meta()["llm_limit"]["LLM A"] is None
+    assert set(ResultStore(store).meta()["llm_limit"]["LLM A"].values()) == {None}
     text, main = build_report(store, tmp_path / "r2")
-    assert [r["method"] for r in main] == [*(m.name for m in cheap), "LLM A"]
-    assert "and so did LLM A" in text and "LLM B ran on a seeded subset of 1 pools" in text
+    assert [r["method"] for r in main] == ["Ceiling: Recall@100 of the pools", FIRST_STAGE, "RuleRouter-Fuse", "LLM A", "Probe: random order",
+                                           "Ceiling: oracle reranker (reads the answers)"]
+    assert "and so did LLM A" in text and "LLM B on 1 text-only" in text
     # a run on fewer splits and families joins the store; rebuilt pools do not
     meta = ResultStore(store).meta()
-    run_eval(p, store, [SubsetOnly("LLM C")], llm_limit=None, splits=("test",), families=("text-only",), protocols=("family",), env=env)
-    assert count("LLM C") == len([e for e in build_episodes(p, "test") if e["family"] == "text-only" and e["protocol"] == "family"])
-    assert {k: ResultStore(store).meta()[k] for k in ("pools", "families", "protocols", "recall@100")} == {k: meta[k] for k in ("pools", "families", "protocols", "recall@100")}
+    run_eval(p, store, [SubsetOnly("LLM C")], llm_limit=None, splits=("test",), families=("text-only",), env=env)
+    assert count("LLM C") == len([e for e in build_episodes(p, "test") if e["family"] == "text-only"])
+    assert {k: ResultStore(store).meta()[k] for k in ("pools", "families", "first_stage")} == {k: meta[k] for k in ("pools", "families", "first_stage")}
     db = ResultStore(store)
-    db.check_meta({**meta, "pools": {**meta["pools"], "family:text-only:test": "rebuilt"}}, compare=())
+    db.check_meta({**meta, "pools": {**meta["pools"], "text-only:test": "rebuilt"}}, compare=())
     db.close()
     with pytest.raises(RunMismatchError, match="other pools"):
         run_eval(p, store, [a], llm_limit=None, env=env)
+    old = ResultStore(tmp_path / "old.sqlite")
+    old.check_meta({"data": meta["data"], "protocols": ["family", "fixed"]}, compare=())
+    old.close()
+    with pytest.raises(RunMismatchError, match="old target-centred pools"):
+        run_eval(p, tmp_path / "old.sqlite", [a], env=env)
+
+
+def reverse_reranker(request: dict) -> dict:
+    """A user's own method, as `mma eval run --method tests.test_evals:reverse_reranker` names it:
+    the first stage upside down, as a list of scores."""
+    return [-x for x in request["first_stage_scores"]]
+
+
+def _reverse_graph():
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class S(TypedDict, total=False):
+        candidates: list
+        first_stage_scores: list
+        user_id: str
+        history: list
+        mask: dict
+        mma_scores: dict
+
+    g = StateGraph(S)
+    g.add_node("score", lambda s: {"mma_scores": {c: -x for c, x in zip(s["candidates"], s["first_stage_scores"], strict=True)}})
+    g.add_edge(START, "score")
+    g.add_edge("score", END)
+    return g
+
+
+reverse_graph = _reverse_graph()  # uncompiled: the evaluation compiles it
+
+
+def test_a_users_own_method_runs_through_the_same_evaluation(tiny, tmp_path, capsys):
+    _, _, p, env = tiny
+    from mma_agent.cli import main as cli
+
+    store = tmp_path / "u.sqlite"
+    methods = build_methods(["first-stage"], zero_shot="unused", trained={}, user=["tests.test_evals:reverse_reranker", "tests.test_evals:reverse_graph"])
+    run_eval(p, store, methods, env=env)
+    rows = ResultStore(store).rows()
+    by = lambda m: {(r["split"], r["family"], r["pool"]): r for r in rows if r["method"] == m}  # noqa: E731
+    fn, graph = by("tests.test_evals:reverse_reranker"), by("tests.test_evals:reverse_graph")
+    assert fn and set(fn) == set(graph) == set(by(FIRST_STAGE)) and all(r["status"] == "ok" for r in fn.values())
+    assert all(fn[k]["metrics"]["0.0"] == graph[k]["metrics"]["0.0"] for k in fn)  # the same scores, as a list and as a graph's id map
+    text, main = build_report(store, tmp_path / "r")
+    assert "tests.test_evals:reverse_reranker" in [r["method"] for r in main]
+    assert next(r for r in main if r["method"] == "tests.test_evals:reverse_graph")["group"] == "user method"
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        build_methods([], zero_shot="unused", trained={}, user=["tests.test_evals:nope"])
+    assert cli(["eval", "run", "--run", str(tmp_path / "x.sqlite"), "--method", "no_such_pkg.mod:f", "--workdir", str(p.config.workdir),
+                 "--data", str(p.config.data.path)]) == 2
+    assert "cannot import 'no_such_pkg.mod'" in capsys.readouterr().err
+
+
+def test_outputs_a_users_method_may_return():
+    cands = ["a", "b", "c"]
+    assert list(scores_from_output([0.1, 0.9, 0.5], cands)) == [0.1, 0.9, 0.5]
+    assert list(scores_from_output(["c", "a"], cands)) == [1.0, 0.0, 2.0]  # a ranking; b unranked, last
+    assert list(scores_from_output({"b": 3.0, "a": 1.0}, cands)) == [1.0, 3.0, 0.0]
+    assert scores_from_output({"fallback": True, "ranking": cands}, cands) is None
+    assert list(scores_from_output({"mma_scores": {"a": 2.0, "b": 1.0, "c": 0.0}}, cands)) == [2.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="2 scores for 3 candidates"):
+        scores_from_output([1.0, 2.0], cands)
 
 
 def test_fused_metrics_at_alpha_one_is_the_first_stage():
@@ -136,7 +206,7 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
     assert ("text-only", "fallback") in pop and ("full", "ok") in pop
     text = [r for r in rows if r["method"] == "Single modality: text" and r["family"] == "image-only"]
     assert text and all(r["status"] == "fallback" for r in text)
-    first = {(r["split"], r["protocol"], r["family"], r["pool"]): r["metrics"] for r in rows if r["method"] == "First stage (pool scores)"}
+    first = {(r["split"], r["protocol"], r["family"], r["pool"]): r["metrics"] for r in rows if r["method"] == FIRST_STAGE}
     for r in rows:  # a fallback is exactly the first-stage ranking
         if r["status"] != "ok":
             assert r["metrics"]["0.0"] == first[r["split"], r["protocol"], r["family"], r["pool"]]["0.0"]
@@ -147,10 +217,16 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
         run_eval(p, store, methods, limit=2, env=env)
     text_md, main = build_report(store, tmp_path / "report")
     assert (tmp_path / "report" / "report.md").read_text() == text_md
-    assert (tmp_path / "report" / "per-modality.png").is_file() and (tmp_path / "report" / "by-family.png").is_file()
-    assert {"OOMA N@10", "OOMA H@10", "OOMA N@20", "OOMA H@20", "fixed N@10", "fixed H@10", *OOMA_FAMILIES, "full"} <= set(main[0])
+    assert (tmp_path / "report" / "by-family.png").is_file()
+    assert {"OOMA", *OOMA_FAMILIES, "full", "full H@10", "full N@20", "full N@10 (pools with a relevant)", "> best probe (OOMA/full)"} <= set(main[1])
     names = [r["method"] for r in main]
-    assert names[: len(CHEAP)] == [m.name for m in methods[: len(CHEAP)]]
+    probes = [m.name for m in methods if m.group in ("protocol probe", "ceiling")]
+    assert names == ["Ceiling: Recall@100 of the pools", *(m.name for m in methods if m.name not in probes), *probes]
+    # the ceiling row is the pools' Recall@100; no ranking exceeds what the oracle reaches
+    oracle = next(r for r in main if r["method"].startswith("Ceiling: oracle"))
+    assert all(r[f] <= oracle[f] + 1e-9 for r in main[1:] for f in OOMA_FAMILIES if r[f] != "")
+    assert all(0 <= main[0][f] <= 1 for f in OOMA_FAMILIES)
+    assert "### text-only: first stage" in text_md and "Recall@100 (ceiling)" in text_md
     assert next(r for r in main if r["method"] == "Crashy")["errors"] > 0
     assert next(r for r in main if r["method"].startswith("MAGNET"))["seeds (OOMA sd)"].startswith("2 (")
     assert "Routing diagnostics" in text_md and "RuleRouter-Fuse" in text_md

@@ -5,11 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mma_agent.config import PoolConfig, RetrieverConfig
 from mma_agent.dataset import load_dataset
 from mma_agent.image_features import thumbnail_features
-from mma_agent.masks import OOMA_FAMILIES, TASK_FAMILIES, Mask, ModalityView, assign_families, family_mask
-from mma_agent.pools import build_family_pools
+from mma_agent.masks import OOMA_FAMILIES, TASK_FAMILIES, Mask, Modality, ModalityView, assign_families, family_mask
+from mma_agent.pools import BEHAVIOUR_FEATURE, HistoryRetrievers, heldout_queries, retrieve_pools
 from mma_agent.splits import split_dataset
 
 
@@ -77,8 +76,12 @@ def _outputs(root, family, tmp):
     split = split_dataset(ds)
     mask = family_mask(family)
     emb = thumbnail_features(ds, tmp, width=4, height=4)
-    view = ModalityView(split, mask, image_embeddings=emb)
-    pools = build_family_pools(view, split, family, "test", PoolConfig(size=10, targets_per_user=None), RetrieverConfig())
+    # the behaviour retriever's item vectors, from every user's train interactions (a small SVD)
+    u_, s_, vt = np.linalg.svd(split.matrix("train").toarray(), full_matrices=False)
+    vecs = (vt[:4].T * s_[:4]).astype(np.float32)
+    view = ModalityView(split, mask, image_embeddings=emb, features={BEHAVIOUR_FEATURE: (Modality.BEHAVIOUR, vecs)})
+    retr = HistoryRetrievers(view)
+    pools = retrieve_pools(retr, tuple(retr.sources), heldout_queries(view, split, "test"), family=family, split="test", size=10, progress=False)
     u0 = int(np.flatnonzero(split.user_ids == "u0")[0])
     keep = pools.users == u0  # user u0's episodes: their own history is untouched by every mutation
     return {

@@ -1,93 +1,191 @@
+"""Protocol v2 pools: retrieved for the user under the family's mask, never reading a held-out item."""
+
+import dataclasses
+import json
+import shutil
+
 import numpy as np
 import pytest
 
-from mma_agent.config import PoolConfig, RetrieverConfig
-from mma_agent.masks import TASK_FAMILIES, ModalityView, family_mask
-from mma_agent.pools import PoolSet, build_family_pools, build_fixed_pools, pick_targets, pool_metrics
-from mma_agent.retrievers import create_retriever
+from mma_agent.masks import TASK_FAMILIES, Modality, ModalityView, family_mask
+from mma_agent.pools import (
+    BEHAVIOUR_FEATURE, HistoryRetrievers, PoolSet, Queries, combinations, heldout_queries, pool_metrics, retrieve_pools, rrf,
+    select_first_stage,
+)  # fmt: skip
 
 
-def _view(split, family, dim=6):
+def _view(split, family, *, images: bool = True):
     rng = np.random.default_rng(0)
-    emb = rng.normal(size=(split.n_items, dim)).astype(np.float32)
+    emb = rng.normal(size=(split.n_items, 6)).astype(np.float32)
     emb[3] = np.nan  # an item whose poster could not be decoded
-    return ModalityView(split, family_mask(family), image_embeddings=emb)
+    if not images:
+        emb[:] = np.nan  # a data set where no item has an image
+    vecs = rng.normal(size=(split.n_items, 4)).astype(np.float32)
+    return ModalityView(split, family_mask(family), image_embeddings=emb, features={BEHAVIOUR_FEATURE: (Modality.BEHAVIOUR, vecs)})
+
+
+def _build(split, family, name, size=10, insert_relevant=False):
+    retr = HistoryRetrievers(_view(split, family))
+    q = heldout_queries(retr.view, split, name)
+    pools = retrieve_pools(retr, tuple(retr.sources), q, family=family, split=name, size=size, progress=False)
+    if insert_relevant:  # the v1 mistake: the held-out item put into its own pool
+        cands = pools.candidates.copy()
+        for p in range(len(pools)):
+            if not np.isin(pools.relevant(p)[0], cands[p]):
+                cands[p, -1] = pools.relevant(p)[0]
+        pools = dataclasses.replace(pools, candidates=cands)
+    return pools
+
+
+def _replace_heldout(split, name, seed=1):
+    """Every user's held-out positives in `name` replaced by other items the user never met."""
+    df = split.frame(name).copy()
+    rng = np.random.default_rng(seed)
+    known = split.matrix("train") + split.matrix("valid") + split.matrix("test")
+    for row in df.index:
+        u = int(df.at[row, "user"])
+        free = np.setdiff1d(np.arange(split.n_items), known[u].indices)
+        df.at[row, "item"] = int(rng.choice(free))
+    return dataclasses.replace(split, **{name: df})
 
 
 @pytest.mark.parametrize("family", list(TASK_FAMILIES))
-def test_family_pools_contain_target_once_and_no_known_positive(tiny_split, family):
-    cfg = PoolConfig(size=12, targets_per_user=None)
+def test_pools_are_the_users_top_items_from_the_surviving_modalities(tiny_split, family):
+    pools = _build(tiny_split, family, "test")
+    mask = family_mask(family)
+    assert len(pools) == tiny_split.test["user"].nunique()
+    assert pools.meta["first_stage"] == [m for m in ("text", "image", "behaviour") if mask.available(m)]
     view = _view(tiny_split, family)
-    pools = build_family_pools(view, tiny_split, family, "test", cfg, RetrieverConfig())
-    assert len(pools) == len(tiny_split.test)
     for p in range(len(pools)):
         row = pools.candidates[p]
-        assert len(set(row.tolist())) == 12
-        assert (row == pools.targets[p]).sum() == 1
-        others = set(view.known_positives(int(pools.users[p])).tolist()) - {int(pools.targets[p])}
-        assert not others & set(row.tolist())
-    assert pools.meta["sources"] == [m for m in ("text", "image", "behaviour") if family_mask(family).available(m)]
+        assert len(set(row.tolist())) == 10
+        assert not set(view.history(int(pools.users[p]), include_valid=True).tolist()) & set(row.tolist())  # no known positive
+        u = int(pools.users[p])
+        assert set(pools.relevant(p).tolist()) == set(tiny_split.test.loc[tiny_split.test.user == u, "item"].tolist())
+    assert (np.diff(pools.scores, axis=1) <= 0).all()  # first-stage order
     assert np.isfinite(pools.scores).all()
+    assert 0.0 <= pools.recall_ceiling() <= 1.0
 
 
-def test_pools_are_deterministic_and_round_trip(tiny_split, tmp_path):
-    cfg = PoolConfig(size=10, targets_per_user=1)
-    a = build_family_pools(_view(tiny_split, "text-only"), tiny_split, "text-only", "valid", cfg, RetrieverConfig())
-    b = build_family_pools(_view(tiny_split, "text-only"), tiny_split, "text-only", "valid", cfg, RetrieverConfig())
-    assert a.content_hash() == b.content_hash()
-    c = build_family_pools(_view(tiny_split, "text-only"), tiny_split, "text-only", "valid", cfg.model_copy(update={"seed": 1}), RetrieverConfig())
-    assert a.content_hash() != c.content_hash()
-    path = a.save(tmp_path / "p.npz")
-    back = PoolSet.load(path)
+@pytest.mark.parametrize("name", ["valid", "test"])
+@pytest.mark.parametrize("family", list(TASK_FAMILIES))
+def test_leak_guard_pool_construction_never_reads_the_heldout_items(tiny_split, family, name):
+    a = _build(tiny_split, family, name)
+    other = _replace_heldout(tiny_split, name)
+    b = _build(other, family, name)
+    np.testing.assert_array_equal(a.users, b.users)
+    np.testing.assert_array_equal(a.candidates, b.candidates)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.rel_indices, b.rel_indices)  # only relevance changed
+
+
+def test_leak_guard_can_fail(tiny_split):
+    """The guard catches a construction that reads the held-out items (the v1 target insertion)."""
+    a = _build(tiny_split, "text-only", "test", insert_relevant=True)
+    b = _build(_replace_heldout(tiny_split, "test"), "text-only", "test", insert_relevant=True)
+    assert not np.array_equal(a.candidates, b.candidates)
+
+
+def test_the_pipeline_guard_holds_end_to_end(tiny_root, tmp_path):
+    """Through the pipeline (first stage chosen on validation, LightGCN trained on train): test
+    pools do not move when every test positive is replaced."""
+    from mma_agent.config import PipelineConfig
+    from mma_agent.pipeline import Pipeline
+
+    cfg = PipelineConfig.model_validate({"data": {"path": str(tiny_root)}, "workdir": str(tmp_path), "pools": {"size": 10},
+                                         "retrievers": {"epochs": 3, "eval_every": 1, "dim": 8},
+                                         "image": {"kind": "thumbnail", "width": 4, "height": 4}})  # fmt: skip
+    p = Pipeline(cfg)
+    rows = p.build_all_pools()
+    assert {r["family"] for r in rows} == set(TASK_FAMILIES) and all(r["pools"] > 0 for r in rows)
+    q = Pipeline(cfg.model_copy(update={"workdir": tmp_path / "other"}))
+    q.__dict__["split"] = _replace_heldout(p.split, "test")
+    q.__dict__["root"] = tmp_path / "other-root"
+    q.__dict__["image_embeddings"] = p.image_embeddings
+    shutil.copytree(p.root / "retrievers", q.root / "retrievers")  # LightGCN: trained on train, early-stopped on valid
+    (q.root / "pools").mkdir(parents=True)
+    sel = next((p.root / "pools").glob("first-stage-*.json"))
+    (q.root / "pools" / sel.name).write_text(sel.read_text())  # the validation choice is validation's
+    for family in TASK_FAMILIES:
+        a, b = p.pools(family, "test"), q.pools(family, "test")
+        np.testing.assert_array_equal(a.candidates, b.candidates)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_a_modality_missing_everywhere_and_empty_histories_are_skipped_and_counted(tiny_split, caplog):
+    retr = HistoryRetrievers(_view(tiny_split, "image-only", images=False))
+    assert retr.sources == [] and "no item has a usable image embedding" in retr.missing["image"]
+    with pytest.raises(ValueError, match="cannot read"):
+        retrieve_pools(retr, ("image",), heldout_queries(retr.view, tiny_split, "test"), family="image-only", split="test", size=10)
+    full = HistoryRetrievers(_view(tiny_split, "full", images=False))
+    assert full.sources == ["text", "behaviour"]
+    q = heldout_queries(full.view, tiny_split, "test")
+    q = Queries(q.users, [np.empty(0, dtype=np.int64), *q.histories[1:]], q.relevant)
+    pools = retrieve_pools(full, ("text", "behaviour"), q, family="full", split="test", size=10, progress=False)
+    assert len(pools) == len(q) - 1 and pools.meta["skipped"] == {"empty history": 1}
+    assert "skipped 1 of" in caplog.text
+
+
+def test_pipeline_skips_a_family_without_a_retriever(tiny_root, tmp_path):
+    from mma_agent.config import PipelineConfig
+    from mma_agent.pipeline import Pipeline
+
+    cfg = PipelineConfig.model_validate({"data": {"path": str(tiny_root)}, "workdir": str(tmp_path), "pools": {"size": 10},
+                                         "retrievers": {"epochs": 2, "eval_every": 1, "dim": 8},
+                                         "image": {"kind": "thumbnail", "width": 4, "height": 4}})  # fmt: skip
+    p = Pipeline(cfg)
+    p.__dict__["image_embeddings"] = np.full((p.split.n_items, 4), np.nan, dtype=np.float32)  # no poster decodes
+    rows = {r["family"]: r for r in p.build_all_pools(splits=("test",))}
+    assert rows["image-only"]["pools"] == 0 and "usable image embedding" in rows["image-only"]["first stage"]
+    assert rows["full"]["pools"] > 0 and "image" not in rows["full"]["first stage"]
+    assert rows["no-text"]["first stage"] == "LightGCN (behaviour)"
+
+
+def test_rrf_and_selection():
+    fused = rrf([np.array([3.0, 2.0, 1.0, -np.inf]), np.array([1.0, 2.0, 3.0, 0.0])], k=1)
+    assert fused == pytest.approx([1 / 2 + 1 / 4, 1 / 3 + 1 / 3, 1 / 4 + 1 / 2, 1 / 5])  # item 3: ranked by the second only
+    assert np.isneginf(rrf([np.array([-np.inf, 1.0])])[0])
+    assert combinations(["text", "image"]) == [("text",), ("image",), ("text", "image")]
+
+
+def test_selection_reports_every_combination(tiny_split):
+    retr = HistoryRetrievers(_view(tiny_split, "full"))
+    recall = select_first_stage(retr, heldout_queries(retr.view, tiny_split, "valid"), size=10)
+    assert set(recall) == {"text", "image", "behaviour", "text+image", "text+behaviour", "image+behaviour", "text+image+behaviour"}
+    assert all(0.0 <= r <= 1.0 for r in recall.values())
+
+
+def test_round_trip_corruption_and_old_protocol(tiny_split, tmp_path):
+    a = _build(tiny_split, "behaviour-only", "test")
+    back = PoolSet.load(a.save(tmp_path / "p.npz"))
     assert back.content_hash() == a.content_hash()
     np.testing.assert_array_equal(back.candidates, a.candidates)
-
-
-def test_corrupt_pool_file_is_detected(tiny_split, tmp_path):
-    cfg = PoolConfig(size=10)
-    a = build_family_pools(_view(tiny_split, "behaviour-only"), tiny_split, "behaviour-only", "test", cfg, RetrieverConfig())
-    tampered = PoolSet(a.protocol, a.family, a.split, a.users, a.targets, a.candidates[:, ::-1].copy(), a.scores, a.n_filled, a.rel_indptr, a.rel_indices, a.meta)
-    path = tampered.save(tmp_path / "p.npz")
-    import json
-
+    tampered = dataclasses.replace(a, candidates=a.candidates[:, ::-1].copy())
+    path = tampered.save(tmp_path / "t.npz")
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     header = json.loads(str(arrays.pop("header")))
-    header["hash"] = a.content_hash()
-    np.savez(path, header=np.array(json.dumps(header)), **arrays)
+    np.savez(path, header=np.array(json.dumps({**header, "hash": a.content_hash()})), **arrays)
     with pytest.raises(ValueError, match="content hash mismatch"):
+        PoolSet.load(path)
+    np.savez(path, header=np.array(json.dumps({**header, "protocol": "family"})), **arrays)
+    with pytest.raises(ValueError, match="rebuild them with `mma pools`"):
         PoolSet.load(path)
 
 
-def test_view_must_match_family(tiny_split):
-    with pytest.raises(ValueError, match="does not match family"):
-        build_family_pools(_view(tiny_split, "full"), tiny_split, "text-only", "test", PoolConfig(size=5), RetrieverConfig())
+def test_pool_metrics_count_relevant_items_outside_the_pool(tiny_split):
+    pools = _build(tiny_split, "text-only", "test")
+    oracle = np.stack([np.isin(pools.candidates[p], pools.relevant(p)) for p in range(len(pools))]).astype(float)
+    m = pool_metrics(pools, oracle)
+    assert m["recall@10"] == pytest.approx(pools.recall_ceiling())
+    assert pool_metrics(pools)["ndcg@10"] <= m["ndcg@10"]
 
 
-def test_targets_per_user(tiny_split):
-    users, items = pick_targets(tiny_split, "test", 1)
-    assert len(users) == len(set(users.tolist())) == tiny_split.test["user"].nunique()
-    users_all, _ = pick_targets(tiny_split, "test", None)
-    assert len(users_all) == len(tiny_split.test)
+def test_config_refuses_a_first_stage_the_mask_forbids():
+    from mma_agent.config import PoolConfig
 
-
-def test_fixed_pools_exclude_train_and_valid(tiny_split):
-    view = ModalityView(tiny_split, family_mask("behaviour-only"))
-    r = create_retriever("popularity").fit(view, RetrieverConfig())
-    pools = build_fixed_pools(r, "popularity", tiny_split, "test", PoolConfig(size=15))
-    seen = (tiny_split.matrix("train") + tiny_split.matrix("valid")).tocsr()
-    for p, u in enumerate(pools.users):
-        assert not set(seen[u].indices.tolist()) & set(pools.candidates[p].tolist())
-        assert set(pools.relevant(p).tolist()) == set(tiny_split.test.loc[tiny_split.test.user == u, "item"].tolist())
-    assert 0.0 <= pools.recall_ceiling() <= 1.0
-    # scores are sorted descending: the first-stage order
-    assert (np.diff(pools.scores, axis=1) <= 0).all()
-
-
-def test_pool_metrics_rank_by_scores(tiny_split):
-    cfg = PoolConfig(size=10)
-    pools = build_family_pools(_view(tiny_split, "text-only"), tiny_split, "text-only", "test", cfg, RetrieverConfig())
-    oracle = (pools.candidates == pools.targets[:, None]).astype(float)
-    assert pool_metrics(pools, oracle)["ndcg@10"] == pytest.approx(1.0)
-    assert pool_metrics(pools, -oracle)["hr@10"] == pytest.approx(1.0)
-    assert pool_metrics(pools, -oracle)["ndcg@10"] == pytest.approx(1 / np.log2(11))
+    assert PoolConfig(first_stage={"full": "behaviour", "cold-user": "text+image"}).first_stage["full"] == "behaviour"
+    with pytest.raises(ValueError, match="behaviour is masked in family 'text-only'"):
+        PoolConfig(first_stage={"text-only": "behaviour"})
+    with pytest.raises(ValueError, match="unknown source 'audio'"):
+        PoolConfig(first_stage={"full": "audio"})

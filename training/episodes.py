@@ -3,8 +3,12 @@
 Episodes: for each user, the last train positive is the target and the train positives before it
 are the history (validation and test stay untouched). Targets are spread uniformly over the seven
 task families; each family's episodes are split 80/20 into support (policy updates) and query
-(diagnostics). Pools come from `build_family_pools`, so negatives are mined from the family's
-surviving modalities exactly as in evaluation.
+(diagnostics). Pools are built exactly as the evaluation's (protocol v2, `Pipeline.train_pools`):
+the family's first stage queried with the history before the target, the target never inserted,
+so a policy trains on the distribution it is tested on (the target is in the pool as often as the
+first stage recalls it). LightGCN's item vectors were trained on the whole train split, target
+edges included: the behaviour retriever has seen each training target once, which the held-out
+splits' targets never are, so training pools recall their target more often than evaluation pools.
 
 Recording: one JSON object per line, appended and flushed (and fsynced) per episode, after a
 header line holding the config and data hashes. A rerun resumes: episodes already in the file are
@@ -27,7 +31,7 @@ from tqdm.auto import tqdm
 
 from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import ndcg_at_k
-from mma_agent.pools import build_family_pools
+from mma_agent.pools import Queries
 from mma_agent.training.rewards import action_costs, episode_reward
 
 log = logging.getLogger(__name__)
@@ -71,18 +75,24 @@ def sample_episodes(pipeline, *, per_family: int | None = None, seed: int = 0, s
         mine = order[f_idx :: len(families)]  # disjoint, balanced slices of the targets
         if per_family is not None:
             mine = mine[:per_family]
-        view = pipeline.view(family)
-        pools = build_family_pools(view, split, family, "train", pipeline.config.pools, pipeline.config.retrievers,
-                                   targets=(users[mine], items[mine], [hists[i] for i in mine]))  # fmt: skip
-        n_support = int(round(support_fraction * len(mine)))
-        for j, i in enumerate(mine):
+        queries = Queries(users[mine], [hists[i] for i in mine], [items[i : i + 1] for i in mine])
+        try:
+            pools = pipeline.train_pools(family, queries)
+        except ValueError as err:  # no retriever survives this family's mask on this data set
+            log.warning("%s", err)
+            continue
+        row = {int(u): j for j, u in enumerate(pools.users)}  # one target per user: skipped queries drop out
+        kept = [i for i in mine if int(users[i]) in row]
+        n_support = int(round(support_fraction * len(kept)))
+        for j, i in enumerate(kept):
+            p = row[int(users[i])]
             episodes.append({
                 "id": f"{family}:{split.user_ids[users[i]]}:{split.item_ids[items[i]]}",
                 "family": family, "part": "support" if j < n_support else "query", "mask": family_mask(family).to_dict(),
                 "user_id": str(split.user_ids[users[i]]), "target": str(split.item_ids[items[i]]),
                 "history": [str(x) for x in split.item_ids[hists[i]]],
-                "candidates": [str(x) for x in split.item_ids[pools.candidates[j]]],
-                "first_stage_scores": [float(x) for x in pools.scores[j]],
+                "candidates": [str(x) for x in split.item_ids[pools.candidates[p]]],
+                "first_stage_scores": [float(x) for x in pools.scores[p]],
             })  # fmt: skip
     return episodes
 
