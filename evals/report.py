@@ -98,9 +98,12 @@ class Results:
         """(family, pool) -> metric on test at the chosen alpha (the mean over seeds, or one seed's)."""
         if (method, metric, seed) not in self._test:
             acc: dict[Key, list[float]] = defaultdict(list)
+            alone = not self.meta.get("fused", {}).get(method, True)
             for r in self.by_method[method]:
                 if r["split"] == "test" and (seed is None or r["seed"] == seed):
-                    acc[r["family"], r["pool"]].append(r["metrics"][self.alpha[method, r["family"]]][metric])
+                    # a probe that could not score an episode has no number there (not the first stage's)
+                    v = np.nan if alone and r["status"] != "ok" and metric != "recall@100" else r["metrics"][self.alpha[method, r["family"]]][metric]
+                    acc[r["family"], r["pool"]].append(v)
             self._test[method, metric, seed] = {k: float(np.mean(v)) for k, v in acc.items()}
         return self._test[method, metric, seed]
 
@@ -112,7 +115,7 @@ class Results:
 
 
 def _mean(values: dict[Key, float], keys: list[Key]) -> float | None:
-    vals = [values[k] for k in keys if k in values]
+    vals = [values[k] for k in keys if k in values and np.isfinite(values[k])]
     return float(np.mean(vals)) if vals else None
 
 
