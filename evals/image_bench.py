@@ -1,6 +1,7 @@
 """`mma bench image`: what the poster modality can really carry, on held-out items only.
 
-Held-out items are validation/test targets with a poster: the CLIP heads never saw them.
+Held-out items are the items with a poster that the CLIP heads never trained on (a fixed share,
+chosen by a hash of the item id; see `training.clip.heldout_items`).
 - Zero-shot genre tagging (prompts over the MovieLens genres) against a genre-prior baseline that
   ignores the image: mean average precision over items, and top-3 accuracy (a true genre in the
   top 3).
@@ -13,6 +14,7 @@ Held-out items are validation/test targets with a poster: the CLIP heads never s
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -76,8 +78,9 @@ def bench_image(pipeline, folder: Path, *, n_throughput: int = 64, seed: int = 0
     ds, split = pipeline.dataset, pipeline.split
     trunk = trunk_features(ds, model, preprocess, pipeline.root / "cache")
     has_img = ~np.isnan(trunk).any(axis=1)
-    held = np.intersect1d(heldout_items(split), np.flatnonzero(has_img))
-    train_items = np.setdiff1d(np.flatnonzero(has_img), heldout_items(split))
+    never = heldout_items(split.item_ids, json.loads((Path(folder) / "training.json").read_text())["config"]["heldout_fraction"])
+    held = np.intersect1d(never, np.flatnonzero(has_img))
+    train_items = np.setdiff1d(np.flatnonzero(has_img), never)
     with torch.no_grad():
         img = _norm(model.visual.head(torch.from_numpy(trunk[held])).numpy())
 

@@ -105,6 +105,11 @@ class ClipTrainConfig(_Config):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)
     val_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Training items held out for early stopping.")
+    heldout_fraction: float = Field(
+        default=0.2, ge=0, lt=1,
+        description="Items never used to train the heads (`mma bench image` measures on them), chosen by a hash of the item id "
+        "alone: choosing them by any user's interactions would let the image space carry which items are held out.",
+    )  # fmt: skip
     patience: int = Field(default=8, ge=1, description="Epochs without val Recall@10 gain before stopping.")
     seed: int = 0
 

@@ -84,3 +84,15 @@ def test_head_training_aligns_paired_features(untrained):
     report = train_heads(model, img, txt, np.arange(n), ClipTrainConfig(epochs=40, batch_size=64, patience=40, val_fraction=0.2))
     assert report["best_val_recall@10"] > 0.3  # chance is 10/120
     assert report["curve"][-1]["loss"] < report["curve"][0]["loss"]
+
+
+def test_heads_hold_out_items_by_id_alone():
+    """The held-out items depend on the ids only (never on who liked what), about `fraction` of them."""
+    from mma_agent.training.clip import heldout_items
+
+    ids = np.array([str(i) for i in range(5000)])
+    held = heldout_items(ids, 0.2)
+    assert 0.17 < len(held) / len(ids) < 0.23
+    np.testing.assert_array_equal(held, heldout_items(ids, 0.2))  # deterministic
+    assert set(ids[heldout_items(ids[:100], 0.2)]) == set(ids[held]) & set(ids[:100])  # each id decides for itself
+    assert len(heldout_items(ids, 0.0)) == 0
