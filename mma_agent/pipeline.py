@@ -200,7 +200,7 @@ class Pipeline:
     def _pool_tag(self) -> str:
         """Keys pool files by everything they depend on besides the split (already in `root`)."""
         p = self.config.pools
-        key = [p.size, p.history_window, p.rrf_k, self.config.image.kind, self.config.retrievers.model_dump(mode="json")]
+        key = [p.size, p.history_window, p.rrf_k, self.config.image.model_dump(mode="json"), self.config.retrievers.model_dump(mode="json")]
         return f"n{p.size}-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
 
     def first_stage_selection(self) -> dict:
