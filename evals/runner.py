@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from mma_agent.graphs.reranker import minmax
 from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import hr_at_k, ndcg_at_k, recall_at_k
-from mma_agent.pools import PROTOCOL
+from mma_agent.pools import PROTOCOL, NoFirstStageError
 
 from .methods import EvalEnv, Method
 from .store import ResultStore, RunMismatchError
@@ -50,9 +50,7 @@ def build_episodes(pipeline, split: str, *, families: Sequence[str] | None = Non
     for family in families or TASK_FAMILIES:
         try:
             pools = pipeline.pools(family, split)
-        except ValueError as err:
-            if "no first-stage retriever" not in str(err):
-                raise
+        except NoFirstStageError as err:
             log.warning("%s", err)
             continue
         for p in picked_pools(len(pools), family_limit(limit, family), seed):

@@ -20,7 +20,9 @@ from mma_agent.config import PipelineConfig
 from mma_agent.dataset import Dataset, load_dataset
 from mma_agent.masks import TASK_FAMILIES, Modality, ModalityView, family_mask
 from mma_agent.metrics import batch_metrics, topk_indices
-from mma_agent.pools import BEHAVIOUR_FEATURE, HistoryRetrievers, PoolSet, Queries, heldout_queries, pool_metrics, retrieve_pools, select_first_stage
+from mma_agent.pools import (
+    BEHAVIOUR_FEATURE, HistoryRetrievers, NoFirstStageError, PoolSet, Queries, heldout_queries, pool_metrics, retrieve_pools, select_first_stage,
+)  # fmt: skip
 from mma_agent.retrievers import RETRIEVERS, Retriever, create_retriever, load_retriever
 from mma_agent.splits import Split, split_dataset
 
@@ -233,7 +235,7 @@ class Pipeline:
         if combo is None or any(s not in retr.sources for s in combo.split("+")):
             why = "; ".join(f"{m}: {w}" for m, w in retr.missing.items()) or "its mask hides every modality with data"
             msg = f"family {family!r} has no first-stage retriever ({why}); its pools are skipped"
-            raise ValueError(msg)
+            raise NoFirstStageError(msg)
         return tuple(combo.split("+"))
 
     def pools(self, family: str, target_split: str, *, rebuild: bool = False) -> PoolSet:
@@ -266,9 +268,7 @@ class Pipeline:
                 start = time.perf_counter()
                 try:
                     pools = self.pools(family, target_split)
-                except ValueError as err:
-                    if "no first-stage retriever" not in str(err):
-                        raise
+                except NoFirstStageError as err:
                     log.warning("%s", err)
                     rows.append({"split": target_split, "family": family, "pools": 0, "first stage": "skipped: " + str(err)})
                     continue

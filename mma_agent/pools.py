@@ -44,6 +44,11 @@ SOURCES = ("text", "image", "behaviour")  # first-stage retrievers, one per moda
 BEHAVIOUR_FEATURE = "lightgcn"  # the view feature (behaviour modality) holding LightGCN item vectors
 
 
+class NoFirstStageError(ValueError):
+    """No first-stage retriever can read what a family's mask leaves of this data set (say, image-only
+    where no item has a poster): the family's pools are skipped, with this message as the reason."""
+
+
 @dataclass(frozen=True, eq=False)
 class PoolSet:
     """One family's pools on one split: `candidates[p]` in first-stage order with their scores,

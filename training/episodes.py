@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import ndcg_at_k
-from mma_agent.pools import Queries
+from mma_agent.pools import NoFirstStageError, Queries
 from mma_agent.training.rewards import action_costs, episode_reward
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def sample_episodes(pipeline, *, per_family: int | None = None, seed: int = 0, s
         queries = Queries(users[mine], [hists[i] for i in mine], [items[i : i + 1] for i in mine])
         try:
             pools = pipeline.train_pools(family, queries)
-        except ValueError as err:  # no retriever survives this family's mask on this data set
+        except NoFirstStageError as err:  # no retriever survives this family's mask on this data set
             log.warning("%s", err)
             continue
         row = {int(u): j for j, u in enumerate(pools.users)}  # one target per user: skipped queries drop out
