@@ -167,7 +167,7 @@ def _support_points(args):
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     support = [e for e in episodes if e["part"] == "support"]
-    key = content_hash([[e["id"] for e in support], action_plans(), p.split.fingerprint()])
+    key = content_hash([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), p.split.fingerprint()])  # pools too
     path = p.root / "explore" / f"support-{key}.json"
     start = time.perf_counter()
     if path.is_file():
