@@ -189,10 +189,10 @@ class CompletionFusion(Method):
     def setup(self, env):
         super().setup(env)
         self.features = env.item_features
-        # the bank: items whose features an offline imputer may read; never a validation/test target
-        split = env.pipeline.split
-        held = set(split.valid["item"].tolist()) | set(split.test["item"].tolist())
-        self.bank = np.array([i for i in range(split.n_items) if i not in held], dtype=np.int64)
+        # the bank: the catalogue items whose features an offline imputer may read, i.e. every item
+        # but the episode's own (chosen without reading which items are held out, which would tell
+        # the imputed features apart)
+        self.bank = np.arange(env.pipeline.split.n_items, dtype=np.int64)
 
     def score(self, ep):
         visible = [m for m in self.MODALITIES if ep["mask"][m] and m in self.features]
