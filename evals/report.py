@@ -63,6 +63,7 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 Key = tuple[str, int]  # (family, pool)
+MIN_PAIRED = 20  # fewer paired episodes than this make no test
 
 
 class Results:
@@ -143,6 +144,8 @@ def method_table(res: Results, methods: list[str], keys: list[Key], probe_best: 
     groups = res.meta.get("groups", {})
     for m in methods:
         ks = [k for k in keys if k in res.test(m)]
+        if not ks:
+            continue
         n10 = _family_means(res.test(m), ks)
         full = [k for k in ks if k[0] == "full"]
         hit = [k for k in full if res.test(m, "recall@100")[k] > 0]
@@ -256,11 +259,16 @@ def significance(res: Results, mma: str | None, keys: list[Key], baselines: list
         if usable:
             strongest = max(usable, key=lambda m, ks=ks: np.mean([res.test(m)[k] for k in ks]))
             pairs.append((mma, strongest))
-        pairs += [(mma, "RuleRouter-Fuse"), ("MMA-Interactive", mma), (mma, "MMA-Auto (zero-shot)"), *((mma, m) for m in llm_rows)]
+        pairs += [(mma, "RuleRouter-Fuse"), ("MMA-Interactive", mma), (mma, "MMA-Auto (zero-shot)")]
         for a, b in pairs:
             if a != b and covered(a) and covered(b) and (a, b, label) not in done:
                 done.add((a, b, label))
                 out.append(compare(res, a, b, ks, f"{label}, {scope}"))
+        for b in llm_rows:  # listwise and ReAct may cover less than the subset: paired on what both ran
+            both = [k for k in ks if k in res.test(mma) and k in res.test(b)]
+            if len(both) >= MIN_PAIRED and (mma, b, label) not in done:
+                done.add((mma, b, label))
+                out.append(compare(res, mma, b, both, f"{label}, {scope}" + ("" if len(both) == len(ks) else f" ({len(both)} episodes both ran)")))
     return out
 
 
@@ -297,7 +305,10 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     all_keys = sorted(set.union(*test_keys.values()), key=lambda k: (FAMILIES.index(k[0]), k[1]))
     whole = [m for m in order if test_keys[m] >= set(all_keys)]
     partial = [m for m in llm if m not in whole]
-    subset_keys = sorted(set.intersection(*(test_keys[m] for m in partial)), key=all_keys.index) if partial else []
+    # the subset table: the episodes the MMA rows still on the subset share (an LLM row that ran on
+    # fewer shows its own episode count there and is tested on what it shares)
+    core = [m for m in partial if m.startswith("MMA-")] or partial
+    subset_keys = sorted(set.intersection(*(test_keys[m] for m in core)), key=all_keys.index) if core else []
     probes = [m for m in order if groups.get(m) == "protocol probe"]
 
     def probe_best(keys: list[Key]) -> dict[str, float]:
