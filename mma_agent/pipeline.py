@@ -21,7 +21,8 @@ from mma_agent.dataset import Dataset, load_dataset
 from mma_agent.masks import TASK_FAMILIES, Modality, ModalityView, family_mask
 from mma_agent.metrics import batch_metrics, topk_indices
 from mma_agent.pools import (
-    BEHAVIOUR_FEATURE, HistoryRetrievers, NoFirstStageError, PoolSet, Queries, heldout_queries, pool_metrics, retrieve_pools, select_first_stage,
+    BEHAVIOUR_FEATURE, SOURCES, HistoryRetrievers, NoFirstStageError, PoolSet, Queries, heldout_queries, pool_metrics, retrieve_pools,
+    select_first_stage,
 )  # fmt: skip
 from mma_agent.retrievers import RETRIEVERS, Retriever, create_retriever, load_retriever
 from mma_agent.splits import Split, split_dataset
@@ -222,14 +223,16 @@ class Pipeline:
         families = {}
         for family, mask in TASK_FAMILIES.items():
             allowed = {c: r for c, r in recall.items() if all(mask.available(s) for s in c.split("+"))}
-            families[family] = self.config.pools.first_stage.get(family) or (max(allowed, key=allowed.get) if allowed else None)
+            named = self.config.pools.first_stage.get(family)
+            named = "+".join(sorted(set(named.split("+")), key=SOURCES.index)) if named else None  # the order `recall` spells it in
+            families[family] = named or (max(allowed, key=allowed.get) if allowed else None)
         return {"recall": recall, "families": families}
 
     def pool_path(self, family: str, target_split: str) -> Path:
         return self.root / "pools" / f"{family}-{target_split}-{self._pool_tag}.npz"
 
     def first_stage_of(self, family: str) -> tuple[str, ...]:
-        """The sources of the family's first stage; ValueError naming why when none survives."""
+        """The sources of the family's first stage; NoFirstStageError naming why when none survives."""
         combo = self.first_stage_selection()["families"][family]
         retr = self.history_retrievers(family)
         if combo is None or any(s not in retr.sources for s in combo.split("+")):
@@ -246,7 +249,7 @@ class Pipeline:
         queries = heldout_queries(retr.view, self.split, target_split)
         valid_recall = self.first_stage_selection()["recall"]
         combo = self.first_stage_of(family)
-        meta = {"mask": family_mask(family).to_dict(), "split_fingerprint": self.split.fingerprint(), "valid_recall": valid_recall["+".join(combo)]}
+        meta = {"mask": family_mask(family).to_dict(), "split_fingerprint": self.split.fingerprint(), "valid_recall": valid_recall.get("+".join(combo), float("nan"))}
         pools = retrieve_pools(retr, combo, queries, family=family, split=target_split, size=self.config.pools.size,
                                rrf_k=self.config.pools.rrf_k, meta=meta)  # fmt: skip
         pools.save(path)

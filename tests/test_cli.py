@@ -11,7 +11,7 @@ def test_data_stats_on_generic_format(tiny_root, tmp_path, capsys):
 
 def test_pipeline_end_to_end_on_tiny_data(tiny_root, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
+    cfg.write_text("retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\n    cold-user: image+text\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
     args = ["pipeline", "--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w")]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -20,6 +20,8 @@ def test_pipeline_end_to_end_on_tiny_data(tiny_root, tmp_path, capsys):
         assert needle in out
     full = next(x for x in out.splitlines() if x.startswith("| test ") and "| full " in x)
     assert "LightGCN (behaviour)" in full  # the config's choice for the full family, not validation's
+    cold = next(x for x in out.splitlines() if x.startswith("| test ") and "| cold-user " in x)
+    assert "RRF(text + image)" in cold
     # a second run resumes from the saved artefacts
     assert main(args) == 0
     assert "cached" in capsys.readouterr().out
