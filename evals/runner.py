@@ -163,7 +163,7 @@ def create_eval_graph(methods: dict[str, Method], store: ResultStore, on_done=No
     return g.compile()
 
 
-def _widest(old: int | None | str, new: int | None) -> int | None:
+def _widest(old: int | None, new: int | None) -> int | None:
     return None if new is None or old is None else max(int(old), new)
 
 
