@@ -476,9 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not sys.stderr.isatty() and "tqdm" not in sys.modules:  # bars into a log file: an update every 10 s, not one per step
+        os.environ.setdefault("TQDM_MININTERVAL", "10")  # tqdm reads it when first imported
     args = build_parser().parse_args(argv)
-    if not sys.stderr.isatty():  # progress bars into a log file: an update every 10 s, not one per step
-        os.environ.setdefault("TQDM_MININTERVAL", "10")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from pydantic import ValidationError
 
