@@ -354,7 +354,8 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
 
 def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: list[Key], out_dir: Path, headline: list[str]) -> list[Path]:
     """A methods x families heatmap of test NDCG@10 (the ceiling as its first row, probes and the
-    oracle last and in grey, headline methods in bold); LLM rows on the subset are drawn on it."""
+    oracle last and in grey, headline methods in bold); LLM rows on the subset are drawn on it,
+    their label saying so."""
     try:
         import matplotlib
 
@@ -378,13 +379,21 @@ def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: lis
         rows_of.append(m)
         grid.append([v[c] for c in cols])
     data = np.array([[np.nan if x is None else x for x in row] for row in grid], dtype=float)
-    fig, ax = plt.subplots(figsize=(11, 0.34 * len(names) + 1.6))
-    shown = np.ma.masked_invalid(data[1:])  # the ceiling row gets its own scale: it is a recall, not an NDCG
-    ax.imshow(np.vstack([np.full((1, len(cols)), np.nan), shown.filled(np.nan)]), aspect="auto", cmap="viridis")
+    # colour: each column relative to its best method or probe (families differ tenfold in level);
+    # the ceiling and the oracle stay white, as references
+    coloured = np.array([m != "ceiling" and groups.get(m) != "ceiling" for m in rows_of])
+    rel = np.full_like(data, np.nan)
+    best = np.nanmax(np.where(coloured[:, None], data, np.nan), axis=0)
+    rel[coloured] = data[coloured] / np.where(best > 0, best, np.nan)
+    fig, ax = plt.subplots(figsize=(11, 0.34 * len(names) + 1.8))
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("white")
+    im = ax.imshow(np.ma.masked_invalid(rel), aspect="auto", cmap=cmap, vmin=0, vmax=1)
     for i in range(len(names)):
         for j in range(len(cols)):
             if np.isfinite(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.3f}", ha="center", va="center", fontsize=7, color="black" if i == 0 else "white")
+                dark = np.isfinite(rel[i, j]) and rel[i, j] < 0.6
+                ax.text(j, i, f"{data[i, j]:.3f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(cols)), cols, rotation=20)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     for label, m in zip(ax.get_yticklabels(), rows_of, strict=True):
@@ -393,8 +402,12 @@ def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: lis
         if groups.get(m) in NOT_METHODS or m == "ceiling":
             label.set_color("dimgray")
             label.set_style("italic")
-    ax.axhline(0.5, color="white", lw=2)
-    ax.set_title("Test NDCG@10 by task family (protocol v2); first row: the pools' Recall@100 ceiling; grey: probes and oracle", fontsize=9)
+    for i in range(1, len(rows_of)):  # rules between the ceiling, the methods, the probes and the oracle
+        if (groups.get(rows_of[i]) or rows_of[i]) != (groups.get(rows_of[i - 1]) or rows_of[i - 1]) and (
+            groups.get(rows_of[i]) in NOT_METHODS or groups.get(rows_of[i - 1]) in NOT_METHODS or rows_of[i - 1] == "ceiling"):
+            ax.axhline(i - 0.5, color="black", lw=1.2)
+    fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01).set_label("relative to the column's best method or probe", fontsize=7)
+    ax.set_title("Test NDCG@10 by task family (protocol v2). First row: the pools' Recall@100 ceiling; grey: user-blind probes and the oracle", fontsize=9)
     fig.tight_layout()
     path = out_dir / "by-family.png"
     fig.savefig(path, dpi=120)
