@@ -282,8 +282,8 @@ class TrainedFusion(Method):
 
 
 class Probe(Method):
-    """A user-blind protocol probe: it never looks at the user's history, so anything it finds
-    comes from the shape of the pools. Reported alone (alpha 0), never fused with the first stage;
+    """A user-blind protocol probe: it never looks at the user's history (the lowest-first-stage
+    probe reads only the pool's own order), so anything it finds comes from the shape of the pools. Reported alone (alpha 0), never fused with the first stage;
     a method that does not beat the probes has not shown anything. Probes read every modality in
     every family (they diagnose the pools, they are not methods)."""
 
