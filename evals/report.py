@@ -12,6 +12,7 @@ user-blind probes.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 Key = tuple[str, int]  # (family, pool)
-MIN_PAIRED = 20  # fewer paired episodes than this make no test
+MIN_PAIRED = 20  # fewer paired episodes than this make no test or table
 
 
 class Results:
@@ -316,7 +317,12 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
         return {c: max(v[c] for v in means) for c in ("OOMA", *FAMILIES) if means and all(v[c] is not None for v in means)}
 
     main = method_table(res, whole, all_keys, probe_best(all_keys))
-    sub = method_table(res, order, subset_keys, probe_best(subset_keys)) if subset_keys else []
+    # LLM rows that ran on fewer of those episodes (listwise, ReAct on a smaller budget): a table of
+    # their own, every method on the episodes they share, so no row is averaged over other episodes
+    narrow = [m for m in partial if m not in core and len(test_keys[m] & set(subset_keys)) >= MIN_PAIRED]
+    narrow_keys = sorted(set(subset_keys).intersection(*(test_keys[m] for m in narrow)), key=all_keys.index) if narrow else []
+    sub = method_table(res, [m for m in order if m not in narrow], subset_keys, probe_best(subset_keys)) if subset_keys else []
+    sub_narrow = method_table(res, order, narrow_keys, probe_best(narrow_keys)) if len(narrow_keys) >= MIN_PAIRED else []
 
     mma = [m for m in llm if m.startswith("MMA-Auto")]
     valid_ooma = lambda m: np.mean([r["metrics"][res.alpha[m, r["family"]]]["ndcg@10"] for r in res.by_method[m]  # noqa: E731
@@ -339,7 +345,9 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
         md += [f"Not above the best user-blind probe on OOMA or the full family (no result there): {', '.join(below)}.", ""]
     md += [format_table(main, "## Every method that ran on the whole test set (NDCG@10 per family unless named; the first row is the Recall@100 ceiling)"), ""]
     if sub:
-        md += [format_table(sub, f"## Every method on the seeded subset that the other LLM methods ran ({len(subset_keys)} test episodes)"), ""]
+        md += [format_table(sub, f"## Every method on the seeded subset that the MMA rows ran ({len(subset_keys)} test episodes)"), ""]
+    if sub_narrow:
+        md += [format_table(sub_narrow, f"## Every method on the smaller subset that {', '.join(narrow)} also ran ({len(narrow_keys)} test episodes)"), ""]
     md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the policy best on validation OOMA)"), ""]
     md += ["## Per family (whole test set)", ""]
     for t, rs in family_tables(res, whole, all_keys):
@@ -372,7 +380,7 @@ def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: lis
     test_keys = {m: set(res.test(m)) for m in order}
     for m in order:
         keys = all_keys if test_keys[m] >= set(all_keys) else subset_keys
-        if not keys:
+        if not keys or not test_keys[m] >= set(keys):  # a row on fewer episodes than its peers is left to the tables
             continue
         v = _family_means(res.test(m), keys)
         names.append(m + ("" if keys is all_keys else f" (subset, {len(keys)} eps)"))
@@ -383,11 +391,12 @@ def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: lis
     # the ceiling and the oracle stay white, as references
     coloured = np.array([m != "ceiling" and groups.get(m) != "ceiling" for m in rows_of])
     rel = np.full_like(data, np.nan)
-    best = np.nanmax(np.where(coloured[:, None], data, np.nan), axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a family no row has numbers for stays white
+        best = np.nanmax(np.where(coloured[:, None], data, np.nan), axis=0)
     rel[coloured] = data[coloured] / np.where(best > 0, best, np.nan)
     fig, ax = plt.subplots(figsize=(11, 0.34 * len(names) + 1.8))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
     im = ax.imshow(np.ma.masked_invalid(rel), aspect="auto", cmap=cmap, vmin=0, vmax=1)
     for i in range(len(names)):
         for j in range(len(cols)):

@@ -79,7 +79,7 @@ def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_pa
     assert count("LLM A", "full") == 4 and count("LLM A", "text-only") == 2  # per-family limits, on valid and test
     text, main = build_report(store, tmp_path / "r1")
     assert [r["method"] for r in main] == ["Ceiling: Recall@100 of the pools", *(m.name for m in cheap)]
-    assert "LLM A on 1 text-only, 1 image-only, 1 behaviour-only, 2 full" in text and "seeded subset that the other LLM methods ran" in text
+    assert "LLM A on 1 text-only, 1 image-only, 1 behaviour-only, 2 full" in text and "seeded subset that the MMA rows ran" in text
     # the same method with every pool: its subset rows are kept, the rest added, nothing twice
     summary = run_eval(p, store, [a], llm_limit=None, env=env)
     assert summary["LLM A"] == {**summary["LLM A"], "new": len(every) - small, "resumed": small}
@@ -105,6 +105,22 @@ def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_pa
     old.close()
     with pytest.raises(RunMismatchError, match="old target-centred pools"):
         run_eval(p, tmp_path / "old.sqlite", [a], env=env)
+
+
+def test_an_llm_row_on_fewer_episodes_gets_its_own_paired_table(tiny, tmp_path, monkeypatch):
+    from mma_agent.evals import report
+
+    monkeypatch.setattr(report, "MIN_PAIRED", 10)  # the tiny data set has 21 users
+    _, _, p, env = tiny
+    store = tmp_path / "n.sqlite"
+    run_eval(p, store, [*build_methods(["first-stage", "random-probe"], zero_shot="unused", trained={}), SubsetOnly("MMA-Auto (T)")],
+             llm_limit={"*": 15}, env=env, families=("text-only", "full"))  # fmt: skip
+    run_eval(p, store, [SubsetOnly("LLM listwise (T)")], llm_limit={"*": 10, "full": 12}, env=env, families=("text-only", "full"))
+    text, _ = build_report(store, tmp_path / "r", title="t")
+    sub = text.split("## Every method on the seeded subset that the MMA rows ran (30 test episodes)")[1].split("##")[0]
+    assert "MMA-Auto (T)" in sub and "LLM listwise (T)" not in sub  # not averaged over episodes it did not run
+    assert "## Every method on the smaller subset that LLM listwise (T) also ran (22 test episodes)" in text
+    assert "(10 episodes both ran)" in text and "(12 episodes both ran)" in text  # tested on what both ran
 
 
 def reverse_reranker(request: dict) -> dict:
