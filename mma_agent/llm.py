@@ -187,8 +187,8 @@ class TransformersChatModel(BaseChatModel):
                 tok = allowed[0]
             else:
                 with torch.no_grad():
-                    res = self._model(input_ids=torch.tensor([pending]), past_key_values=cache, use_cache=True)
-                cache, pending = res.past_key_values, []
+                    res = self._model(input_ids=torch.tensor([pending]), cache=cache, use_cache=True)
+                cache, pending = res.cache, []
                 logits = res.logits[0, -1].float()
                 tok = allowed[int(torch.argmax(logits[allowed]))]
             if tok == eos:
