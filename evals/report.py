@@ -260,12 +260,12 @@ def significance(res: Results, mma: str | None, keys: list[Key], baselines: list
         if usable:
             strongest = max(usable, key=lambda m, ks=ks: np.mean([res.test(m)[k] for k in ks]))
             pairs.append((mma, strongest))
-        pairs += [(mma, "RuleRouter-Fuse"), ("MMA-Interactive", mma), (mma, "MMA-Auto (zero-shot)")]
+        pairs += [(mma, "RuleRouter-Fuse"), ("MMA-Interactive", mma), *((mma, m) for m in res.methods if m.startswith("MMA-Auto") and m != mma)]
         for a, b in pairs:
             if a != b and covered(a) and covered(b) and (a, b, label) not in done:
                 done.add((a, b, label))
                 out.append(compare(res, a, b, ks, f"{label}, {scope}"))
-        for b in llm_rows:  # listwise and ReAct may cover less than the subset: paired on what both ran
+        for b in llm_rows if covered(mma) else []:  # listwise and ReAct may cover less: paired on what both ran
             both = [k for k in ks if k in res.test(mma) and k in res.test(b)]
             if len(both) >= MIN_PAIRED and (mma, b, label) not in done:
                 done.add((mma, b, label))
