@@ -14,10 +14,10 @@ from mma_agent.config import PipelineConfig, load_config
 
 
 def format_table(rows: list[dict], title: str | None = None) -> str:
-    """A Markdown table from a list of same-keyed dicts (floats to 4 decimals)."""
+    """A Markdown table from a list of dicts (floats to 4 decimals); a key a row lacks is an empty cell."""
     if not rows:
         return f"{title}\n(no rows)" if title else "(no rows)"
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(k for r in rows for k in r))  # every row's keys, first-seen order
     cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     body = [[cell(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]

@@ -46,6 +46,7 @@ def test_corrupt_poster_is_counted(tiny_root, tmp_path, capsys):
 
 def test_format_table():
     assert format_table([{"a": 1, "b": 0.5}]).splitlines()[2] == "| 1 | 0.5000 |"
+    assert format_table([{"a": 1}, {"a": 2, "b": "x"}]).splitlines()[2:] == ["| 1 |   |", "| 2 | x |"]  # a reference row with fewer columns
     with pytest.raises(SystemExit):
         main(["retrieve", "--only", "svd"])
 

@@ -235,6 +235,8 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
     assert (tmp_path / "report" / "report.md").read_text() == text_md
     assert (tmp_path / "report" / "by-family.png").is_file()
     assert {"OOMA", *OOMA_FAMILIES, "full", "full H@10", "full N@20", "full N@10 (pools with a relevant)", "> best probe (OOMA/full)"} <= set(main[1])
+    header = next(line for line in text_md.splitlines() if line.startswith("| method"))
+    assert "full N@10 (pools with a relevant)" in header and "> best probe (OOMA/full)" in header  # the ceiling row first does not cut columns
     names = [r["method"] for r in main]
     probes = [m.name for m in methods if m.group in ("protocol probe", "ceiling")]
     assert names == ["Ceiling: Recall@100 of the pools", *(m.name for m in methods if m.name not in probes), *probes]
