@@ -11,7 +11,6 @@ user-blind probes.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
