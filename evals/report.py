@@ -107,6 +107,10 @@ class Results:
             self._test[method, metric, seed] = {k: float(np.mean(v)) for k, v in acc.items()}
         return self._test[method, metric, seed]
 
+    def recall(self, keys: list[Key]) -> dict[Key, float]:
+        """Recall@100 of these pools: identical for every method, read off one that ran them all."""
+        return self.test(next(m for m in self.methods if set(keys) <= set(self.test(m, "recall@100"))), "recall@100")
+
     def seeds(self, method: str) -> list[int]:
         return sorted({r["seed"] for r in self.by_method[method]})
 
@@ -131,9 +135,8 @@ def _round(row: dict) -> dict:
 
 
 def ceiling_row(res: Results, keys: list[Key]) -> dict:
-    """Recall@100 of the pools per family: identical for every method (read off any one)."""
-    ref = next(m for m in res.methods if set(keys) <= set(res.test(m, "recall@100")))
-    means = _family_means(res.test(ref, "recall@100"), keys)
+    """Recall@100 of the pools per family: the ceiling every method shares."""
+    means = _family_means(res.recall(keys), keys)
     return _round({"method": "Ceiling: Recall@100 of the pools", "group": "ceiling", **{c: means[c] for c in ("OOMA", *FAMILIES)}})
 
 
@@ -185,8 +188,7 @@ def family_tables(res: Results, methods: list[str], keys: list[Key]) -> list[tup
         fk = [k for k in keys if k[0] == f]
         if not fk:
             continue
-        ref = next(m for m in res.methods if set(fk) <= set(res.test(m, "recall@100")))
-        rec = res.test(ref, "recall@100")
+        rec = res.recall(fk)
         hit = [k for k in fk if rec[k] > 0]
         rows = []
         for m in methods:
@@ -373,8 +375,7 @@ def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: lis
     groups = res.meta.get("groups", {})
     cols = ["OOMA", *FAMILIES]
     names, rows_of, grid = ["Ceiling: Recall@100"], ["ceiling"], []
-    ref = next(m for m in res.methods if set(all_keys) <= set(res.test(m, "recall@100")))
-    rec = _family_means(res.test(ref, "recall@100"), all_keys)
+    rec = _family_means(res.recall(all_keys), all_keys)
     grid.append([rec[c] for c in cols])
     test_keys = {m: set(res.test(m)) for m in order}
     for m in order:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from mma_agent.masks import ModalityView
+from mma_agent.metrics import topk_indices
 
 log = logging.getLogger(__name__)
 PROTOCOL = "retrieval-v2"
@@ -145,11 +146,6 @@ def heldout_queries(view: ModalityView, split, name: str) -> Queries:
         rel.append(g["item"].to_numpy())
     hists = [view.history(u, include_valid=name == "test") for u in users]
     return Queries(np.array(users, dtype=np.int64), hists, rel)
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
 class HistoryRetrievers:
@@ -270,8 +266,7 @@ def retrieve_pools(retrievers: HistoryRetrievers, combo: Sequence[str], queries:
         if np.isfinite(s).sum() < size:
             skipped[f"fewer than {size} retrievable items"] += 1
             continue
-        top = np.argpartition(-s, size - 1)[:size]
-        top = top[np.lexsort((top, -s[top]))]  # best first, ties by item index (deterministic)
+        top = topk_indices(s[None], size)[0]  # best first, ties by item index
         keep.append(q)
         cands.append(top)
         scores.append(s[top])
@@ -308,7 +303,7 @@ def select_first_stage(retrievers: HistoryRetrievers, queries: Queries, *, size:
                 continue
             s = s.copy()
             s[hist] = -np.inf
-            top = np.argpartition(-s, size - 1)[:size]
+            top = topk_indices(s[None], size)[0]
             top = top[np.isfinite(s[top])]
             hits[c].append(float(np.isin(rel, top).mean()))
     return {"+".join(c): float(np.mean(h)) if h else 0.0 for c, h in hits.items()}
