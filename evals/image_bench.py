@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mma_agent.toolkits.image import l2_normalize as _norm
+from mma_agent.util import l2_normalize as _norm
 
 GENRE_PROMPT = "a poster of a {} movie"
 

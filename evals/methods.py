@@ -27,6 +27,7 @@ Rows (see `build_methods`):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -35,26 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from mma_agent.graphs.reranker import minmax
+from mma_agent.graphs.state import SCORE_TOOL, rerank_request, trace_stats
 from mma_agent.masks import TASK_FAMILIES, Mask
-from mma_agent.toolkits.image import l2_normalize
+from mma_agent.toolkits import tool_vocabulary
+from mma_agent.toolkits.base import ToolSpec
+from mma_agent.util import atomic_write, l2_normalize, minmax
 
 log = logging.getLogger(__name__)
 FIRST_STAGE = "First stage (the family's retriever)"
-AUTOMATED = ("analyze_text", "analyze_image", "retrieve_graph")
-
-
-def agent_info(out: dict) -> dict:
-    """Routing diagnostics of one reranker output (the paper's failed-call rate and turns)."""
-    steps = [t for t in out.get("trace", []) if t.get("action") and (t["action"] or {}).get("tool") != "score_candidates"]
-    first = next((t["action"].get("tool") for t in out.get("trace", []) if t.get("action")), None)
-    usage = out.get("usage") or {}
-    return {
-        "calls": len(steps), "failed": sum(bool(t.get("null")) or bool(t.get("invalid")) for t in steps),
-        "invalid": sum(bool(t.get("invalid")) for t in steps), "turns": len([t for t in out.get("trace", []) if t.get("action")]),
-        "first_action": first or "none", "fallback": bool(out.get("fallback")), "reason": out.get("reason", ""),
-        "ask_user": sum((t.get("action") or {}).get("tool") == "ask_user" for t in steps), "llm_ms": usage.get("llm_ms", 0),
-    }  # fmt: skip
 
 
 @dataclass
@@ -156,20 +145,16 @@ class AgentMethod(Method):
             from mma_agent.graphs.reranker import create_mma_reranker
 
             graph = create_mma_reranker(FakeListChatModel(responses=self.plan), catalogue=self.env.catalogue, toolkits=self.env.kits, alpha=0.0, prefill=False).compile()
-        request = {"user_id": ep["user_id"], "history": ep["history"], "candidates": ep["candidates"], "first_stage_scores": ep["first_stage_scores"], "mask": ep["mask"]}
-        if self.variant == "interactive":
-            request["target"] = ep["target"]  # the simulated user answers about the held-out item
-        out = graph.invoke(request)
-        info = agent_info(out)
+        out = graph.invoke(rerank_request(ep, with_target=self.variant == "interactive"))  # the simulated user answers about the target
+        info = trace_stats(out)
         if out.get("fallback") or not out.get("mma_scores"):
             return None, info
         return np.array([out["mma_scores"][c] for c in ep["candidates"]], dtype=float), info
 
 
-def single_tool_plan(tool: str, group: str) -> list[str]:
-    import json
-
-    return [json.dumps({"tool": tool, "args": {}}), json.dumps({"tool": "score_candidates", "args": {"weights": {group: 1}}})]
+def single_tool_plan(spec: ToolSpec) -> list[str]:
+    """Call one evidence tool, then score on its group alone."""
+    return [json.dumps({"tool": spec.name, "args": {}}), json.dumps({"tool": SCORE_TOOL, "args": {"weights": {spec.group: 1}}})]
 
 
 class CompletionFusion(Method):
@@ -270,9 +255,7 @@ class TrainedFusion(Method):
         else:
             self.model = train_fusion(self.kind, self.features, [full.history(u) for u in range(split.n_users)], seed=self.seed)
             log.info("%s: loss per epoch %s, stages %s", self.name, [round(c, 4) for c in self.model.curve], self.model.stages)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.model.state_dict(), path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)
+            atomic_write(path, lambda tmp: torch.save(self.model.state_dict(), tmp))
 
     def score(self, ep):
         from .fusion_models import score_pool
@@ -474,9 +457,8 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
     table: dict[str, Any] = {
         "first-stage": FirstStage, "popularity": lambda: RetrieverMethod("popularity"), "itemknn": lambda: RetrieverMethod("itemknn"),
         "bprmf": lambda: RetrieverMethod("bprmf"), "lightgcn": lambda: RetrieverMethod("lightgcn"),
-        "text-sim": lambda: AgentMethod("Single modality: text", plan=single_tool_plan("analyze_text", "text"), group="single modality"),
-        "image-sim": lambda: AgentMethod("Single modality: image", plan=single_tool_plan("analyze_image", "image"), group="single modality"),
-        "graph-sim": lambda: AgentMethod("Single modality: graph", plan=single_tool_plan("retrieve_graph", "graph"), group="single modality"),
+        **{f"{s.group}-sim": lambda s=s: AgentMethod(f"Single modality: {s.group}", plan=single_tool_plan(s), group="single modality")
+           for s in tool_vocabulary().automated},
         "completion-zero": lambda: CompletionFusion("zero"), "completion-mean": lambda: CompletionFusion("mean"),
         "completion-neighbour": lambda: CompletionFusion("neighbour-mean"), "completion-fp": lambda: CompletionFusion("feature-propagation"),
         "margo": lambda: TrainedFusion("margo"), "magnet": lambda: TrainedFusion("magnet"),

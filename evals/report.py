@@ -293,7 +293,7 @@ def coverage(res: Results, llm: list[str], all_keys: list[Key]) -> str:
 
 def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") -> tuple[str, list[dict]]:
     """Write `report.md` and its plot into out_dir; return the Markdown and the main table."""
-    from mma_agent.cli import format_table
+    from mma_agent.util import format_table
 
     store = ResultStore(store_path)
     rows, meta = store.rows(), store.meta()

@@ -27,9 +27,8 @@ def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int =
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.llm import TransformersChatModel, resolve_chat_model
     from mma_agent.metrics import ndcg_at_k
-    from mma_agent.toolkits import prepare_toolkits
 
-    catalogue, kits = prepare_toolkits(pipeline.split, pipeline.root / "cache", image_model=f"local-dir:{pipeline.clip_folder}" if with_image else None)
+    catalogue, kits = pipeline.toolkits(image=with_image)
     llm = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models")
     pools = pipeline.pools("full", "test")
     requests = _requests(pipeline, pools, episodes)

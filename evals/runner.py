@@ -27,10 +27,11 @@ from typing import Any, TypedDict
 import numpy as np
 from tqdm.auto import tqdm
 
-from mma_agent.graphs.reranker import minmax
+from mma_agent.graphs.fusion import fuse
 from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import hr_at_k, ndcg_at_k, recall_at_k
 from mma_agent.pools import PROTOCOL, NoFirstStageError
+from mma_agent.util import minmax
 
 from .methods import EvalEnv, Method
 from .store import ResultStore, RunMismatchError
@@ -98,11 +99,11 @@ def subset(episodes: list[dict], limit: Limit, seed: int = 0) -> list[dict]:
 
 def fused_metrics(first: np.ndarray, method: np.ndarray | None, candidates: list[str], relevant: list[str]) -> dict[str, dict[str, float]]:
     """Eq. 2 at every alpha of the grid; `method=None` is the first-stage ranking at every alpha."""
-    base = minmax(np.asarray(first, dtype=float))
+    first = np.asarray(first, dtype=float)
     rel = set(relevant)
     out = {}
     for a in ALPHAS:
-        final = base if method is None else a * base + (1 - a) * minmax(np.asarray(method, dtype=float))
+        final = minmax(first) if method is None else fuse(first, np.asarray(method, dtype=float), a)
         ranking = [candidates[i] for i in np.argsort(-final, kind="stable")]
         out[str(a)] = {name: fn(ranking, rel, k) for name, fn, k in METRICS}
     return out
@@ -194,8 +195,6 @@ def run_eval(
     fresh: bool = False,
 ) -> dict[str, Any]:
     """Run every method on every episode (LLM methods on the seeded subset); resumable."""
-    from mma_agent.toolkits import prepare_toolkits
-
     store = ResultStore(store_path)
     before = store.meta()
     if before and before.get("protocol") != PROTOCOL:
@@ -225,8 +224,7 @@ def run_eval(
     meta["notes"] = notes or before.get("notes", [])
     store.check_meta(meta, compare=("protocol", "data", "limit"))
     if env is None:
-        catalogue, kits = prepare_toolkits(pipeline.split, pipeline.root / "cache", image_model=f"local-dir:{pipeline.clip_folder}")
-        env = EvalEnv(pipeline, catalogue, kits)
+        env = EvalEnv(pipeline, *pipeline.toolkits())
     for split in splits:
         episodes[split, True] = subset(episodes[split, False], small)
     lock = threading.Lock()

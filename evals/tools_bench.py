@@ -20,6 +20,7 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
     from scipy.stats import spearmanr
 
     from mma_agent.masks import family_mask
+    from mma_agent.toolkits import tool_vocabulary
     from mma_agent.toolkits.base import Catalogue, EpisodeContext
     from mma_agent.toolkits.clarify import ClarifyToolkit
     from mma_agent.toolkits.graph import GraphToolkit, exact_ppr, truncated_ppr
@@ -54,21 +55,21 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
 
     pools = pipeline.pools("full", "test")
     view = catalogue.view(family_mask("full"))
-    times: dict[str, list[float]] = {t: [] for t in ("analyze_text", "analyze_image", "retrieve_graph", "ask_user")}
+    tools = tool_vocabulary(kits)
+    times: dict[str, list[float]] = {s.name: [] for s in tools.specs}
     nulls = dict.fromkeys(times, 0)
     agree_rho, agree_top10, exact_t = [], [], []
     graph = catalogue.features["graph"][1]
     for p in range(min(episodes, len(pools))):
         u = int(pools.users[p])
         ctx = EpisodeContext(view, view.history(u, include_valid=True), pools.candidates[p], u, pools.target(p))
-        for kit, tool, args in (("text", "analyze_text", {}), ("image", "analyze_image", {}), ("graph", "retrieve_graph", {}),
-                                ("clarify", "ask_user", {"modality_type": "text", "query": "What genres do you feel like?"})):  # fmt: skip
+        for spec, kit in zip(tools.specs, tools.owners, strict=True):
             if kit not in kits:
                 continue
             start = time.perf_counter()
-            ev = kits[kit].call(tool, ctx, **args)
-            times[tool].append(time.perf_counter() - start)
-            nulls[tool] += ev.null
+            ev = kits[kit].call(spec.name, ctx, **spec.arg_templates[0])  # ask_user: a question about text
+            times[spec.name].append(time.perf_counter() - start)
+            nulls[spec.name] += ev.null
         if p < 20 and len(ctx.history):
             a = truncated_ppr(graph, ctx.history[-100:])[ctx.candidates]
             start = time.perf_counter()

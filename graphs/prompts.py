@@ -7,25 +7,30 @@ is missing only when a tool answers Null.
 
 from __future__ import annotations
 
-TOOL_LINES = {
-    "analyze_text": 'analyze_text {"item_ids": [...optional]}: text evidence, how candidates\' titles, genres and plots match the history.',
-    "analyze_image": 'analyze_image {"item_ids": [...optional]}: image evidence, how candidates\' posters look like the history\'s.',
-    "retrieve_graph": 'retrieve_graph {}: behaviour evidence, what people with the same tastes also liked.',
-    "ask_user": 'ask_user {"modality_type": "text"|"image"|"behaviour", "query": "..."}: ask the user one question (costly).',
-}
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mma_agent.toolkits.base import ToolVocabulary
+
 SCORE_LINE = {
-    "weights": 'score_candidates {"weights": {"text": w, "image": w, "graph": w, "ask": w}}: finish; weigh the evidence you gathered.',
-    "scores": 'score_candidates {"scores": {"<item id>": score, ...}}: finish; score candidates (unscored ones keep their first-stage score).',
+    "weights": 'score_candidates {{"weights": {{{groups}}}}}: finish; weigh the evidence you gathered.',
+    "scores": 'score_candidates {{"scores": {{"<item id>": score, ...}}}}: finish; score candidates (unscored ones keep their first-stage score).',
 }
 
 
-def system_prompt(tools: list[str], scoring: str, max_turns: int) -> str:
+def system_prompt(names: list[str], scoring: str, max_turns: int, *, tools: ToolVocabulary | None = None) -> str:
+    """The policy's instructions: the offered tools' prompt lines (from their ToolSpecs, by
+    default the built-in vocabulary) and score_candidates over the vocabulary's evidence groups."""
+    from mma_agent.toolkits import tool_vocabulary
+
+    tools = tools or tool_vocabulary()
+    score = SCORE_LINE[scoring].format(groups=", ".join(f'"{g}": w' for g in tools.groups))
     lines = [
         "You rerank a pool of candidate items for one user. Gather evidence with tools, then score the pool.",
         'Each reply is ONE line of JSON: {"tool": NAME, "args": {...}}. No other text.',
         "Tools:",
-        *(f"- {TOOL_LINES[t]}" for t in tools),
-        f"- {SCORE_LINE[scoring]}",
+        *(f"- {tools.get(t).prompt}" for t in names),
+        f"- {score}",
         "A tool answers Null when its data is missing for this request: do not call it again.",
         f"You have at most {max_turns} turns; each tool call costs a little.",
         'Example: {"tool": "analyze_text", "args": {}}',

@@ -11,19 +11,7 @@ import time
 from pathlib import Path
 
 from mma_agent.config import PipelineConfig, load_config
-
-
-def format_table(rows: list[dict], title: str | None = None) -> str:
-    """A Markdown table from a list of dicts (floats to 4 decimals); a key a row lacks is an empty cell."""
-    if not rows:
-        return f"{title}\n(no rows)" if title else "(no rows)"
-    cols = list(dict.fromkeys(k for r in rows for k in r))  # every row's keys, first-seen order
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    body = [[cell(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"  # noqa: E731
-    out = [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)]
-    return "\n".join(([f"\n{title}\n"] if title else []) + out)
+from mma_agent.util import atomic_write_text, format_table
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
@@ -116,15 +104,15 @@ def cmd_train_record(args) -> None:
     from collections import defaultdict
 
     from mma_agent.graphs.reranker import create_mma_reranker
-    from mma_agent.toolkits import prepare_toolkits
-    from mma_agent.training.episodes import content_hash, read_episodes, record_episodes, sample_episodes
+    from mma_agent.training.episodes import read_episodes, record_episodes, sample_episodes
+    from mma_agent.util import json_digest
 
     p = _pipeline(args)
-    catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=f"local-dir:{p.clip_folder}")
+    catalogue, kits = p.toolkits()
     model = None if args.variant == "rule" else args.model
     reranker = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, variant=args.variant).compile()
     episodes = sample_episodes(p, per_family=args.per_family, seed=args.seed)
-    header = {"config": content_hash([p.config.model_dump(mode="json"), args.model, args.variant, args.per_family, args.seed]), "data": p.split.fingerprint()}
+    header = {"config": json_digest([p.config.model_dump(mode="json"), args.model, args.variant, args.per_family, args.seed]), "data": p.split.fingerprint()}
     out = args.out or p.root / "episodes" / f"{args.variant}-{header['config']}.jsonl"
     stats = record_episodes(episodes, reranker, out, header)
     _, records = read_episodes(out)
@@ -139,11 +127,10 @@ def cmd_train_record(args) -> None:
 
 
 def _episodes_and_kits(args):
-    from mma_agent.toolkits import prepare_toolkits
     from mma_agent.training.episodes import sample_episodes
 
     p = _pipeline(args)
-    catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=f"local-dir:{p.clip_folder}")
+    catalogue, kits = p.toolkits()
     return p, catalogue, kits, sample_episodes(p, per_family=args.per_family, seed=args.seed)
 
 
@@ -163,22 +150,19 @@ def _trl_overrides(pairs: list[str] | None) -> dict:
 
 def _support_points(args):
     """Explored decision points of the support episodes (cached on disk by content)."""
-    from mma_agent.training.episodes import content_hash
+    from mma_agent.util import json_digest
     from mma_agent.training.sft import action_plans, decision_points, explore_plans
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     support = [e for e in episodes if e["part"] == "support"]
-    key = content_hash([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), p.split.fingerprint()])  # pools too
+    key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), p.split.fingerprint()])  # pools too
     path = p.root / "explore" / f"support-{key}.json"
     start = time.perf_counter()
     if path.is_file():
         explored = json.loads(path.read_text())
     else:
         explored = explore_plans(support, catalogue, kits)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(explored))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(explored))
     took = time.perf_counter() - start
     return p, catalogue, kits, support, explored, decision_points(explored), took
 

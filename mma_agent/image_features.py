@@ -8,7 +8,6 @@ no poster, or a poster that cannot be decoded, are NaN (counted and logged, neve
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.dataset import Dataset
+from mma_agent.util import atomic_save_npy, digest, joined_digest
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def load_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
 
 def thumbnail_features(ds: Dataset, cache_dir: Path, *, width: int = 12, height: int = 16) -> np.ndarray:
     """(n_items, 3*width*height) float32 thumbnails in [-1, 1], centred by the catalogue mean."""
-    key = hashlib.sha256(("\x00".join(ds.items["item_id"]) + "\x01" + "\x00".join(ds.items["image"])).encode()).hexdigest()[:12]
+    key = digest("\x00".join(ds.items["item_id"]) + "\x01" + "\x00".join(ds.items["image"]), 12)
     path = Path(cache_dir) / f"thumbnails-{width}x{height}-{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -56,10 +56,7 @@ def thumbnail_features(ds: Dataset, cache_dir: Path, *, width: int = 12, height:
         log.warning("%d poster(s) could not be decoded; those items have no image features", failed)
     ok = ~np.isnan(feats[:, 0])
     feats[ok] -= feats[ok].mean(axis=0, keepdims=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(path)
+    atomic_save_npy(path, feats)
     return feats
 
 
@@ -82,7 +79,7 @@ def embed_posters(
     import torch
     from PIL import Image
 
-    key = hashlib.sha256("\x00".join([name, encoder_identity, repr(preprocess), *poster_fingerprint(ds)]).encode()).hexdigest()[:12]
+    key = joined_digest([name, encoder_identity, repr(preprocess), *poster_fingerprint(ds)], 12)
     final = Path(cache_dir) / f"{name}-{key}.npy"
     if final.is_file():
         return np.load(final)
@@ -117,16 +114,12 @@ def embed_posters(
                     out = np.full((len(idx), f.shape[1]), np.nan, dtype=np.float32)
                 out[rows] = f
             bar.update(len(idx[b : b + batch_size]))
-        tmp = part.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(part)
+        atomic_save_npy(part, out)
     bar.close()
     chunks = [np.load(parts / f"{lo:06d}.npy") for lo in range(0, n, chunk)]
     dim = max(c.shape[1] for c in chunks)
     feats = np.concatenate([c if c.shape[1] == dim else np.full((len(c), dim), np.nan, np.float32) for c in chunks])
     if failed:
         log.warning("%d poster(s) could not be decoded; those items have no %s features", failed, name)
-    tmp = final.with_suffix(".tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(final)
+    atomic_save_npy(final, feats)
     return feats

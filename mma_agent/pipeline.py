@@ -6,13 +6,13 @@ reuses stale files; each step skips work whose artefact already exists (resume a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from mma_agent.pools import (
 )  # fmt: skip
 from mma_agent.retrievers import RETRIEVERS, Retriever, create_retriever, load_retriever
 from mma_agent.splits import Split, split_dataset
+from mma_agent.util import atomic_write_text, digest, json_digest
+
+if TYPE_CHECKING:
+    from mma_agent.toolkits.base import Catalogue, Toolkit
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,22 @@ class Pipeline:
         catalogue = ImageToolkit(f"local-dir:{self.clip_folder}").prepare(Catalogue(self.split), self.root / "cache")
         return catalogue.features["image"][1]
 
+    def toolkits(self, *, image: bool = True, clarify: bool = True) -> tuple[Catalogue, dict[str, Toolkit]]:
+        """The evidence toolkits over this catalogue, sharing the workdir's caches (built once per
+        process; the embeddings once per data set): what the reranker, the evaluation and
+        training run on. `image=False` leaves the image toolkit out (its tool answers Null)."""
+        from mma_agent.toolkits import prepare_toolkits
+
+        key = (image, clarify)
+        if key not in self._toolkits:
+            model = f"local-dir:{self.clip_folder}" if image else None
+            self._toolkits[key] = prepare_toolkits(self.split, self.root / "cache", image_model=model, clarify=clarify)
+        return self._toolkits[key]
+
+    @cached_property
+    def _toolkits(self) -> dict[tuple[bool, bool], tuple[Catalogue, dict[str, Toolkit]]]:
+        return {}
+
     def view(self, family: str = "full") -> ModalityView:
         mask = family_mask(family)
         return ModalityView(self.split, mask, image_embeddings=self.image_embeddings if mask.image else None)
@@ -142,7 +162,7 @@ class Pipeline:
 
     # --- retrievers ------------------------------------------------------------------------
     def retriever_path(self, name: str) -> Path:
-        cfg = hashlib.sha256(self.config.retrievers.model_dump_json().encode()).hexdigest()[:8]
+        cfg = digest(self.config.retrievers.model_dump_json(), 8)
         return self.root / "retrievers" / f"{name}-{cfg}.npz"
 
     def retriever(self, name: str, *, retrain: bool = False) -> tuple[Retriever, float | None]:
@@ -204,7 +224,7 @@ class Pipeline:
         """Keys pool files by everything they depend on besides the split (already in `root`)."""
         p = self.config.pools
         key = [p.size, p.history_window, p.rrf_k, self.config.image.model_dump(mode="json"), self.config.retrievers.model_dump(mode="json")]
-        return f"n{p.size}-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+        return f"n{p.size}-" + json_digest(key, 8)
 
     def first_stage_selection(self) -> dict:
         """Validation Recall@size of every first-stage combination, and each family's choice (the
@@ -216,10 +236,7 @@ class Pipeline:
             full = self.history_retrievers("full")
             recall = select_first_stage(full, heldout_queries(full.view, self.split, "valid"), size=self.config.pools.size,
                                         rrf_k=self.config.pools.rrf_k)  # fmt: skip
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"recall": recall, "missing": self.history_retrievers("full").missing}, indent=1))
-            tmp.replace(path)
+            atomic_write_text(path, json.dumps({"recall": recall, "missing": self.history_retrievers("full").missing}, indent=1))
         families = {}
         for family, mask in TASK_FAMILIES.items():
             allowed = {c: r for c, r in recall.items() if all(mask.available(s) for s in c.split("+"))}

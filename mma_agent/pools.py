@@ -25,7 +25,6 @@ allows; `select_first_stage` makes that choice and records every candidate's rec
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -38,6 +37,7 @@ import numpy as np
 
 from mma_agent.masks import ModalityView
 from mma_agent.metrics import topk_indices
+from mma_agent.util import atomic_write, digest
 
 log = logging.getLogger(__name__)
 PROTOCOL = "retrieval-v2"
@@ -80,11 +80,8 @@ class PoolSet:
         return int(inside[0] if len(inside) else rel[0])
 
     def content_hash(self) -> str:
-        h = hashlib.sha256()
-        for a in (self.users, self.candidates, self.scores, self.rel_indptr, self.rel_indices):
-            h.update(np.ascontiguousarray(a).tobytes())
-        h.update(json.dumps(self.meta, sort_keys=True).encode())
-        return h.hexdigest()[:16]
+        arrays = (np.ascontiguousarray(a).tobytes() for a in (self.users, self.candidates, self.scores, self.rel_indptr, self.rel_indices))
+        return digest([*arrays, json.dumps(self.meta, sort_keys=True)])
 
     def recall(self) -> np.ndarray:
         """(n,) fraction of each pool's relevant items that the pool holds."""
@@ -95,14 +92,9 @@ class PoolSet:
         return float(self.recall().mean()) if len(self) else 0.0
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
         arrays = {k: getattr(self, k) for k in ("users", "candidates", "scores", "rel_indptr", "rel_indices")}
         header = {"protocol": PROTOCOL, "family": self.family, "split": self.split, "meta": self.meta, "hash": self.content_hash()}
-        np.savez_compressed(tmp, header=np.array(json.dumps(header)), **arrays)
-        tmp.replace(path)
-        return path
+        return atomic_write(path, lambda tmp: np.savez_compressed(tmp, header=np.array(json.dumps(header)), **arrays), suffix=".tmp.npz")
 
     @classmethod
     def load(cls, path: Path) -> PoolSet:

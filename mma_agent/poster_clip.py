@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mma_agent.extras import require as _require
+from mma_agent.util import atomic_write
 
 TRUNK = "tf_efficientnet_lite2"
 # The TF-converted EfficientNet-Lite weights expect x / 127.5 - 1, i.e. mean = std = 0.5 on [0, 1].
@@ -78,9 +79,7 @@ def write_folder(folder: Path, cfg: dict[str, Any], state_dict: dict | None = No
     text["hf_tokenizer_name"] = str(folder)
     if state_dict is not None:
         text["hf_model_name"], text["hf_model_pretrained"] = str(folder), False
-        tmp = folder / "open_clip_pytorch_model.bin.tmp"
-        torch.save(state_dict, tmp)
-        tmp.replace(folder / "open_clip_pytorch_model.bin")
+        atomic_write(folder / "open_clip_pytorch_model.bin", lambda tmp: torch.save(state_dict, tmp), suffix=".bin.tmp")
     pp = {**PREPROCESS_CFG, "size": cfg["vision_cfg"]["image_size"]}
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": pp}, indent=2))
     return folder

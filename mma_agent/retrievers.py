@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mma_agent.config import RetrieverConfig
 from mma_agent.masks import ModalityView
+from mma_agent.util import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,7 @@ class Retriever:
         raise NotImplementedError
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, retriever=np.array(self.name), **self.arrays())
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: np.savez(tmp, retriever=np.array(self.name), **self.arrays()), suffix=".tmp.npz")
 
 
 class Popularity(Retriever):

@@ -7,7 +7,6 @@ are kept: they are the cold items this project exists for, and `cold_targets` co
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,6 +17,7 @@ import scipy.sparse as sp
 
 from mma_agent.config import DataConfig
 from mma_agent.dataset import Dataset, DatasetError
+from mma_agent.util import digest
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,8 @@ class Split:
 
     def fingerprint(self) -> str:
         """Content hash of the split (ids, positives, config): keys caches and pools."""
-        h = hashlib.sha256()
-        h.update(self.config.model_dump_json().encode())
-        h.update("\x00".join(self.item_ids).encode())
-        h.update("\x00".join(self.user_ids).encode())
-        for name in SPLITS:
-            h.update(np.ascontiguousarray(self.frame(name)[["user", "item", "timestamp"]].to_numpy()).tobytes())
-        return h.hexdigest()[:16]
+        frames = (np.ascontiguousarray(self.frame(name)[["user", "item", "timestamp"]].to_numpy()).tobytes() for name in SPLITS)
+        return digest([self.config.model_dump_json(), "\x00".join(self.item_ids), "\x00".join(self.user_ids), *frames])
 
 
 def _cut_sizes(n: np.ndarray, ratios: tuple[float, float, float], min_positives: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 import pytest
 
-from mma_agent.cli import format_table, main
+from mma_agent.cli import main
+from mma_agent.util import format_table
 
 
 def test_data_stats_on_generic_format(tiny_root, tmp_path, capsys):

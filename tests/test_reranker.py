@@ -13,7 +13,9 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 pytest.importorskip("sentence_transformers")
 
-from mma_agent.graphs.reranker import create_mma_reranker, fuse, minmax  # noqa: E402
+from mma_agent.graphs.fusion import fuse  # noqa: E402
+from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
+from mma_agent.util import minmax  # noqa: E402
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "reranker.mmd"
 SCORE = '{"tool": "score_candidates", "args": {"weights": {"text": 1, "graph": 1}}}'

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mma_agent.splits import Split
-    from mma_agent.toolkits.base import Catalogue, Toolkit
+    from mma_agent.toolkits.base import Catalogue, Toolkit, ToolVocabulary
+
+
+def builtin_toolkits() -> tuple[type[Toolkit], ...]:
+    """The library's toolkits, in the order their tools are offered."""
+    from mma_agent.toolkits.clarify import ClarifyToolkit
+    from mma_agent.toolkits.graph import GraphToolkit
+    from mma_agent.toolkits.image import ImageToolkit
+    from mma_agent.toolkits.text import TextToolkit
+
+    return (TextToolkit, ImageToolkit, GraphToolkit, ClarifyToolkit)
+
+
+def tool_vocabulary(toolkits: Mapping[str, Toolkit] | None = None) -> ToolVocabulary:
+    """The tools a reranker offers: every built-in toolkit's (one that is not configured still
+    offers its tool, which answers Null, as when its modality is missing), then the tools of any
+    other toolkit in `toolkits`, under its key, in the order given."""
+    from mma_agent.toolkits.base import ToolVocabulary
+
+    toolkits = toolkits or {}
+    builtin = builtin_toolkits()
+    keys = {cls.name for cls in builtin}
+    pairs = [(cls.name, toolkits.get(cls.name, cls)) for cls in builtin]
+    return ToolVocabulary.of([*pairs, *((k, kit) for k, kit in toolkits.items() if k not in keys)])
 
 
 def prepare_toolkits(

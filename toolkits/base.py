@@ -1,6 +1,12 @@
 """The toolkit contract: what a tool sees of a request, what it returns, and how it becomes a
 LangChain tool.
 
+Each toolkit declares its tools once, as :class:`ToolSpec` rows: name, arguments, description,
+prompt line, evidence group, channels, cost. Everything else about a tool (the system prompt, the
+native tool schemas, the evidence groups that `score_candidates` weighs, the RuleRouter order, the
+completions constrained decoding allows, the Eq. 3 costs, training's plan space) is derived from
+these rows through a :class:`ToolVocabulary`, so a new evidence tool is one toolkit class.
+
 A tool call returns an :class:`Evidence`: a short observation for the LLM and per-candidate
 evidence channels aligned with the pool. A masked modality returns an explicit Null observation
 and no channels, and still counts as a call. No exception escapes a tool: errors become a Null
@@ -9,11 +15,10 @@ observation that names the problem, and are counted in :attr:`Toolkit.errors`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,8 +28,96 @@ from pydantic import BaseModel
 
 from mma_agent.masks import Mask, Modality, ModalityView
 from mma_agent.splits import Split
+from mma_agent.util import atomic_save_npy, atomic_write_text, json_digest
 
 log = logging.getLogger(__name__)
+
+
+EVIDENCE_COST = 0.02  # Eq. 3: each call of an automated evidence tool
+ASK_COST = 0.10  # Eq. 3: each question to the user (worth it only when it moves the ranking more)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool, declared once by the toolkit that owns it."""
+
+    name: str  # verb_noun, as the LLM calls it
+    args: type[BaseModel]  # its arguments (validated; the native tool schema)
+    description: str  # for native tool calling (`bind_tools`) and LangChain tools
+    prompt: str  # its line in the JSON-action system prompt
+    group: str  # the evidence group a `score_candidates` weight names; channels are "<group>_<part>"
+    channels: tuple[str, ...]  # the parts of the evidence it returns, e.g. ("max", "mean") -> text_max, text_mean
+    cost: float = EVIDENCE_COST
+    automated: bool = True  # False: it needs a person (ask_user): MMA-Interactive only, never in the rule order or the plan space
+    arg_templates: tuple[dict, ...] = ({},)  # the argument sets constrained decoding may complete
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.group}_{part}" for part in self.channels)
+
+    def channel(self, part: str) -> str:
+        if part not in self.channels:
+            msg = f"{self.name} declares channels {self.channels}, not {part!r}; add it to its ToolSpec"
+            raise ValueError(msg)
+        return f"{self.group}_{part}"
+
+    def as_tool(self, func: Callable[..., tuple[str, Evidence]]):
+        """A LangChain `StructuredTool` running `func(**args) -> (observation, Evidence)`."""
+        from langchain_core.tools import StructuredTool
+
+        return StructuredTool.from_function(
+            func=func, name=self.name, description=self.description, args_schema=self.args, response_format="content_and_artifact"
+        )
+
+    def openai_schema(self) -> dict:
+        """The OpenAI-style function schema, for `bind_tools`."""
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        fn = convert_to_openai_tool(self.args)["function"]
+        return {"type": "function", "function": {**fn, "name": self.name, "description": self.description}}
+
+
+@dataclass(frozen=True)
+class ToolVocabulary:
+    """The tools one reranker offers, in order, each with the key of the toolkit that runs it."""
+
+    specs: tuple[ToolSpec, ...]
+    owners: tuple[str, ...]  # toolkit key per spec
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.specs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            msg = f"tool name(s) {dup} are declared by more than one toolkit; give each tool its own name"
+            raise ValueError(msg)
+
+    @classmethod
+    def of(cls, toolkits: Iterable[tuple[str, type[Toolkit] | Toolkit]]) -> ToolVocabulary:
+        """From (toolkit key, toolkit class or instance) pairs, in order."""
+        pairs = [(key, spec) for key, kit in toolkits for spec in kit.TOOLS]
+        return cls(tuple(s for _, s in pairs), tuple(k for k, _ in pairs))
+
+    def get(self, name: str | None) -> ToolSpec | None:
+        return next((s for s in self.specs if s.name == name), None)
+
+    def owner(self, name: str) -> str:
+        return self.owners[[s.name for s in self.specs].index(name)]
+
+    def names(self, *, interactive: bool = True) -> list[str]:
+        """Tool names offered to a policy; a non-interactive one is offered only the automated tools."""
+        return [s.name for s in self.specs if s.automated or interactive]
+
+    @property
+    def automated(self) -> tuple[ToolSpec, ...]:
+        return tuple(s for s in self.specs if s.automated)
+
+    @property
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Evidence group -> its channel names, in declaration order (tools may share a group)."""
+        out: dict[str, tuple[str, ...]] = {}
+        for s in self.specs:
+            out[s.group] = (*out.get(s.group, ()), *(c for c in s.channel_names if c not in out.get(s.group, ())))
+        return out
 
 
 @dataclass(frozen=True)
@@ -57,6 +150,7 @@ class EpisodeContext:
     candidates: np.ndarray  # (n,) catalogue indices: the pool, in request order
     user: int | None = None  # catalogue user index, None for a user the catalogue does not know
     target: int | None = None  # evaluation only: the held-out item the simulated user answers about
+    ask: Callable[[str, str], str | None] | None = None  # an app's way to ask a person (modality_type, question) -> answer
 
     def item_id(self, i: int) -> str:
         return str(self.view.item_ids[i])
@@ -85,12 +179,20 @@ class Evidence:
 
 
 class Toolkit:
-    """One modality's tools. Subclasses define `TOOLS` {name: (args model, description)} and a
-    method per tool name taking (ctx, **args) -> Evidence."""
+    """One modality's tools. Subclasses declare `TOOLS` (one :class:`ToolSpec` per tool) and a
+    method per tool name taking (ctx, **args) -> Evidence, whose channels use the spec's names."""
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # its key in the toolkits mapping a reranker is given
     modality: ClassVar[Modality | None]
-    TOOLS: ClassVar[dict[str, tuple[type[BaseModel], str]]]
+    TOOLS: ClassVar[tuple[ToolSpec, ...]]
+
+    @classmethod
+    def spec(cls, tool: str) -> ToolSpec:
+        for s in cls.TOOLS:
+            if s.name == tool:
+                return s
+        msg = f"{cls.__name__} has no tool {tool!r}; its tools: {[s.name for s in cls.TOOLS]}"
+        raise KeyError(msg)
 
     def __init__(self) -> None:
         self.errors: Counter[str] = Counter()
@@ -103,13 +205,21 @@ class Toolkit:
         """Run one tool; never raises."""
         if self.modality is not None and not ctx.view.mask.available(self.modality):
             return Evidence.none(tool, f"the {self.modality.value} modality is unavailable for this request")
+        from langgraph.errors import GraphBubbleUp
+
         try:
             ev = getattr(self, tool)(ctx, **args)
+        except GraphBubbleUp:  # an interrupt (the graph pauses for a person's answer) is control flow, not a failure
+            raise
         except Exception as err:  # a tool failure is evidence of nothing, not a crash of the app
             self.errors[type(err).__name__] += 1
             log.warning("tool %s failed: %s: %s", tool, type(err).__name__, err)
             return Evidence.none(tool, f"the tool failed ({type(err).__name__}: {err})")
+        declared = self.spec(tool).channel_names
         for name, v in ev.channels.items():
+            if name not in declared:
+                self.errors["undeclared_channel"] += 1
+                return Evidence.none(tool, f"internal error: channel {name} is not among {tool}'s declared channels {declared}")
             if v.shape != ctx.candidates.shape:
                 self.errors["misaligned"] += 1
                 return Evidence.none(tool, f"internal error: channel {name} has shape {v.shape}, pool has {ctx.candidates.shape}")
@@ -118,20 +228,14 @@ class Toolkit:
     def tools(self, ctx: EpisodeContext) -> list:
         """LangChain tools bound to one request; each returns (observation, Evidence) as
         content_and_artifact, so a ToolMessage carries the evidence beside the text."""
-        from langchain_core.tools import StructuredTool
-
         out = []
-        for tool, (schema, description) in self.TOOLS.items():
+        for spec in self.TOOLS:
 
-            def run(_tool: str = tool, **kwargs: Any) -> tuple[str, Evidence]:
+            def run(_tool: str = spec.name, **kwargs: Any) -> tuple[str, Evidence]:
                 ev = self.call(_tool, ctx, **kwargs)
                 return ev.observation, ev
 
-            out.append(
-                StructuredTool.from_function(
-                    func=run, name=tool, description=description, args_schema=schema, response_format="content_and_artifact"
-                )
-            )
+            out.append(spec.as_tool(run))
         return out
 
 
@@ -164,20 +268,12 @@ class EmbeddingCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    @staticmethod
-    def content_hash(values: Sequence[str]) -> str:
-        h = hashlib.sha256()
-        for v in values:
-            h.update(v.encode())
-            h.update(b"\x00")
-        return h.hexdigest()[:16]
-
     def get_or_build(self, name: str, key: dict[str, str], build: Callable[[], np.ndarray]) -> np.ndarray:
         from filelock import FileLock
 
         self.root.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path, meta = self.root / f"{name}-{digest}.npy", self.root / f"{name}-{digest}.json"
+        tag = json_digest(key)
+        path, meta = self.root / f"{name}-{tag}.npy", self.root / f"{name}-{tag}.json"
         with FileLock(str(path) + ".lock"):
             if path.is_file() and meta.is_file():
                 stored = json.loads(meta.read_text())
@@ -187,8 +283,6 @@ class EmbeddingCache:
                         return arr
                 log.warning("cache %s is stale or damaged; rebuilding", path)
             arr = np.asarray(build())
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, arr)
-            tmp.replace(path)
-            meta.write_text(json.dumps({"key": key, "shape": list(arr.shape)}))
+            atomic_save_npy(path, arr)
+            atomic_write_text(meta, json.dumps({"key": key, "shape": list(arr.shape)}))
         return arr

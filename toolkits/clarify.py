@@ -4,7 +4,7 @@ In evaluation a simulated user answers from what survives of the held-out target
 and tags when text survives, its poster's zero-shot tags when the image survives, its strongest
 co-interaction neighbours when behaviour survives; a question about a masked modality gets "I
 don't know" (Null). In an app, `answer_fn` supplies a person's answer (the agent graph wires it to
-LangGraph's `interrupt()`). The answer becomes evidence: its MiniLM similarity to each candidate's
+LangGraph's `interrupt()` through the request's `EpisodeContext.ask`). The answer becomes evidence: its MiniLM similarity to each candidate's
 text when text is visible, otherwise its CLIP text similarity to each candidate's poster.
 This is an upper-bound diagnostic, not a deployable advantage: the simulated user knows the target.
 """
@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mma_agent.toolkits.base import EpisodeContext, Evidence, Toolkit, top_candidates
+from mma_agent.toolkits.base import ASK_COST, EpisodeContext, Evidence, Toolkit, ToolSpec, top_candidates
 from mma_agent.toolkits.image import ImageToolkit
 from mma_agent.toolkits.text import TextToolkit
 
@@ -30,13 +30,20 @@ class AskUserArgs(BaseModel):
 class ClarifyToolkit(Toolkit):
     name = "clarify"
     modality = None
-    TOOLS: ClassVar = {
-        "ask_user": (
-            AskUserArgs,
-            "Ask the user one clarification question about their preference (modality_type: text = genres and topics, "
+    TOOLS: ClassVar = (
+        ToolSpec(
+            name="ask_user",
+            args=AskUserArgs,
+            description="Ask the user one clarification question about their preference (modality_type: text = genres and topics, "
             "image = look and style, behaviour = similar things they liked). Costly: use only when evidence is weak.",
-        )
-    }
+            prompt='ask_user {"modality_type": "text"|"image"|"behaviour", "query": "..."}: ask the user one question (costly).',
+            group="ask",
+            channels=("text", "image"),  # the answer matched against candidate texts, or else their posters
+            cost=ASK_COST,
+            automated=False,
+            arg_templates=tuple({"modality_type": m, "query": "What do you feel like?"} for m in ("text", "image", "behaviour")),
+        ),
+    )
 
     def __init__(self, text: TextToolkit | None, image: ImageToolkit | None, answer_fn: Callable[[str, str], str] | None = None) -> None:
         super().__init__()
@@ -63,22 +70,28 @@ class ClarifyToolkit(Toolkit):
         return None
 
     def ask_user(self, ctx: EpisodeContext, modality_type: str, query: str) -> Evidence:
-        answer = self.answer_fn(modality_type, query) if self.answer_fn is not None else self.simulated_answer(ctx, modality_type)
+        spec = self.spec("ask_user")
+        if self.answer_fn is not None:
+            answer = self.answer_fn(modality_type, query)
+        elif ctx.ask is not None:  # an app: a person answers (the reranker graph pauses on LangGraph's interrupt)
+            answer = ctx.ask(modality_type, query)
+        else:
+            answer = self.simulated_answer(ctx, modality_type)
         if not answer or not answer.strip():
-            return Evidence.none("ask_user", "the user does not know")
+            return Evidence.none(spec.name, "the user does not know")
         channels = self.answer_evidence(ctx, answer)
         if not channels:
-            return Evidence("ask_user", f'User: "{answer}" (no visible modality to match it against)', {}, True)
+            return Evidence(spec.name, f'User: "{answer}" (no visible modality to match it against)', {}, True)
         (name, score), = channels.items()
-        return Evidence("ask_user", f'User: "{answer}" Best matches: {top_candidates(ctx, score)}.', channels)
+        return Evidence(spec.name, f'User: "{answer}" Best matches: {top_candidates(ctx, score)}.', channels)
 
     def answer_evidence(self, ctx: EpisodeContext, answer: str) -> dict[str, np.ndarray]:
         text_emb = ctx.view.feature("text")
         if text_emb is not None and self.text is not None:
             a = self.text.embed([answer])[0]
-            return {"ask_text": np.nan_to_num(text_emb[ctx.candidates]) @ a}
+            return {self.spec("ask_user").channel("text"): np.nan_to_num(text_emb[ctx.candidates]) @ a}
         img = ctx.view.feature("image")
         if img is not None and self.image is not None:
             a = self.image.encode_text([answer])[0]
-            return {"ask_image": np.nan_to_num(img[ctx.candidates]) @ a}
+            return {self.spec("ask_user").channel("image"): np.nan_to_num(img[ctx.candidates]) @ a}
         return {}

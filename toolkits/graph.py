@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality, family_mask
 from mma_agent.retrievers import keep_topk_per_row
-from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, top_candidates
+from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolSpec, top_candidates
 
 
 class RetrieveGraphArgs(BaseModel):
@@ -78,13 +78,17 @@ def exact_ppr(graph: ItemGraph, seeds: np.ndarray, alpha: float = 0.15) -> np.nd
 class GraphToolkit(Toolkit):
     name = "graph"
     modality = Modality.BEHAVIOUR
-    TOOLS: ClassVar = {
-        "retrieve_graph": (
-            RetrieveGraphArgs,
-            "Behaviour evidence: which candidates people with the same tastes also liked (personalised PageRank over the "
+    TOOLS: ClassVar = (
+        ToolSpec(
+            name="retrieve_graph",
+            args=RetrieveGraphArgs,
+            description="Behaviour evidence: which candidates people with the same tastes also liked (personalised PageRank over the "
             "co-interaction graph from the user's history). Null for a cold user or when behaviour is unavailable.",
-        )
-    }
+            prompt="retrieve_graph {}: behaviour evidence, what people with the same tastes also liked.",
+            group="graph",
+            channels=("ppr", "co"),
+        ),
+    )
 
     def __init__(self, *, neighbours: int = 50, alpha: float = 0.15, steps: int = 3) -> None:
         super().__init__()
@@ -95,17 +99,18 @@ class GraphToolkit(Toolkit):
         return catalogue.with_features(graph=(Modality.BEHAVIOUR, build_item_graph(interactions, self.neighbours)))
 
     def retrieve_graph(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
+        spec = self.spec("retrieve_graph")
         graph: ItemGraph | None = ctx.view.feature("graph")
         if graph is None:
-            return Evidence.none("retrieve_graph", "no co-interaction graph was prepared for this catalogue")
+            return Evidence.none(spec.name, "no co-interaction graph was prepared for this catalogue")
         hist = ctx.history[-100:]
         if len(hist) == 0:
-            return Evidence.none("retrieve_graph", "the user has no history: no behaviour to start from")
+            return Evidence.none(spec.name, "the user has no history: no behaviour to start from")
         ppr = truncated_ppr(graph, hist, self.alpha, self.steps)
         co = np.asarray(graph.co[hist][:, ctx.candidates].sum(axis=0)).ravel()
         cand_ppr = ppr[ctx.candidates]
         if not cand_ppr.any():
-            return Evidence.none("retrieve_graph", "no candidate is connected to the user's history in the graph (cold items)")
+            return Evidence.none(spec.name, "no candidate is connected to the user's history in the graph (cold items)")
         scaled = cand_ppr / cand_ppr.max()
         masked = ppr.copy()
         masked[hist] = 0
@@ -124,4 +129,4 @@ class GraphToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence("retrieve_graph", " ".join(lines), {"graph_ppr": scaled, "graph_co": np.log1p(co)})
+        return Evidence(spec.name, " ".join(lines), {spec.channel("ppr"): scaled, spec.channel("co"): np.log1p(co)})

@@ -15,7 +15,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality
-from mma_agent.toolkits.base import Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, cosine_to_history
+from mma_agent.toolkits.base import Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history
+from mma_agent.util import joined_digest, l2_normalize
 
 MOVIE_TAGS: tuple[str, ...] = (
     # genres
@@ -35,20 +36,20 @@ class AnalyzeImageArgs(BaseModel):
     item_ids: list[str] = Field(default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose poster tags to show.")
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 class ImageToolkit(Toolkit):
     name = "image"
     modality = Modality.IMAGE
-    TOOLS: ClassVar = {
-        "analyze_image": (
-            AnalyzeImageArgs,
-            "Image evidence: how similar each candidate's poster is to the posters in the user's history, and zero-shot "
+    TOOLS: ClassVar = (
+        ToolSpec(
+            name="analyze_image",
+            args=AnalyzeImageArgs,
+            description="Image evidence: how similar each candidate's poster is to the posters in the user's history, and zero-shot "
             "tags describing what the posters show. Null if images are unavailable.",
-        )
-    }
+            prompt='analyze_image {"item_ids": [...optional]}: image evidence, how candidates\' posters look like the history\'s.',
+            group="image",
+            channels=("max", "mean"),
+        ),
+    )
 
     def __init__(self, model_name: str, pretrained: str | None = None, *, tags: tuple[str, ...] = MOVIE_TAGS, prompt: str = PROMPT) -> None:
         super().__init__()
@@ -85,7 +86,7 @@ class ImageToolkit(Toolkit):
                 ok = ~np.isnan(trunk).any(axis=1)
                 emb[ok] = model.visual.head(torch.from_numpy(trunk[ok])).numpy()
         else:
-            key = {"posters": EmbeddingCache.content_hash(poster_fingerprint(ds)), "encoder": self.identity()}
+            key = {"posters": joined_digest(poster_fingerprint(ds), terminated=True), "encoder": self.identity()}
             emb = EmbeddingCache(cache_dir).get_or_build(
                 "image-openclip", key, lambda: embed_posters(ds, model.encode_image, preprocess, cache_dir, name="image", encoder_identity=self.identity())
             )
@@ -106,14 +107,15 @@ class ImageToolkit(Toolkit):
         return [self.tags[j] for j in np.argsort(-s, kind="stable")[:k]]
 
     def analyze_image(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
+        spec = self.spec("analyze_image")
         emb = ctx.view.feature("image")
         if emb is None or self.tag_emb is None:
-            return Evidence.none("analyze_image", "no image embeddings were prepared for this catalogue")
+            return Evidence.none(spec.name, "no image embeddings were prepared for this catalogue")
         if len(ctx.history) == 0:
-            return Evidence.none("analyze_image", "the user has no history to compare posters with")
+            return Evidence.none(spec.name, "the user has no history to compare posters with")
         channels, missing_h, missing_c = cosine_to_history(emb, ctx)
         if not channels:
-            return Evidence.none("analyze_image", "none of the user's history items has a poster")
+            return Evidence.none(spec.name, "none of the user's history items has a poster")
         h = emb[ctx.history[-100:]]
         centroid = l2_normalize(np.nanmean(h, axis=0))
         score = 0.5 * channels["max"] + 0.5 * channels["mean"]
@@ -134,4 +136,4 @@ class ImageToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence("analyze_image", " ".join(lines), {f"image_{k}": v for k, v in channels.items()})
+        return Evidence(spec.name, " ".join(lines), {spec.channel(k): v for k, v in channels.items()})

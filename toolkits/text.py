@@ -15,7 +15,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality
-from mma_agent.toolkits.base import Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, cosine_to_history, top_candidates
+from mma_agent.toolkits.base import Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, top_candidates
+from mma_agent.util import joined_digest
 
 
 class AnalyzeTextArgs(BaseModel):
@@ -36,13 +37,17 @@ def load_text_encoder(model_path: str | None = None, device: str = "cpu"):
 class TextToolkit(Toolkit):
     name = "text"
     modality = Modality.TEXT
-    TOOLS: ClassVar = {
-        "analyze_text": (
-            AnalyzeTextArgs,
-            "Text evidence: how well each candidate's text (title, genres, tags, plot) matches the user's history. "
+    TOOLS: ClassVar = (
+        ToolSpec(
+            name="analyze_text",
+            args=AnalyzeTextArgs,
+            description="Text evidence: how well each candidate's text (title, genres, tags, plot) matches the user's history. "
             "Returns the history's top genres and tags and the best-matching candidates. Null if item text is unavailable.",
-        )
-    }
+            prompt='analyze_text {"item_ids": [...optional]}: text evidence, how candidates\' titles, genres and plots match the history.',
+            group="text",
+            channels=("max", "mean"),
+        ),
+    )
 
     def __init__(self, model_path: str | None = None, *, batch_size: int = 64) -> None:
         super().__init__()
@@ -71,18 +76,19 @@ class TextToolkit(Toolkit):
         from mma_agent.masks import family_mask
 
         texts = catalogue.view(family_mask("full")).item_texts()
-        key = {"texts": EmbeddingCache.content_hash(texts), "encoder": self.identity()}
+        key = {"texts": joined_digest(texts, terminated=True), "encoder": self.identity()}
         emb = EmbeddingCache(cache_dir).get_or_build("text-minilm", key, lambda: self.embed(texts))
         return catalogue.with_features(text=(Modality.TEXT, emb))
 
     def analyze_text(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
+        spec = self.spec("analyze_text")
         emb = ctx.view.feature("text")
         if emb is None:
-            return Evidence.none("analyze_text", "no text embeddings were prepared for this catalogue")
+            return Evidence.none(spec.name, "no text embeddings were prepared for this catalogue")
         if len(ctx.history) == 0:
-            return Evidence.none("analyze_text", "the user has no history to compare candidate texts with")
-        channels, _, missing = cosine_to_history(emb, ctx)
-        channels = {f"text_{k}": v for k, v in channels.items()}
+            return Evidence.none(spec.name, "the user has no history to compare candidate texts with")
+        parts, _, missing = cosine_to_history(emb, ctx)
+        channels = {spec.channel(k): v for k, v in parts.items()}
         view = ctx.view
         genres = Counter(g for i in ctx.history for g in (view.item_field(int(i), "genres") or "").split("|") if g)
         tags = Counter(t for i in ctx.history for t in (view.item_field(int(i), "tags") or "").split("|")[:5] if t)
@@ -91,7 +97,7 @@ class TextToolkit(Toolkit):
             f"History ({n} items) top genres: " + ", ".join(f"{g} {100 * c / n:.0f}%" for g, c in genres.most_common(4)) + ".",
             *(["Frequent tags: " + ", ".join(t for t, _ in tags.most_common(5)) + "."] if tags else []),
             "Recent: " + "; ".join(view.item_field(int(i), "title") or ctx.item_id(int(i)) for i in ctx.history[-3:][::-1]) + ".",
-            "Best text matches: " + top_candidates(ctx, 0.5 * channels["text_max"] + 0.5 * channels["text_mean"]) + ".",
+            "Best text matches: " + top_candidates(ctx, 0.5 * parts["max"] + 0.5 * parts["mean"]) + ".",
         ]
         if missing:
             lines.append(f"{missing} candidate(s) have no text.")
@@ -103,5 +109,5 @@ class TextToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence("analyze_text", " ".join(lines), channels)
+        return Evidence(spec.name, " ".join(lines), channels)
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -24,12 +23,9 @@ from tqdm.auto import tqdm
 
 from mma_agent.config import ClipTrainConfig
 from mma_agent.dataset import Dataset
+from mma_agent.util import atomic_save_npy, digest, joined_digest
 
 log = logging.getLogger(__name__)
-
-
-def _key(*parts: str) -> str:
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:12]
 
 
 def trunk_features(ds: Dataset, model, preprocess, cache_dir: Path, *, batch_size: int = 32, chunk: int = 512) -> np.ndarray:
@@ -128,21 +124,18 @@ def pooled_item_texts(pipeline, model, tokenizer) -> np.ndarray:
     from mma_agent.masks import ModalityView, family_mask
 
     texts = ModalityView(pipeline.split, family_mask("full")).item_texts()
-    path = pipeline.root / "cache" / f"text-pooled-{_key(*texts, str(tokenizer.context_length))}.npy"
+    path = pipeline.root / "cache" / f"text-pooled-{joined_digest([*texts, str(tokenizer.context_length)], 12)}.npy"
     if path.is_file():
         return np.load(path)
     txt = text_pooled(model, tokenizer, texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, txt)
-    tmp.replace(path)
+    atomic_save_npy(path, txt)
     return txt
 
 
 def heldout_items(item_ids: np.ndarray, fraction: float) -> np.ndarray:
     """Indices of the items the heads never train on: those whose id hashes into the bottom
     `fraction` (content-free and interaction-free, stable across data set versions)."""
-    h = np.array([int(hashlib.sha256(f"clip-heldout:{i}".encode()).hexdigest()[:8], 16) for i in item_ids], dtype=np.float64)
+    h = np.array([int(digest(f"clip-heldout:{i}", 8), 16) for i in item_ids], dtype=np.float64)
     return np.flatnonzero(h / 16**8 < fraction)
 
 
@@ -156,7 +149,7 @@ def train_poster_clip(pipeline, config: ClipTrainConfig | None = None, *, retrai
     from mma_agent.poster_clip import build_untrained, write_folder
 
     config = config or ClipTrainConfig()
-    folder = pipeline.root / f"poster-clip-{_key(config.model_dump_json())}"
+    folder = pipeline.root / f"poster-clip-{digest(config.model_dump_json(), 12)}"
     if (folder / "open_clip_pytorch_model.bin").is_file() and not retrain:
         return folder
     torch.set_num_threads(max(1, torch.get_num_threads()))

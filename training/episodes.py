@@ -18,31 +18,22 @@ off and redone; any other malformed line is an error naming its line number.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import ndcg_at_k
+from mma_agent.graphs.state import rerank_request
 from mma_agent.pools import NoFirstStageError, Queries
 from mma_agent.training.rewards import action_costs, episode_reward
 
 log = logging.getLogger(__name__)
-REQUEST_KEYS = ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")  # an episode's reranker request
-
-
-def request_of(ep: dict) -> dict:
-    """The reranker request of an episode (the target lets the simulated user answer)."""
-    return {k: ep[k] for k in REQUEST_KEYS}
-
-
 class EpisodeFileError(ValueError):
     """An episode file is malformed or belongs to another config; the message names the line."""
 
@@ -95,10 +86,6 @@ def sample_episodes(pipeline, *, per_family: int | None = None, seed: int = 0, s
                 "first_stage_scores": [float(x) for x in pools.scores[p]],
             })  # fmt: skip
     return episodes
-
-
-def content_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_episodes(path: Path, *, repair: bool = False) -> tuple[dict, list[dict]]:
@@ -165,7 +152,7 @@ def record_episodes(
     stats = {"total": len(episodes), "already": len(episodes) - len(todo), "recorded": 0}
     with path.open("a") as fh:
         for ep in tqdm(todo, desc="record episodes", unit="ep", initial=stats["already"], total=len(episodes)):
-            request = request_of(ep)
+            request = rerank_request(ep)
             out = reranker.invoke(request)
             record = {
                 "id": ep["id"], "family": ep["family"], "part": ep["part"], "mask": ep["mask"], "target": ep["target"],

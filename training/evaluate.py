@@ -9,8 +9,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.metrics import ndcg_at_k
-from mma_agent.training.episodes import request_of
-from mma_agent.training.rewards import action_costs, episode_reward
+from mma_agent.graphs.state import rerank_request, trace_stats
+from mma_agent.training.rewards import episode_reward
 
 
 def evaluate_policies(policies: dict, episodes: list[dict]) -> list[dict]:
@@ -19,12 +19,11 @@ def evaluate_policies(policies: dict, episodes: list[dict]) -> list[dict]:
     for name, graph in policies.items():
         by = defaultdict(list)
         for ep in tqdm(episodes, desc=f"eval {name}", unit="ep"):
-            out = graph.invoke(request_of(ep))
-            steps = [t for t in out["trace"] if t.get("action") and t["action"].get("tool") != "score_candidates"]
-            failed = sum(bool(t.get("null")) or bool(t.get("invalid")) for t in steps)
+            out = graph.invoke(rerank_request(ep))
+            stats = trace_stats(out)
             by[ep["family"]].append({
                 "reward": episode_reward(out, ep["target"]), "ndcg": ndcg_at_k(out["ranking"], {ep["target"]}, 10),
-                "calls": len(steps), "failed": failed, "fallback": out["fallback"], "turns": sum(action_costs(out["trace"]).values()) + 1,
+                **{k: stats[k] for k in ("calls", "failed", "fallback", "turns")},
             })  # fmt: skip
         for fam, rs in [*sorted(by.items()), ("all", [r for rs in by.values() for r in rs])]:
             calls = sum(r["calls"] for r in rs)

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from mma_agent.actions import ActionError, parse_action
-from mma_agent.training.episodes import request_of
+from mma_agent.graphs.state import SCORE_TOOL, rerank_request
 from mma_agent.training.rewards import episode_reward
 from mma_agent.training.sft import train_and_save
 
 log = logging.getLogger(__name__)
-EQUAL_SCORE = json.dumps({"tool": "score_candidates", "args": {"weights": {}}})
+EQUAL_SCORE = json.dumps({"tool": SCORE_TOOL, "args": {"weights": {}}})
 
 
 def canonical(text: str) -> str | None:
@@ -71,12 +71,12 @@ class EnvironmentReward:
         ep = self.episodes[episode_id]
         key = canonical(action)
         rest = continuations.get(key, [EQUAL_SCORE]) if key is not None else [EQUAL_SCORE]
-        if key is not None and json.loads(key)["tool"] == "score_candidates":
+        if key is not None and json.loads(key)["tool"] == SCORE_TOOL:
             rest = []
         plan = [*prefix, action, *rest]
         graph = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=self.catalogue, toolkits=self.toolkits,
                                     alpha=self.alpha, prefill=False).compile()  # fmt: skip
-        out = graph.invoke(request_of(ep))
+        out = graph.invoke(rerank_request(ep))
         self.calls += 1
         return episode_reward(out, ep["target"]), out
 

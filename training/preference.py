@@ -14,7 +14,6 @@ every explored state already gives.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 

@@ -19,24 +19,23 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mma_agent.training.episodes import request_of
+from mma_agent.graphs.state import SCORE_TOOL, rerank_request
+from mma_agent.toolkits import tool_vocabulary
+from mma_agent.toolkits.base import ToolVocabulary
 from mma_agent.training.rewards import episode_reward
 
 log = logging.getLogger(__name__)
-AUTOMATED = ("analyze_text", "analyze_image", "retrieve_graph")
-GROUP_OF = {"analyze_text": "text", "analyze_image": "image", "retrieve_graph": "graph"}
-
-
-def action_plans() -> list[list[str]]:
+def action_plans(tools: ToolVocabulary | None = None) -> list[list[str]]:
     """Every ordered sequence of distinct automated tools (order matters: what the policy saw when
     it chose), each ended by every scoring template over the gathered groups (equal weights, or
-    one group): 3 x 2 + 6 x 3 + 6 x 4 = 48 plans."""
+    one group): with the three built-in evidence tools, 3 x 2 + 6 x 3 + 6 x 4 = 48 plans."""
+    automated = (tools or tool_vocabulary()).automated
     plans = []
-    for r in range(1, len(AUTOMATED) + 1):
-        for tools in itertools.permutations(AUTOMATED, r):
-            steps = [json.dumps({"tool": t, "args": {}}) for t in tools]
-            for w in [{}] + [{GROUP_OF[t]: 1} for t in tools]:
-                plans.append([*steps, json.dumps({"tool": "score_candidates", "args": {"weights": w}})])
+    for r in range(1, len(automated) + 1):
+        for specs in itertools.permutations(automated, r):
+            steps = [json.dumps({"tool": s.name, "args": {}}) for s in specs]
+            for w in [{}] + [{s.group: 1} for s in specs]:
+                plans.append([*steps, json.dumps({"tool": SCORE_TOOL, "args": {"weights": w}})])
     return plans
 
 
@@ -50,7 +49,7 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
     plans = plans or action_plans()
     explored = []
     for ep in tqdm(episodes, desc="explore action plans", unit="ep"):
-        request = request_of(ep)
+        request = rerank_request(ep)
         outcomes = []
         for plan in plans:
             graph = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=toolkits, alpha=alpha, prefill=False).compile()
@@ -148,7 +147,7 @@ def decision_sft_rows(points: list[dict], *, states: str = "path") -> list[dict]
                 p = table[prefix]
                 rows.append(row(p))
                 action = best_action(p)
-                if json.loads(action)["tool"] == "score_candidates":
+                if json.loads(action)["tool"] == SCORE_TOOL:
                     break
                 prefix = (*prefix, action)
     return rows
@@ -201,4 +200,4 @@ def summarize(best: list[dict]) -> dict[str, float]:
     """Mean best reward and how often each tool comes first in the best plans."""
     rewards = np.array([b["reward"] for b in best])
     first = [json.loads(b["plan"][0])["tool"] for b in best]
-    return {"episodes": len(best), "mean best reward": float(rewards.mean()), **{f"first={t}": first.count(t) / len(first) for t in AUTOMATED}}
+    return {"episodes": len(best), "mean best reward": float(rewards.mean()), **{f"first={s.name}": first.count(s.name) / len(first) for s in tool_vocabulary().automated}}

@@ -1,0 +1,149 @@
+"""The reranker's nodes and routers. Each node takes the state and returns a partial update;
+routers return the name of the next node as a `Literal`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any, Literal
+
+import numpy as np
+from langgraph.graph import END
+
+from mma_agent.graphs.fusion import fuse, scores_per_item, weighted_evidence
+from mma_agent.graphs.policy import Policy, completions, rule_action
+from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
+from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, SCORE_TOOL, TOOLS, RerankState, Resolved, Variant, first_stage_output, validate_request
+from mma_agent.masks import Mask
+from mma_agent.toolkits.base import Catalogue, EpisodeContext, Toolkit, ToolVocabulary
+
+
+def ask_person(modality_type: str, question: str) -> str | None:
+    """In an app, a question pauses the graph (LangGraph `interrupt`); resuming returns the answer."""
+    from langgraph.types import interrupt
+
+    answer = interrupt({"question": question, "modality_type": modality_type})
+    return answer if isinstance(answer, str) else None
+
+
+def _int_or_none(i) -> int | None:
+    return None if i is None else int(i)
+
+
+class RerankNodes:
+    """The nodes of one reranker, bound to its run-scoped dependencies."""
+
+    def __init__(self, policy: Policy | None, catalogue: Catalogue, toolkits: dict[str, Toolkit], tools: ToolVocabulary, *,
+                 variant: Variant, alpha: float, max_turns: int, scoring: str) -> None:  # fmt: skip
+        self.policy_model, self.catalogue, self.kits, self.tools = policy, catalogue, toolkits, tools
+        self.variant, self.alpha, self.max_turns, self.scoring = variant, alpha, max_turns, scoring
+        self.offered = tools.names(interactive=variant == "interactive")
+
+    def context(self, state: RerankState) -> EpisodeContext:
+        """What the tools of this request may see, from the indices `validate` resolved."""
+        r = state["resolved"]
+        view = self.catalogue.view(Mask(**{k: bool(v) for k, v in (state.get("mask") or {}).items()}))
+        ask = ask_person if r["target"] is None else None  # evaluation: the simulated user answers about the target
+        return EpisodeContext(view, np.asarray(r["history"], dtype=np.int64), np.asarray(r["candidates"], dtype=np.int64), r["user"], r["target"], ask)
+
+    # --- nodes --------------------------------------------------------------------------
+    def validate(self, state: RerankState) -> dict:
+        problem = validate_request(state, self.catalogue)
+        if problem is not None:
+            return {**first_stage_output(state, f"invalid request: {problem}", []), "turn": 0}
+        split = self.catalogue.split
+        cands, _ = self.catalogue.resolve(state["candidates"])
+        trace = []
+        if "history" in state:
+            hist, unknown = self.catalogue.resolve(state["history"])
+            if unknown:
+                trace.append({"event": "unknown history ids dropped", "ids": unknown})
+        else:
+            view = self.catalogue.view(Mask(**{k: bool(v) for k, v in (state.get("mask") or {}).items()}))
+            hist = view.history(split.user_index[state["user_id"]], include_valid=True)
+        target = split.item_index.get(state["target"]) if state.get("target") else None
+        resolved: Resolved = {"history": [int(i) for i in hist], "candidates": [int(i) for i in cands],
+                              "user": _int_or_none(split.user_index.get(state.get("user_id"))), "target": _int_or_none(target)}  # fmt: skip
+        budget = min(int(state.get("max_turns") or self.max_turns), self.max_turns)
+        messages = [{"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools)},
+                    {"role": "user", "content": request_prompt(len(hist), len(cands))}]  # fmt: skip
+        return {"resolved": resolved, "messages": messages, "evidence": {}, "nulls": [], "trace": trace, "turn": 0, "max_turns": budget,
+                "fallback": False, "reason": "", "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "llm_ms": 0}}  # fmt: skip
+
+    def policy(self, state: RerankState) -> dict:
+        turn = state["turn"] + 1
+        if self.variant == "rule":
+            return {"action": rule_action(self.tools, state["trace"]), "turn": turn}
+        try:
+            reply, meta = self.policy_model.ask(state["messages"], completions(self.tools, self.offered, state["trace"]))
+        except Exception as err:  # backend failure or timeout: the first-stage ranking, with the reason
+            kind = "timed out" if isinstance(err, concurrent.futures.TimeoutError) else f"failed ({type(err).__name__}: {err})"
+            return {**first_stage_output(state, f"LLM backend {kind}"), "turn": turn}
+        usage = dict(state["usage"])
+        usage["llm_calls"] += 1
+        usage["input_tokens"] += meta.get("input_tokens", 0)
+        usage["output_tokens"] += meta.get("output_tokens", 0)
+        usage["llm_ms"] += int(1000 * meta.get("seconds", 0.0))
+        messages = [*state["messages"], {"role": "assistant", "content": reply}]
+        return {"action": Policy.action(reply, meta), "turn": turn, "usage": usage, "messages": messages}
+
+    def run_tool(self, state: RerankState) -> dict:
+        action, turn = state["action"], state["turn"]
+        tool, args = action.get("tool"), action.get("args", {})
+        entry: dict[str, Any] = {"turn": turn, "action": {"tool": tool, "args": args}}
+        evidence, nulls = dict(state["evidence"]), list(state["nulls"])
+        if tool is None:
+            entry.update(invalid=action["invalid"], observation=f"Invalid action ({action['error']}).")
+        elif tool not in self.offered:
+            entry.update(invalid="unknown_tool", observation=f"Unknown tool {tool!r}. Tools: {', '.join(self.offered)}, {SCORE_TOOL}.")
+        elif tool in nulls:
+            entry.update(invalid="repeated_null", observation=f"{tool} already answered Null; it will not change.")
+        else:
+            kit = self.kits.get(self.tools.owner(tool))
+            if kit is None:
+                observation, channels, null = "Null: this tool is not configured.", {}, True
+            else:
+                ev = kit.call(tool, self.context(state), **args)
+                observation, channels, null = ev.observation, ev.channels, ev.null
+            entry.update(observation=observation, null=null)
+            if null:
+                nulls.append(tool)
+            evidence.update({k: [float(x) for x in v] for k, v in channels.items()})
+        trace = [*state["trace"], entry]
+        messages = [*state.get("messages", []), {"role": "user", "content": observation_prompt(entry["observation"], turn, state["max_turns"])}]
+        return {"trace": trace, "evidence": evidence, "nulls": nulls, "messages": messages}
+
+    def score(self, state: RerankState) -> dict:
+        cands = state["candidates"]
+        first = np.asarray(state["first_stage_scores"], dtype=float)
+        args = (state.get("action") or {}).get("args") or {}
+        trace = [*state["trace"], {"turn": state["turn"], "action": state.get("action"), "observation": "scored"}]
+        if self.scoring == "scores" and isinstance(args.get("scores"), dict):
+            mma = scores_per_item(first, cands, args["scores"])
+            if mma is None:
+                return first_stage_output(state, f"{SCORE_TOOL} gave no valid scores for pool items", trace)
+        else:
+            mma = weighted_evidence({k: np.asarray(v) for k, v in state["evidence"].items()}, self.tools.groups, args.get("weights"))
+            if mma is None:
+                return first_stage_output(state, "no evidence was gathered: every tool answered Null", trace)
+        final = fuse(first, mma, self.alpha)
+        order = np.argsort(-final, kind="stable")
+        return {"ranking": [cands[i] for i in order], "scores": [float(final[i]) for i in order],
+                "mma_scores": {c: float(m) for c, m in zip(cands, mma, strict=True)}, "fallback": False, "reason": "", "trace": trace}  # fmt: skip
+
+    def budget_spent(self, state: RerankState) -> dict:
+        return first_stage_output(state, f"no {SCORE_TOOL} within {state['max_turns']} turns")
+
+    # --- routers ------------------------------------------------------------------------
+    @staticmethod
+    def after_validate(state: RerankState) -> Literal["policy", "__end__"]:
+        return END if state.get("fallback") else POLICY
+
+    @staticmethod
+    def after_policy(state: RerankState) -> Literal["tools", "score", "__end__"]:
+        if state.get("fallback"):
+            return END
+        return SCORE if (state.get("action") or {}).get("tool") == SCORE_TOOL else TOOLS
+
+    @staticmethod
+    def after_tools(state: RerankState) -> Literal["policy", "budget_spent"]:
+        return POLICY if state["turn"] < state["max_turns"] else BUDGET_SPENT

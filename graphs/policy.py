@@ -1,0 +1,101 @@
+"""The policy call: one action from the LLM (or the fixed rule), and what the policy may answer.
+
+`score_candidates` is the graph's own finishing action; every other action is a tool of the
+reranker's :class:`ToolVocabulary`, from which the native tool schemas, the rule order and the
+completions of constrained decoding are derived here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from mma_agent.actions import ActionError, parse_action
+from mma_agent.graphs.state import SCORE_TOOL
+from mma_agent.toolkits.base import ToolVocabulary
+
+PREFILL = '{"tool": "'  # local models start every reply here; a completion continues it
+
+
+class ScoreWeightsArgs(BaseModel):
+    weights: dict[str, float] = Field(default_factory=dict, description="Weights over gathered evidence: text, image, graph, ask.")
+
+
+class ScoreMapArgs(BaseModel):
+    scores: dict[str, float] = Field(description="Item id -> score for pool items; unscored items keep their first-stage score.")
+
+
+def tool_schemas(tools: ToolVocabulary, names: list[str], scoring: str) -> list[dict]:
+    """OpenAI-style function schemas of the offered tools and `score_candidates`, for `bind_tools`."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    fn = convert_to_openai_tool(ScoreWeightsArgs if scoring == "weights" else ScoreMapArgs)["function"]
+    return [*(tools.get(t).openai_schema() for t in names), {"type": "function", "function": {**fn, "name": SCORE_TOOL, "description": "Finish: score the pool."}}]
+
+
+def called_tools(trace: list[dict]) -> set[str | None]:
+    return {t["action"]["tool"] for t in trace if "action" in t}
+
+
+def rule_action(tools: ToolVocabulary, trace: list[dict]) -> dict:
+    """RuleRouter-Fuse: every automated tool once, in vocabulary order, then equal weights."""
+    called = called_tools(trace)
+    nxt = next((s.name for s in tools.automated if s.name not in called), None)
+    return {"tool": nxt, "args": {}} if nxt else {"tool": SCORE_TOOL, "args": {"weights": {}}}
+
+
+def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict]) -> list[str]:
+    """Valid continuations of PREFILL for constrained local models: each offered tool not called
+    yet with each of its argument templates, and score_candidates with equal weights or one
+    evidence group."""
+    called = called_tools(trace)
+    out = [f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in tools.get(t).arg_templates]
+    weights = ["{}", *(f'{{"{g}": 1}}' for g in tools.groups)]
+    return out + [f'{SCORE_TOOL}", "args": {{"weights": {w}}}}}' for w in weights]
+
+
+class Policy:
+    """Asks a chat model for one action, under a timeout; parses the reply."""
+
+    def __init__(self, model: Any, *, prefill: bool, timeout: float | None) -> None:
+        self.model, self.prefill, self.timeout = model, prefill, timeout
+
+    def ask(self, messages: list[dict], allowed: list[str] | None = None) -> tuple[str, dict]:
+        """The model's reply to the conversation, and its usage metadata (native tool calls under
+        "tool_calls"). Raises on backend failure; a concurrent.futures.TimeoutError past `timeout`."""
+        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+        kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+        lc = [kinds[m["role"]](m["content"]) for m in messages]
+        kwargs = {"prefill": PREFILL, "allowed_completions": allowed, "stop_strings": ["\n"]} if self.prefill else {}
+        if self.timeout is None:
+            out = self.model.invoke(lc, **kwargs)
+        else:
+            pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            try:
+                out = pool.submit(self.model.invoke, lc, **kwargs).result(timeout=self.timeout)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+        meta = dict(getattr(out, "usage_metadata", None) or {})
+        meta["seconds"] = float((getattr(out, "response_metadata", None) or {}).get("seconds", 0.0))
+        if getattr(out, "tool_calls", None):
+            meta["tool_calls"] = [{"name": c["name"], "args": c.get("args", {})} for c in out.tool_calls]
+            if not out.content:
+                return json.dumps({"tool": out.tool_calls[0]["name"], "args": out.tool_calls[0].get("args", {})}), meta
+        return str(out.content), meta
+
+    @staticmethod
+    def action(reply: str, meta: dict) -> dict:
+        """The action of a reply: the first native tool call, else the parsed JSON line; an
+        unparsable reply is {"tool": None, "invalid": kind, "error": message}."""
+        calls = meta.get("tool_calls")
+        if calls:
+            return {"tool": calls[0]["name"], "args": dict(calls[0].get("args") or {})}
+        try:
+            act = parse_action(reply)
+        except ActionError as err:
+            return {"tool": None, "invalid": err.kind, "error": str(err)}
+        return {"tool": act.tool, "args": act.args}
