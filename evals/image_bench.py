@@ -72,7 +72,8 @@ def bench_image(pipeline, folder: Path, *, n_throughput: int = 64, seed: int = 0
     import torch
 
     from mma_agent.poster_clip import load_clip
-    from mma_agent.training.clip import heldout_items, pooled_item_texts, trunk_features
+    from mma_agent.image_features import trunk_features
+    from mma_agent.training.clip import heldout_items, pooled_item_texts
 
     model, preprocess, tokenizer = load_clip(f"local-dir:{folder}")
     ds, split = pipeline.dataset, pipeline.split

@@ -40,7 +40,7 @@ from mma_agent.graphs.state import SCORE_TOOL, rerank_request, trace_stats
 from mma_agent.masks import TASK_FAMILIES, Mask
 from mma_agent.toolkits import tool_vocabulary
 from mma_agent.toolkits.base import ToolSpec
-from mma_agent.util import atomic_write, l2_normalize, minmax
+from mma_agent.util import atomic_write, json_digest, l2_normalize, minmax
 
 log = logging.getLogger(__name__)
 FIRST_STAGE = "First stage (the family's retriever)"
@@ -237,8 +237,6 @@ class TrainedFusion(Method):
     def setup(self, env, seed: int | None = None):
         import torch
 
-        from mma_agent.training.episodes import content_hash
-
         from .fusion_models import content_view, load_fusion, train_fusion
 
         super().setup(env)
@@ -247,7 +245,7 @@ class TrainedFusion(Method):
             self.features = content_view(env.item_features) if self.kind == "magnet" else env.item_features
         full = env.catalogue.view(Mask())
         split = env.pipeline.split
-        key = content_hash([split.fingerprint(), self.kind, {m: list(f.shape) for m, f in self.features.items()}, self.seed])
+        key = json_digest([split.fingerprint(), self.kind, {m: list(f.shape) for m, f in self.features.items()}, self.seed])
         path = env.pipeline.root / "evals" / f"{self.kind}-{key}.pt"
         dims = {m: f.shape[1] for m, f in self.features.items()}
         if path.is_file():

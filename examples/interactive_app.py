@@ -17,10 +17,7 @@ from pathlib import Path
 
 
 def build(args):
-    from mma_agent.dataset import load_dataset
-    from mma_agent.graphs.reranker import create_mma_reranker
-    from mma_agent.splits import split_dataset
-    from mma_agent.toolkits import prepare_toolkits
+    from mma_agent import create_mma_reranker, load_dataset, prepare_toolkits, split_dataset
 
     split = split_dataset(load_dataset(args.data))
     catalogue, kits = prepare_toolkits(split, Path(args.cache), image_model=None)

@@ -1,25 +1,23 @@
 """The reranker for the LangGraph CLI / server (see langgraph.json), and as a subgraph and a tool.
 
 Environment (read here, in the app, never in the library): MMA_DATA (data set folder),
-MMA_MODEL (backend string, default transformers:smollm2-135m), MMA_CACHE (cache folder).
+MMA_WORKDIR (the workdir `mma pipeline` built, default .mma; its caches are reused), MMA_IMAGE=0
+(leave the poster toolkit out), MMA_MODEL (backend string, default transformers:smollm2-135m).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from mma_agent.dataset import load_dataset
-from mma_agent.graphs.embedding import create_rerank_tool
-from mma_agent.graphs.reranker import create_mma_reranker
-from mma_agent.splits import split_dataset
-from mma_agent.toolkits import prepare_toolkits
+from mma_agent import Pipeline, PipelineConfig, create_mma_reranker, create_rerank_tool
 
-_split = split_dataset(load_dataset(os.environ.get("MMA_DATA", "../shared/datasets/movielens-posters")))
-_catalogue, _kits = prepare_toolkits(_split, Path(os.environ.get("MMA_CACHE", ".mma/app-cache")), image_model=None)
+_config = {"data": {"path": os.environ.get("MMA_DATA", "../shared/datasets/movielens-posters")}, "workdir": os.environ.get("MMA_WORKDIR", ".mma")}
+_pipeline = Pipeline(PipelineConfig.model_validate(_config))
+_split = _pipeline.split
+_catalogue, _kits = _pipeline.toolkits(image=os.environ.get("MMA_IMAGE", "1") != "0")
 
 # 1. The graph itself (langgraph.json exposes it as "mma_reranker").
 graph = create_mma_reranker(os.environ.get("MMA_MODEL", "transformers:smollm2-135m"), catalogue=_catalogue, toolkits=_kits).compile()

@@ -33,7 +33,7 @@ def system_prompt(names: list[str], scoring: str, max_turns: int, *, tools: Tool
         f"- {score}",
         "A tool answers Null when its data is missing for this request: do not call it again.",
         f"You have at most {max_turns} turns; each tool call costs a little.",
-        'Example: {"tool": "analyze_text", "args": {}}',
+        f'Example: {{"tool": "{tools.automated[0].name}", "args": {{}}}}',
     ]
     return "\n".join(lines)
 

@@ -12,30 +12,35 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DataConfig": "mma_agent.config",
-    "PipelineConfig": "mma_agent.config",
-    "PoolConfig": "mma_agent.config",
+    # embed the reranker in an app
+    "create_mma_reranker": "mma_agent.graphs.reranker",
+    "create_rerank_tool": "mma_agent.graphs.embedding",
+    "prepare_toolkits": "mma_agent.toolkits",
+    "RerankInput": "mma_agent.graphs.state",
+    "RerankOutput": "mma_agent.graphs.state",
+    # extend it with a toolkit of your own
+    "Toolkit": "mma_agent.toolkits.base",
+    "ToolSpec": "mma_agent.toolkits.base",
+    # data, and the pipeline that builds caches, retrievers and pools from it
     "load_dataset": "mma_agent.dataset",
     "split_dataset": "mma_agent.splits",
-    "Mask": "mma_agent.masks",
-    "TASK_FAMILIES": "mma_agent.masks",
-    "ModalityView": "mma_agent.masks",
-    "PoolSet": "mma_agent.pools",
-    "create_retriever": "mma_agent.retrievers",
     "Pipeline": "mma_agent.pipeline",
-    "ndcg_at_k": "mma_agent.metrics",
+    "PipelineConfig": "mma_agent.config",
+    "TASK_FAMILIES": "mma_agent.masks",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from mma_agent.config import DataConfig, PipelineConfig, PoolConfig
+    from mma_agent.config import PipelineConfig
     from mma_agent.dataset import load_dataset
-    from mma_agent.masks import TASK_FAMILIES, Mask, ModalityView
-    from mma_agent.metrics import ndcg_at_k
+    from mma_agent.graphs.embedding import create_rerank_tool
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.graphs.state import RerankInput, RerankOutput
+    from mma_agent.masks import TASK_FAMILIES
     from mma_agent.pipeline import Pipeline
-    from mma_agent.pools import PoolSet
-    from mma_agent.retrievers import create_retriever
     from mma_agent.splits import split_dataset
+    from mma_agent.toolkits import prepare_toolkits
+    from mma_agent.toolkits.base import Toolkit, ToolSpec
 
 
 def __getattr__(name: str) -> Any:

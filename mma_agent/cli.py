@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from pydantic import ValidationError
 
-    from mma_agent.dataset import DatasetError
+    from mma_agent.schema import DatasetError
 
     try:
         args.func(args)

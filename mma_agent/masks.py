@@ -24,13 +24,15 @@ import weakref
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from mma_agent.splits import Split
+if TYPE_CHECKING:
+    from mma_agent.splits import Split
+
 
 
 class Modality(StrEnum):

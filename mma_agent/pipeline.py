@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mma_agent.config import PipelineConfig
-from mma_agent.dataset import Dataset, load_dataset
+from mma_agent.dataset import load_dataset
+from mma_agent.schema import Dataset
 from mma_agent.masks import TASK_FAMILIES, Modality, ModalityView, family_mask
 from mma_agent.metrics import batch_metrics, topk_indices
 from mma_agent.pools import (
@@ -57,7 +58,10 @@ def full_sort_metrics(retriever: Retriever, split: Split, target: str = "valid",
 
 @dataclass
 class Pipeline:
-    config: PipelineConfig
+    """The data set, its split, and everything built from them under the workdir (retrievers,
+    the poster CLIP, pools, toolkit caches), each built on first use and reused after."""
+
+    config: PipelineConfig = field(default_factory=PipelineConfig)  # the defaults are configs/default.yaml
 
     @cached_property
     def dataset(self) -> Dataset:

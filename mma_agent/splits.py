@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mma_agent.config import DataConfig
-from mma_agent.dataset import Dataset, DatasetError
+from mma_agent.schema import Dataset, DatasetError
 from mma_agent.util import digest
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ pytest.importorskip("open_clip")
 
 from mma_agent.dataset import load_dataset  # noqa: E402
 from mma_agent.poster_clip import build_untrained, load_clip, write_folder  # noqa: E402
-from mma_agent.training.clip import ClipTrainConfig, train_heads, trunk_features  # noqa: E402
+from mma_agent.image_features import trunk_features  # noqa: E402
+from mma_agent.training.clip import ClipTrainConfig, train_heads  # noqa: E402
 
 
 @pytest.fixture(scope="module")

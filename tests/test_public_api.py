@@ -6,8 +6,8 @@ import mma_agent
 
 def test_all_is_pinned():
     assert mma_agent.__all__ == [
-        "DataConfig", "Mask", "ModalityView", "Pipeline", "PipelineConfig", "PoolConfig", "PoolSet",
-        "TASK_FAMILIES", "create_retriever", "load_dataset", "ndcg_at_k", "split_dataset",
+        "Pipeline", "PipelineConfig", "RerankInput", "RerankOutput", "TASK_FAMILIES", "ToolSpec", "Toolkit",
+        "create_mma_reranker", "create_rerank_tool", "load_dataset", "prepare_toolkits", "split_dataset",
     ]  # fmt: skip
     for name in mma_agent.__all__:
         assert getattr(mma_agent, name) is not None

@@ -78,7 +78,7 @@ class ImageToolkit(Toolkit):
         visual = model.visual
         if hasattr(visual, "trunk") and hasattr(visual, "head"):
             # open_clip timm towers: a frozen trunk's features are cached once, the head is cheap.
-            from mma_agent.training.clip import trunk_features
+            from mma_agent.image_features import trunk_features
 
             trunk = trunk_features(ds, model, preprocess, cache_dir)
             with torch.no_grad():

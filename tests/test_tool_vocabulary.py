@@ -1,0 +1,111 @@
+"""One tool vocabulary: a toolkit declares its tools once, and everything else is derived.
+
+A toy toolkit defined here, and passed to the factory like any other, is offered in the prompt
+and the native schemas, completed by constrained decoding, weighed by score_candidates, called by
+the rule router, costed by the reward and explored by training's plan space, with no other file
+touched.
+"""
+
+import json
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from pydantic import BaseModel
+
+pytest.importorskip("sentence_transformers")
+
+from mma_agent.graphs.policy import completions, tool_schemas  # noqa: E402
+from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
+from mma_agent.toolkits import tool_vocabulary  # noqa: E402
+from mma_agent.toolkits.base import EpisodeContext, Evidence, Toolkit, ToolSpec, ToolVocabulary  # noqa: E402
+from mma_agent.training.rewards import action_costs, episode_reward  # noqa: E402
+from mma_agent.training.sft import action_plans  # noqa: E402
+
+
+class CountArgs(BaseModel):
+    pass
+
+
+class ToyToolkit(Toolkit):
+    """Evidence from the number in each item id (m39 is the strongest)."""
+
+    name = "toy"
+    modality = None
+    TOOLS: ClassVar = (
+        ToolSpec(name="count_items", args=CountArgs, description="Toy evidence: the number in each candidate's id.",
+                 prompt="count_items {}: toy evidence, the number in each id.", group="toy", channels=("number",), cost=0.05),
+    )  # fmt: skip
+
+    def __init__(self, channel: str = "number") -> None:
+        super().__init__()
+        self.channel = channel
+
+    def count_items(self, ctx: EpisodeContext) -> Evidence:
+        spec = self.spec("count_items")
+        number = np.array([float(ctx.item_id(int(i))[1:]) for i in ctx.candidates])
+        return Evidence(spec.name, "Counted.", {f"{spec.group}_{self.channel}": number})
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from mma_agent.dataset import load_dataset
+    from mma_agent.splits import split_dataset
+    from mma_agent.toolkits import prepare_toolkits
+    from tests.conftest import write_tiny_dataset
+
+    split = split_dataset(load_dataset(write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny")))
+    catalogue, kits = prepare_toolkits(split, tmp_path_factory.mktemp("cache"), image_model=None)
+    return catalogue, {**kits, "toy": ToyToolkit()}
+
+
+def _request():
+    cands = [f"m{i}" for i in range(0, 40, 3)]
+    return {"user_id": "u0", "candidates": cands, "first_stage_scores": [float(-i) for i in range(len(cands))]}
+
+
+def test_builtin_vocabulary_is_what_the_reranker_always_offered():
+    tools = tool_vocabulary()
+    assert [s.name for s in tools.specs] == ["analyze_text", "analyze_image", "retrieve_graph", "ask_user"]
+    assert tools.names(interactive=False) == ["analyze_text", "analyze_image", "retrieve_graph"]
+    assert tools.groups == {"text": ("text_max", "text_mean"), "image": ("image_max", "image_mean"), "graph": ("graph_ppr", "graph_co"),
+                            "ask": ("ask_text", "ask_image")}  # fmt: skip
+    assert [tools.owner(s.name) for s in tools.specs] == ["text", "image", "graph", "clarify"]
+    assert [s.cost for s in tools.specs] == [0.02, 0.02, 0.02, 0.10]
+    assert len(action_plans()) == 48
+
+
+def test_a_toy_toolkit_is_offered_everywhere(env):
+    catalogue, kits = env
+    tools = tool_vocabulary(kits)
+    assert tools.names(interactive=False)[-1] == "count_items" and tools.owner("count_items") == "toy"
+    assert [f["function"]["name"] for f in tool_schemas(tools, tools.names(interactive=False), "weights")][-2:] == ["count_items", "score_candidates"]
+    allowed = completions(tools, tools.names(interactive=False), [])
+    assert 'count_items", "args": {}}' in allowed and 'score_candidates", "args": {"weights": {"toy": 1}}}' in allowed
+    assert len(action_plans(tools)) == 4 * 2 + 12 * 3 + 24 * 4 + 24 * 5  # every ordering of 4 tools, each scored 1 + r ways
+
+    plan = [json.dumps({"tool": "count_items", "args": {}}), json.dumps({"tool": "score_candidates", "args": {"weights": {"toy": 1}}})]
+    out = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, alpha=0.0, prefill=False).compile().invoke(_request())
+    assert "- count_items {}: toy evidence, the number in each id." in out["messages"][0]["content"]
+    assert '"toy": w' in out["messages"][0]["content"]  # score_candidates names its group
+    assert not out["fallback"] and out["ranking"] == sorted(_request()["candidates"], key=lambda c: -int(c[1:]))
+    assert episode_reward(out, "m39", tools=tools) == pytest.approx(1.0 - 0.05)
+    assert action_costs(out["trace"], tools) == {"tool_calls": 1, "ask_user": 0, "invalid": 0}
+
+    rule = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile().invoke(_request())
+    assert [t["action"]["tool"] for t in rule["trace"]] == ["analyze_text", "analyze_image", "retrieve_graph", "count_items", "score_candidates"]
+
+
+def test_undeclared_channels_and_names_are_refused(env):
+    catalogue, kits = env
+    from mma_agent.masks import Mask
+
+    rogue = ToyToolkit(channel="secret")
+    ctx = EpisodeContext(catalogue.view(Mask()), np.array([0]), np.array([1, 2, 3]))
+    ev = rogue.call("count_items", ctx)
+    assert ev.null and "toy_secret" in ev.observation and rogue.errors["undeclared_channel"] == 1
+    with pytest.raises(ValueError, match="declared by more than one toolkit"):
+        ToolVocabulary.of([("a", ToyToolkit), ("b", ToyToolkit)])
+    with pytest.raises(ValueError, match="declares channels"):
+        ToyToolkit.spec("count_items").channel("secret")
