@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.graphs.fusion import fuse
+from mma_agent.graphs.state import Episode
 from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import hr_at_k, ndcg_at_k, recall_at_k
 from mma_agent.pools import PROTOCOL, NoFirstStageError
@@ -42,7 +43,7 @@ METRICS = (("ndcg@10", ndcg_at_k, 10), ("hr@10", hr_at_k, 10), ("ndcg@20", ndcg_
 # recall@100 of a 100-item pool is the same for every ranking of it: the ceiling, stored with every row
 
 
-def build_episodes(pipeline, split: str, *, families: Sequence[str] | None = None, limit: Limit = None, seed: int = 0) -> list[dict]:
+def build_episodes(pipeline, split: str, *, families: Sequence[str] | None = None, limit: Limit = None, seed: int = 0) -> list[Episode]:
     """Episodes from the saved pools; `limit` keeps a seeded subset of pools per family. A family
     that no first-stage retriever can serve on this data set is skipped (its pools say why)."""
     sp = pipeline.split

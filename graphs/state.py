@@ -41,6 +41,24 @@ class RerankOutput(TypedDict, total=False):
     messages: list[dict]  # the policy's conversation (system, request, actions, observations)
 
 
+class Episode(RerankInput, total=False):
+    """An evaluation or training episode: the reranker's request (ids, built once from the saved
+    pools) plus what measuring it needs. `evals.runner.build_episodes` and
+    `training.episodes.sample_episodes` build them; `rerank_request` takes the request out."""
+
+    family: str  # the task family whose mask the request carries
+    id: str  # training: family:user:target
+    part: str  # training: support | query
+    split: str  # evaluation: valid | test
+    protocol: str  # evaluation: the pool protocol
+    pool: int  # evaluation: the pool's row in its PoolSet
+    n_pools: int  # evaluation: pools in the family's PoolSet (the seeded subsets depend on it)
+    user: int  # evaluation: catalogue user index
+    cand_idx: np.ndarray  # evaluation: (n,) catalogue indices of `candidates`
+    hist_idx: np.ndarray  # evaluation: (h,) catalogue indices of `history`
+    relevant: list[str]  # evaluation: every held-out positive of the user in the split
+
+
 class Resolved(TypedDict):
     """The request's ids as catalogue indices, resolved once by `validate`."""
 
@@ -58,7 +76,7 @@ class RerankState(RerankInput, RerankOutput, total=False):
     turn: int
 
 
-def rerank_request(episode: Mapping[str, Any], *, with_target: bool = True) -> RerankInput:
+def rerank_request(episode: Episode | Mapping[str, Any], *, with_target: bool = True) -> RerankInput:
     """The request of an evaluation or training episode (any mapping with the request's keys);
     `with_target` lets the simulated user of MMA-Interactive answer about the held-out item."""
     return {k: episode[k] for k in REQUEST_KEYS if k in episode and (with_target or k != "target")}  # type: ignore[return-value]

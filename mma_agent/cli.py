@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from mma_agent.config import PipelineConfig, load_config
-from mma_agent.util import atomic_write_text, format_table
+from mma_agent.util import format_table
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
@@ -150,20 +150,11 @@ def _trl_overrides(pairs: list[str] | None) -> dict:
 
 def _support_points(args):
     """Explored decision points of the support episodes (cached on disk by content)."""
-    from mma_agent.util import json_digest
-    from mma_agent.training.sft import action_plans, decision_points, explore_plans
+    from mma_agent.training.sft import decision_points, explore_support
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     support = [e for e in episodes if e["part"] == "support"]
-    key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), p.split.fingerprint()])  # pools too
-    path = p.root / "explore" / f"support-{key}.json"
-    start = time.perf_counter()
-    if path.is_file():
-        explored = json.loads(path.read_text())
-    else:
-        explored = explore_plans(support, catalogue, kits)
-        atomic_write_text(path, json.dumps(explored))
-    took = time.perf_counter() - start
+    explored, took = explore_support(p, support, catalogue, kits)
     return p, catalogue, kits, support, explored, decision_points(explored), took
 
 
@@ -209,14 +200,10 @@ def cmd_train_dpo(args) -> None:
 
 
 def cmd_train_grpo(args) -> None:
-    import random
-
-    from mma_agent.training.grpo import EnvironmentReward, grpo_rows, train_grpo
+    from mma_agent.training.grpo import EnvironmentReward, grpo_rows, informative_states, train_grpo
 
     p, catalogue, kits, support, _, points, _ = _support_points(args)
-    # states where the choice matters: GRPO learns nothing from a group whose rewards are all equal
-    informative = [pt for pt in points if max(pt["values"].values()) - min(pt["values"].values()) >= args.margin]
-    random.Random(args.seed).shuffle(informative)
+    informative = informative_states(points, margin=args.margin, seed=args.seed)
     reward = EnvironmentReward(support, catalogue, kits)
     base = _base(args, p, "dpo", "sft")
     out = args.out or p.root / "train" / "grpo"

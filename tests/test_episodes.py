@@ -318,3 +318,13 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     # resumed, not restarted: the first checkpoint was not written again
     assert (run / "checkpoints" / "checkpoint-2" / "model.safetensors").stat().st_mtime_ns == first_ckpt
     assert (run / "policy" / "model.safetensors").is_file()
+
+
+def test_informative_states_keep_the_choices_that_matter():
+    from mma_agent.training.grpo import informative_states
+
+    points = [{"values": {"a": 0.5, "b": 0.5}}, {"values": {"a": 0.1, "b": 0.4}}, {"values": {"a": 0.3}}]
+    assert informative_states(points, margin=0.1) == [points[1]]  # equal values, or one action: nothing to learn
+    many = [{"values": {"a": 0.0, "b": float(i)}} for i in range(1, 30)]
+    shuffled = informative_states(many, margin=0.5, seed=1)
+    assert shuffled == informative_states(many, margin=0.5, seed=1) and shuffled != many and sorted(shuffled, key=lambda p: p["values"]["b"]) == many

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import ndcg_at_k
-from mma_agent.graphs.state import rerank_request
+from mma_agent.graphs.state import Episode, rerank_request
 from mma_agent.pools import NoFirstStageError, Queries
 from mma_agent.training.rewards import action_costs, episode_reward
 
@@ -54,7 +54,7 @@ def train_targets(split, per_user: int = 1) -> tuple[np.ndarray, np.ndarray, lis
     return np.array(users, dtype=np.int64), np.array(items, dtype=np.int64), hists
 
 
-def sample_episodes(pipeline, *, per_family: int | None = None, seed: int = 0, support_fraction: float = 0.8) -> list[dict]:
+def sample_episodes(pipeline, *, per_family: int | None = None, seed: int = 0, support_fraction: float = 0.8) -> list[Episode]:
     """Episodes spread uniformly over the seven families, each family split support/query."""
     split = pipeline.split
     users, items, hists = train_targets(split)

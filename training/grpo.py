@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,14 @@ def canonical(text: str) -> str | None:
     except ActionError:
         return None
     return json.dumps({"tool": a.tool, "args": a.args})
+
+
+def informative_states(points: list[dict], *, margin: float, seed: int = 0) -> list[dict]:
+    """Decision points where the choice matters (best and worst next action at least `margin`
+    apart: GRPO learns nothing from a group whose rewards are all equal), shuffled by `seed`."""
+    informative = [pt for pt in points if max(pt["values"].values()) - min(pt["values"].values()) >= margin]
+    random.Random(seed).shuffle(informative)
+    return informative
 
 
 def grpo_rows(points: list[dict]) -> list[dict]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from mma_agent.graphs.state import SCORE_TOOL, rerank_request
 from mma_agent.toolkits import tool_vocabulary
 from mma_agent.toolkits.base import ToolVocabulary
 from mma_agent.training.rewards import episode_reward
+from mma_agent.util import atomic_write_text, json_digest
 
 log = logging.getLogger(__name__)
 def action_plans(tools: ToolVocabulary | None = None) -> list[list[str]]:
@@ -57,6 +59,20 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
             outcomes.append({"plan": plan, "reward": episode_reward(out, ep["target"]), "messages": out["messages"]})
         explored.append({"id": ep["id"], "family": ep["family"], "outcomes": outcomes})
     return explored
+
+
+def explore_support(pipeline, support: list[dict], catalogue, toolkits) -> tuple[list[dict], float]:
+    """`explore_plans` on the support episodes, cached under the workdir by content (the episodes
+    and their pools, the plan space, the data), and the seconds it took (0 when cached)."""
+    key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), pipeline.split.fingerprint()])
+    path = pipeline.root / "explore" / f"support-{key}.json"
+    start = time.perf_counter()
+    if path.is_file():
+        explored = json.loads(path.read_text())
+    else:
+        explored = explore_plans(support, catalogue, toolkits)
+        atomic_write_text(path, json.dumps(explored))
+    return explored, time.perf_counter() - start
 
 
 def best_of(explored: list[dict]) -> list[dict]:
