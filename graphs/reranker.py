@@ -39,6 +39,7 @@ def create_mma_reranker(
     timeout: float | None = 60.0,
     prefill: bool | None = None,
     native_tools: bool = False,
+    backend_kwargs: dict[str, Any] | None = None,
 ) -> StateGraph:
     """The MMA reranker as an uncompiled StateGraph (compile it with your checkpointer, or mount it).
 
@@ -47,6 +48,8 @@ def create_mma_reranker(
     prefill: start the reply with '{"tool": "' (local transformers models; default: on for them).
     native_tools: for backends with native tool calling (OpenAI-compatible servers with tools,
     vLLM with a tool parser): `bind_tools` and read the model's tool calls instead of JSON text.
+    backend_kwargs: options of a backend string, e.g. {"base_url": "http://127.0.0.1:8000/v1"} for
+    "openai:NAME", {"cache_dir": ...} for "transformers:..." (see `mma_agent.llm.resolve_chat_model`).
     """
     if variant not in ("auto", "interactive", "rule"):
         msg = f"variant={variant!r}; choose 'auto', 'interactive' or 'rule'"
@@ -62,7 +65,7 @@ def create_mma_reranker(
         from mma_agent.graphs.policy import tool_schemas
         from mma_agent.llm import TransformersChatModel, resolve_chat_model
 
-        model = resolve_chat_model(model)
+        model = resolve_chat_model(model, **(backend_kwargs or {}))
         prefill = isinstance(model, TransformersChatModel) if prefill is None else prefill
         if native_tools:
             model = model.bind_tools(tool_schemas(tools, tools.names(interactive=variant == "interactive"), scoring))

@@ -240,3 +240,15 @@ def test_vllm_backend_needs_its_extra_or_a_gpu(tmp_path):
 
     with pytest.raises((ImportError, RuntimeError), match="vllm|GPU"):
         resolve_chat_model("vllm:Qwen/Qwen2.5-0.5B-Instruct", cache_dir=tmp_path)
+
+
+def test_backend_string_takes_its_options_through_the_factory(env):
+    """The README's backend example: an OpenAI-compatible server named by string and base URL
+    (nothing listens on port 9: the request falls back, with the reason)."""
+    pytest.importorskip("langchain_openai")
+    _, catalogue, kits = env
+    graph = create_mma_reranker("openai:any-model", catalogue=catalogue, toolkits=kits, backend_kwargs={"base_url": "http://127.0.0.1:9/v1"}, timeout=10)
+    out = graph.compile().invoke(_request())
+    assert out["fallback"] and "LLM backend failed" in out["reason"] and out["ranking"] == _request()["candidates"][::-1]
+    with pytest.raises(ValueError, match="needs base_url"):
+        create_mma_reranker("openai:any-model", catalogue=catalogue, toolkits=kits)
