@@ -41,32 +41,32 @@ class RerankNodes:
     def context(self, state: RerankState) -> EpisodeContext:
         """What the tools of this request may see, from the indices `validate` resolved."""
         r = state["resolved"]
-        view = self.catalogue.view(Mask(**{k: bool(v) for k, v in (state.get("mask") or {}).items()}))
+        view = self.catalogue.view(Mask(**(state.get("mask") or {})))
         ask = ask_person if r["target"] is None else None  # evaluation: the simulated user answers about the target
         return EpisodeContext(view, np.asarray(r["history"], dtype=np.int64), np.asarray(r["candidates"], dtype=np.int64), r["user"], r["target"], ask)
 
     # --- nodes --------------------------------------------------------------------------
     def validate(self, state: RerankState) -> dict:
-        problem = validate_request(state, self.catalogue)
-        if problem is not None:
+        req, problem = validate_request(state, self.catalogue)
+        if req is None:
             return {**first_stage_output(state, f"invalid request: {problem}", []), "turn": 0}
         split = self.catalogue.split
-        cands, _ = self.catalogue.resolve(state["candidates"])
+        cands, _ = self.catalogue.resolve(req.candidates)
         trace = []
-        if "history" in state:
-            hist, unknown = self.catalogue.resolve(state["history"])
+        if req.history is not None:
+            hist, unknown = self.catalogue.resolve(req.history)
             if unknown:
                 trace.append({"event": "unknown history ids dropped", "ids": unknown})
         else:
-            view = self.catalogue.view(Mask(**{k: bool(v) for k, v in (state.get("mask") or {}).items()}))
-            hist = view.history(split.user_index[state["user_id"]], include_valid=True)
-        target = split.item_index.get(state["target"]) if state.get("target") else None
+            hist = self.catalogue.view(Mask(**(req.mask or {}))).history(split.user_index[req.user_id], include_valid=True)
+        target = split.item_index.get(req.target) if req.target else None
         resolved: Resolved = {"history": [int(i) for i in hist], "candidates": [int(i) for i in cands],
-                              "user": _int_or_none(split.user_index.get(state.get("user_id"))), "target": _int_or_none(target)}  # fmt: skip
-        budget = min(int(state.get("max_turns") or self.max_turns), self.max_turns)
+                              "user": _int_or_none(split.user_index.get(req.user_id)), "target": _int_or_none(target)}  # fmt: skip
+        budget = min(req.max_turns or self.max_turns, self.max_turns)
+        checked = {"candidates": req.candidates, "first_stage_scores": req.first_stage_scores, "mask": req.mask}  # as checked: lists, str ids, floats
         messages = [{"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools)},
                     {"role": "user", "content": request_prompt(len(hist), len(cands))}]  # fmt: skip
-        return {"resolved": resolved, "messages": messages, "evidence": {}, "nulls": [], "trace": trace, "turn": 0, "max_turns": budget,
+        return {**checked, "resolved": resolved, "messages": messages, "evidence": {}, "nulls": [], "trace": trace, "turn": 0, "max_turns": budget,
                 "fallback": False, "reason": "", "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "llm_ms": 0}}  # fmt: skip
 
     def policy(self, state: RerankState) -> dict:

@@ -6,12 +6,12 @@ and keeps both in the state, so no later node resolves an id again.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 import numpy as np
 
+from mma_agent.graphs.request import RerankRequest, parse_request, valid_pairs
 from mma_agent.toolkits.base import Catalogue
 
 VALIDATE, POLICY, TOOLS, SCORE, BUDGET_SPENT = "validate", "policy", "tools", "score", "budget_spent"
@@ -82,42 +82,28 @@ def rerank_request(episode: Episode | Mapping[str, Any], *, with_target: bool = 
     return {k: episode[k] for k in REQUEST_KEYS if k in episode and (with_target or k != "target")}  # type: ignore[return-value]
 
 
-def validate_request(state: RerankState, catalogue: Catalogue) -> str | None:
-    """The first problem with a request, naming the field; None when it is valid."""
-    cands = state.get("candidates")
-    if not isinstance(cands, list) or not cands:
-        return "candidates: the pool is empty; pass a non-empty list of item ids"
-    if len(set(cands)) != len(cands):
-        dup = next(c for c in cands if cands.count(c) > 1)
-        return f"candidates: duplicate item id {dup!r}; each candidate must appear once"
-    scores = state.get("first_stage_scores")
-    if not isinstance(scores, list) or len(scores) != len(cands):
-        return f"first_stage_scores: need one score per candidate ({len(cands)}), got {len(scores) if isinstance(scores, list) else type(scores).__name__}"
-    bad = [i for i, v in enumerate(scores) if not isinstance(v, int | float) or not math.isfinite(v)]
-    if bad:
-        return f"first_stage_scores: position {bad[0]} is {scores[bad[0]]!r}; scores must be finite numbers"
-    mask = state.get("mask")
-    if mask is not None and (not isinstance(mask, dict) or set(mask) - {"text", "image", "behaviour"}):
-        return f"mask: {mask!r} must map some of 'text', 'image', 'behaviour' to true/false"
-    _, unknown = catalogue.resolve(cands)
+def validate_request(state: Any, catalogue: Catalogue) -> tuple[RerankRequest | None, str | None]:
+    """The checked request, or the first problem with it, naming the field (the request model's
+    checks, then the catalogue's: unknown candidates, an unknown user without a history)."""
+    req, problem = parse_request(state)
+    if req is None:
+        return None, problem
+    _, unknown = catalogue.resolve(req.candidates)
     if unknown:
-        return f"candidates: unknown item id(s) {unknown[:5]}; every candidate must be in the catalogue"
-    if "history" not in state and state.get("user_id") not in catalogue.split.user_index:
-        return f"user_id: unknown user {state.get('user_id')!r} and no history given; pass `history` (item ids the user liked)"
-    return None
+        return None, f"candidates: unknown item id(s) {unknown[:5]}; every candidate must be in the catalogue"
+    if req.history is None and req.user_id not in catalogue.split.user_index:
+        return None, f"user_id: unknown user {req.user_id!r} and no history given; pass `history` (item ids the user liked)"
+    return req, None
 
 
-def first_stage_output(state: RerankState, reason: str, trace: list[dict] | None = None) -> RerankOutput:
-    """The fallback: the first-stage ranking (or the given order, if the scores are unusable), with the reason."""
-    cands = list(state.get("candidates") or [])
-    s = np.array([v if isinstance(v, int | float) and math.isfinite(v) else -np.inf for v in (state.get("first_stage_scores") or [])], dtype=float)
-    if len(s) != len(cands):
-        s = -np.arange(len(cands), dtype=float)  # keep the given order
-    order = np.argsort(-s, kind="stable")
+def first_stage_output(state: Any, reason: str, trace: list[dict] | None = None) -> RerankOutput:
+    """The fallback, with its reason: exactly the first-stage order of the valid part of the pool
+    (every candidate, for a valid request; see `valid_pairs` otherwise)."""
+    state = state if isinstance(state, dict) else {}
+    ranking, scores = valid_pairs(state.get("candidates"), state.get("first_stage_scores"))
     return {
-        "ranking": [cands[i] for i in order], "scores": [float(s[i]) for i in order], "mma_scores": {},
-        "fallback": True, "reason": reason, "trace": trace if trace is not None else state.get("trace", []),
-        "usage": state.get("usage", {}),
+        "ranking": ranking, "scores": scores, "mma_scores": {}, "fallback": True, "reason": reason,
+        "trace": trace if trace is not None else state.get("trace", []), "usage": state.get("usage", {}),
     }  # fmt: skip
 
 

@@ -18,6 +18,8 @@ import numpy as np
 def minmax(x: np.ndarray) -> np.ndarray:
     """Scale to [0, 1] within the array; a constant array maps to zeros (no evidence either way)."""
     lo, hi = float(np.min(x)), float(np.max(x))
+    if hi > lo and not np.isfinite(hi - lo):  # finite values whose range overflows (near +-1.7e308): scale down first
+        x, lo, hi = x / max(abs(lo), abs(hi)), lo / max(abs(lo), abs(hi)), hi / max(abs(lo), abs(hi))
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=float)
 
 

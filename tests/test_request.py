@@ -1,0 +1,111 @@
+"""The request boundary: every malformed request is a first-stage fallback naming the field, in
+exactly the first-stage order of the valid part of the pool; never an exception into the app.
+A seeded property test (hypothesis) throws generated requests at the compiled graph."""
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
+from mma_agent.graphs.request import parse_request, valid_pairs  # noqa: E402
+from mma_agent.util import minmax  # noqa: E402
+
+KNOWN = [f"m{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def rule(tmp_path_factory):
+    from mma_agent.dataset import load_dataset
+    from mma_agent.splits import split_dataset
+    from mma_agent.toolkits import prepare_toolkits
+    from tests.conftest import write_tiny_dataset
+
+    split = split_dataset(load_dataset(write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny")))
+    catalogue, kits = prepare_toolkits(split, tmp_path_factory.mktemp("cache"), image_model=None)
+    return create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()
+
+
+def _req(**kw):
+    return {"user_id": "u0", "candidates": ["m0", "m3", "m6"], "first_stage_scores": [0.1, 0.3, 0.2], **kw}
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"candidates": "m0m3m6"}, "candidates: must be a list, got str"),
+        ({"candidates": [{"id": "m0"}, "m3", "m6"]}, "candidates: position 0 is {'id': 'm0'}"),
+        ({"first_stage_scores": [10**400, 0.3, 0.2]}, "first_stage_scores: position 0 is 1000"),
+        ({"first_stage_scores": [True, 0.3, 0.2]}, "first_stage_scores: position 0 is True"),
+        ({"max_turns": "abc"}, "max_turns: 'abc' is not a turn budget"),
+        ({"max_turns": 0}, "max_turns: 0 is not a turn budget"),
+        ({"max_turns": float("nan")}, "max_turns: nan"),
+        ({"mask": {"text": "no"}}, "mask: {'text': 'no'} must map"),
+        ({"history": None, "user_id": 7}, "user_id: unknown user '7'"),
+        ({"history": 5}, "history: must be a list, got int"),
+        ({"target": ["318"]}, "target: ['318'] is not an id"),
+        ({"candidates": None}, "candidates: must be a list, got NoneType"),
+    ],
+)
+def test_malformed_fields_are_named(rule, patch, needle):
+    out = rule.invoke(_req(**patch))
+    assert out["fallback"] and needle in out["reason"], out["reason"]
+
+
+def test_fallback_ranks_the_valid_part_in_first_stage_order(rule):
+    out = rule.invoke(_req(candidates=["m0", {"x": 1}, "m6", "m0"], first_stage_scores=[0.1, 0.9, 0.2, 0.5]))
+    assert out["fallback"] and out["ranking"] == ["m6", "m0"] and out["scores"] == [0.2, 0.1]
+    assert valid_pairs("m0m3", [1, 2]) == ([], [])
+
+
+def test_numpy_and_integer_inputs_are_accepted(rule):
+    out = rule.invoke(_req(candidates=np.array(["m0", "m3", "m6"]), first_stage_scores=np.array([0.1, 0.3, 0.2], dtype=np.float32)))
+    assert not out["fallback"] and sorted(out["ranking"]) == ["m0", "m3", "m6"]
+    req, problem = parse_request(_req(user_id=np.int64(3), max_turns=np.int32(4), mask={"text": np.bool_(False)}))
+    assert problem is None and req.user_id == "3" and req.max_turns == 4 and req.mask == {"text": False}
+
+
+def test_extreme_scores_keep_their_order(rule):
+    out = rule.invoke(_req(first_stage_scores=[1.7e308, -1.7e308, 1e308]))
+    assert not out["fallback"] and np.isfinite(out["scores"]).all()
+    assert np.array_equal(minmax(np.array([1.7e308, -1.7e308, 0.0])), [1.0, 0.0, 0.5])
+
+
+def test_a_duplicate_at_the_end_of_a_large_pool_is_found_in_linear_time():
+    cands = [f"x{i}" for i in range(9_999)] + ["x0"]
+    _, problem = parse_request({"candidates": cands, "first_stage_scores": [0.0] * len(cands)})
+    assert problem == "candidates: duplicate item id 'x0'; each candidate must appear once"
+
+
+ids = st.one_of(st.sampled_from(KNOWN), st.text(max_size=3), st.integers(-5, 50), st.none(), st.booleans(), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+scores = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**400), 10**400), st.none(), st.text(max_size=2), st.booleans())
+pools = st.one_of(st.lists(ids, max_size=12), st.lists(st.sampled_from(KNOWN), min_size=1, max_size=12, unique=True), st.text(max_size=4), st.none(), st.integers())
+requests = st.fixed_dictionaries(
+    {"candidates": pools},
+    optional={
+        "first_stage_scores": st.one_of(st.lists(scores, max_size=12), st.lists(st.floats(-1e6, 1e6), min_size=12, max_size=12), st.none(), st.floats()),
+        "user_id": st.one_of(st.sampled_from(["u0", "u1", "nobody"]), st.integers(), st.none(), st.lists(st.text(max_size=2), max_size=2)),
+        "history": st.one_of(st.lists(ids, max_size=5), st.none(), st.integers(), st.text(max_size=3)),
+        "max_turns": st.one_of(st.integers(-3, 40), st.floats(), st.text(max_size=2), st.none()),
+        "mask": st.one_of(st.none(), st.dictionaries(st.sampled_from(["text", "image", "behaviour", "txt"]), st.one_of(st.booleans(), st.text(max_size=2)), max_size=3)),
+        "target": st.one_of(st.sampled_from(KNOWN), st.none(), st.integers(), st.lists(st.text(max_size=2), max_size=2)),
+    },
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(request=requests)
+def test_no_request_raises_and_every_fallback_is_the_first_stage_order(rule, request):
+    out = rule.invoke(request)
+    ranking = out["ranking"]
+    assert isinstance(ranking, list) and all(isinstance(r, str) for r in ranking) and len(set(ranking)) == len(ranking)
+    if out["fallback"]:
+        assert out["reason"]
+        assert (ranking, out["scores"]) == valid_pairs(request.get("candidates"), request.get("first_stage_scores"))
+    else:
+        assert sorted(ranking) == sorted(request["candidates"]) and all(math.isfinite(s) for s in out["scores"])
