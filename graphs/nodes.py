@@ -74,7 +74,8 @@ class RerankNodes:
         if self.variant == "rule":
             return {"action": rule_action(self.tools, state["trace"]), "turn": turn}
         try:
-            reply, meta = self.policy_model.ask(state["messages"], completions(self.tools, self.offered, state["trace"]))
+            allowed = completions(self.tools, self.offered, state["trace"], last_turn=turn >= state["max_turns"])
+            reply, meta = self.policy_model.ask(state["messages"], allowed)
         except Exception as err:  # backend failure or timeout: the first-stage ranking, with the reason
             kind = "timed out" if isinstance(err, concurrent.futures.TimeoutError) else f"failed ({type(err).__name__}: {err})"
             return {**first_stage_output(state, f"LLM backend {kind}"), "turn": turn}

@@ -47,12 +47,13 @@ def rule_action(tools: ToolVocabulary, trace: list[dict]) -> dict:
     return {"tool": nxt, "args": {}} if nxt else {"tool": SCORE_TOOL, "args": {"weights": {}}}
 
 
-def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict]) -> list[str]:
+def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *, last_turn: bool = False) -> list[str]:
     """Valid continuations of PREFILL for constrained local models: each offered tool not called
     yet with each of its argument templates, and score_candidates with equal weights or one
-    evidence group."""
+    evidence group. On the last turn only scoring is valid (a tool call there could only end in
+    the budget fallback)."""
     called = called_tools(trace)
-    out = [f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in tools.get(t).arg_templates]
+    out = [] if last_turn else [f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in tools.get(t).arg_templates]
     weights = ["{}", *(f'{{"{g}": 1}}' for g in tools.groups)]
     return out + [f'{SCORE_TOOL}", "args": {{"weights": {w}}}}}' for w in weights]
 

@@ -209,6 +209,12 @@ def test_embedded_model_runs_an_episode_end_to_end(env, tmp_path):
         assert out["trace"][-1]["action"]["tool"] == "score_candidates"
         assert all(t.get("invalid") is None for t in out["trace"])  # constrained decoding: every action valid
         assert out["usage"]["llm_calls"] >= 1 and out["usage"]["output_tokens"] > 0
+    # the last turn allows only scoring: one turn scores at once (no evidence yet: the first stage,
+    # saying so), two turns gather one modality and score; neither runs out of budget
+    graph = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
+    one, two = graph.invoke(_request(max_turns=1)), graph.invoke(_request(max_turns=2))
+    assert one["fallback"] and "no evidence was gathered" in one["reason"] and [t["action"]["tool"] for t in one["trace"]] == ["score_candidates"]
+    assert not two["fallback"] and len(two["trace"]) == 2 and two["trace"][-1]["action"]["tool"] == "score_candidates"
 
 
 def test_native_tool_calling_backends(env):

@@ -109,3 +109,10 @@ def test_undeclared_channels_and_names_are_refused(env):
         ToolVocabulary.of([("a", ToyToolkit), ("b", ToyToolkit)])
     with pytest.raises(ValueError, match="declares channels"):
         ToyToolkit.spec("count_items").channel("secret")
+
+
+def test_the_last_turn_allows_only_scoring():
+    tools = tool_vocabulary()
+    every = completions(tools, tools.names(interactive=True), [])
+    last = completions(tools, tools.names(interactive=True), [], last_turn=True)
+    assert len(every) == 3 + 3 + 5 and last == [c for c in every if c.startswith("score_candidates")] and len(last) == 5
