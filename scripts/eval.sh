@@ -6,7 +6,7 @@
 #   LLM_VALID    pools per family for the LLM methods' validation subset, which picks their alpha (default 50)
 #   LLM_TEST     pools per family for their test subset: N for the OOMA families, then full=N (default "100 full=300":
 #                300 OOMA pools pooled and 300 full-family pools, the paired comparison every LLM row is in)
-#   LLM_METHODS  the LLM rows (default: all of them; listwise and ReAct cost 8 and 15-36 s per episode on two cores)
+#   LLM_METHODS  the LLM rows (default: all of them; listwise and ReAct cost about 8 and 6 s per episode on two cores)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 run="${RUN:-main-v2}"
 read -r -a test_limit <<< "${LLM_TEST:-100 full=300}"
