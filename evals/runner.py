@@ -101,10 +101,11 @@ def subset(episodes: list[dict], limit: Limit, seed: int = 0) -> list[dict]:
 def fused_metrics(first: np.ndarray, method: np.ndarray | None, candidates: list[str], relevant: list[str]) -> dict[str, dict[str, float]]:
     """Eq. 2 at every alpha of the grid; `method=None` is the first-stage ranking at every alpha."""
     first = np.asarray(first, dtype=float)
+    base = minmax(first) if method is None else None
     rel = set(relevant)
     out = {}
     for a in ALPHAS:
-        final = minmax(first) if method is None else fuse(first, np.asarray(method, dtype=float), a)
+        final = base if method is None else fuse(first, np.asarray(method, dtype=float), a)
         ranking = [candidates[i] for i in np.argsort(-final, kind="stable")]
         out[str(a)] = {name: fn(ranking, rel, k) for name, fn, k in METRICS}
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,7 @@ def as_score(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _as_list(value: Any, field: str, limit: int) -> list:
+def _as_list(value: Any, limit: int) -> list:
     """A list from a list, tuple or 1-d NumPy array; a string, a mapping or a scalar is refused
     (a string is not a list of its characters)."""
     if isinstance(value, np.ndarray):
@@ -63,14 +63,20 @@ def _as_list(value: Any, field: str, limit: int) -> list:
     return list(value)
 
 
-def _id_list(value: Any, field: str, limit: int) -> list[str]:
+def _converted(value: Any, limit: int, convert: Callable[[Any], Any], need: str) -> list:
+    """`convert` applied to every entry of a list (see `_as_list`); the first entry it refuses
+    (None) fails with its position and what is needed."""
     out = []
-    for i, v in enumerate(_as_list(value, field, limit)):
-        item = as_id(v)
-        if item is None:
-            raise _fail(f"position {i} is {v!r:.60}; ids must be non-empty strings of at most {MAX_ID_CHARS} characters (or integers)")
-        out.append(item)
+    for i, v in enumerate(_as_list(value, limit)):
+        x = convert(v)
+        if x is None:
+            raise _fail(f"position {i} is {v!r:.60}; {need}")
+        out.append(x)
     return out
+
+
+def _id_list(value: Any, limit: int) -> list[str]:
+    return _converted(value, limit, as_id, f"ids must be non-empty strings of at most {MAX_ID_CHARS} characters (or integers)")
 
 
 class RerankRequest(BaseModel):
@@ -89,7 +95,7 @@ class RerankRequest(BaseModel):
     @field_validator("candidates", mode="before")
     @classmethod
     def _candidates(cls, v: Any) -> list[str]:
-        ids = _id_list(v, "candidates", MAX_POOL)
+        ids = _id_list(v, MAX_POOL)
         if not ids:
             raise _fail("the pool is empty; pass a non-empty list of item ids")
         seen: set[str] = set()
@@ -102,18 +108,12 @@ class RerankRequest(BaseModel):
     @field_validator("first_stage_scores", mode="before")
     @classmethod
     def _scores(cls, v: Any) -> list[float]:
-        out = []
-        for i, s in enumerate(_as_list(v, "first_stage_scores", MAX_POOL)):
-            f = as_score(s)
-            if f is None:
-                raise _fail(f"position {i} is {s!r:.60}; scores must be finite numbers")
-            out.append(f)
-        return out
+        return _converted(v, MAX_POOL, as_score, "scores must be finite numbers")
 
     @field_validator("history", mode="before")
     @classmethod
     def _history(cls, v: Any) -> list[str] | None:
-        return None if v is None else _id_list(v, "history", MAX_HISTORY)
+        return None if v is None else _id_list(v, MAX_HISTORY)
 
     @field_validator("user_id", "target", mode="before")
     @classmethod
@@ -175,7 +175,8 @@ def valid_pairs(candidates: Any, scores: Any) -> tuple[list[str], list[float]]:
         return [], []
     scores = scores if isinstance(scores, Sequence) and not isinstance(scores, str | bytes) else []
     ids, vals, seen = [], [], set()
-    for c, s in zip(candidates, _padded(scores, len(candidates)), strict=True):
+    scores = [*list(scores)[: len(candidates)], *([None] * max(0, len(candidates) - len(scores)))]  # a score per candidate, None if missing
+    for c, s in zip(candidates, scores, strict=True):
         cid, f = as_id(c), as_score(s)
         if cid is not None and f is not None and cid not in seen:
             seen.add(cid)
@@ -184,6 +185,3 @@ def valid_pairs(candidates: Any, scores: Any) -> tuple[list[str], list[float]]:
     order = np.argsort(-np.asarray(vals, dtype=float), kind="stable") if vals else []
     return [ids[i] for i in order], [vals[i] for i in order]
 
-
-def _padded(values: Sequence, n: int) -> Iterable:
-    return [*list(values)[:n], *([None] * max(0, n - len(values)))]
