@@ -64,6 +64,27 @@ class EvalEnv:
         feats = {"text": full.feature("text"), "image": full.feature("image"), "behaviour": lightgcn.item_vecs}
         return {m: l2_normalize(np.nan_to_num(np.asarray(f, dtype=np.float32))) for m, f in feats.items() if f is not None}
 
+    def evidence(self, ep: dict) -> dict[str, np.ndarray]:
+        """Every automated tool's channels on the episode (learned and zero-shot), each tool called
+        once through its toolkit under the episode's mask, cached for the rows that read them."""
+        from mma_agent.toolkits.base import EpisodeContext
+
+        key = (ep["split"], ep["family"], ep["pool"])
+        if key not in self._evidence:
+            ctx = EpisodeContext(self.catalogue.view(Mask(**ep["mask"])), np.asarray(ep["hist_idx"], dtype=np.int64), np.asarray(ep["cand_idx"], dtype=np.int64),
+                                 ep["user"], first_stage=np.asarray(ep["first_stage_scores"], dtype=float))  # fmt: skip
+            channels = {}
+            for spec in tool_vocabulary(self.kits).automated:
+                kit = self.kits.get(tool_vocabulary(self.kits).owner(spec.name))
+                if kit is not None:
+                    channels.update(kit.call(spec.name, ctx).channels)
+            self._evidence[key] = channels
+        return self._evidence[key]
+
+    @cached_property
+    def _evidence(self) -> dict[tuple, dict[str, np.ndarray]]:
+        return {}
+
     def chat_model(self, spec: str, **kwargs):
         from mma_agent.llm import resolve_chat_model
 
@@ -119,23 +140,25 @@ class RetrieverMethod(Method):
 
 
 class AgentMethod(Method):
-    """The reranker graph with a policy: scripted plan, rule router, or an LLM backend."""
+    """The reranker graph with a policy: scripted plan, rule router, or an LLM backend.
+    `learned=False` runs it on zero-shot evidence only (the toolkits without their learned channels)."""
 
     group = "agent"
 
     def __init__(self, name: str, *, model: str | None = None, variant: str = "auto", plan: list[str] | None = None,
-                 prefill: bool | None = None, group: str = "agent") -> None:  # fmt: skip
+                 prefill: bool | None = None, group: str = "agent", learned: bool = True) -> None:  # fmt: skip
         self.name, self.model_spec, self.variant, self.plan, self.prefill, self.group = name, model, variant, plan, prefill, group
-        self.uses_llm = model is not None
+        self.uses_llm, self.learned = model is not None, learned
 
     def setup(self, env):
         from mma_agent.graphs.reranker import create_mma_reranker
 
         super().setup(env)
         self.graph = None
+        self.catalogue, self.kits = (env.catalogue, env.kits) if self.learned else env.pipeline.toolkits(learned=False)
         if self.plan is None:
             model = env.chat_model(self.model_spec) if self.model_spec else None
-            self.graph = create_mma_reranker(model, catalogue=env.catalogue, toolkits=env.kits, variant=self.variant, alpha=0.0, prefill=self.prefill).compile()
+            self.graph = create_mma_reranker(model, catalogue=self.catalogue, toolkits=self.kits, variant=self.variant, alpha=0.0, prefill=self.prefill).compile()
 
     def score(self, ep):
         graph = self.graph
@@ -144,7 +167,7 @@ class AgentMethod(Method):
 
             from mma_agent.graphs.reranker import create_mma_reranker
 
-            graph = create_mma_reranker(FakeListChatModel(responses=self.plan), catalogue=self.env.catalogue, toolkits=self.env.kits, alpha=0.0, prefill=False).compile()
+            graph = create_mma_reranker(FakeListChatModel(responses=self.plan), catalogue=self.catalogue, toolkits=self.kits, alpha=0.0, prefill=False).compile()
         out = graph.invoke(rerank_request(ep, with_target=self.variant == "interactive"))  # the simulated user answers about the target
         info = trace_stats(out)
         if out.get("fallback") or not out.get("mma_scores"):
@@ -155,6 +178,43 @@ class AgentMethod(Method):
 def single_tool_plan(spec: ToolSpec) -> list[str]:
     """Call one evidence tool, then score on its group alone."""
     return [json.dumps({"tool": spec.name, "args": {}}), json.dumps({"tool": SCORE_TOOL, "args": {"weights": {spec.group: 1}}})]
+
+
+class ChannelRow(Method):
+    """One evidence tool's channels alone, no policy: its zero-shot channels or its learned one
+    (mma_agent/relevance.py), called directly on the episode (what the tool's group weighs)."""
+
+    group = "evidence"
+
+    def __init__(self, spec: ToolSpec, learned: bool) -> None:
+        self.spec, self.learned = spec, learned
+        self.name = f"Evidence: {spec.group} {'learned' if learned else 'zero-shot'} channel"
+
+    def score(self, ep):
+        from mma_agent.toolkits.base import group_score
+
+        ev = self.env.evidence(ep)
+        chans = [ev[c] for c in self.spec.channel_names if c in ev and (c == self.spec.channel("learned")) == self.learned]
+        if not chans:
+            return None, {"reason": f"{self.spec.name} gave no {'learned' if self.learned else 'zero-shot'} evidence"}
+        return group_score(chans), {}
+
+
+class MenuRow(Method):
+    """A fixed entry of the weight menu (`ToolVocabulary.weight_menu`) over every automated tool's
+    evidence: what a policy that gathers everything and always picks this entry scores."""
+
+    group = "weight menu"
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        self.weights = weights
+        self.name = f"Menu: {json.dumps(weights) if weights else 'equal weights'}"
+
+    def score(self, ep):
+        from mma_agent.graphs.fusion import weighted_evidence
+
+        out = weighted_evidence(self.env.evidence(ep), tool_vocabulary(self.env.kits).groups, self.weights)
+        return out, {} if out is not None else {"reason": "every tool answered Null"}
 
 
 class CompletionFusion(Method):
@@ -464,6 +524,10 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
         "centrality-probe-text": lambda: CentralityProbe("text"), "centrality-probe-image": lambda: CentralityProbe("image"),
         "centrality-probe-behaviour": lambda: CentralityProbe("behaviour"), "oracle": Oracle,
         "rule": lambda: AgentMethod("RuleRouter-Fuse", variant="rule"),
+        "rule-zero-shot": lambda: AgentMethod("RuleRouter-Fuse (zero-shot evidence)", variant="rule", learned=False),
+        **{f"{s.group}-{kind}": lambda s=s, kind=kind: ChannelRow(s, kind == "learned") for s in tool_vocabulary().automated for kind in ("zero-shot", "learned")},
+        **{"menu-" + ("equal" if not w else "-".join(f"{g}{int(100 * v)}" for g, v in w.items())): lambda w=w: MenuRow(w)
+           for w in tool_vocabulary().weight_menu(s.group for s in tool_vocabulary().automated)},
         "listwise": lambda: ListwiseLLM(zero_shot),
         "react": lambda: AgentMethod("ReAct zero-shot (free-form)", model=zero_shot, prefill=False, group="LLM"),
         "mma-zero-shot": lambda: AgentMethod("MMA-Auto (zero-shot)", model=zero_shot),

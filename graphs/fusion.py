@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mma_agent.toolkits.base import group_score
 from mma_agent.util import minmax
 
 
@@ -25,7 +26,7 @@ def weighted_evidence(evidence: Mapping[str, np.ndarray], groups: Mapping[str, S
     non-numeric or missing weights count as 0; no usable weight means equal weights over what
     was gathered. None when no group has evidence (every tool answered Null)."""
     weights = weights if isinstance(weights, dict) else {}
-    gathered = {g: np.mean([minmax(evidence[c]) for c in chans if c in evidence], axis=0) for g, chans in groups.items() if any(c in evidence for c in chans)}
+    gathered = {g: group_score(evidence[c] for c in chans if c in evidence) for g, chans in groups.items() if any(c in evidence for c in chans)}
     if not gathered:
         return None
     w = {g: float(weights.get(g, 0)) for g in gathered if isinstance(weights.get(g, 0), int | float) and math.isfinite(weights.get(g, 0))}

@@ -43,7 +43,9 @@ class RerankNodes:
         r = state["resolved"]
         view = self.catalogue.view(Mask(**(state.get("mask") or {})))
         ask = ask_person if r["target"] is None else None  # evaluation: the simulated user answers about the target
-        return EpisodeContext(view, np.asarray(r["history"], dtype=np.int64), np.asarray(r["candidates"], dtype=np.int64), r["user"], r["target"], ask)
+        first = np.asarray(state["first_stage_scores"], dtype=float)
+        return EpisodeContext(view, np.asarray(r["history"], dtype=np.int64), np.asarray(r["candidates"], dtype=np.int64), r["user"], r["target"], ask,
+                              first if len(first) == len(r["candidates"]) else None)  # fmt: skip
 
     # --- nodes --------------------------------------------------------------------------
     def validate(self, state: RerankState) -> dict:

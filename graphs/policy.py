@@ -47,15 +47,19 @@ def rule_action(tools: ToolVocabulary, trace: list[dict]) -> dict:
     return {"tool": nxt, "args": {}} if nxt else {"tool": SCORE_TOOL, "args": {"weights": {}}}
 
 
+def gathered_groups(tools: ToolVocabulary, trace: list[dict]) -> list[str]:
+    """The evidence groups of the tools that answered with evidence (not Null) so far."""
+    return [tools.get(t["action"]["tool"]).group for t in trace if t.get("null") is False and tools.get(t["action"]["tool"]) is not None]
+
+
 def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *, last_turn: bool = False) -> list[str]:
     """Valid continuations of PREFILL for constrained local models: each offered tool not called
-    yet with each of its argument templates, and score_candidates with equal weights or one
-    evidence group. On the last turn only scoring is valid (a tool call there could only end in
-    the budget fallback)."""
+    yet with each of its argument templates, and score_candidates with an entry of the weight
+    menu over the groups gathered so far. On the last turn only scoring is valid (a tool call
+    there could only end in the budget fallback)."""
     called = called_tools(trace)
     out = [] if last_turn else [f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in tools.get(t).arg_templates]
-    weights = ["{}", *(f'{{"{g}": 1}}' for g in tools.groups)]
-    return out + [f'{SCORE_TOOL}", "args": {{"weights": {w}}}}}' for w in weights]
+    return out + [f'{SCORE_TOOL}", "args": {{"weights": {json.dumps(w)}}}}}' for w in tools.weight_menu(gathered_groups(tools, trace))]
 
 
 class Policy:

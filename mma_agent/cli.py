@@ -62,6 +62,13 @@ def cmd_pools(args) -> None:
     print(format_table(rows, f"Candidate pools (protocol v2) under {p.root / 'pools'}"))
 
 
+def cmd_relevance(args) -> None:
+    p = _pipeline(args)
+    rows = p.train_relevance(args.modalities, retrain=args.retrain)
+    print(format_table(rows, "Learned relevance channels (trained on train positives; chosen on each modality's own family, validation pools)"))
+    print(f"validation curves: {p.root / 'relevance' / 'validation-curves.png'}")
+
+
 def cmd_clip_train(args) -> None:
     from mma_agent.training.clip import train_poster_clip
 
@@ -312,7 +319,7 @@ def cmd_serve(args) -> None:
 
 def cmd_pipeline(args) -> None:
     start = time.perf_counter()
-    for step in (cmd_data_stats, cmd_retrieve, cmd_pools):
+    for step in (cmd_data_stats, cmd_retrieve, cmd_pools, cmd_relevance):
         t = time.perf_counter()
         step(args)
         print(f"\n[{step.__name__.removeprefix('cmd_')}: {time.perf_counter() - t:.1f} s]")
@@ -348,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), help="default: all seven")
     pl.add_argument("--splits", nargs="+", choices=["valid", "test"], default=["valid", "test"])
     pl.set_defaults(func=cmd_pools)
+
+    rl = sub.add_parser("relevance", parents=[common], help="train each evidence toolkit's learned relevance channel (needs the pools)")
+    rl.add_argument("--modalities", nargs="+", choices=["text", "image", "behaviour"], help="default: all three")
+    rl.add_argument("--retrain", action="store_true", help="ignore saved models")
+    rl.set_defaults(func=cmd_relevance)
 
     clip = sub.add_parser("clip", help="the poster CLIP image encoder").add_subparsers(dest="clip_command", required=True)
     ct = clip.add_parser("train", parents=[common], help="train the projection heads (frozen EfficientNet-Lite2 + MiniLM)")
@@ -441,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     sv.set_defaults(func=cmd_serve)
 
-    pp = sub.add_parser("pipeline", parents=[common], help="data stats, retrievers and pools, end to end")
-    pp.set_defaults(func=cmd_pipeline, check_images=False, only=None, retrain=False, families=None, splits=["valid", "test"])
+    pp = sub.add_parser("pipeline", parents=[common], help="data stats, retrievers, pools and the learned relevance channels, end to end")
+    pp.set_defaults(func=cmd_pipeline, check_images=False, only=None, retrain=False, families=None, splits=["valid", "test"], modalities=None)
     return parser
 
 

@@ -126,6 +126,32 @@ class ImageFeatureConfig(_Config):
     clip: ClipTrainConfig = ClipTrainConfig()
 
 
+class RelevanceConfig(_Config):
+    """The learned relevance channel of each evidence toolkit (`mma relevance`, see mma_agent/relevance.py)."""
+
+    dim: int = Field(default=64, ge=1, description="Text and image: the projection size of the user and item towers.")
+    epochs: int = Field(default=40, ge=1, description="Text and image: most BPR epochs (one triple per train positive each).")
+    patience: int = Field(default=4, ge=1, description="Text and image: stop after this many epochs without a validation gain.")
+    batch_size: int = Field(default=1024, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    tau: float = Field(default=0.1, gt=0, description="BPR temperature on the cosine scores.")
+    keep: tuple[float, float] = Field(
+        default=(0.3, 1.0),
+        description="Item-level modality dropout: each training history keeps a fraction of its items drawn uniformly from this range.",
+    )
+    ease_lambdas: tuple[float, ...] = Field(default=(50.0, 200.0, 500.0, 1000.0, 3000.0), min_length=1, description="Behaviour: EASE's L2 grid.")
+    ease_topk: int = Field(default=200, ge=1, description="Behaviour: EASE weights kept per item (the sparsified item-item matrix).")
+    seed: int = 0
+
+    @field_validator("keep")
+    @classmethod
+    def _keep_is_a_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            msg = f"keep must be a range within (0, 1], low <= high, got {v}"
+            raise ValueError(msg)
+        return v
+
+
 class PipelineConfig(_Config):
     """The whole data -> retrieval -> pools pipeline (`mma pipeline`)."""
 
@@ -133,6 +159,7 @@ class PipelineConfig(_Config):
     pools: PoolConfig = PoolConfig()
     retrievers: RetrieverConfig = RetrieverConfig()
     image: ImageFeatureConfig = ImageFeatureConfig()
+    relevance: RelevanceConfig = RelevanceConfig()
     workdir: Path = Field(default=Path(".mma"), description="Where caches, trained retrievers and pools are written.")
 
 

@@ -20,7 +20,7 @@ from mma_agent.config import PipelineConfig
 from mma_agent.dataset import load_dataset
 from mma_agent.schema import Dataset
 from mma_agent.masks import TASK_FAMILIES, Modality, ModalityView, family_mask
-from mma_agent.metrics import batch_metrics, topk_indices
+from mma_agent.metrics import batch_metrics, ndcg_at_k, topk_indices
 from mma_agent.pools import (
     BEHAVIOUR_FEATURE, SOURCES, HistoryRetrievers, NoFirstStageError, PoolSet, Queries, heldout_queries, pool_metrics, retrieve_pools,
     select_first_stage,
@@ -30,9 +30,12 @@ from mma_agent.splits import Split, split_dataset
 from mma_agent.util import atomic_write_text, digest, json_digest
 
 if TYPE_CHECKING:
+    from mma_agent.relevance import Relevance
     from mma_agent.toolkits.base import Catalogue, Toolkit
 
 log = logging.getLogger(__name__)
+RELEVANCE_FAMILY = {Modality.TEXT: "text-only", Modality.IMAGE: "image-only", Modality.BEHAVIOUR: "behaviour-only"}
+# each learned channel is chosen on the validation pools of its modality's own family
 
 
 def full_sort_metrics(retriever: Retriever, split: Split, target: str = "valid", ks: tuple[int, ...] = (20,)) -> dict[str, float]:
@@ -100,20 +103,23 @@ class Pipeline:
         catalogue = ImageToolkit(f"local-dir:{self.clip_folder}").prepare(Catalogue(self.split), self.root / "cache")
         return catalogue.features["image"][1]
 
-    def toolkits(self, *, image: bool = True, clarify: bool = True) -> tuple[Catalogue, dict[str, Toolkit]]:
+    def toolkits(self, *, image: bool = True, clarify: bool = True, learned: bool = True) -> tuple[Catalogue, dict[str, Toolkit]]:
         """The evidence toolkits over this catalogue, sharing the workdir's caches (built once per
         process; the embeddings once per data set): what the reranker, the evaluation and
-        training run on. `image=False` leaves the image toolkit out (its tool answers Null)."""
+        training run on. `image=False` leaves the image toolkit out (its tool answers Null);
+        `learned=False` leaves out the learned relevance channels (zero-shot evidence only;
+        with `learned=True` they are trained on first use, see `relevance`)."""
         from mma_agent.toolkits import prepare_toolkits
 
-        key = (image, clarify)
+        key = (image, clarify, learned)
         if key not in self._toolkits:
             model = f"local-dir:{self.clip_folder}" if image else None
-            self._toolkits[key] = prepare_toolkits(self.split, self.root / "cache", image_model=model, clarify=clarify)
+            relevance = {m: self.relevance(m)[0] for m in RELEVANCE_FAMILY if image or m != Modality.IMAGE} if learned else None
+            self._toolkits[key] = prepare_toolkits(self.split, self.root / "cache", image_model=model, clarify=clarify, relevance=relevance)
         return self._toolkits[key]
 
     @cached_property
-    def _toolkits(self) -> dict[tuple[bool, bool], tuple[Catalogue, dict[str, Toolkit]]]:
+    def _toolkits(self) -> dict[tuple[bool, bool, bool], tuple[Catalogue, dict[str, Toolkit]]]:
         return {}
 
     def view(self, family: str = "full") -> ModalityView:
@@ -202,6 +208,84 @@ class Pipeline:
         if curves:
             line_plot(curves, self.root / "retrievers" / "training-curves.png", xlabel="epoch", ylabel="validation Recall@20",
                       title="First-stage retrievers (best epoch kept)")  # fmt: skip
+        return rows
+
+    # --- learned relevance channels -------------------------------------------------------
+    def relevance_path(self, modality: Modality) -> Path:
+        key = [self.config.relevance.model_dump(mode="json"), self._pool_tag]
+        return self.root / "relevance" / f"{modality}-{json_digest(key, 8)}.npz"
+
+    def relevance(self, modality: Modality | str, *, retrain: bool = False) -> tuple[Relevance, dict | None]:
+        """The learned relevance channel of one modality's toolkit (from disk when present) and,
+        when it was trained now, its report (validation curve, wall time). Trained on the train
+        split's positives, chosen on the validation pools of the modality's own family."""
+        from mma_agent.relevance import fit_ease, load_relevance, train_two_tower, two_tower_of
+
+        modality = Modality(modality)
+        path = self.relevance_path(modality)
+        if path.is_file() and not retrain:
+            return load_relevance(path), None
+        c = self.config.relevance
+        validate = self._channel_validator(RELEVANCE_FAMILY[modality])
+        start = time.perf_counter()
+        if modality == Modality.BEHAVIOUR:
+            ease, curve = fit_ease(self.split.matrix("train"), validate, lambdas=c.ease_lambdas, topk=c.ease_topk)
+            lightgcn = validate(two_tower_of(self.retriever("lightgcn")[0].item_vecs))
+            best = max(s for _, s in curve)
+            model = ease if best >= lightgcn else two_tower_of(self.retriever("lightgcn")[0].item_vecs)
+            report = {"model": "EASE" if best >= lightgcn else "LightGCN item vectors", "curve": {"EASE lambda": curve}, "LightGCN": lightgcn}
+        else:
+            catalogue, _ = self.toolkits(image=modality == Modality.IMAGE, clarify=False, learned=False)
+            features = catalogue.view(family_mask("full")).feature(str(modality))
+            model, curve = train_two_tower(features, self.split.matrix("train"), validate, dim=c.dim, epochs=c.epochs, batch=c.batch_size,
+                                           lr=c.lr, tau=c.tau, keep=c.keep, patience=c.patience, seed=c.seed, desc=f"{modality} relevance")  # fmt: skip
+            report = {"model": "two-tower BPR", "curve": {"epoch": [(e, v) for e, _, v in curve]}, "loss": [(e, loss) for e, loss, _ in curve]}
+        report.update(seconds=time.perf_counter() - start, valid=validate(model), family=RELEVANCE_FAMILY[modality])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(report, indent=1))
+        return model, report
+
+    def _channel_validator(self, family: str):
+        """Validation NDCG@10 of a relevance model alone on the family's validation pools."""
+        pools = self.pools(family, "valid")
+        view = self.view("full")
+        histories = [view.history(int(u)) for u in pools.users]
+
+        def validate(model: Relevance) -> float:
+            out = []
+            for p, hist in enumerate(histories):
+                cands = pools.candidates[p]
+                s = model.score(hist, cands)
+                ranking = cands if s is None else cands[np.argsort(-s, kind="stable")]
+                out.append(ndcg_at_k(ranking.tolist(), set(pools.relevant(p).tolist()), 10))
+            return float(np.mean(out))
+
+        return validate
+
+    def train_relevance(self, modalities: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
+        """`mma relevance`: each toolkit's learned channel (trained now or loaded), a row per
+        modality with the channel's validation NDCG@10 beside the zero-shot tool's, and the
+        validation curves as a plot beside the models."""
+        from mma_agent.plots import line_plot
+
+        rows, curves = [], {}
+        for m in modalities or list(RELEVANCE_FAMILY):
+            m = Modality(m)
+            _, report = self.relevance(m, retrain=retrain)
+            if report is None:
+                report = json.loads(self.relevance_path(m).with_suffix(".json").read_text())
+                report["seconds"] = None
+            for name, points in report["curve"].items():
+                curves[f"{m}: {report['model']} ({name})"] = ([x for x, _ in points], [y for _, y in points])
+            rows.append({
+                "modality": str(m), "chosen on": RELEVANCE_FAMILY[m], "model": report["model"],
+                "valid NDCG@10 (channel alone)": round(report["valid"], 4),
+                "train s": "cached" if report["seconds"] is None else f"{report['seconds']:.1f}",
+            })  # fmt: skip
+        if curves:
+            line_plot(curves, self.root / "relevance" / "validation-curves.png", xlabel="epoch (text, image) or EASE lambda (behaviour)",
+                      ylabel="validation NDCG@10, channel alone", title="Learned relevance channels (best kept)")  # fmt: skip
         return rows
 
     # --- pools (protocol v2) ---------------------------------------------------------------

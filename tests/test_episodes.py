@@ -138,8 +138,8 @@ def test_action_plans_cover_tool_subsets_and_scoring():
     from mma_agent.training.sft import action_plans
 
     plans = action_plans()
-    assert len(plans) == 48  # ordered: 3 singletons x 2 + 6 pairs x 3 + 6 triples x 4
-    assert len({tuple(p) for p in plans}) == 48
+    assert len(plans) == 96  # ordered: 3 singletons x 2 + 6 pairs x 5 + 6 triples x 10 (the weight menu over the gathered groups)
+    assert len({tuple(p) for p in plans}) == 96
     assert all(json.loads(p[-1])["tool"] == "score_candidates" for p in plans)
 
 

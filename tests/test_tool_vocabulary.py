@@ -69,11 +69,26 @@ def test_builtin_vocabulary_is_what_the_reranker_always_offered():
     tools = tool_vocabulary()
     assert [s.name for s in tools.specs] == ["analyze_text", "analyze_image", "retrieve_graph", "ask_user"]
     assert tools.names(interactive=False) == ["analyze_text", "analyze_image", "retrieve_graph"]
-    assert tools.groups == {"text": ("text_max", "text_mean"), "image": ("image_max", "image_mean"), "graph": ("graph_ppr", "graph_co"),
-                            "ask": ("ask_text", "ask_image")}  # fmt: skip
+    assert tools.groups == {"text": ("text_learned", "text_max", "text_mean"), "image": ("image_learned", "image_max", "image_mean"),
+                            "graph": ("graph_learned", "graph_ppr", "graph_co"), "ask": ("ask_text", "ask_image")}  # fmt: skip
     assert [tools.owner(s.name) for s in tools.specs] == ["text", "image", "graph", "clarify"]
     assert [s.cost for s in tools.specs] == [0.02, 0.02, 0.02, 0.10]
-    assert len(action_plans()) == 48
+    assert len(action_plans()) == 96
+
+
+def test_the_weight_menu_is_derived_from_the_groups_and_offered_only_over_gathered_evidence():
+    tools = tool_vocabulary()
+    menu = tools.weight_menu()
+    assert menu[:5] == [{}, {"text": 1}, {"image": 1}, {"graph": 1}, {"ask": 1}]
+    assert {"text": 0.75, "graph": 0.25} in menu and {"text": 0.25, "graph": 0.75} in menu and len(menu) == 1 + 4 + 6 * 2
+    assert tools.weight_menu(["graph", "text", "nonsense"]) == [{}, {"text": 1}, {"graph": 1}, {"text": 0.75, "graph": 0.25}, {"text": 0.25, "graph": 0.75}]
+    scoring = [c for c in completions(tools, tools.names(interactive=False), []) if c.startswith("score_candidates")]
+    assert scoring == ['score_candidates", "args": {"weights": {}}}']  # nothing gathered: equal weights is the only way to score
+    trace = [{"action": {"tool": "analyze_text", "args": {}}, "null": False}, {"action": {"tool": "analyze_image", "args": {}}, "null": True},
+             {"action": {"tool": "retrieve_graph", "args": {}}, "null": False}]  # fmt: skip
+    scoring = [c for c in completions(tools, tools.names(interactive=False), trace, last_turn=True)]
+    assert 'score_candidates", "args": {"weights": {"text": 0.25, "graph": 0.75}}}' in scoring and len(scoring) == 5
+    assert not any('"image"' in c for c in scoring)  # a Null answer gathered nothing to weigh
 
 
 def test_a_toy_toolkit_is_offered_everywhere(env):
@@ -81,9 +96,11 @@ def test_a_toy_toolkit_is_offered_everywhere(env):
     tools = tool_vocabulary(kits)
     assert tools.names(interactive=False)[-1] == "count_items" and tools.owner("count_items") == "toy"
     assert [f["function"]["name"] for f in tool_schemas(tools, tools.names(interactive=False), "weights")][-2:] == ["count_items", "score_candidates"]
-    allowed = completions(tools, tools.names(interactive=False), [])
-    assert 'count_items", "args": {}}' in allowed and 'score_candidates", "args": {"weights": {"toy": 1}}}' in allowed
-    assert len(action_plans(tools)) == 4 * 2 + 12 * 3 + 24 * 4 + 24 * 5  # every ordering of 4 tools, each scored 1 + r ways
+    assert 'count_items", "args": {}}' in completions(tools, tools.names(interactive=False), [])
+    after = completions(tools, tools.names(interactive=False), [{"action": {"tool": "count_items", "args": {}}, "null": False}])
+    assert 'score_candidates", "args": {"weights": {"toy": 1}}}' in after and 'count_items", "args": {}}' not in after
+    # every ordering of r of the 4 tools, each scored with the menu over its r groups: 1 + r + r (r - 1) entries
+    assert len(action_plans(tools)) == 4 * 2 + 12 * 5 + 24 * 10 + 24 * 17
 
     plan = [json.dumps({"tool": "count_items", "args": {}}), json.dumps({"tool": "score_candidates", "args": {"weights": {"toy": 1}}})]
     out = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, alpha=0.0, prefill=False).compile().invoke(_request())
@@ -115,4 +132,4 @@ def test_the_last_turn_allows_only_scoring():
     tools = tool_vocabulary()
     every = completions(tools, tools.names(interactive=True), [])
     last = completions(tools, tools.names(interactive=True), [], last_turn=True)
-    assert len(every) == 3 + 3 + 5 and last == [c for c in every if c.startswith("score_candidates")] and len(last) == 5
+    assert len(every) == 3 + 3 + 1 and last == [c for c in every if c.startswith("score_candidates")] and len(last) == 1  # nothing gathered yet

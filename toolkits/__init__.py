@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from mma_agent.relevance import Relevance
     from mma_agent.splits import Split
     from mma_agent.toolkits.base import Catalogue, Toolkit, ToolVocabulary
 
@@ -42,9 +43,12 @@ def prepare_toolkits(
     image_pretrained: str | None = None,
     text_model: str | None = None,
     clarify: bool = True,
+    relevance: Mapping[str, Relevance] | None = None,
 ) -> tuple[Catalogue, dict[str, Toolkit]]:
     """Build every toolkit's cached features over the catalogue. `image_model=None` leaves the
-    image toolkit out (its tool then answers Null, as when the modality is missing)."""
+    image toolkit out (its tool then answers Null, as when the modality is missing). `relevance`
+    maps a modality to its learned relevance model (`Pipeline.relevance`): the owning toolkit
+    adds its channel, hidden like the modality's other features when the modality is masked."""
     from mma_agent.toolkits.base import Catalogue
     from mma_agent.toolkits.clarify import ClarifyToolkit
     from mma_agent.toolkits.graph import GraphToolkit
@@ -57,6 +61,10 @@ def prepare_toolkits(
         kits["image"] = ImageToolkit(image_model, image_pretrained)
     for kit in kits.values():
         catalogue = kit.prepare(catalogue, Path(cache_dir))
+    from mma_agent.masks import Modality
+    from mma_agent.relevance import relevance_feature
+
+    catalogue = catalogue.with_features(**{relevance_feature(m): (Modality(m), model) for m, model in (relevance or {}).items()})
     if clarify:
         kits["clarify"] = ClarifyToolkit(kits["text"], kits.get("image"))
     return catalogue, kits

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 EVIDENCE_COST = 0.02  # Eq. 3: each call of an automated evidence tool
 ASK_COST = 0.10  # Eq. 3: each question to the user (worth it only when it moves the ranking more)
+MIXTURES = (0.75, 0.25)  # the first group's share in each two-group entry of the weight menu
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,16 @@ class ToolVocabulary:
     def automated(self) -> tuple[ToolSpec, ...]:
         return tuple(s for s in self.specs if s.automated)
 
+    def weight_menu(self, gathered: Iterable[str] | None = None) -> list[dict[str, float]]:
+        """The fixed scoring weights a policy may choose (constrained decoding and training's plan
+        space both read this): equal weights ({}), each group alone, and for each pair of groups
+        the mixtures in MIXTURES. With `gathered`, only entries over those groups (equal weights
+        always)."""
+        keep = set(self.groups if gathered is None else gathered)
+        groups = [g for g in self.groups if g in keep]
+        pairs = [(a, b) for i, a in enumerate(groups) for b in groups[i + 1 :]]
+        return [{}, *({g: 1} for g in groups), *({a: w, b: round(1 - w, 2)} for a, b in pairs for w in MIXTURES)]
+
     @property
     def groups(self) -> dict[str, tuple[str, ...]]:
         """Evidence group -> its channel names, in declaration order (tools may share a group)."""
@@ -151,6 +162,7 @@ class EpisodeContext:
     user: int | None = None  # catalogue user index, None for a user the catalogue does not know
     target: int | None = None  # evaluation only: the held-out item the simulated user answers about
     ask: Callable[[str, str], str | None] | None = None  # an app's way to ask a person (modality_type, question) -> answer
+    first_stage: np.ndarray | None = None  # (n,) the first-stage scores of the pool, aligned with `candidates`
 
     def item_id(self, i: int) -> str:
         return str(self.view.item_ids[i])
@@ -237,6 +249,39 @@ class Toolkit:
 
             out.append(spec.as_tool(run))
         return out
+
+
+def learned_channel(ctx: EpisodeContext, modality: Modality) -> np.ndarray | None:
+    """The modality's learned relevance over the pool (see mma_agent/relevance.py); None when no
+    model was prepared, the modality is masked, or the history gives it nothing to go on."""
+    from mma_agent.relevance import relevance_feature
+
+    model = ctx.view.feature(relevance_feature(modality))
+    return None if model is None else model.score(ctx.history, ctx.candidates)
+
+
+def group_score(channels: Iterable[np.ndarray]) -> np.ndarray:
+    """An evidence group's score over the pool: the mean of its min-max scaled channels."""
+    from mma_agent.util import minmax
+
+    return np.mean([minmax(v) for v in channels], axis=0)
+
+
+def strength(ctx: EpisodeContext, score: np.ndarray, covered: int, k: int = 10) -> str:
+    """One line on how much the evidence says, for a policy to route on: how many history items
+    the modality covers, how far the top k of the group's score stand out from the pool, and how
+    many of them the first stage also ranks in its top k. Read from the pool and the history
+    only (never the target)."""
+    k = min(k, len(score))
+    top = np.argsort(-score, kind="stable")[:k]
+    sd = float(score.std())
+    z = 0.0 if sd == 0 else float((score[top].mean() - score.mean()) / sd)
+    word = "strong" if z >= 1.6 else "moderate" if z >= 1.2 else "weak"
+    line = f"Strength: {word} (covers {covered}/{len(ctx.history)} history items; top {k} stand out by {z:.1f} sd"
+    if ctx.first_stage is not None and len(ctx.first_stage) == len(score):
+        agree = len(set(top.tolist()) & set(np.argsort(-ctx.first_stage, kind="stable")[:k].tolist()))
+        line += f"; {agree} of them in the first stage's top {k}"
+    return line + ")."
 
 
 def top_candidates(ctx: EpisodeContext, score: np.ndarray, k: int = 5) -> str:

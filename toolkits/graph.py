@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality, family_mask
 from mma_agent.retrievers import keep_topk_per_row
-from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolSpec, top_candidates
+from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolSpec, group_score, learned_channel, strength, top_candidates
 
 
 class RetrieveGraphArgs(BaseModel):
@@ -86,7 +86,7 @@ class GraphToolkit(Toolkit):
             "co-interaction graph from the user's history). Null for a cold user or when behaviour is unavailable.",
             prompt="retrieve_graph {}: behaviour evidence, what people with the same tastes also liked.",
             group="graph",
-            channels=("ppr", "co"),
+            channels=("learned", "ppr", "co"),  # learned: see mma_agent/relevance.py (absent when none was prepared)
         ),
     )
 
@@ -112,13 +112,18 @@ class GraphToolkit(Toolkit):
         if not cand_ppr.any():
             return Evidence.none(spec.name, "no candidate is connected to the user's history in the graph (cold items)")
         scaled = cand_ppr / cand_ppr.max()
+        channels = {spec.channel("ppr"): scaled, spec.channel("co"): np.log1p(co)}
+        learned = learned_channel(ctx, self.modality)
+        if learned is not None:
+            channels = {spec.channel("learned"): learned, **channels}
         masked = ppr.copy()
         masked[hist] = 0
         strongest = np.argsort(-masked, kind="stable")[:5]
         lines = [
             "Neighbours of the history: " + "; ".join(ctx.label(int(i)) for i in strongest) + ".",
-            "Strongest candidates in the graph: " + top_candidates(ctx, scaled) + ".",
+            "Strongest candidates in the graph: " + top_candidates(ctx, group_score(channels.values())) + ".",
             f"{int((cand_ppr == 0).sum())} candidate(s) are not connected to the history.",
+            strength(ctx, group_score(channels.values()), int((np.diff(graph.co.indptr)[ctx.history] > 0).sum())),
         ]
         if item_ids:
             idx, unknown = ctx.resolve_in_pool(item_ids)
@@ -129,4 +134,4 @@ class GraphToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence(spec.name, " ".join(lines), {spec.channel("ppr"): scaled, spec.channel("co"): np.log1p(co)})
+        return Evidence(spec.name, " ".join(lines), channels)

@@ -15,7 +15,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality
-from mma_agent.toolkits.base import Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, top_candidates
+from mma_agent.toolkits.base import (
+    Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, strength, top_candidates,
+)  # fmt: skip
 from mma_agent.util import joined_digest
 
 
@@ -45,7 +47,7 @@ class TextToolkit(Toolkit):
             "Returns the history's top genres and tags and the best-matching candidates. Null if item text is unavailable.",
             prompt='analyze_text {"item_ids": [...optional]}: text evidence, how candidates\' titles, genres and plots match the history.',
             group="text",
-            channels=("max", "mean"),
+            channels=("learned", "max", "mean"),  # learned: see mma_agent/relevance.py (absent when none was prepared)
         ),
     )
 
@@ -88,6 +90,9 @@ class TextToolkit(Toolkit):
         if len(ctx.history) == 0:
             return Evidence.none(spec.name, "the user has no history to compare candidate texts with")
         parts, _, missing = cosine_to_history(emb, ctx)
+        learned = learned_channel(ctx, self.modality)
+        if learned is not None:
+            parts = {"learned": learned, **parts}
         channels = {spec.channel(k): v for k, v in parts.items()}
         view = ctx.view
         genres = Counter(g for i in ctx.history for g in (view.item_field(int(i), "genres") or "").split("|") if g)
@@ -97,7 +102,8 @@ class TextToolkit(Toolkit):
             f"History ({n} items) top genres: " + ", ".join(f"{g} {100 * c / n:.0f}%" for g, c in genres.most_common(4)) + ".",
             *(["Frequent tags: " + ", ".join(t for t, _ in tags.most_common(5)) + "."] if tags else []),
             "Recent: " + "; ".join(view.item_field(int(i), "title") or ctx.item_id(int(i)) for i in ctx.history[-3:][::-1]) + ".",
-            "Best text matches: " + top_candidates(ctx, 0.5 * parts["max"] + 0.5 * parts["mean"]) + ".",
+            "Best text matches: " + top_candidates(ctx, group_score(channels.values())) + ".",
+            strength(ctx, group_score(channels.values()), int((~np.isnan(emb[ctx.history]).any(axis=1)).sum())),
         ]
         if missing:
             lines.append(f"{missing} candidate(s) have no text.")

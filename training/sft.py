@@ -29,14 +29,15 @@ from mma_agent.util import atomic_write_text, json_digest
 log = logging.getLogger(__name__)
 def action_plans(tools: ToolVocabulary | None = None) -> list[list[str]]:
     """Every ordered sequence of distinct automated tools (order matters: what the policy saw when
-    it chose), each ended by every scoring template over the gathered groups (equal weights, or
-    one group): with the three built-in evidence tools, 3 x 2 + 6 x 3 + 6 x 4 = 48 plans."""
-    automated = (tools or tool_vocabulary()).automated
+    it chose), each ended by every entry of the weight menu over its groups (what constrained
+    decoding allows after those tools answered): with the three built-in evidence tools,
+    3 x 2 + 6 x 5 + 6 x 10 = 96 plans."""
+    tools = tools or tool_vocabulary()
     plans = []
-    for r in range(1, len(automated) + 1):
-        for specs in itertools.permutations(automated, r):
+    for r in range(1, len(tools.automated) + 1):
+        for specs in itertools.permutations(tools.automated, r):
             steps = [json.dumps({"tool": s.name, "args": {}}) for s in specs]
-            for w in [{}] + [{s.group: 1} for s in specs]:
+            for w in tools.weight_menu(s.group for s in specs):
                 plans.append([*steps, json.dumps({"tool": SCORE_TOOL, "args": {"weights": w}})])
     return plans
 
