@@ -291,6 +291,73 @@ def coverage(res: Results, llm: list[str], all_keys: list[Key]) -> str:
     return out
 
 
+def valid_mean(res: Results, method: str, family: str) -> float | None:
+    """Validation NDCG@10 of a method on a family at its chosen alpha."""
+    vs = [r["metrics"][res.alpha[method, family]]["ndcg@10"] for r in res.by_method[method] if r["split"] == "valid" and r["family"] == family]
+    return float(np.mean(vs)) if vs else None
+
+
+EVIDENCE_FAMILY = {"text": "text-only", "image": "image-only", "graph": "behaviour-only"}  # each group's own single-modality family
+
+
+def evidence_tables(res: Results, keys: list[Key]) -> list[tuple[str, list[dict]]]:
+    """The evidence tables (issue #14): per family, the first stage, each tool's zero-shot and
+    learned channel alone, RuleRouter-Fuse on zero-shot and on learned evidence, the weight-menu
+    entry best on this family's validation, MARGO- and MAGNET-style, and the best probe; each
+    method against the first stage on the same test episodes (paired Wilcoxon, Cliff's delta).
+    Empty when the run holds no evidence rows."""
+    groups = res.meta.get("groups", {})
+    channels = [m for m in res.methods if groups.get(m) == "evidence"]
+    if not channels:
+        return []
+    first = next(m for m in res.methods if groups.get(m) == "first stage" and m.startswith("First stage"))
+    menu = [m for m in res.methods if groups.get(m) == "weight menu"]
+    named = [m for m in ("RuleRouter-Fuse (zero-shot evidence)", "RuleRouter-Fuse") if m in res.methods]
+    trained = [m for m in res.methods if groups.get(m) == "trained multimodal"]
+    probes = [m for m in res.methods if groups.get(m) == "protocol probe"]
+    out = []
+    for f in FAMILIES:
+        fk = [k for k in keys if k[0] == f]
+        if not fk:
+            continue
+        best_menu = max((m for m in menu if valid_mean(res, m, f) is not None), key=lambda m: valid_mean(res, m, f), default=None)
+        probe = max(probes, key=lambda m: _mean(res.test(m), [k for k in fk if k in res.test(m)]) or 0, default=None)
+        rows = []
+        for m in [first, *channels, *named, *([best_menu] if best_menu else []), *trained, *([probe] if probe else [])]:
+            ks = [k for k in fk if k in res.test(m)]
+            if not ks:
+                continue
+            x = np.array([res.test(m)[k] for k in ks])
+            y = np.array([res.test(first)[k] for k in ks])
+            label = f"{m} (best menu entry on validation)" if m == best_menu else m
+            row = {"row": label, "N@10": round(float(x.mean()), 4), "alpha": res.alpha.get((m, f), ""), "valid N@10": round(valid_mean(res, m, f) or 0, 4)}
+            if m != first and groups.get(m) != "protocol probe":
+                row.update({"vs first stage": f"{x.mean() - y.mean():+.4f}", "better/worse": f"{(x > y).sum()}/{(x < y).sum()}",
+                            "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}", "Cliff's delta": round(cliffs_delta(x, y), 3)})  # fmt: skip
+            rows.append(row)
+        rec = res.recall(fk)
+        out.append((f"### {f}: {len(fk)} test pools; Recall@100 (ceiling) {_mean(rec, fk):.4f}", rows))
+    return out
+
+
+def evidence_comparisons(res: Results, keys: list[Key]) -> list[dict]:
+    """The targets of issue #14, each a paired test on the same episodes: each learned channel
+    against the MARGO-style model on its own single-modality family, and RuleRouter-Fuse over the
+    learned evidence against the zero-shot one and against the first stage on every family."""
+    groups = res.meta.get("groups", {})
+    margo = next((m for m in res.methods if m.startswith("MARGO")), None)
+    first = next((m for m in res.methods if groups.get(m) == "first stage" and m.startswith("First stage")), None)
+    out = []
+    for g, f in EVIDENCE_FAMILY.items():
+        learned = f"Evidence: {g} learned channel"
+        if margo and learned in res.methods:
+            out.append(compare(res, learned, margo, [k for k in keys if k[0] == f], f))
+    for a, b in (("RuleRouter-Fuse", "RuleRouter-Fuse (zero-shot evidence)"), ("RuleRouter-Fuse", first)):
+        if a in res.methods and b in res.methods:
+            out += [compare(res, a, b, [k for k in keys if k[0] == f], f) for f in FAMILIES if any(k[0] == f for k in keys)]
+    return out
+
+
 def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") -> tuple[str, list[dict]]:
     """Write `report.md` and its plot into out_dir; return the Markdown and the main table."""
     from mma_agent.util import format_table
@@ -353,6 +420,12 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     md += ["## Per family (whole test set)", ""]
     for t, rs in family_tables(res, whole, all_keys):
         md += [format_table(rs, t), ""]
+    evidence = evidence_tables(res, all_keys)
+    if evidence:
+        md += ["## Evidence per family: each channel alone, RuleRouter-Fuse before and after the learned channels, the best weight-menu entry", ""]
+        md += [format_table(evidence_comparisons(res, all_keys), "Paired tests (A vs B on the same test episodes)"), ""]
+        for t, rs in evidence:
+            md += [format_table(rs, t), ""]
     md += [format_table(routing, "## Routing diagnostics (test)"), ""]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     md += ["", "## How to read this", "", *NOTES, *meta.get("notes", [])]

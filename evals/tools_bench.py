@@ -19,7 +19,8 @@ def _ms(xs: list[float]) -> dict[str, str]:
 def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, cold_text: bool = True) -> dict[str, list[dict]]:
     from scipy.stats import spearmanr
 
-    from mma_agent.masks import family_mask
+    from mma_agent.masks import Modality, family_mask
+    from mma_agent.relevance import relevance_feature
     from mma_agent.toolkits import tool_vocabulary
     from mma_agent.toolkits.base import Catalogue, EpisodeContext
     from mma_agent.toolkits.clarify import ClarifyToolkit
@@ -45,11 +46,18 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
         start = time.perf_counter()
         catalogue = kit.prepare(catalogue, target)
         build_rows.append({"toolkit": name, "prepare s": f"{time.perf_counter() - start:.1f}", "what": note})
+    start = time.perf_counter()
+    learned = {m: pipeline.relevance(m)[0] for m in ("text", "behaviour", *(("image",) if image_folder is not None else ()))}
+    catalogue = catalogue.with_features(**{relevance_feature(m): (Modality(m), model) for m, model in learned.items()})
+    build_rows.append({"toolkit": "learned channels", "prepare s": f"{time.perf_counter() - start:.1f}", "what": "loaded (`mma relevance` trains them)"})
     kits["clarify"] = ClarifyToolkit(kits["text"], kits.get("image"))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes = []
     for fname, (modality, value) in catalogue.features.items():
-        nbytes = value.nbytes if hasattr(value, "nbytes") else value.transition.data.nbytes * 3 + value.co.data.nbytes * 3
+        if hasattr(value, "arrays"):  # a learned relevance model
+            nbytes = sum(a.nbytes for a in value.arrays().values())
+        else:
+            nbytes = value.nbytes if hasattr(value, "nbytes") else value.transition.data.nbytes * 3 + value.co.data.nbytes * 3
         sizes.append(f"{fname} {nbytes / 2**20:.1f} MB")
     build_rows.append({"toolkit": "all", "prepare s": "", "what": f"peak RSS {rss_mb:.0f} MB; features: " + ", ".join(sizes)})
 
@@ -62,7 +70,7 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
     graph = catalogue.features["graph"][1]
     for p in range(min(episodes, len(pools))):
         u = int(pools.users[p])
-        ctx = EpisodeContext(view, view.history(u, include_valid=True), pools.candidates[p], u, pools.target(p))
+        ctx = EpisodeContext(view, view.history(u, include_valid=True), pools.candidates[p], u, pools.target(p), first_stage=pools.scores[p])
         for spec, kit in zip(tools.specs, tools.owners, strict=True):
             if kit not in kits:
                 continue

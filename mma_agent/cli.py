@@ -99,6 +99,14 @@ def cmd_bench_tools(args) -> None:
         print(format_table(rows, title))
 
 
+def cmd_bench_ask(args) -> None:
+    from mma_agent.evals.ask_bench import bench_ask
+
+    p = _pipeline(args)
+    for title, rows in bench_ask(p, families=args.families, pools=args.pools, alpha=args.alpha).items():
+        print(format_table(rows, title))
+
+
 def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
@@ -373,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--episodes", type=int, default=100, help="pools to time the tools on")
     bt.add_argument("--no-image", action="store_true", help="leave the image toolkit out (no CLIP training)")
     bt.set_defaults(func=cmd_bench_tools)
+    ba = bench.add_parser("ask", parents=[common], help="is a clarification question worth its cost? (validation, simulated user)")
+    ba.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), default=["text-only", "image-only", "behaviour-only", "full"])
+    ba.add_argument("--pools", type=int, default=100, help="validation pools per family")
+    ba.add_argument("--alpha", type=float, default=0.5, help="Eq. 2 weight of the first stage (as in training's exploration)")
+    ba.set_defaults(func=cmd_bench_ask)
 
     br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")
     br.add_argument("--model", default="transformers:smollm2-135m")

@@ -183,6 +183,11 @@ class ModalityView:
         return self._split.item_ids
 
     @property
+    def item_index(self) -> dict[str, int]:
+        """Item id -> catalogue index (ids are never masked)."""
+        return self._split.item_index
+
+    @property
     def user_ids(self) -> np.ndarray:
         return self._split.user_ids
 
@@ -215,6 +220,10 @@ class ModalityView:
         if name == "tags":
             return self._split.item_tags[item] or None
         return str(self._split.dataset.items.at[item, name]) or None
+
+    def item_titles(self) -> list[str] | None:
+        """All item titles (catalogue order), or None when text is masked."""
+        return self._split.dataset.items["title"].tolist() if self.mask.text else None
 
     @property
     def _texts(self) -> list[str]:

@@ -4,8 +4,11 @@ In evaluation a simulated user answers from what survives of the held-out target
 and tags when text survives, its poster's zero-shot tags when the image survives, its strongest
 co-interaction neighbours when behaviour survives; a question about a masked modality gets "I
 don't know" (Null). In an app, `answer_fn` supplies a person's answer (the agent graph wires it to
-LangGraph's `interrupt()` through the request's `EpisodeContext.ask`). The answer becomes evidence: its MiniLM similarity to each candidate's
-text when text is visible, otherwise its CLIP text similarity to each candidate's poster.
+LangGraph's `interrupt()` through the request's `EpisodeContext.ask`). The answer becomes evidence:
+when it names catalogue items (by id, or by title when text is visible) and behaviour is visible,
+the learned behaviour relevance of the candidates seeded with those items (what people who liked
+them went on to like); otherwise its MiniLM similarity to each candidate's text when text is
+visible, or else its CLIP text similarity to each candidate's poster.
 This is an upper-bound diagnostic, not a deployable advantage: the simulated user knows the target.
 """
 
@@ -14,10 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
+import re
+
 import numpy as np
 from pydantic import BaseModel, Field
 
+from mma_agent.masks import Modality
 from mma_agent.toolkits.base import ASK_COST, EpisodeContext, Evidence, Toolkit, ToolSpec, top_candidates
+from mma_agent.toolkits.graph import truncated_ppr
 from mma_agent.toolkits.image import ImageToolkit
 from mma_agent.toolkits.text import TextToolkit
 
@@ -38,7 +45,7 @@ class ClarifyToolkit(Toolkit):
             "image = look and style, behaviour = similar things they liked). Costly: use only when evidence is weak.",
             prompt='ask_user {"modality_type": "text"|"image"|"behaviour", "query": "..."}: ask the user one question (costly).',
             group="ask",
-            channels=("text", "image"),  # the answer matched against candidate texts, or else their posters
+            channels=("behaviour", "text", "image"),  # items the answer names, through the behaviour relevance; or its words against texts, or posters
             cost=ASK_COST,
             automated=False,
             arg_templates=tuple({"modality_type": m, "query": "What do you feel like?"} for m in ("text", "image", "behaviour")),
@@ -86,6 +93,16 @@ class ClarifyToolkit(Toolkit):
         return Evidence(spec.name, f'User: "{answer}" Best matches: {top_candidates(ctx, score)}.', channels)
 
     def answer_evidence(self, ctx: EpisodeContext, answer: str) -> dict[str, np.ndarray]:
+        named = named_items(ctx, answer)
+        if len(named) and ctx.view.mask.behaviour:
+            from mma_agent.relevance import relevance_feature
+
+            model = ctx.view.feature(relevance_feature(Modality.BEHAVIOUR))
+            score = model.score(named, ctx.candidates) if model is not None else None
+            if score is None and ctx.view.feature("graph") is not None:
+                score = truncated_ppr(ctx.view.feature("graph"), named)[ctx.candidates]
+            if score is not None and np.ptp(score) > 0:
+                return {self.spec("ask_user").channel("behaviour"): score}
         text_emb = ctx.view.feature("text")
         if text_emb is not None and self.text is not None:
             a = self.text.embed([answer])[0]
@@ -95,3 +112,17 @@ class ClarifyToolkit(Toolkit):
             a = self.image.encode_text([answer])[0]
             return {self.spec("ask_user").channel("image"): np.nan_to_num(img[ctx.candidates]) @ a}
         return {}
+
+
+def named_items(ctx: EpisodeContext, answer: str) -> np.ndarray:
+    """Catalogue items an answer names: item ids outside parentheses (an item's label is "id (title)",
+    and a title's year is not an id), and, when text is visible, titles it quotes verbatim."""
+    index = ctx.view.item_index
+    bare = answer
+    while re.search(r"\([^()]*\)", bare):
+        bare = re.sub(r"\([^()]*\)", " ", bare)
+    found = [index[t] for t in re.findall(r"[\w.:-]+", bare) if t in index]
+    titles = ctx.view.item_titles()
+    if titles is not None:
+        found += [i for i, title in enumerate(titles) if len(title) > 3 and title in answer]
+    return np.array(sorted(set(found)), dtype=np.int64)
