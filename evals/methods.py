@@ -64,18 +64,21 @@ class EvalEnv:
         feats = {"text": full.feature("text"), "image": full.feature("image"), "behaviour": lightgcn.item_vecs}
         return {m: l2_normalize(np.nan_to_num(np.asarray(f, dtype=np.float32))) for m, f in feats.items() if f is not None}
 
-    def evidence(self, ep: dict) -> dict[str, np.ndarray]:
-        """Every automated tool's channels on the episode (learned and zero-shot), each tool called
-        once through its toolkit under the episode's mask, cached for the rows that read them."""
+    def evidence(self, ep: dict, *, learned: bool = True) -> dict[str, np.ndarray]:
+        """Every automated tool's channels on the episode, each tool called once through its toolkit
+        under the episode's mask (`learned=False`: the toolkits without their learned channels,
+        i.e. zero-shot evidence only), cached for the rows that read them."""
         from mma_agent.toolkits.base import EpisodeContext
 
-        key = (ep["split"], ep["family"], ep["pool"])
+        key = (ep["split"], ep["family"], ep["pool"], learned)
         if key not in self._evidence:
-            ctx = EpisodeContext(self.catalogue.view(Mask(**ep["mask"])), np.asarray(ep["hist_idx"], dtype=np.int64), np.asarray(ep["cand_idx"], dtype=np.int64),
+            catalogue, kits = (self.catalogue, self.kits) if learned else self.pipeline.toolkits(learned=False)
+            tools = tool_vocabulary(kits)
+            ctx = EpisodeContext(catalogue.view(Mask(**ep["mask"])), np.asarray(ep["hist_idx"], dtype=np.int64), np.asarray(ep["cand_idx"], dtype=np.int64),
                                  ep["user"], first_stage=np.asarray(ep["first_stage_scores"], dtype=float))  # fmt: skip
             channels = {}
-            for spec in tool_vocabulary(self.kits).automated:
-                kit = self.kits.get(tool_vocabulary(self.kits).owner(spec.name))
+            for spec in tools.automated:
+                kit = kits.get(tools.owner(spec.name))
                 if kit is not None:
                     channels.update(kit.call(spec.name, ctx).channels)
             self._evidence[key] = channels
@@ -193,7 +196,7 @@ class ChannelRow(Method):
     def score(self, ep):
         from mma_agent.toolkits.base import group_score
 
-        ev = self.env.evidence(ep)
+        ev = self.env.evidence(ep, learned=self.learned)
         chans = [ev[c] for c in self.spec.channel_names if c in ev and (c == self.spec.channel("learned")) == self.learned]
         if not chans:
             return None, {"reason": f"{self.spec.name} gave no {'learned' if self.learned else 'zero-shot'} evidence"}

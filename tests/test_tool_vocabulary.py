@@ -70,7 +70,7 @@ def test_builtin_vocabulary_is_what_the_reranker_always_offered():
     assert [s.name for s in tools.specs] == ["analyze_text", "analyze_image", "retrieve_graph", "ask_user"]
     assert tools.names(interactive=False) == ["analyze_text", "analyze_image", "retrieve_graph"]
     assert tools.groups == {"text": ("text_learned", "text_max", "text_mean"), "image": ("image_learned", "image_max", "image_mean"),
-                            "graph": ("graph_learned", "graph_ppr", "graph_co"), "ask": ("ask_text", "ask_image")}  # fmt: skip
+                            "graph": ("graph_learned", "graph_ppr", "graph_co"), "ask": ("ask_behaviour", "ask_text", "ask_image")}  # fmt: skip
     assert [tools.owner(s.name) for s in tools.specs] == ["text", "image", "graph", "clarify"]
     assert [s.cost for s in tools.specs] == [0.02, 0.02, 0.02, 0.10]
     assert len(action_plans()) == 96
