@@ -17,7 +17,7 @@ def test_pipeline_end_to_end_on_tiny_data(tiny_root, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     for needle in ("First-stage retrievers", "| lightgcn", "Candidate pools (protocol v2)", "| text-only", "First-stage candidates",
-                   "| text+image+behaviour"):
+                   "| text+image+behaviour", "Learned relevance channels", "| behaviour | behaviour-only"):
         assert needle in out
     full = next(x for x in out.splitlines() if x.startswith("| test ") and "| full " in x)
     assert "LightGCN (behaviour)" in full  # the config's choice for the full family, not validation's
