@@ -21,7 +21,8 @@ Rows (see `build_methods`):
 - probes and ceiling (never fused): user-blind protocol probes (random, popularity, lowest
   first-stage score, pool centrality per modality) and the oracle reranker.
 - the user's own rerankers (`UserMethod`, `mma eval run --method package.module:attr`).
-- agents: RuleRouter-Fuse, ReAct zero-shot (free-form actions, no constrained decoding), MMA-Auto
+- agents: RuleRouter-Fuse, the lookup control (the best action per observed availability pattern on
+  the support episodes, `training/routing.py`), ReAct zero-shot (free-form actions, no constrained decoding), MMA-Auto
   (zero-shot, or any trained policy folder), MMA-Interactive (simulated user).
 """
 
@@ -149,9 +150,9 @@ class AgentMethod(Method):
     group = "agent"
 
     def __init__(self, name: str, *, model: str | None = None, variant: str = "auto", plan: list[str] | None = None,
-                 prefill: bool | None = None, group: str = "agent", learned: bool = True) -> None:  # fmt: skip
+                 prefill: bool | None = None, group: str = "agent", learned: bool = True, lookup: bool = False) -> None:  # fmt: skip
         self.name, self.model_spec, self.variant, self.plan, self.prefill, self.group = name, model, variant, plan, prefill, group
-        self.uses_llm, self.learned = model is not None, learned
+        self.uses_llm, self.learned, self.lookup = model is not None, learned, lookup
 
     def setup(self, env):
         from mma_agent.graphs.reranker import create_mma_reranker
@@ -159,9 +160,19 @@ class AgentMethod(Method):
         super().setup(env)
         self.graph = None
         self.catalogue, self.kits = (env.catalogue, env.kits) if self.learned else env.pipeline.toolkits(learned=False)
+        router = None
+        if self.lookup:  # the learned non-LLM control, fitted on the support episodes by `mma train eval`
+            from mma_agent.training.routing import LookupRouter
+
+            path = env.pipeline.root / "train" / "lookup" / "table.json"
+            if not path.is_file():
+                msg = f"{self.name}: no lookup table at {path}; `mma train eval` fits it on the support episodes"
+                raise FileNotFoundError(msg)
+            router = LookupRouter.load(path)
         if self.plan is None:
             model = env.chat_model(self.model_spec) if self.model_spec else None
-            self.graph = create_mma_reranker(model, catalogue=self.catalogue, toolkits=self.kits, variant=self.variant, alpha=0.0, prefill=self.prefill).compile()
+            self.graph = create_mma_reranker(model, catalogue=self.catalogue, toolkits=self.kits, variant=self.variant, alpha=0.0, prefill=self.prefill,
+                                             router=router).compile()  # fmt: skip
 
     def score(self, ep):
         graph = self.graph
@@ -528,6 +539,7 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
         "centrality-probe-behaviour": lambda: CentralityProbe("behaviour"), "oracle": Oracle,
         "rule": lambda: AgentMethod("RuleRouter-Fuse", variant="rule"),
         "rule-zero-shot": lambda: AgentMethod("RuleRouter-Fuse (zero-shot evidence)", variant="rule", learned=False),
+        "lookup": lambda: AgentMethod("Lookup control (no LLM)", variant="rule", lookup=True),
         **{f"{s.group}-{kind}": lambda s=s, kind=kind: ChannelRow(s, kind == "learned") for s in tool_vocabulary().automated for kind in ("zero-shot", "learned")},
         **{"menu-" + ("equal" if not w else "-".join(f"{g}{int(100 * v)}" for g, v in w.items())): lambda w=w: MenuRow(w)
            for w in tool_vocabulary().weight_menu(s.group for s in tool_vocabulary().automated)},

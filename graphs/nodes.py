@@ -10,7 +10,7 @@ import numpy as np
 from langgraph.graph import END
 
 from mma_agent.graphs.fusion import fuse, scores_per_item, weighted_evidence
-from mma_agent.graphs.policy import Policy, completions, rule_action
+from mma_agent.graphs.policy import Policy, Router, completions, rule_action
 from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
 from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, SCORE_TOOL, TOOLS, RerankState, Resolved, Variant, first_stage_output, validate_request
 from mma_agent.masks import Mask
@@ -33,8 +33,8 @@ class RerankNodes:
     """The nodes of one reranker, bound to its run-scoped dependencies."""
 
     def __init__(self, policy: Policy | None, catalogue: Catalogue, toolkits: dict[str, Toolkit], tools: ToolVocabulary, *,
-                 variant: Variant, alpha: float, max_turns: int, scoring: str) -> None:  # fmt: skip
-        self.policy_model, self.catalogue, self.kits, self.tools = policy, catalogue, toolkits, tools
+                 variant: Variant, alpha: float, max_turns: int, scoring: str, router: Router = rule_action) -> None:  # fmt: skip
+        self.policy_model, self.catalogue, self.kits, self.tools, self.router = policy, catalogue, toolkits, tools, router
         self.variant, self.alpha, self.max_turns, self.scoring = variant, alpha, max_turns, scoring
         self.offered = tools.names(interactive=variant == "interactive")
 
@@ -74,7 +74,7 @@ class RerankNodes:
     def policy(self, state: RerankState) -> dict:
         turn = state["turn"] + 1
         if self.variant == "rule":
-            return {"action": rule_action(self.tools, state["trace"]), "turn": turn}
+            return {"action": self.router(self.tools, state["trace"]), "turn": turn}
         try:
             allowed = completions(self.tools, self.offered, state["trace"], last_turn=turn >= state["max_turns"])
             reply, meta = self.policy_model.ask(state["messages"], allowed)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -40,6 +42,9 @@ def called_tools(trace: list[dict]) -> set[str | None]:
     return {t["action"]["tool"] for t in trace if "action" in t}
 
 
+Router = Callable[[ToolVocabulary, list[dict]], dict]  # a policy without an LLM: (tools, trace so far) -> action
+
+
 def rule_action(tools: ToolVocabulary, trace: list[dict]) -> dict:
     """RuleRouter-Fuse: every automated tool once, in vocabulary order, then equal weights."""
     called = called_tools(trace)
@@ -63,10 +68,18 @@ def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *,
 
 
 class Policy:
-    """Asks a chat model for one action, under a timeout; parses the reply."""
+    """Asks a chat model for one action, under a timeout; parses the reply.
 
-    def __init__(self, model: Any, *, prefill: bool, timeout: float | None) -> None:
+    A call past `timeout` is abandoned (the reranker falls back) and never left running unbounded:
+    a backend that supports it (`supports_cancel`, the local transformers model) is told to stop
+    and stops at its next token; any other call finishes on one of at most `max_workers` threads
+    this policy owns (an HTTP backend's own client timeout ends it), so a hung backend can hold
+    that many threads and no more: further calls wait for a free thread within their timeout.
+    """
+
+    def __init__(self, model: Any, *, prefill: bool, timeout: float | None, max_workers: int = 4) -> None:
         self.model, self.prefill, self.timeout = model, prefill, timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mma-policy") if timeout is not None else None
 
     def ask(self, messages: list[dict], allowed: list[str] | None = None) -> tuple[str, dict]:
         """The model's reply to the conversation, and its usage metadata (native tool calls under
@@ -76,14 +89,19 @@ class Policy:
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         lc = [kinds[m["role"]](m["content"]) for m in messages]
         kwargs = {"prefill": PREFILL, "allowed_completions": allowed, "stop_strings": ["\n"]} if self.prefill else {}
-        if self.timeout is None:
+        if self._pool is None:
             out = self.model.invoke(lc, **kwargs)
         else:
-            pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            cancel = threading.Event()
+            if getattr(self.model, "supports_cancel", False):
+                kwargs["cancel"] = cancel
+            future = self._pool.submit(self.model.invoke, lc, **kwargs)
             try:
-                out = pool.submit(self.model.invoke, lc, **kwargs).result(timeout=self.timeout)
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
+                out = future.result(timeout=self.timeout)
+            except concurrent.futures.TimeoutError:
+                future.cancel()  # still queued: never starts; running: told to stop
+                cancel.set()
+                raise
         meta = dict(getattr(out, "usage_metadata", None) or {})
         meta["seconds"] = float((getattr(out, "response_metadata", None) or {}).get("seconds", 0.0))
         if getattr(out, "tool_calls", None):

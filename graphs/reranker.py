@@ -22,7 +22,7 @@ from typing import Any, Literal
 from langgraph.graph import END, START, StateGraph
 
 from mma_agent.graphs.nodes import RerankNodes
-from mma_agent.graphs.policy import Policy
+from mma_agent.graphs.policy import Policy, Router, rule_action
 from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, TOOLS, VALIDATE, RerankInput, RerankOutput, RerankState, Variant
 from mma_agent.toolkits.base import Catalogue, Toolkit
 
@@ -40,6 +40,7 @@ def create_mma_reranker(
     prefill: bool | None = None,
     native_tools: bool = False,
     backend_kwargs: dict[str, Any] | None = None,
+    router: Router | None = None,
 ) -> StateGraph:
     """The MMA reranker as an uncompiled StateGraph (compile it with your checkpointer, or mount it).
 
@@ -48,6 +49,8 @@ def create_mma_reranker(
     prefill: start the reply with '{"tool": "' (local transformers models; default: on for them).
     native_tools: for backends with native tool calling (OpenAI-compatible servers with tools,
     vLLM with a tool parser): `bind_tools` and read the model's tool calls instead of JSON text.
+    router: for variant="rule", the policy without an LLM, (tools, trace) -> action (default:
+    RuleRouter-Fuse's rule; `mma_agent.training.routing.LookupRouter` is the learned lookup control).
     backend_kwargs: options of a backend string, e.g. {"base_url": "http://127.0.0.1:8000/v1"} for
     "openai:NAME", {"cache_dir": ...} for "transformers:..." (see `mma_agent.llm.resolve_chat_model`).
     """
@@ -70,7 +73,8 @@ def create_mma_reranker(
         if native_tools:
             model = model.bind_tools(tool_schemas(tools, tools.names(interactive=variant == "interactive"), scoring))
         policy = Policy(model, prefill=bool(prefill), timeout=timeout)
-    nodes = RerankNodes(policy, catalogue, toolkits, tools, variant=variant, alpha=alpha, max_turns=max_turns, scoring=scoring)
+    nodes = RerankNodes(policy, catalogue, toolkits, tools, variant=variant, alpha=alpha, max_turns=max_turns, scoring=scoring,
+                        router=router or rule_action)  # fmt: skip
     g = StateGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
     g.add_node(VALIDATE, nodes.validate)
     g.add_node(POLICY, nodes.policy)

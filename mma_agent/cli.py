@@ -230,23 +230,42 @@ def cmd_train_grpo(args) -> None:
 
 
 def cmd_train_eval(args) -> None:
+    from mma_agent.graphs.policy import rule_action
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.llm import resolve_chat_model
     from mma_agent.training.evaluate import evaluate_policies
 
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.training.routing import LookupRouter, llm_policy, router_policy, routing_diagnostic
+    from mma_agent.training.sft import decision_points, explore_support
+
     p, catalogue, kits, episodes = _episodes_and_kits(args)
-    query = [e for e in episodes if e["part"] == "query"]
-    policies = {"RuleRouter-Fuse": create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()}
+    parts = {part: [e for e in episodes if e["part"] == part] for part in ("support", "query")}
+    points = decision_points(explore_support(p, parts["support"], catalogue, kits)[0])
+    query = parts["query"]
+    tools = tool_vocabulary(kits)
+    lookup = LookupRouter.fit(points)
+    lookup.save(p.root / "train" / "lookup" / "table.json")
+    routers = {"RuleRouter-Fuse": rule_action, "Lookup control (no LLM)": lookup}
+    policies = {name: create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", router=r).compile() for name, r in routers.items()}
+    by_state = {name: router_policy(r, tools) for name, r in routers.items()}
     for spec in args.policy:
         name, sep, backend = spec.partition("=")
         name, backend = (name, backend) if sep else (spec, spec)
         model = resolve_chat_model(backend, cache_dir=p.config.workdir / "models")
         policies[name] = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
+        by_state[name] = llm_policy(model, tools)
+    explored, took = explore_support(p, query, catalogue, kits, name="query")
+    held_out = decision_points(explored)
+    routing = routing_diagnostic(held_out, by_state)
+    print(format_table(routing, f"Routing on held-out explored states ({len(held_out)} states of {len(query)} query episodes; explored in {took:.0f} s): "
+                                "the greedy action against the best-valued one"))  # fmt: skip
+    print(f"lookup control: {len(lookup.table)} availability patterns from {len(points)} support states ({p.root / 'train' / 'lookup' / 'table.json'})")
     rows = evaluate_policies(policies, query)
     print(format_table(rows, f"Query episodes ({len(query)}): reward, NDCG@10, routing diagnostics"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
+        args.out.write_text(json.dumps({"routing": routing, "episodes": rows}, indent=1))
 
 
 def _store_path(args, p) -> Path:

