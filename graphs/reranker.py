@@ -17,14 +17,46 @@ call and what it may answer), `nodes` (nodes and routers), `fusion` (evidence ->
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 
 from mma_agent.graphs.nodes import RerankNodes
 from mma_agent.graphs.policy import Policy, Router, rule_action
 from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, TOOLS, VALIDATE, RerankInput, RerankOutput, RerankState, Variant
 from mma_agent.toolkits.base import Catalogue, Toolkit
+
+
+class RerankerGraph(StateGraph):
+    """The reranker's StateGraph. Compiled, it also answers a request that is not a mapping (a
+    list, a string, None without a checkpoint to resume) with the fallback and a reason, instead
+    of LangGraph raising into the caller before any node runs."""
+
+    def compile(self, *args: Any, **kwargs: Any) -> CompiledStateGraph:
+        compiled = super().compile(*args, **kwargs)
+        compiled.__class__ = CompiledReranker
+        return compiled
+
+
+class CompiledReranker(CompiledStateGraph):
+    """A compiled reranker graph (see `RerankerGraph`)."""
+
+    def _checked(self, request: Any) -> Any:
+        from langgraph.types import Command
+
+        if isinstance(request, Mapping | Command) or (request is None and self.checkpointer is not None):  # None resumes a thread
+            return request
+        return {"invalid_input": f"request: expected a mapping of the RerankInput fields (user_id, candidates, first_stage_scores, ...), "
+                                 f"got {type(request).__name__}"}  # fmt: skip
+
+    def stream(self, input: Any, *args: Any, **kwargs: Any):  # noqa: A002 (LangGraph's parameter name)
+        return super().stream(self._checked(input), *args, **kwargs)
+
+    async def astream(self, input: Any, *args: Any, **kwargs: Any):  # noqa: A002
+        async for chunk in super().astream(self._checked(input), *args, **kwargs):
+            yield chunk
 
 
 def create_mma_reranker(
@@ -75,7 +107,7 @@ def create_mma_reranker(
         policy = Policy(model, prefill=bool(prefill), timeout=timeout)
     nodes = RerankNodes(policy, catalogue, toolkits, tools, variant=variant, alpha=alpha, max_turns=max_turns, scoring=scoring,
                         router=router or rule_action)  # fmt: skip
-    g = StateGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
+    g = RerankerGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
     g.add_node(VALIDATE, nodes.validate)
     g.add_node(POLICY, nodes.policy)
     g.add_node(TOOLS, nodes.run_tool)

@@ -28,6 +28,7 @@ class RerankInput(TypedDict, total=False):
     max_turns: int  # budget, at most the configured maximum
     mask: dict[str, bool]  # evaluation only: hidden availability of text/image/behaviour
     target: str  # evaluation only: the held-out item the simulated user answers about
+    invalid_input: str  # set by the compiled reranker when the request is not a mapping: why it falls back
 
 
 class RerankOutput(TypedDict, total=False):
@@ -85,6 +86,8 @@ def rerank_request(episode: Episode | Mapping[str, Any], *, with_target: bool = 
 def validate_request(state: Any, catalogue: Catalogue) -> tuple[RerankRequest | None, str | None]:
     """The checked request, or the first problem with it, naming the field (the request model's
     checks, then the catalogue's: unknown candidates, an unknown user without a history)."""
+    if state.get("invalid_input"):
+        return None, str(state["invalid_input"])
     req, problem = parse_request(state)
     if req is None:
         return None, problem

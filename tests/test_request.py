@@ -109,3 +109,12 @@ def test_no_request_raises_and_every_fallback_is_the_first_stage_order(rule, req
         assert (ranking, out["scores"]) == valid_pairs(request.get("candidates"), request.get("first_stage_scores"))
     else:
         assert sorted(ranking) == sorted(request["candidates"]) and all(math.isfinite(s) for s in out["scores"])
+
+
+@pytest.mark.parametrize("request_", [None, [], ["u0"], "u0", 7, 3.5, b"x", ("m0",), {"m0", "m3"}, np.arange(3)])
+def test_a_request_that_is_not_a_mapping_falls_back_with_its_reason(rule, request_):
+    import asyncio
+
+    for out in (rule.invoke(request_), asyncio.run(rule.ainvoke(request_)), rule.batch([request_])[0]):
+        assert out["fallback"] and out["ranking"] == [] and "expected a mapping of the RerankInput fields" in out["reason"]
+        assert type(request_).__name__ in out["reason"]
