@@ -236,7 +236,7 @@ def cmd_train_eval(args) -> None:
     from mma_agent.training.evaluate import evaluate_policies
 
     from mma_agent.toolkits import tool_vocabulary
-    from mma_agent.training.routing import LookupRouter, llm_policy, router_policy, routing_diagnostic
+    from mma_agent.training.routing import LookupRouter, llm_policy, router_policy, routing_diagnostic, sample_states
     from mma_agent.training.sft import decision_points, explore_support
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
@@ -256,7 +256,7 @@ def cmd_train_eval(args) -> None:
         policies[name] = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
         by_state[name] = llm_policy(model, tools)
     explored, took = explore_support(p, query, catalogue, kits, name="query")
-    held_out = decision_points(explored)
+    held_out = sample_states(decision_points(explored), args.states, seed=args.seed)
     routing = routing_diagnostic(held_out, by_state)
     print(format_table(routing, f"Routing on held-out explored states ({len(held_out)} states of {len(query)} query episodes; explored in {took:.0f} s): "
                                 "the greedy action against the best-valued one"))  # fmt: skip
@@ -451,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     te = train.add_parser("eval", parents=[common], help="compare policies on query episodes")
     te.add_argument("--policy", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, optionally NAME=BACKEND, e.g. SFT=transformers:<folder>")
     te.add_argument("--per-family", type=int, default=20)
+    te.add_argument("--states", type=int, default=150, help="held-out explored states for the routing diagnostic (seeded, every state kind kept; 0: all)")
     te.add_argument("--seed", type=int, default=0)
     te.add_argument("--out", type=Path, help="also write the rows as JSON")
     te.set_defaults(func=cmd_train_eval)

@@ -49,3 +49,13 @@ def test_the_lookup_picks_the_best_mean_action_per_pattern_and_falls_back_to_the
     assert rows["broken", "all", "all"]["accuracy"] == "0%" and rows["broken", "all", "all"]["unexplored actions"] == "100%"
     spaced = routing_diagnostic(points[:1], {"spaced": lambda p: '{"args": {},   "tool": "analyze_text"}'})  # spelling does not matter
     assert spaced[-1]["accuracy"] == "100%"
+
+
+def test_state_samples_keep_every_kind():
+    from mma_agent.training.routing import sample_states
+
+    points = [_point("full", [], [], {EQUAL: 0.0})] * 3 + [_point("full", [GRAPH], [True], {EQUAL: 0.0})] * 6 + [_point("full", [GRAPH], [False], {EQUAL: 0.0})] * 90
+    picked = sample_states(points, 30, seed=1)
+    kinds = [state_kind(point_pattern(p)) for p in picked]
+    assert len(picked) == 30 and kinds.count("start") == 3 and kinds.count("after a Null") == 3
+    assert sample_states(points, 0) is points and sample_states(points, 500) is points

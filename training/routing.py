@@ -82,6 +82,24 @@ class LookupRouter:
         return cls({key(r): r["action"] for r in rows}, {key(r): int(r["states"]) for r in rows})
 
 
+def sample_states(points: list[dict], n: int | None, seed: int = 0) -> list[dict]:
+    """A seeded subset of `n` states (all when n is 0, None or at least their number), each state
+    kind in proportion but at least a third of `n` split over the kinds that exist, so the start
+    and Null-recovery states are not crowded out by the many states after evidence."""
+    if not n or n >= len(points):
+        return points
+    rng = np.random.default_rng(seed)
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(points):
+        by[state_kind(point_pattern(p))].append(i)
+    floor = n // (3 * len(by))
+    take = {k: max(floor, round(n * len(v) / len(points))) for k, v in by.items()}
+    while sum(take.values()) > n:  # the floors pushed it over: trim the largest kind
+        take[max(take, key=take.get)] -= 1
+    keep = sorted(int(i) for k, v in by.items() for i in rng.permutation(v)[: take[k]])
+    return [points[i] for i in keep]
+
+
 def routing_diagnostic(points: list[dict], policies: dict[str, Callable[[dict], str | None]]) -> list[dict]:
     """Per policy, family and state kind: how often its action at an explored state is the
     best-valued one, and the mean value it loses (regret). `policies` map a state to its action
