@@ -107,6 +107,14 @@ def cmd_bench_ask(args) -> None:
         print(format_table(rows, title))
 
 
+def cmd_bench_injection(args) -> None:
+    from mma_agent.evals.injection_bench import bench_injection
+
+    p = _pipeline(args)
+    for title, rows in bench_injection(p, args.model, requests=args.requests, seed=args.seed).items():
+        print(format_table(rows, title))
+
+
 def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
@@ -405,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--pools", type=int, default=100, help="validation pools per family")
     ba.add_argument("--alpha", type=float, default=0.5, help="Eq. 2 weight of the first stage (as in training's exploration)")
     ba.set_defaults(func=cmd_bench_ask)
+    bj = bench.add_parser("injection", parents=[common], help="can text from items or users steer the agent? (test pools, the embedded model)")
+    bj.add_argument("--model", default="transformers:smollm2-135m")
+    bj.add_argument("--requests", type=int, default=30, help="full-family test pools")
+    bj.add_argument("--seed", type=int, default=0)
+    bj.set_defaults(func=cmd_bench_injection)
 
     br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")
     br.add_argument("--model", default="transformers:smollm2-135m")

@@ -175,9 +175,25 @@ class EpisodeContext:
         return [pos[i] for i in item_ids if i in pos], [i for i in item_ids if i not in pos]
 
     def label(self, i: int) -> str:
-        """An item as the LLM sees it: its id, and its title when text is visible."""
+        """An item as the LLM sees it: its id, and its title (quoted data) when text is visible."""
         title = self.view.item_field(int(i), "title")
-        return f"{self.item_id(i)} ({title})" if title else self.item_id(i)
+        return f"{self.item_id(i)} {quote(title)}" if title else self.item_id(i)
+
+
+QUOTES = ("\u00ab", "\u00bb")  # « »: text from items or users, shown to the policy as data (the system prompt says so)
+QUOTE_LIMIT = 60
+
+
+def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """Text that comes from items or users, as the policy sees it: one line, without the quote
+    marks themselves or control characters, at most `limit` characters, inside « ». It is data,
+    never an instruction; and constrained decoding keeps the actions to the tool vocabulary
+    whatever it says."""
+    clean = "".join(" " if (ch in QUOTES or not ch.isprintable()) else ch for ch in str(text))
+    clean = " ".join(clean.split())
+    if len(clean) > limit:
+        clean = clean[: limit - 1].rstrip() + "\u2026"
+    return f"{QUOTES[0]}{clean}{QUOTES[1]}"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality
-from mma_agent.toolkits.base import ASK_COST, EpisodeContext, Evidence, Toolkit, ToolSpec, top_candidates
+from mma_agent.toolkits.base import ASK_COST, QUOTES, EpisodeContext, Evidence, Toolkit, ToolSpec, quote, top_candidates
 from mma_agent.toolkits.graph import truncated_ppr
 from mma_agent.toolkits.image import ImageToolkit
 from mma_agent.toolkits.text import TextToolkit
@@ -88,9 +88,9 @@ class ClarifyToolkit(Toolkit):
             return Evidence.none(spec.name, "the user does not know")
         channels = self.answer_evidence(ctx, answer)
         if not channels:
-            return Evidence(spec.name, f'User: "{answer}" (no visible modality to match it against)', {}, True)
+            return Evidence(spec.name, f"User: {quote(answer, 200)} (no visible modality to match it against)", {}, True)
         (name, score), = channels.items()
-        return Evidence(spec.name, f'User: "{answer}" Best matches: {top_candidates(ctx, score)}.', channels)
+        return Evidence(spec.name, f"User: {quote(answer, 200)} Best matches: {top_candidates(ctx, score)}.", channels)
 
     def answer_evidence(self, ctx: EpisodeContext, answer: str) -> dict[str, np.ndarray]:
         named = named_items(ctx, answer)
@@ -115,10 +115,11 @@ class ClarifyToolkit(Toolkit):
 
 
 def named_items(ctx: EpisodeContext, answer: str) -> np.ndarray:
-    """Catalogue items an answer names: item ids outside parentheses (an item's label is "id (title)",
-    and a title's year is not an id), and, when text is visible, titles it quotes verbatim."""
+    """Catalogue items an answer names: item ids outside quotes and parentheses (an item's label is
+    "id «title»", and a title's words or year are not ids), and, when text is visible, titles it
+    contains verbatim."""
     index = ctx.view.item_index
-    bare = answer
+    bare = re.sub(f"{QUOTES[0]}[^{QUOTES[1]}]*{QUOTES[1]}", " ", answer)
     while re.search(r"\([^()]*\)", bare):
         bare = re.sub(r"\([^()]*\)", " ", bare)
     found = [index[t] for t in re.findall(r"[\w.:-]+", bare) if t in index]

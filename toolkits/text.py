@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality
 from mma_agent.toolkits.base import (
-    Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, strength, top_candidates,
+    Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, quote, strength, top_candidates,
 )  # fmt: skip
 from mma_agent.util import joined_digest
 
@@ -100,8 +100,8 @@ class TextToolkit(Toolkit):
         n = len(ctx.history)
         lines = [
             f"History ({n} items) top genres: " + ", ".join(f"{g} {100 * c / n:.0f}%" for g, c in genres.most_common(4)) + ".",
-            *(["Frequent tags: " + ", ".join(t for t, _ in tags.most_common(5)) + "."] if tags else []),
-            "Recent: " + "; ".join(view.item_field(int(i), "title") or ctx.item_id(int(i)) for i in ctx.history[-3:][::-1]) + ".",
+            *(["Frequent tags: " + ", ".join(quote(t, 30) for t, _ in tags.most_common(5)) + "."] if tags else []),
+            "Recent: " + "; ".join(ctx.label(int(i)) for i in ctx.history[-3:][::-1]) + ".",
             "Best text matches: " + top_candidates(ctx, group_score(channels.values())) + ".",
             strength(ctx, group_score(channels.values()), int((~np.isnan(emb[ctx.history]).any(axis=1)).sum())),
         ]
@@ -110,8 +110,8 @@ class TextToolkit(Toolkit):
         if item_ids:
             idx, unknown = ctx.resolve_in_pool(item_ids)
             for i in idx:
-                desc = (view.item_field(int(i), "overview") or "")[:160]
-                lines.append(f"{ctx.label(int(i))}: {view.item_field(int(i), 'genres') or 'no genres'}. {desc}")
+                desc = quote(view.item_field(int(i), "overview") or "", 160)
+                lines.append(f"{ctx.label(int(i))}: {quote(view.item_field(int(i), 'genres') or 'no genres', 60)} {desc}")
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
