@@ -114,6 +114,6 @@ def test_the_pipeline_step_trains_once_and_the_toolkits_add_the_channel_under_th
         ev = kits[kit].call(tool, ctx)
         name = f"{kits[kit].spec(tool).group}_learned"
         np.testing.assert_allclose(ev.channels[name], relevance[str(kits[kit].modality)].score(view.history(u), cands))
-        assert "Strength:" in ev.observation and "of them in the first stage's top 10" in ev.observation
+        assert "Strength:" in ev.observation and "in first stage's top 10" in ev.observation
     view = catalogue.view(family_mask("behaviour-only"))  # text masked: its learned channel is hidden with the rest of it
     assert view.feature("text_relevance") is None and view.feature("behaviour_relevance") is not None

@@ -295,10 +295,10 @@ def strength(ctx: EpisodeContext, score: np.ndarray, covered: int, k: int = 10) 
     sd = float(score.std())
     z = 0.0 if sd == 0 else float((score[top].mean() - score.mean()) / sd)
     word = "strong" if z >= STRENGTH_WORDS[1] else "moderate" if z >= STRENGTH_WORDS[0] else "weak"
-    line = f"Strength: {word} (covers {covered}/{len(ctx.history)} history items; top {k} stand out by {z:.1f} sd"
+    line = f"Strength: {word} (covers {covered}/{len(ctx.history)} history; top {k} z={z:.1f}"
     if ctx.first_stage is not None and len(ctx.first_stage) == len(score):
         agree = len(set(top.tolist()) & set(np.argsort(-ctx.first_stage, kind="stable")[:k].tolist()))
-        line += f"; {agree} of them in the first stage's top {k}"
+        line += f"; {agree}/{k} in first stage's top {k}"
     return line + ")."
 
 
