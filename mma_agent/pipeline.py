@@ -114,7 +114,13 @@ class Pipeline:
         key = (image, clarify, learned)
         if key not in self._toolkits:
             model = f"local-dir:{self.clip_folder}" if image else None
-            relevance = {m: self.relevance(m)[0] for m in RELEVANCE_FAMILY if image or m != Modality.IMAGE} if learned else None
+            relevance = {}
+            for m in RELEVANCE_FAMILY if learned else ():
+                if image or m != Modality.IMAGE:
+                    try:
+                        relevance[m] = self.relevance(m)[0]
+                    except NoFirstStageError as err:  # nothing to choose it on: this modality's tool keeps its zero-shot channels
+                        log.warning("no learned %s channel: %s", m, err)
             self._toolkits[key] = prepare_toolkits(self.split, self.root / "cache", image_model=model, clarify=clarify, relevance=relevance)
         return self._toolkits[key]
 
@@ -230,10 +236,11 @@ class Pipeline:
         start = time.perf_counter()
         if modality == Modality.BEHAVIOUR:
             ease, curve = fit_ease(self.split.matrix("train"), validate, lambdas=c.ease_lambdas, topk=c.ease_topk)
-            lightgcn = validate(two_tower_of(self.retriever("lightgcn")[0].item_vecs))
-            best = max(s for _, s in curve)
-            model = ease if best >= lightgcn else two_tower_of(self.retriever("lightgcn")[0].item_vecs)
-            report = {"model": "EASE" if best >= lightgcn else "LightGCN item vectors", "curve": {"EASE lambda": curve}, "LightGCN": lightgcn}
+            lightgcn = two_tower_of(self.retriever("lightgcn")[0].item_vecs)
+            lightgcn_valid = validate(lightgcn)
+            use_ease = max(s for _, s in curve) >= lightgcn_valid
+            model = ease if use_ease else lightgcn
+            report = {"model": "EASE" if use_ease else "LightGCN item vectors", "curve": {"EASE lambda": curve}, "LightGCN": lightgcn_valid}
         else:
             catalogue, _ = self.toolkits(image=modality == Modality.IMAGE, clarify=False, learned=False)
             features = catalogue.view(family_mask("full")).feature(str(modality))
@@ -247,8 +254,12 @@ class Pipeline:
         return model, report
 
     def _channel_validator(self, family: str):
-        """Validation NDCG@10 of a relevance model alone on the family's validation pools."""
+        """Validation NDCG@10 of a relevance model alone on the family's validation pools
+        (NoFirstStageError, naming why, when the family has none)."""
         pools = self.pools(family, "valid")
+        if len(pools) == 0:
+            msg = f"family {family!r} has no validation pools to choose a learned channel on"
+            raise NoFirstStageError(msg)
         view = self.view("full")
         histories = [view.history(int(u)) for u in pools.users]
 
@@ -265,14 +276,20 @@ class Pipeline:
 
     def train_relevance(self, modalities: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
         """`mma relevance`: each toolkit's learned channel (trained now or loaded), a row per
-        modality with the channel's validation NDCG@10 beside the zero-shot tool's, and the
-        validation curves as a plot beside the models."""
+        modality with the channel's validation NDCG@10 alone and its training time, and the
+        validation curves as a plot beside the models. A modality whose family has no
+        validation pools is skipped with a row saying why."""
         from mma_agent.plots import line_plot
 
         rows, curves = [], {}
         for m in modalities or list(RELEVANCE_FAMILY):
             m = Modality(m)
-            _, report = self.relevance(m, retrain=retrain)
+            try:
+                _, report = self.relevance(m, retrain=retrain)
+            except NoFirstStageError as err:
+                log.warning("%s", err)
+                rows.append({"modality": str(m), "chosen on": RELEVANCE_FAMILY[m], "model": f"skipped: {err}"})
+                continue
             if report is None:
                 report = json.loads(self.relevance_path(m).with_suffix(".json").read_text())
                 report["seconds"] = None
