@@ -115,6 +115,14 @@ def cmd_bench_injection(args) -> None:
         print(format_table(rows, title))
 
 
+def cmd_bench_fuzz(args) -> None:
+    from mma_agent.evals.fuzz_bench import bench_fuzz
+
+    p = _pipeline(args)
+    for title, rows in bench_fuzz(p, requests=args.requests, seed=args.seed).items():
+        print(format_table(rows, title))
+
+
 def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
@@ -418,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     bj.add_argument("--requests", type=int, default=30, help="full-family test pools")
     bj.add_argument("--seed", type=int, default=0)
     bj.set_defaults(func=cmd_bench_injection)
+    bf = bench.add_parser("fuzz", parents=[common], help="malformed and valid requests against the compiled reranker: what reaches the caller")
+    bf.add_argument("--requests", type=int, default=10_000)
+    bf.add_argument("--seed", type=int, default=0)
+    bf.set_defaults(func=cmd_bench_fuzz)
 
     br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")
     br.add_argument("--model", default="transformers:smollm2-135m")
