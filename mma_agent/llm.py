@@ -161,6 +161,18 @@ class TransformersChatModel(BaseChatModel):
                 model.eval()
                 self._tokenizer, self._model = tokenizer, model
 
+    @property
+    def context_length(self) -> int:
+        """The model's context window in tokens (loads the model)."""
+        self._load()
+        return int(getattr(self._model.config, "max_position_embeddings", 0) or 0)
+
+    def count_prompt_tokens(self, messages: list[BaseMessage]) -> int:
+        """Tokens of the chat-templated prompt `invoke` would feed the model (loads the tokenizer)."""
+        self._load()
+        chat = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+        return len(self._tokenizer(self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
+
     def _trie(self, completions: list[str]) -> dict:
         """Token trie of `completions`, each ending in EOS."""
         trie: dict = {}

@@ -1,0 +1,78 @@
+"""`mma serve`'s HTTP boundary: every malformed request gets a 4xx naming the problem, the server
+stays up. Over Starlette's test client with a scripted chat model (wiring only; the real model
+behind a real server is in test_openai_backend.py)."""
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+
+from langchain_core.language_models.fake_chat_models import FakeListChatModel  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from mma_agent.serve import create_app  # noqa: E402
+
+
+class _Counting(FakeListChatModel):
+    """Counts prompt tokens as words, with a small context window, like the local model reports them."""
+
+    context_length: int = 50
+    max_new_tokens: int = 10
+
+    def count_prompt_tokens(self, messages) -> int:
+        return sum(len(str(m.content).split()) for m in messages)
+
+
+class _Failing(FakeListChatModel):
+    def _call(self, *a, **k):
+        raise RuntimeError("the GPU caught fire")
+
+
+def _client(model=None, **kw) -> TestClient:
+    return TestClient(create_app(model or _Counting(responses=["ok"] * 50), "test-model", **kw))
+
+
+def test_a_good_request_is_answered():
+    c = _client()
+    r = c.post("/v1/chat/completions", json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"
+    assert c.get("/v1/models").json()["data"][0]["id"] == "test-model"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "not JSON"),
+        (b"", 400, "body"),
+        (b"[]", 400, "body"),
+        (b'{"messages": []}', 400, "messages"),
+        (b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role"),
+        (b'{"messages": [{"role": "user"}]}', 400, "messages.0.content"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "abc"}', 400, "max_tokens"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', 400, "max_tokens"),
+        (b'{"messages": [{"role": "user", "content": "' + b"word " * 60 + b'"}]}', 400, "context length of test-model is 50"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_that_names_the_problem(body, status, needle):
+    c = _client()
+    r = c.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status and needle in r.json()["error"]["message"], r.text
+    assert c.get("/v1/models").status_code == 200  # still up
+
+
+def test_bodies_over_the_limit_and_bad_lengths_are_refused_before_reading():
+    c = _client(max_body=1000)
+    big = b'{"messages": [{"role": "user", "content": "' + b"x" * 2000 + b'"}]}'
+    r = c.post("/v1/chat/completions", content=big)
+    assert r.status_code == 413 and "over the limit of 1000" in r.json()["error"]["message"]
+    for bad in ("-1", "abc", "2000000000"):
+        r = c.post("/v1/chat/completions", content=b"{}", headers={"content-length": bad})
+        assert r.status_code in (400, 413), (bad, r.status_code)
+
+
+def test_unknown_routes_and_backend_failures_answer_json_errors():
+    c = _client(_Failing(responses=["x"]))
+    assert c.get("/v2/nothing").status_code == 404
+    assert c.get("/v1/chat/completions").status_code == 405
+    r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 500 and "the GPU caught fire" in r.json()["error"]["message"]
