@@ -123,6 +123,13 @@ def cmd_bench_fuzz(args) -> None:
         print(format_table(rows, title))
 
 
+def cmd_bench_serve(args) -> None:
+    from mma_agent.evals.serve_bench import bench_serve
+
+    for title, rows in bench_serve(args.model, Path(args.workdir or ".mma") / "models", clients=args.clients, requests=args.requests).items():
+        print(format_table(rows, title))
+
+
 def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
@@ -425,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--requests", type=int, default=10_000)
     bf.add_argument("--seed", type=int, default=0)
     bf.set_defaults(func=cmd_bench_fuzz)
+    bs = bench.add_parser("serve", parents=[common], help="mma serve under concurrent clients, and each malformed request's status code")
+    bs.add_argument("--model", default="transformers:smollm2-135m")
+    bs.add_argument("--clients", type=int, default=50)
+    bs.add_argument("--requests", type=int, default=200)
+    bs.set_defaults(func=cmd_bench_serve)
 
     br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")
     br.add_argument("--model", default="transformers:smollm2-135m")
