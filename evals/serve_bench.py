@@ -63,11 +63,11 @@ def _raw_post(port: int, path: str, headers: dict[str, str], body: bytes, timeou
     return status, message[:90]
 
 
-def bench_serve(model_spec: str, cache_dir, *, clients: int = 50, requests: int = 200, max_tokens: int = 8) -> dict[str, list[dict]]:
+def bench_serve(serve, model_spec: str, cache_dir, *, clients: int = 50, requests: int = 200, max_tokens: int = 8) -> dict[str, list[dict]]:
+    """`serve` is `mma_agent.serve.serve` (passed in by the CLI: the server sits above this layer)."""
     import httpx
 
     from mma_agent.llm import resolve_chat_model
-    from mma_agent.serve import serve
 
     model = resolve_chat_model(model_spec, cache_dir=cache_dir)
     server, sock = serve(model, model_spec, "127.0.0.1", 0)

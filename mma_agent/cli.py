@@ -125,8 +125,9 @@ def cmd_bench_fuzz(args) -> None:
 
 def cmd_bench_serve(args) -> None:
     from mma_agent.evals.serve_bench import bench_serve
+    from mma_agent.serve import serve
 
-    for title, rows in bench_serve(args.model, Path(args.workdir or ".mma") / "models", clients=args.clients, requests=args.requests).items():
+    for title, rows in bench_serve(serve, args.model, Path(args.workdir or ".mma") / "models", clients=args.clients, requests=args.requests).items():
         print(format_table(rows, title))
 
 
