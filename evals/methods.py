@@ -205,10 +205,10 @@ class ChannelRow(Method):
         self.name = f"Evidence: {spec.group} {'learned' if learned else 'zero-shot'} channel"
 
     def score(self, ep):
-        from mma_agent.toolkits.base import group_score
+        from mma_agent.toolkits.base import LEARNED, group_score
 
         ev = self.env.evidence(ep, learned=self.learned)
-        chans = [ev[c] for c in self.spec.channel_names if c in ev and (c == self.spec.channel("learned")) == self.learned]
+        chans = [ev[c] for c in self.spec.channel_names if c in ev and (c == self.spec.channel(LEARNED)) == self.learned]
         if not chans:
             return None, {"reason": f"{self.spec.name} gave no {'learned' if self.learned else 'zero-shot'} evidence"}
         return group_score(chans), {}

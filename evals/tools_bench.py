@@ -19,9 +19,8 @@ def _ms(xs: list[float]) -> dict[str, str]:
 def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, cold_text: bool = True) -> dict[str, list[dict]]:
     from scipy.stats import spearmanr
 
-    from mma_agent.masks import Modality, family_mask
-    from mma_agent.relevance import relevance_feature
-    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.masks import family_mask
+    from mma_agent.toolkits import tool_vocabulary, with_relevance
     from mma_agent.toolkits.base import Catalogue, EpisodeContext
     from mma_agent.toolkits.clarify import ClarifyToolkit
     from mma_agent.toolkits.graph import GraphToolkit, exact_ppr, truncated_ppr
@@ -48,7 +47,7 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
         build_rows.append({"toolkit": name, "prepare s": f"{time.perf_counter() - start:.1f}", "what": note})
     start = time.perf_counter()
     learned = {m: pipeline.relevance(m)[0] for m in ("text", "behaviour", *(("image",) if image_folder is not None else ()))}
-    catalogue = catalogue.with_features(**{relevance_feature(m): (Modality(m), model) for m, model in learned.items()})
+    catalogue = with_relevance(catalogue, learned)
     build_rows.append({"toolkit": "learned channels", "prepare s": f"{time.perf_counter() - start:.1f}", "what": "loaded (`mma relevance` trains them)"})
     kits["clarify"] = ClarifyToolkit(kits["text"], kits.get("image"))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -30,6 +30,12 @@ def _pipeline(args):
     return Pipeline(_config(args))
 
 
+def _print_tables(tables: dict[str, list[dict]]) -> None:
+    """A benchmark's tables, each under its title."""
+    for title, rows in tables.items():
+        print(format_table(rows, title))
+
+
 def cmd_data_stats(args) -> None:
     p = _pipeline(args)
     stats = p.stats(check_images=args.check_images)
@@ -85,8 +91,7 @@ def cmd_bench_image(args) -> None:
     p = _pipeline(args)
     start = time.perf_counter()
     folder = p.clip_folder
-    for title, rows in bench_image(p, folder).items():
-        print(format_table(rows, title))
+    _print_tables(bench_image(p, folder))
     print(f"\n[bench image: {time.perf_counter() - start:.1f} s, model {folder}]")
 
 
@@ -95,48 +100,42 @@ def cmd_bench_tools(args) -> None:
 
     p = _pipeline(args)
     folder = None if args.no_image else p.clip_folder
-    for title, rows in bench_tools(p, folder, episodes=args.episodes).items():
-        print(format_table(rows, title))
+    _print_tables(bench_tools(p, folder, episodes=args.episodes))
 
 
 def cmd_bench_ask(args) -> None:
     from mma_agent.evals.ask_bench import bench_ask
 
     p = _pipeline(args)
-    for title, rows in bench_ask(p, families=args.families, pools=args.pools, alpha=args.alpha).items():
-        print(format_table(rows, title))
+    _print_tables(bench_ask(p, families=args.families, pools=args.pools, alpha=args.alpha))
 
 
 def cmd_bench_injection(args) -> None:
     from mma_agent.evals.injection_bench import bench_injection
 
     p = _pipeline(args)
-    for title, rows in bench_injection(p, args.model, requests=args.requests, seed=args.seed).items():
-        print(format_table(rows, title))
+    _print_tables(bench_injection(p, args.model, requests=args.requests, seed=args.seed))
 
 
 def cmd_bench_fuzz(args) -> None:
     from mma_agent.evals.fuzz_bench import bench_fuzz
 
     p = _pipeline(args)
-    for title, rows in bench_fuzz(p, requests=args.requests, seed=args.seed).items():
-        print(format_table(rows, title))
+    _print_tables(bench_fuzz(p, requests=args.requests, seed=args.seed))
 
 
 def cmd_bench_serve(args) -> None:
     from mma_agent.evals.serve_bench import bench_serve
     from mma_agent.serve import serve
 
-    for title, rows in bench_serve(serve, args.model, Path(args.workdir or ".mma") / "models", clients=args.clients, requests=args.requests).items():
-        print(format_table(rows, title))
+    _print_tables(bench_serve(serve, args.model, Path(args.workdir or ".mma") / "models", clients=args.clients, requests=args.requests))
 
 
 def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
     p = _pipeline(args)
-    for title, rows in bench_rerank(p, args.model, episodes=args.episodes, concurrency=args.concurrency).items():
-        print(format_table(rows, title))
+    _print_tables(bench_rerank(p, args.model, episodes=args.episodes, concurrency=args.concurrency))
 
 
 def cmd_train_record(args) -> None:

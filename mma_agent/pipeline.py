@@ -109,19 +109,23 @@ class Pipeline:
         training run on. `image=False` leaves the image toolkit out (its tool answers Null);
         `learned=False` leaves out the learned relevance channels (zero-shot evidence only;
         with `learned=True` they are trained on first use, see `relevance`)."""
-        from mma_agent.toolkits import prepare_toolkits
+        from mma_agent.toolkits import prepare_toolkits, with_relevance
 
         key = (image, clarify, learned)
         if key not in self._toolkits:
-            model = f"local-dir:{self.clip_folder}" if image else None
-            relevance = {}
-            for m in RELEVANCE_FAMILY if learned else ():
-                if image or m != Modality.IMAGE:
-                    try:
-                        relevance[m] = self.relevance(m)[0]
-                    except NoFirstStageError as err:  # nothing to choose it on: this modality's tool keeps its zero-shot channels
-                        log.warning("no learned %s channel: %s", m, err)
-            self._toolkits[key] = prepare_toolkits(self.split, self.root / "cache", image_model=model, clarify=clarify, relevance=relevance)
+            if not learned:
+                model = f"local-dir:{self.clip_folder}" if image else None
+                self._toolkits[key] = prepare_toolkits(self.split, self.root / "cache", image_model=model, clarify=clarify)
+            else:  # the same toolkits (prepared once), over the catalogue with the learned channels' models
+                catalogue, kits = self.toolkits(image=image, clarify=clarify, learned=False)
+                relevance = {}
+                for m in RELEVANCE_FAMILY:
+                    if image or m != Modality.IMAGE:
+                        try:
+                            relevance[m] = self.relevance(m)[0]
+                        except NoFirstStageError as err:  # nothing to choose it on: this modality's tool keeps its zero-shot channels
+                            log.warning("no learned %s channel: %s", m, err)
+                self._toolkits[key] = (with_relevance(catalogue, relevance), kits)
         return self._toolkits[key]
 
     @cached_property

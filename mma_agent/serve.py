@@ -122,7 +122,7 @@ def create_app(model: Any, model_name: str, *, max_body: int = MAX_BODY, concurr
         })  # fmt: skip
 
     async def not_found(request, exc):
-        return _error(404 if exc.status_code == 404 else exc.status_code, f"no route {request.method} {request.url.path}", "not_found")
+        return _error(exc.status_code, f"no route {request.method} {request.url.path}", "not_found")
 
     routes = [Route("/v1/models", models, methods=["GET"]), Route("/v1/chat/completions", chat, methods=["POST"])]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})

@@ -35,6 +35,15 @@ def tool_vocabulary(toolkits: Mapping[str, Toolkit] | None = None) -> ToolVocabu
     return ToolVocabulary.of([*pairs, *((k, kit) for k, kit in toolkits.items() if k not in keys)])
 
 
+def with_relevance(catalogue: Catalogue, relevance: Mapping[str, Relevance]) -> Catalogue:
+    """The catalogue with each modality's learned relevance model as a feature (hidden, like the
+    modality's other features, when the modality is masked); the owning toolkit adds its channel."""
+    from mma_agent.masks import Modality
+    from mma_agent.relevance import relevance_feature
+
+    return catalogue.with_features(**{relevance_feature(m): (Modality(m), model) for m, model in relevance.items()})
+
+
 def prepare_toolkits(
     split: Split,
     cache_dir: Path,
@@ -61,10 +70,7 @@ def prepare_toolkits(
         kits["image"] = ImageToolkit(image_model, image_pretrained)
     for kit in kits.values():
         catalogue = kit.prepare(catalogue, Path(cache_dir))
-    from mma_agent.masks import Modality
-    from mma_agent.relevance import relevance_feature
-
-    catalogue = catalogue.with_features(**{relevance_feature(m): (Modality(m), model) for m, model in (relevance or {}).items()})
+    catalogue = with_relevance(catalogue, relevance or {})
     if clarify:
         kits["clarify"] = ClarifyToolkit(kits["text"], kits.get("image"))
     return catalogue, kits

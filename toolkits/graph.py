@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality, family_mask
 from mma_agent.retrievers import keep_topk_per_row
-from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolSpec, group_score, learned_channel, strength, top_candidates
+from mma_agent.toolkits.base import LEARNED, Catalogue, EpisodeContext, Evidence, Toolkit, ToolSpec, group_score, learned_channel, strength, top_candidates
 
 
 class RetrieveGraphArgs(BaseModel):
@@ -94,7 +94,7 @@ class GraphToolkit(Toolkit):
             "co-interaction graph from the user's history). Null for a cold user or when behaviour is unavailable.",
             prompt="retrieve_graph {}: behaviour evidence, what people with the same tastes also liked.",
             group="graph",
-            channels=("learned", "ppr", "co"),  # learned: see mma_agent/relevance.py (absent when none was prepared)
+            channels=(LEARNED, "ppr", "co"),  # the learned one alone when prepared (see the module docstring)
         ),
     )
 
@@ -122,17 +122,18 @@ class GraphToolkit(Toolkit):
         scaled = cand_ppr / cand_ppr.max()
         learned = learned_channel(ctx, self.modality)
         if learned is not None:  # see the module docstring: the learned channel alone carries the group
-            channels = {spec.channel("learned"): learned}
+            channels = {spec.channel(LEARNED): learned}
         else:
             channels = {spec.channel("ppr"): scaled, spec.channel("co"): np.log1p(co)}
         masked = ppr.copy()
         masked[hist] = 0
         strongest = np.argsort(-masked, kind="stable")[:5]
+        score = group_score(channels.values())
         lines = [
             "Neighbours of the history: " + "; ".join(ctx.label(int(i)) for i in strongest) + ".",
-            "Strongest candidates in the graph: " + top_candidates(ctx, group_score(channels.values())) + ".",
+            "Strongest candidates in the graph: " + top_candidates(ctx, score) + ".",
             f"{int((cand_ppr == 0).sum())} candidate(s) are not connected to the history.",
-            strength(ctx, group_score(channels.values()), int((np.diff(graph.co.indptr)[ctx.history] > 0).sum())),
+            strength(ctx, score, int((np.diff(graph.co.indptr)[ctx.history] > 0).sum())),
         ]
         if item_ids:
             idx, unknown = ctx.resolve_in_pool(item_ids)

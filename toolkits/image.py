@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality
-from mma_agent.toolkits.base import Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, strength
+from mma_agent.toolkits.base import LEARNED, Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, strength
 from mma_agent.util import joined_digest, l2_normalize
 
 MOVIE_TAGS: tuple[str, ...] = (
@@ -47,7 +47,7 @@ class ImageToolkit(Toolkit):
             "tags describing what the posters show. Null if images are unavailable.",
             prompt='analyze_image {"item_ids": [...optional]}: image evidence, how candidates\' posters look like the history\'s.',
             group="image",
-            channels=("learned", "max", "mean"),  # learned: see mma_agent/relevance.py (absent when none was prepared)
+            channels=(LEARNED, "max", "mean"),  # the learned one is absent when no model was prepared
         ),
     )
 
@@ -117,7 +117,7 @@ class ImageToolkit(Toolkit):
         if not parts:
             return Evidence.none(spec.name, "none of the user's history items has a poster")
         learned = learned_channel(ctx, self.modality)
-        channels = {spec.channel(k): v for k, v in ({"learned": learned, **parts} if learned is not None else parts).items()}
+        channels = {spec.channel(k): v for k, v in ({LEARNED: learned, **parts} if learned is not None else parts).items()}
         h = emb[ctx.history[-100:]]
         centroid = l2_normalize(np.nanmean(h, axis=0))
         score = group_score(channels.values())
@@ -127,7 +127,7 @@ class ImageToolkit(Toolkit):
             "Best poster matches: "
             + "; ".join(f"{ctx.label(int(ctx.candidates[j]))} {score[j]:.2f} [{', '.join(self.top_tags(emb[ctx.candidates[j]], 3))}]" for j in best if not np.isnan(emb[ctx.candidates[j]]).any())
             + ".",
-            strength(ctx, group_score(channels.values()), int((~np.isnan(emb[ctx.history]).any(axis=1)).sum())),
+            strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum())),
         ]
         if missing_c:
             lines.append(f"{missing_c} candidate(s) have no poster.")

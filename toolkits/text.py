@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality
 from mma_agent.toolkits.base import (
-    Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, quote, strength, top_candidates,
+    LEARNED, Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, quote, strength, top_candidates,
 )  # fmt: skip
 from mma_agent.util import joined_digest
 
@@ -47,7 +47,7 @@ class TextToolkit(Toolkit):
             "Returns the history's top genres and tags and the best-matching candidates. Null if item text is unavailable.",
             prompt='analyze_text {"item_ids": [...optional]}: text evidence, how candidates\' titles, genres and plots match the history.',
             group="text",
-            channels=("learned", "max", "mean"),  # learned: see mma_agent/relevance.py (absent when none was prepared)
+            channels=(LEARNED, "max", "mean"),  # the learned one is absent when no model was prepared
         ),
     )
 
@@ -92,18 +92,19 @@ class TextToolkit(Toolkit):
         parts, _, missing = cosine_to_history(emb, ctx)
         learned = learned_channel(ctx, self.modality)
         if learned is not None:
-            parts = {"learned": learned, **parts}
+            parts = {LEARNED: learned, **parts}
         channels = {spec.channel(k): v for k, v in parts.items()}
         view = ctx.view
         genres = Counter(g for i in ctx.history for g in (view.item_field(int(i), "genres") or "").split("|") if g)
         tags = Counter(t for i in ctx.history for t in (view.item_field(int(i), "tags") or "").split("|")[:5] if t)
         n = len(ctx.history)
+        score = group_score(channels.values())
         lines = [
             f"History ({n} items) top genres: " + ", ".join(f"{g} {100 * c / n:.0f}%" for g, c in genres.most_common(4)) + ".",
             *(["Frequent tags: " + ", ".join(quote(t, 30) for t, _ in tags.most_common(5)) + "."] if tags else []),
             "Recent: " + "; ".join(ctx.label(int(i)) for i in ctx.history[-3:][::-1]) + ".",
-            "Best text matches: " + top_candidates(ctx, group_score(channels.values())) + ".",
-            strength(ctx, group_score(channels.values()), int((~np.isnan(emb[ctx.history]).any(axis=1)).sum())),
+            "Best text matches: " + top_candidates(ctx, score) + ".",
+            strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum())),
         ]
         if missing:
             lines.append(f"{missing} candidate(s) have no text.")

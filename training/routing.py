@@ -42,6 +42,11 @@ def point_pattern(point: dict) -> Pattern:
     return tuple((json.loads(a)["tool"], prompt[3 + 2 * k]["content"].startswith(NULL_PREFIX)) for k, a in enumerate(point["prefix"]))
 
 
+def pattern_trace(pattern: Pattern) -> list[dict]:
+    """A minimal reranker trace showing a pattern (what a router or the constrained decoder reads)."""
+    return [{"action": {"tool": t, "args": {}}, "null": null} for t, null in pattern]
+
+
 def state_kind(pattern: Pattern) -> str:
     return "start" if not pattern else "after a Null" if pattern[-1][1] else "after evidence"
 
@@ -143,8 +148,7 @@ def router_policy(router: Callable[[ToolVocabulary, list[dict]], dict], tools: T
     """A state -> action function for a trace router (RuleRouter-Fuse, the lookup control)."""
 
     def act(point: dict) -> str:
-        trace = [{"action": {"tool": t, "args": {}}, "null": null} for t, null in point_pattern(point)]
-        return json.dumps(router(tools, trace))
+        return json.dumps(router(tools, pattern_trace(point_pattern(point))))
 
     return act
 
@@ -157,8 +161,7 @@ def llm_policy(model, tools: ToolVocabulary, *, interactive: bool = False) -> Ca
     offered = tools.names(interactive=interactive)
 
     def act(point: dict) -> str | None:
-        trace = [{"action": {"tool": t, "args": {}}, "null": null} for t, null in point_pattern(point)]
-        reply, meta = policy.ask(point["prompt"], completions(tools, offered, trace))
+        reply, meta = policy.ask(point["prompt"], completions(tools, offered, pattern_trace(point_pattern(point))))
         action = Policy.action(reply, meta)
         if action.get("tool") is None:
             return None

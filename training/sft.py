@@ -66,11 +66,12 @@ def explore_support(pipeline, support: list[dict], catalogue, toolkits, *, name:
     """`explore_plans` on episodes (the support part, or `name="query"` for the held-out part),
     cached under the workdir by content (the episodes and their pools, the plan space, the
     evidence's models, the data), and the seconds it took (0 when cached)."""
+    from mma_agent.masks import Modality
     from mma_agent.relevance import relevance_feature
 
-    models = sorted(k for k in catalogue.features if k.endswith(relevance_feature("")))  # the learned channels the evidence carries
+    learned = sorted((m for m in Modality if relevance_feature(m) in catalogue.features), key=relevance_feature)  # the evidence's learned channels
     key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), pipeline.split.fingerprint(),
-                       models, [str(pipeline.relevance_path(k.removesuffix(relevance_feature("")))) for k in models]])  # fmt: skip
+                       [relevance_feature(m) for m in learned], [str(pipeline.relevance_path(m)) for m in learned]])  # fmt: skip
     path = pipeline.root / "explore" / f"{name}-{key}.json"
     start = time.perf_counter()
     if path.is_file():
