@@ -23,21 +23,32 @@ def _actions(out: dict) -> list[str]:
     return [json.dumps(t["action"], sort_keys=True) for t in out["trace"] if t.get("action")]
 
 
-def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int = 2, with_image: bool = True) -> dict[str, list[dict]]:
+def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concurrency: int = 2, with_image: bool = True,
+                 prompts: tuple[str, ...] = ("full", "compact")) -> dict[str, list[dict]]:  # fmt: skip
+    """Each model (a backend string, or NAME=BACKEND) with each prompt style, MMA-Interactive with
+    the first model, and RuleRouter-Fuse, on the same test pools of the full family, one after the
+    other in one process; throughput (sequential, `.batch`, and for a local model masked
+    `generate` without the constrained fast path) for the first model and style."""
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.llm import TransformersChatModel, resolve_chat_model
     from mma_agent.metrics import ndcg_at_k
 
     catalogue, kits = pipeline.toolkits(image=with_image)
-    llm = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models")
+    models = []
+    for spec in [model] if isinstance(model, str) else model:
+        name, sep, backend = spec.partition("=")
+        name, backend = (name, backend) if sep else (spec, spec)
+        models.append((name, resolve_chat_model(backend, cache_dir=pipeline.config.workdir / "models")))
     pools = pipeline.pools("full", "test")
     requests = _requests(pipeline, pools, episodes)
     targets = [str(pipeline.split.item_ids[pools.target(p)]) for p in range(len(requests))]
     relevant = [{str(pipeline.split.item_ids[i]) for i in pools.relevant(p)} for p in range(len(requests))]
     rows, speed = [], []
-    names = {"auto": f"MMA-Auto ({model})", "interactive": "MMA-Interactive (simulated user)", "rule": "RuleRouter-Fuse"}
-    for variant in ("auto", "interactive", "rule"):
-        graph = create_mma_reranker(None if variant == "rule" else llm, catalogue=catalogue, toolkits=kits, variant=variant).compile()
+    runs = [(f"MMA-Auto ({name}), {style} prompt", llm, "auto", style) for name, llm in models for style in prompts]
+    runs += [(f"MMA-Interactive ({models[0][0]}, simulated user), {prompts[-1]} prompt", models[0][1], "interactive", prompts[-1]),
+             ("RuleRouter-Fuse", None, "rule", prompts[-1])]  # fmt: skip
+    for k, (label, llm, variant, style) in enumerate(runs):
+        graph = create_mma_reranker(llm, catalogue=catalogue, toolkits=kits, variant=variant, prompt=style).compile()
         graph.invoke({**requests[0], "target": targets[0]})  # warm-up: model load, first-call allocations
         lat, outs = [], []
         for req, target in zip(requests, targets, strict=True):
@@ -50,21 +61,21 @@ def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int =
         first = np.mean([ndcg_at_k(r["candidates"], rel, 10) for r, rel in zip(requests, relevant, strict=True)])  # pools are in first-stage order
         total_llm = sum(u.get("llm_ms", 0) for u in usage) / 1000
         rows.append({
-            "variant": names[variant],
+            "variant": label, "episodes": len(outs), "p50 s": f"{np.percentile(lat, 50):.2f}", "p95 s": f"{np.percentile(lat, 95):.2f}",
+            "tool calls/ep": f"{np.mean([sum(1 for t in o['trace'] if t.get('action', {}).get('tool') not in (None, 'score_candidates')) for o in outs]):.1f}",
             "ask_user/ep": f"{np.mean([sum(t.get('action', {}).get('tool') == 'ask_user' for t in o['trace'] if t.get('action')) for o in outs]):.2f}",
-            "episodes": len(outs), "p50 s": f"{np.percentile(lat, 50):.2f}", "p95 s": f"{np.percentile(lat, 95):.2f}",
             "LLM calls/ep": f"{np.mean([u.get('llm_calls', 0) for u in usage]):.1f}",
             "prompt tok/ep": f"{np.mean([u.get('input_tokens', 0) for u in usage]):.0f}",
             "gen tok/ep": f"{np.mean([u.get('output_tokens', 0) for u in usage]):.0f}",
             "LLM share of time": f"{100 * total_llm / sum(lat):.0f}%", "fallback": f"{np.mean([o['fallback'] for o in outs]):.0%}",
             "NDCG@10 (first stage)": f"{ndcg:.3f} ({first:.3f})",
         })  # fmt: skip
-        if variant == "auto":
+        if k == 0:
             start = time.perf_counter()
             graph.batch(requests, config={"max_concurrency": concurrency})
             batch_s = time.perf_counter() - start
-            speed.append({"mode": "sequential .invoke", "episodes/s": f"{len(requests) / sum(lat):.3f}"})
-            speed.append({"mode": f".batch(max_concurrency={concurrency})", "episodes/s": f"{len(requests) / batch_s:.3f}"})
+            speed.append({"mode": f"{label}: sequential .invoke", "episodes/s": f"{len(requests) / sum(lat):.3f}"})
+            speed.append({"mode": f"{label}: .batch(max_concurrency={concurrency})", "episodes/s": f"{len(requests) / batch_s:.3f}"})
             if isinstance(llm, TransformersChatModel):  # the constrained fast path against masked `generate`
                 llm.fast_constrained = False
                 try:
@@ -75,5 +86,7 @@ def bench_rerank(pipeline, model: str, *, episodes: int = 20, concurrency: int =
                     llm.fast_constrained = True
                 same = sum(_actions(a) == _actions(b) for a, b in zip(outs, slow, strict=True))
                 speed[0]["same actions"] = f"{same}/{len(outs)} as masked generate"
-                speed.append({"mode": "sequential .invoke, masked generate (no fast path)", "episodes/s": f"{len(requests) / slow_s:.3f}", "same actions": ""})
-    return {"Episode cost on 100-item pools (test, full family; 2 CPU cores)": rows, "Throughput, same episodes, measured side by side": speed}
+                speed.append({"mode": f"{label}: sequential .invoke, masked generate (no fast path)", "episodes/s": f"{len(requests) / slow_s:.3f}",
+                              "same actions": ""})  # fmt: skip
+    return {"Episode cost on 100-item pools (test, full family; 2 CPU cores), measured one after the other in one run": rows,
+            "Throughput, same episodes, measured side by side": speed}  # fmt: skip

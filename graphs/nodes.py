@@ -11,10 +11,10 @@ from langgraph.graph import END
 
 from mma_agent.graphs.fusion import fuse, scores_per_item, weighted_evidence
 from mma_agent.graphs.policy import Policy, Router, completions, rule_action
-from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
+from mma_agent.graphs.prompts import PromptStyle, observation_prompt, request_prompt, system_prompt
 from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, SCORE_TOOL, TOOLS, RerankState, Resolved, Variant, first_stage_output, validate_request
 from mma_agent.masks import Mask
-from mma_agent.toolkits.base import Catalogue, EpisodeContext, Toolkit, ToolVocabulary
+from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolVocabulary
 
 
 def ask_person(modality_type: str, question: str) -> str | None:
@@ -33,9 +33,9 @@ class RerankNodes:
     """The nodes of one reranker, bound to its run-scoped dependencies."""
 
     def __init__(self, policy: Policy | None, catalogue: Catalogue, toolkits: dict[str, Toolkit], tools: ToolVocabulary, *,
-                 variant: Variant, alpha: float, max_turns: int, scoring: str, router: Router = rule_action) -> None:  # fmt: skip
+                 variant: Variant, alpha: float, max_turns: int, scoring: str, router: Router = rule_action, prompt: PromptStyle = "compact") -> None:  # fmt: skip
         self.policy_model, self.catalogue, self.kits, self.tools, self.router = policy, catalogue, toolkits, tools, router
-        self.variant, self.alpha, self.max_turns, self.scoring = variant, alpha, max_turns, scoring
+        self.variant, self.alpha, self.max_turns, self.scoring, self.prompt = variant, alpha, max_turns, scoring, prompt
         self.offered = tools.names(interactive=variant == "interactive")
 
     def context(self, state: RerankState) -> EpisodeContext:
@@ -66,8 +66,8 @@ class RerankNodes:
                               "user": _int_or_none(split.user_index.get(req.user_id)), "target": _int_or_none(target)}  # fmt: skip
         budget = min(req.max_turns or self.max_turns, self.max_turns)
         checked = {"candidates": req.candidates, "first_stage_scores": req.first_stage_scores, "mask": req.mask}  # as checked: lists, str ids, floats
-        messages = [{"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools)},
-                    {"role": "user", "content": request_prompt(len(hist), len(cands))}]  # fmt: skip
+        messages = [{"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools, style=self.prompt)},
+                    {"role": "user", "content": request_prompt(len(hist), len(cands), style=self.prompt)}]  # fmt: skip
         return {**checked, "resolved": resolved, "messages": messages, "evidence": {}, "nulls": [], "trace": trace, "turn": 0, "max_turns": budget,
                 "fallback": False, "reason": "", "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "llm_ms": 0}}  # fmt: skip
 
@@ -93,6 +93,7 @@ class RerankNodes:
         action, turn = state["action"], state["turn"]
         tool, args = action.get("tool"), action.get("args", {})
         entry: dict[str, Any] = {"turn": turn, "action": {"tool": tool, "args": args}}
+        shown = None  # what the policy reads: the observation, or in the compact style the evidence's summary
         evidence, nulls = dict(state["evidence"]), list(state["nulls"])
         if tool is None:
             entry.update(invalid=action["invalid"], observation=f"Invalid action ({action['error']}).")
@@ -102,17 +103,15 @@ class RerankNodes:
             entry.update(invalid="repeated_null", observation=f"{tool} already answered Null; it will not change.")
         else:
             kit = self.kits.get(self.tools.owner(tool))
-            if kit is None:
-                observation, channels, null = "Null: this tool is not configured.", {}, True
-            else:
-                ev = kit.call(tool, self.context(state), **args)
-                observation, channels, null = ev.observation, ev.channels, ev.null
-            entry.update(observation=observation, null=null)
-            if null:
+            ev = Evidence.none(tool, "this tool is not configured.") if kit is None else kit.call(tool, self.context(state), **args)
+            entry.update(observation=ev.observation, null=ev.null)
+            if self.prompt == "compact":
+                shown = ev.brief
+            if ev.null:
                 nulls.append(tool)
-            evidence.update({k: [float(x) for x in v] for k, v in channels.items()})
+            evidence.update({k: [float(x) for x in v] for k, v in ev.channels.items()})
         trace = [*state["trace"], entry]
-        messages = [*state.get("messages", []), {"role": "user", "content": observation_prompt(entry["observation"], turn, state["max_turns"])}]
+        messages = [*state.get("messages", []), {"role": "user", "content": observation_prompt(shown or entry["observation"], turn, state["max_turns"], style=self.prompt)}]
         return {"trace": trace, "evidence": evidence, "nulls": nulls, "messages": messages}
 
     def score(self, state: RerankState) -> dict:

@@ -61,10 +61,15 @@ def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *,
     """Valid continuations of PREFILL for constrained local models: each offered tool not called
     yet with each of its argument templates, and score_candidates with an entry of the weight
     menu over the groups gathered so far. On the last turn only scoring is valid (a tool call
-    there could only end in the budget fallback)."""
+    there could only end in the budget fallback). While nothing has been gathered and an
+    automated tool is still untried, scoring is not offered: it could only fall back to the
+    first stage, which the reranker does only when every modality it can read is missing."""
     called = called_tools(trace)
     out = [] if last_turn else [f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in tools.get(t).arg_templates]
-    return out + [f'{SCORE_TOOL}", "args": {{"weights": {json.dumps(w)}}}}}' for w in tools.weight_menu(gathered_groups(tools, trace))]
+    gathered = gathered_groups(tools, trace)
+    if not gathered and any(s.name not in called for s in tools.automated if s.name in offered) and not last_turn:
+        return out
+    return out + [f'{SCORE_TOOL}", "args": {{"weights": {json.dumps(w)}}}}}' for w in tools.weight_menu(gathered)]
 
 
 class Policy:

@@ -25,6 +25,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from mma_agent.graphs.nodes import RerankNodes
 from mma_agent.graphs.policy import Policy, Router, rule_action
+from mma_agent.graphs.prompts import PromptStyle, check_style
 from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, TOOLS, VALIDATE, RerankInput, RerankOutput, RerankState, Variant
 from mma_agent.toolkits.base import Catalogue, Toolkit
 
@@ -73,6 +74,7 @@ def create_mma_reranker(
     native_tools: bool = False,
     backend_kwargs: dict[str, Any] | None = None,
     router: Router | None = None,
+    prompt: PromptStyle = "compact",
 ) -> StateGraph:
     """The MMA reranker as an uncompiled StateGraph (compile it with your checkpointer, or mount it).
 
@@ -83,6 +85,9 @@ def create_mma_reranker(
     vLLM with a tool parser): `bind_tools` and read the model's tool calls instead of JSON text.
     router: for variant="rule", the policy without an LLM, (tools, trace) -> action (default:
     RuleRouter-Fuse's rule; `mma_agent.training.routing.LookupRouter` is the learned lookup control).
+    prompt: "compact" (default) shows the policy each tool in a few words and each observation as
+    its strength line; "full" shows whole tool lines and observations (titles, genres, neighbours),
+    for models that read them (see graphs/prompts.py). The trace keeps full observations either way.
     backend_kwargs: options of a backend string, e.g. {"base_url": "http://127.0.0.1:8000/v1"} for
     "openai:NAME", {"cache_dir": ...} for "transformers:..." (see `mma_agent.llm.resolve_chat_model`).
     """
@@ -92,6 +97,7 @@ def create_mma_reranker(
     if not 0.0 <= alpha <= 1.0 or not 1 <= max_turns <= 32:
         msg = f"alpha must be in [0, 1] and max_turns in [1, 32]; got alpha={alpha}, max_turns={max_turns}"
         raise ValueError(msg)
+    check_style(prompt)
     from mma_agent.toolkits import tool_vocabulary
 
     tools = tool_vocabulary(toolkits)
@@ -106,7 +112,7 @@ def create_mma_reranker(
             model = model.bind_tools(tool_schemas(tools, tools.names(interactive=variant == "interactive"), scoring))
         policy = Policy(model, prefill=bool(prefill), timeout=timeout)
     nodes = RerankNodes(policy, catalogue, toolkits, tools, variant=variant, alpha=alpha, max_turns=max_turns, scoring=scoring,
-                        router=router or rule_action)  # fmt: skip
+                        router=router or rule_action, prompt=prompt)  # fmt: skip
     g = RerankerGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
     g.add_node(VALIDATE, nodes.validate)
     g.add_node(POLICY, nodes.policy)

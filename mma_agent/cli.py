@@ -135,7 +135,7 @@ def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
     p = _pipeline(args)
-    _print_tables(bench_rerank(p, args.model, episodes=args.episodes, concurrency=args.concurrency))
+    _print_tables(bench_rerank(p, args.model, episodes=args.episodes, concurrency=args.concurrency, prompts=tuple(args.prompts)))
 
 
 def cmd_train_record(args) -> None:
@@ -192,8 +192,25 @@ def _support_points(args):
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     support = [e for e in episodes if e["part"] == "support"]
-    explored, took = explore_support(p, support, catalogue, kits)
+    explored, took = explore_support(p, support, catalogue, kits, interactive=args.interactive)
     return p, catalogue, kits, support, explored, decision_points(explored), took
+
+
+def _labelled(args, points: list[dict], kits) -> list[dict]:
+    """The explored states with the labels --labels asks for (pooled: `sft.pooled_values`)."""
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.training.sft import pooled_values
+
+    return pooled_values(points, tool_vocabulary(kits), interactive=args.interactive) if args.labels == "pooled" else points
+
+
+def _stage(args, p, stage: str) -> Path:
+    """The run folder of a training stage (its interactive policy's beside it): --out, else under the workdir."""
+    return args.out or _train_dir(args, p, stage)
+
+
+def _train_dir(args, p, stage: str) -> Path:
+    return p.root / "train" / (f"{stage}-interactive" if args.interactive else stage)
 
 
 def _base(args, p, *stages: str) -> str:
@@ -203,7 +220,7 @@ def _base(args, p, *stages: str) -> str:
     if args.base:
         return str(args.base)
     for stage in stages:
-        folder = p.root / "train" / stage / "policy"
+        folder = _train_dir(args, p, stage) / "policy"
         if (folder / "config.json").is_file():
             return str(folder)
     return str(smollm2_folder(p.config.workdir / "models"))
@@ -212,14 +229,15 @@ def _base(args, p, *stages: str) -> str:
 def cmd_train_sft(args) -> None:
     from mma_agent.training.sft import best_of, decision_sft_rows, sft_examples, summarize, train_sft
 
-    p, _, _, support, explored, points, took = _support_points(args)
+    p, _, kits, support, explored, points, took = _support_points(args)
     best = best_of(explored)
     print(format_table([{**summarize(best), "states": len(points), "explore s": f"{took:.1f}"}], "Best action plans on support episodes"))
-    rows = sft_examples(best) if args.rows == "best" else decision_sft_rows(points, states="all" if args.rows == "all" else "path")
+    rows = sft_examples(best) if args.rows == "best" else decision_sft_rows(_labelled(args, points, kits), states=args.rows, seed=args.seed)
     base = _base(args, p)
-    out = args.out or p.root / "train" / "sft"
+    out = _stage(args, p, "sft")
     start = time.perf_counter()
-    final = train_sft(rows, base, out, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed, **_trl_overrides(args.trl))
+    final = train_sft(rows, base, out, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed, lora_layers=args.lora_layers,
+                      **_trl_overrides(args.trl))  # fmt: skip
     print(f"SFT policy ({len(rows)} rows, from {base}): {final} ({time.perf_counter() - start:.0f} s); "
           f"load it as transformers:{final}; curve: {out / 'training-curve.png'}")  # fmt: skip
 
@@ -227,13 +245,13 @@ def cmd_train_sft(args) -> None:
 def cmd_train_dpo(args) -> None:
     from mma_agent.training.preference import preference_pairs, train_dpo
 
-    p, _, _, _, _, points, _ = _support_points(args)
-    pairs = preference_pairs(points, margin=args.margin)
+    p, _, kits, _, _, points, _ = _support_points(args)
+    pairs = preference_pairs(_labelled(args, points, kits), margin=args.margin)
     base = _base(args, p, "sft")
-    out = args.out or p.root / "train" / "dpo"
+    out = _stage(args, p, "dpo")
     start = time.perf_counter()
     final = train_dpo(pairs, base, out, max_steps=args.max_steps, lr=args.lr, beta=args.beta, batch_size=args.batch_size, seed=args.seed,
-                      **_trl_overrides(args.trl))  # fmt: skip
+                      lora_layers=args.lora_layers, **_trl_overrides(args.trl))  # fmt: skip
     print(f"DPO policy ({len(pairs)} pairs, from {base}): {final} ({time.perf_counter() - start:.0f} s); curve: {out / 'training-curve.png'}")
 
 
@@ -244,7 +262,7 @@ def cmd_train_grpo(args) -> None:
     informative = informative_states(points, margin=args.margin, seed=args.seed)
     reward = EnvironmentReward(support, catalogue, kits)
     base = _base(args, p, "dpo", "sft")
-    out = args.out or p.root / "train" / "grpo"
+    out = _stage(args, p, "grpo")
     start = time.perf_counter()
     final = train_grpo(grpo_rows(informative), reward, base, out, max_steps=args.max_steps, lr=args.lr, num_generations=args.num_generations,
                        prompts_per_step=args.prompts_per_step, seed=args.seed, **_trl_overrides(args.trl))  # fmt: skip
@@ -264,26 +282,27 @@ def cmd_train_eval(args) -> None:
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     parts = {part: [e for e in episodes if e["part"] == part] for part in ("support", "query")}
-    points = decision_points(explore_support(p, parts["support"], catalogue, kits)[0])
+    points = decision_points(explore_support(p, parts["support"], catalogue, kits, interactive=args.interactive)[0])
     query = parts["query"]
     tools = tool_vocabulary(kits)
-    lookup = LookupRouter.fit(points)
-    lookup.save(p.root / "train" / "lookup" / "table.json")
+    lookup = LookupRouter.fit(points, tools, interactive=args.interactive)
+    lookup.save(_train_dir(args, p, "lookup") / "table.json")
     routers = {"RuleRouter-Fuse": rule_action, "Lookup control (no LLM)": lookup}
     policies = {name: create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", router=r).compile() for name, r in routers.items()}
     by_state = {name: router_policy(r, tools) for name, r in routers.items()}
+    variant = "interactive" if args.interactive else "auto"
     for spec in args.policy:
         name, sep, backend = spec.partition("=")
         name, backend = (name, backend) if sep else (spec, spec)
         model = resolve_chat_model(backend, cache_dir=p.config.workdir / "models")
-        policies[name] = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
-        by_state[name] = llm_policy(model, tools)
-    explored, took = explore_support(p, query, catalogue, kits, name="query")
+        policies[name] = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, variant=variant).compile()
+        by_state[name] = llm_policy(model, tools, interactive=args.interactive)
+    explored, took = explore_support(p, query, catalogue, kits, name="query", interactive=args.interactive)
     held_out = sample_states(decision_points(explored), args.states, seed=args.seed)
     routing = routing_diagnostic(held_out, by_state)
     print(format_table(routing, f"Routing on held-out explored states ({len(held_out)} states of {len(query)} query episodes; explored in {took:.0f} s): "
                                 "the greedy action against the best-valued one"))  # fmt: skip
-    print(f"lookup control: {len(lookup.table)} availability patterns from {len(points)} support states ({p.root / 'train' / 'lookup' / 'table.json'})")
+    print(f"lookup control: {len(lookup.table)} availability patterns from {len(points)} support states ({_train_dir(args, p, 'lookup') / 'table.json'})")
     rows = evaluate_policies(policies, query)
     print(format_table(rows, f"Query episodes ({len(query)}): reward, NDCG@10, routing diagnostics"))
     if args.out:
@@ -372,6 +391,7 @@ def cmd_pipeline(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mma_agent.graphs.prompts import PROMPT_STYLES
     from mma_agent.masks import TASK_FAMILIES
     from mma_agent.retrievers import RETRIEVERS
 
@@ -439,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=cmd_bench_serve)
 
     br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")
-    br.add_argument("--model", default="transformers:smollm2-135m")
+    br.add_argument("--model", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, optionally NAME=BACKEND (each a row per prompt style)")
+    br.add_argument("--prompts", nargs="+", choices=list(PROMPT_STYLES), default=list(PROMPT_STYLES)[::-1], help="prompt styles to compare (default: full, then compact)")
     br.add_argument("--episodes", type=int, default=20)
     br.add_argument("--concurrency", type=int, default=2)
     br.set_defaults(func=cmd_bench_rerank)
@@ -463,15 +484,32 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--base", type=Path, help="starting policy folder (default: the previous stage's, else the embedded SmolLM2)")
         parser.add_argument("--out", type=Path, help="run folder (default: <workdir>/<data>/train/<stage>)")
         parser.add_argument("--trl", action="append", metavar="KEY=VALUE", help="any field of TRL's config dataclass, passed through (repeatable)")
+        interactive_arg(parser)
+
+    def interactive_arg(parser) -> None:
+        parser.add_argument("--interactive", action="store_true",
+                            help="MMA-Interactive: ask_user in the plan space (its policies under train/<stage>-interactive)")  # fmt: skip
+
+    def lora_arg(parser) -> None:
+        parser.add_argument("--lora-layers", type=int, default=6, help="LoRA on the top N decoder layers, merged into the saved policy (0: full fine-tune)")
+
+    def labels_arg(parser) -> None:
+        parser.add_argument("--labels", choices=["pooled", "state"], default="pooled",
+                            help="action values pooled over the states that observed the same (default), or each state's own")  # fmt: skip
 
     ts = train.add_parser("sft", parents=[common], help="SFT on the best action at every explored state of the support episodes (TRL)")
-    trainer_args(ts, 40, 1e-4, 4)
-    ts.add_argument("--rows", choices=["path", "all", "best"], default="path",
-                    help="best-action path plus Null recovery (default), every explored state, or the hindsight-best plans")
+    trainer_args(ts, 120, 5e-4, 8)
+    ts.add_argument("--rows", choices=["balanced", "path", "all", "best"], default="balanced",
+                    help="start, after-Null and after-evidence states in balance (default), best-action path plus Null recovery, "
+                    "every explored state, or the hindsight-best plans")  # fmt: skip
+    labels_arg(ts)
+    lora_arg(ts)
     td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
-    trainer_args(td, 20, 1e-5, 2)
+    trainer_args(td, 30, 1e-4, 4)
     td.add_argument("--beta", type=float, default=0.1)
     td.add_argument("--margin", type=float, default=0.01, help="least value gap for a pair")
+    labels_arg(td)
+    lora_arg(td)
     tg = train.add_parser("grpo", parents=[common], help="GRPO with rewards from the real reranker graph (TRL)")
     trainer_args(tg, 12, 5e-6)
     tg.add_argument("--num-generations", type=int, default=4)
@@ -486,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--states", type=int, default=150, help="held-out explored states for the routing diagnostic (seeded, every state kind kept; 0: all)")
     te.add_argument("--seed", type=int, default=0)
     te.add_argument("--out", type=Path, help="also write the rows as JSON")
+    interactive_arg(te)
     te.set_defaults(func=cmd_train_eval)
 
     ev = sub.add_parser("eval", help="evaluation graphs: methods x task families, resumable, with a report").add_subparsers(dest="eval_command", required=True)

@@ -190,7 +190,7 @@ def test_decision_points_value_every_action_from_every_state(explored):
     assert "Null" in img["prompt"][-1]["content"]
     rows = decision_sft_rows(points, states="all")
     assert len(rows) == len(points) and rows[0]["completion"][0]["content"] == best_action(points[0])
-    path = decision_sft_rows(points)
+    path = decision_sft_rows(points, states="path")
     firsts = [r for r in path if len(r["prompt"]) == 2]
     assert len(firsts) == len(eps)  # every episode's start state, once
     # every path ends with a scoring action, and a Null state is followed by something other than the Null tool
@@ -328,3 +328,22 @@ def test_informative_states_keep_the_choices_that_matter():
     many = [{"values": {"a": 0.0, "b": float(i)}} for i in range(1, 30)]
     shuffled = informative_states(many, margin=0.5, seed=1)
     assert shuffled == informative_states(many, margin=0.5, seed=1) and shuffled != many and sorted(shuffled, key=lambda p: p["values"]["b"]) == many
+
+
+def test_forked_exploration_scores_each_plan_as_a_plain_run_does(explored):
+    """Plans sharing their steps share one run and fork before the score node; each reward must
+    be what running that plan alone gives, asking the simulated user included."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.training.rewards import episode_reward
+    from mma_agent.training.sft import action_plans, explore_plans
+
+    eps, catalogue, kits, _ = explored
+    plans = [p for p in action_plans(interactive=True) if len(p) == 3 and '"ask_user"' in p[1]][:12]  # one tool, a question, each score
+    out = explore_plans(eps[:1], catalogue, kits, plans=plans)[0]["outcomes"]
+    for o in out[::3]:
+        alone = create_mma_reranker(FakeListChatModel(responses=o["plan"]), catalogue=catalogue, toolkits=kits, prefill=False, variant="interactive")
+        run = alone.compile().invoke(eps[0])
+        assert o["reward"] == pytest.approx(episode_reward(run, eps[0]["target"])) and [list(x) for x in o["pattern"]] == [[t["action"]["tool"], t["null"]] for t in run["trace"] if "null" in t]
+    assert all(o["reward"] <= 1 - 0.02 - 0.10 + 1e-9 for o in out)  # a tool and a question paid for

@@ -280,3 +280,18 @@ def test_a_hung_backend_holds_at_most_the_policys_threads():
             policy.ask([{"role": "user", "content": "rank"}])
     assert sum(t.name.startswith("mma-policy") for t in threading.enumerate()) - before <= 2  # five abandoned calls, two threads
     release.set()
+
+
+def test_compact_prompts_show_the_strength_line_and_the_trace_keeps_the_whole_observation(env):
+    _, catalogue, kits = env
+    plan = ['{"tool": "analyze_text", "args": {}}', SCORE]
+    outs = {style: create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, prefill=False, prompt=style).compile()
+            .invoke(_request()) for style in ("compact", "full")}  # fmt: skip
+    compact, full = outs["compact"], outs["full"]
+    assert compact["ranking"] == full["ranking"] and compact["trace"] == full["trace"]  # what the policy reads differs, nothing else
+    seen = compact["messages"][3]["content"]
+    assert seen.startswith("Strength: ") and "Best text matches" not in seen and "\u00ab" not in seen  # no titles: no item text reaches it
+    assert "Best text matches" in full["messages"][3]["content"] and "Best text matches" in compact["trace"][0]["observation"]
+    assert sum(map(len, (m["content"] for m in compact["messages"]))) < sum(map(len, (m["content"] for m in full["messages"]))) / 2
+    with pytest.raises(ValueError, match="prompt='long'"):
+        create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", prompt="long")

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mma_agent.toolkits import tool_vocabulary
 from mma_agent.training.routing import LookupRouter, point_pattern, router_policy, routing_diagnostic, state_kind, trace_pattern
 
@@ -14,7 +16,8 @@ def _point(family: str, prefix: list[str], nulls: list[bool], values: dict[str, 
     prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "start"}]
     for action, null in zip(prefix, nulls, strict=True):
         prompt += [{"role": "assistant", "content": action}, {"role": "user", "content": "Observation: Null: no text" if null else "Observation: History ..."}]
-    return {"id": f"{family}:{len(prefix)}", "family": family, "prefix": prefix, "prompt": prompt, "values": values, "continuation": {}}
+    pattern = [[json.loads(a)["tool"], null] for a, null in zip(prefix, nulls, strict=True)]
+    return {"id": f"{family}:{len(prefix)}", "family": family, "prefix": prefix, "prompt": prompt, "pattern": pattern, "values": values, "continuation": {}}
 
 
 def test_patterns_and_state_kinds_read_what_the_policy_saw():
@@ -59,3 +62,53 @@ def test_state_samples_keep_every_kind():
     kinds = [state_kind(point_pattern(p)) for p in picked]
     assert len(picked) == 30 and kinds.count("start") == 3 and kinds.count("after a Null") == 3
     assert sample_states(points, 0) is points and sample_states(points, 500) is points
+
+
+IMAGE = json.dumps({"tool": "analyze_image", "args": {}})
+TEXT_ONLY = json.dumps({"tool": "score_candidates", "args": {"weights": {"text": 1}}})
+
+
+def _observed(point: dict, words: list[str]) -> dict:
+    """The point with a strength line in each evidence observation."""
+    prompt = [dict(m) for m in point["prompt"]]
+    for m, w in zip(prompt[3::2], words, strict=True):
+        if w:
+            m["content"] = f"Strength: {w} (top 10 z=1.0). (turn 1/8)"
+    return {**point, "prompt": prompt}
+
+
+def test_pooled_values_average_what_the_policy_observed_and_keep_only_valid_actions():
+    from mma_agent.training.sft import pooled_values, signature
+
+    strong = [_observed(_point("full", [TEXT], [False], {TEXT_ONLY: v, GRAPH: 0.1}), ["strong"]) for v in (0.5, 0.0, 0.4)]
+    weak = [_observed(_point("full", [TEXT], [False], {TEXT_ONLY: v, GRAPH: 0.2}), ["weak"]) for v in (0.0, 0.1)]
+    null = [_point("image-only", [TEXT], [True], {EQUAL: -0.02, IMAGE: v}) for v in (0.0, 0.3)]
+    assert signature(strong[0]) == (("analyze_text", False, "strong"),) and signature(null[0]) == (("analyze_text", True, None),)
+    pooled = pooled_values(strong + weak + null, min_states=3)
+    assert pooled[0]["values"] == pytest.approx({TEXT_ONLY: 0.3, GRAPH: 0.1}) and pooled[0]["pooled"] == 3  # its signature: 3 states
+    assert pooled[3]["values"] == pytest.approx({TEXT_ONLY: 0.2, GRAPH: 0.14}) and pooled[3]["pooled"] == 5  # too few weak ones: the pattern
+    assert pooled[5]["values"] == pytest.approx({IMAGE: 0.15})  # scoring on nothing while a tool is untried is not an action here
+
+
+def test_balanced_rows_draw_every_depth_and_every_class():
+    from mma_agent.training.sft import decision_sft_rows
+
+    start = [_point("full", [], [], {TEXT: 0.2, GRAPH: 0.1})] * 50
+    deep = [_point("full", [TEXT], [False], {TEXT_ONLY: 0.3, GRAPH: 0.1})] * 40 + [_point("full", [TEXT], [True], {GRAPH: 0.1, IMAGE: 0.0})] * 2
+    rows = decision_sft_rows(start + deep, per_depth=10, seed=3)
+    answers = [r["completion"][0]["content"] for r in rows]
+    assert len(rows) == 20 and answers.count(TEXT) == 10  # ten of the start, ten one call deep
+    assert answers.count(GRAPH) == 2 and answers.count(TEXT_ONLY) == 8  # the rare recovery class gets all its states
+    with pytest.raises(ValueError, match="states='most'"):
+        decision_sft_rows(start, states="most")
+
+
+def test_interactive_plans_ask_once_then_score_over_the_answer():
+    from mma_agent.training.sft import action_plans
+
+    tools = tool_vocabulary()
+    auto, inter = action_plans(tools), action_plans(tools, interactive=True)
+    assert len(auto) == 96 and len(inter) == 96 + 3 * (2 + 3 * 5 + 6 * 10 + 6 * 17)
+    asks = [p for p in inter if any(json.loads(a)["tool"] == "ask_user" for a in p)]
+    assert all(json.loads(p[-2])["tool"] == "ask_user" for p in asks) and [json.loads(a)["tool"] for a in asks[0]] == ["ask_user", "score_candidates"]
+    assert {json.loads(p[0])["args"].get("modality_type") for p in asks if len(p) == 2} == {"text", "image", "behaviour"}

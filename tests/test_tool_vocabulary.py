@@ -82,8 +82,12 @@ def test_the_weight_menu_is_derived_from_the_groups_and_offered_only_over_gather
     assert menu[:5] == [{}, {"text": 1}, {"image": 1}, {"graph": 1}, {"ask": 1}]
     assert {"text": 0.75, "graph": 0.25} in menu and {"text": 0.25, "graph": 0.75} in menu and len(menu) == 1 + 4 + 6 * 2
     assert tools.weight_menu(["graph", "text", "nonsense"]) == [{}, {"text": 1}, {"graph": 1}, {"text": 0.75, "graph": 0.25}, {"text": 0.25, "graph": 0.75}]
-    scoring = [c for c in completions(tools, tools.names(interactive=False), []) if c.startswith("score_candidates")]
-    assert scoring == ['score_candidates", "args": {"weights": {}}}']  # nothing gathered: equal weights is the only way to score
+    offered = tools.names(interactive=False)
+    assert not [c for c in completions(tools, offered, []) if c.startswith("score_candidates")]  # nothing gathered, tools untried: no scoring
+    nulls = [{"action": {"tool": s.name, "args": {}}, "null": True} for s in tools.automated]
+    assert not [c for c in completions(tools, offered, nulls[:2]) if c.startswith("score_candidates")]  # a tool is still untried
+    assert completions(tools, offered, nulls) == ['score_candidates", "args": {"weights": {}}}']  # every tool answered Null: the fallback
+    assert completions(tools, offered, [], last_turn=True) == ['score_candidates", "args": {"weights": {}}}']  # the last turn always scores
     trace = [{"action": {"tool": "analyze_text", "args": {}}, "null": False}, {"action": {"tool": "analyze_image", "args": {}}, "null": True},
              {"action": {"tool": "retrieve_graph", "args": {}}, "null": False}]  # fmt: skip
     scoring = [c for c in completions(tools, tools.names(interactive=False), trace, last_turn=True)]
@@ -104,7 +108,9 @@ def test_a_toy_toolkit_is_offered_everywhere(env):
 
     plan = [json.dumps({"tool": "count_items", "args": {}}), json.dumps({"tool": "score_candidates", "args": {"weights": {"toy": 1}}})]
     out = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, alpha=0.0, prefill=False).compile().invoke(_request())
-    assert "- count_items {}: toy evidence, the number in each id." in out["messages"][0]["content"]
+    assert "- count_items: toy evidence" in out["messages"][0]["content"]  # the compact prompt: its brief line
+    full = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, prefill=False, prompt="full").compile().invoke(_request())
+    assert "- count_items {}: toy evidence, the number in each id." in full["messages"][0]["content"]  # the full prompt: its prompt line
     assert '"toy": w' in out["messages"][0]["content"]  # score_candidates names its group
     assert not out["fallback"] and out["ranking"] == sorted(_request()["candidates"], key=lambda c: -int(c[1:]))
     assert episode_reward(out, "m39", tools=tools) == pytest.approx(1.0 - 0.05)
@@ -132,7 +138,7 @@ def test_the_last_turn_allows_only_scoring():
     tools = tool_vocabulary()
     every = completions(tools, tools.names(interactive=True), [])
     last = completions(tools, tools.names(interactive=True), [], last_turn=True)
-    assert len(every) == 3 + 3 + 1 and last == [c for c in every if c.startswith("score_candidates")] and len(last) == 1  # nothing gathered yet
+    assert len(every) == 3 + 3 and last == ['score_candidates", "args": {"weights": {}}}']  # nothing gathered yet: scoring only on the last turn
 
 
 def test_a_router_replaces_the_rule_without_an_llm(env):

@@ -54,6 +54,11 @@ class ToolSpec:
     cost: float = EVIDENCE_COST
     automated: bool = True  # False: it needs a person (ask_user): MMA-Interactive only, never in the rule order or the plan space
     arg_templates: tuple[dict, ...] = ({},)  # the argument sets constrained decoding may complete
+    brief: str = ""  # its line in the compact system prompt (default: "<name>: <group> evidence")
+
+    @property
+    def brief_line(self) -> str:
+        return self.brief or f"{self.name}: {self.group} evidence"
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -203,6 +208,11 @@ class Evidence:
     observation: str
     channels: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_candidates,)
     null: bool = False
+    summary: str = ""  # what a compact policy prompt shows instead of the observation (see graphs/prompts.py)
+
+    @property
+    def brief(self) -> str:
+        return self.summary or self.observation
 
     @classmethod
     def none(cls, tool: str, why: str) -> Evidence:
@@ -286,21 +296,30 @@ def group_score(channels: Iterable[np.ndarray]) -> np.ndarray:
     return np.mean([minmax(v) for v in channels], axis=0)
 
 
-def strength(ctx: EpisodeContext, score: np.ndarray, covered: int, k: int = 10) -> str:
+def strength(ctx: EpisodeContext, score: np.ndarray, covered: int | None, k: int = 10) -> str:
     """One line on how much the evidence says, for a policy to route on: how many history items
-    the modality covers, how far the top k of the group's score stand out from the pool, and how
-    many of them the first stage also ranks in its top k. Read from the pool and the history
-    only (never the target)."""
+    the modality covers (left out when `covered` is None), how far the top k of the group's score
+    stand out from the pool, and how many of them the first stage also ranks in its top k. Read
+    from the pool and the history only (never the target). It is the evidence's `summary`, all a
+    compact prompt shows of it."""
     k = min(k, len(score))
     top = np.argsort(-score, kind="stable")[:k]
     sd = float(score.std())
     z = 0.0 if sd == 0 else float((score[top].mean() - score.mean()) / sd)
     word = "strong" if z >= STRENGTH_WORDS[1] else "moderate" if z >= STRENGTH_WORDS[0] else "weak"
-    line = f"Strength: {word} (covers {covered}/{len(ctx.history)} history; top {k} z={z:.1f}"
+    line = f"Strength: {word} (" + ("" if covered is None else f"covers {covered}/{len(ctx.history)} history; ") + f"top {k} z={z:.1f}"
     if ctx.first_stage is not None and len(ctx.first_stage) == len(score):
         agree = len(set(top.tolist()) & set(np.argsort(-ctx.first_stage, kind="stable")[:k].tolist()))
         line += f"; {agree}/{k} in first stage's top {k}"
     return line + ")."
+
+
+def strength_word(text: str) -> str | None:
+    """The word of the strength line (`strength`) inside an observation, if it has one."""
+    import re
+
+    m = re.search(r"Strength: (weak|moderate|strong)\b", text)
+    return m.group(1) if m else None
 
 
 def top_candidates(ctx: EpisodeContext, score: np.ndarray, k: int = 5) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mma_agent.masks import Modality
-from mma_agent.toolkits.base import ASK_COST, QUOTES, EpisodeContext, Evidence, Toolkit, ToolSpec, quote, top_candidates
+from mma_agent.toolkits.base import ASK_COST, QUOTES, EpisodeContext, Evidence, Toolkit, ToolSpec, quote, strength, top_candidates
 from mma_agent.toolkits.graph import truncated_ppr
 from mma_agent.toolkits.image import ImageToolkit
 from mma_agent.toolkits.text import TextToolkit
@@ -44,6 +44,7 @@ class ClarifyToolkit(Toolkit):
             description="Ask the user one clarification question about their preference (modality_type: text = genres and topics, "
             "image = look and style, behaviour = similar things they liked). Costly: use only when evidence is weak.",
             prompt='ask_user {"modality_type": "text"|"image"|"behaviour", "query": "..."}: ask the user one question (costly).',
+            brief='ask_user {"modality_type": "text"|"image"|"behaviour", "query": "..."}: ask the user (costly)',
             group="ask",
             channels=("behaviour", "text", "image"),  # items the answer names, through the behaviour relevance; or its words against texts, or posters
             cost=ASK_COST,
@@ -90,7 +91,8 @@ class ClarifyToolkit(Toolkit):
         if not channels:
             return Evidence(spec.name, f"User: {quote(answer, 200)} (no visible modality to match it against)", {}, True)
         (name, score), = channels.items()
-        return Evidence(spec.name, f"User: {quote(answer, 200)} Best matches: {top_candidates(ctx, score)}.", channels)
+        return Evidence(spec.name, f"User: {quote(answer, 200)} Best matches: {top_candidates(ctx, score)}.", channels,
+                        summary=f"The user answered. {strength(ctx, score, None)}")  # fmt: skip
 
     def answer_evidence(self, ctx: EpisodeContext, answer: str) -> dict[str, np.ndarray]:
         named = named_items(ctx, answer)

@@ -129,11 +129,12 @@ class GraphToolkit(Toolkit):
         masked[hist] = 0
         strongest = np.argsort(-masked, kind="stable")[:5]
         score = group_score(channels.values())
+        summary = strength(ctx, score, int((np.diff(graph.co.indptr)[ctx.history] > 0).sum()))
         lines = [
             "Neighbours of the history: " + "; ".join(ctx.label(int(i)) for i in strongest) + ".",
             "Strongest candidates in the graph: " + top_candidates(ctx, score) + ".",
             f"{int((cand_ppr == 0).sum())} candidate(s) are not connected to the history.",
-            strength(ctx, score, int((np.diff(graph.co.indptr)[ctx.history] > 0).sum())),
+            summary,
         ]
         if item_ids:
             idx, unknown = ctx.resolve_in_pool(item_ids)
@@ -144,4 +145,4 @@ class GraphToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence(spec.name, " ".join(lines), channels)
+        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else summary)  # details asked for: show them

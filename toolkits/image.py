@@ -122,12 +122,13 @@ class ImageToolkit(Toolkit):
         centroid = l2_normalize(np.nanmean(h, axis=0))
         score = group_score(channels.values())
         best = np.argsort(-score, kind="stable")[:4]
+        summary = strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum()))
         lines = [
             "History posters look: " + ", ".join(self.top_tags(centroid)) + ".",
             "Best poster matches: "
             + "; ".join(f"{ctx.label(int(ctx.candidates[j]))} {score[j]:.2f} [{', '.join(self.top_tags(emb[ctx.candidates[j]], 3))}]" for j in best if not np.isnan(emb[ctx.candidates[j]]).any())
             + ".",
-            strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum())),
+            summary,
         ]
         if missing_c:
             lines.append(f"{missing_c} candidate(s) have no poster.")
@@ -139,4 +140,4 @@ class ImageToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence(spec.name, " ".join(lines), channels)
+        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else summary)  # details asked for: show them

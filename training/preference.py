@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mma_agent.training.sft import best_action, train_and_save
+from mma_agent.training.sft import best_action, lora_config, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,9 @@ def preference_pairs(points: list[dict], *, margin: float = 0.01) -> list[dict]:
 
 
 def train_dpo(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: int = 30, lr: float = 5e-6, beta: float = 0.1,
-              batch_size: int = 2, seed: int = 0, **config_overrides) -> Path:  # fmt: skip
-    """DPO with TRL's DPOTrainer (reference = the starting policy); checkpoints, resume, a curve."""
+              batch_size: int = 2, seed: int = 0, lora_layers: int | None = None, **config_overrides) -> Path:  # fmt: skip
+    """DPO with TRL's DPOTrainer (reference = the starting policy; with LoRA on the top
+    `lora_layers` layers, the policy with its adapters off); checkpoints, resume, a curve."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -50,11 +51,11 @@ def train_dpo(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: in
         "output_dir": str(out_dir / "checkpoints"), "max_steps": max_steps, "learning_rate": lr, "beta": beta,
         "per_device_train_batch_size": batch_size, "logging_steps": 2, "save_strategy": "steps",
         "save_steps": max(1, min(10, max_steps // 2)), "save_total_limit": 2, "report_to": [], "use_cpu": True, "bf16": False,
-        "max_length": 1024, "seed": seed, "lr_scheduler_type": "cosine", "warmup_steps": 2, **config_overrides,
+        "max_length": 1024, "seed": seed, "lr_scheduler_type": "cosine", "warmup_steps": 2, "gradient_checkpointing": False, **config_overrides,
     })  # fmt: skip
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model)
     data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
-    trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tok)
+    trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tok, peft_config=lora_config(lora_layers, model.config.num_hidden_layers))
     return train_and_save(trainer, tok, out_dir, "DPO on best vs worst action per explored state",
                  {"DPO loss": "loss", "reward accuracy": "rewards/accuracies", "reward margin": "rewards/margins"})  # fmt: skip

@@ -28,7 +28,6 @@ from mma_agent.toolkits.base import ToolVocabulary
 from mma_agent.util import atomic_write_text
 
 Pattern = tuple[tuple[str, bool], ...]  # (tool, answered Null) per call so far, in order
-NULL_PREFIX = "Observation: Null"
 
 
 def trace_pattern(trace: Sequence[dict]) -> Pattern:
@@ -37,14 +36,25 @@ def trace_pattern(trace: Sequence[dict]) -> Pattern:
 
 
 def point_pattern(point: dict) -> Pattern:
-    """The availability pattern at an explored state (its prefix of actions and their observations)."""
-    prompt = point["prompt"]
-    return tuple((json.loads(a)["tool"], prompt[3 + 2 * k]["content"].startswith(NULL_PREFIX)) for k, a in enumerate(point["prefix"]))
+    """The availability pattern at an explored state (`sft.decision_points`' "pattern")."""
+    return tuple((str(t), bool(null)) for t, null in point["pattern"])
 
 
 def pattern_trace(pattern: Pattern) -> list[dict]:
     """A minimal reranker trace showing a pattern (what a router or the constrained decoder reads)."""
     return [{"action": {"tool": t, "args": {}}, "null": null} for t, null in pattern]
+
+
+def valid_actions(point: dict, tools: ToolVocabulary, *, interactive: bool = False) -> set[str]:
+    """The actions constrained decoding allows at an explored state (`graphs.policy.completions`
+    on the pattern the policy observed), in the canonical spelling of the plans."""
+    from mma_agent.graphs.policy import PREFILL, completions
+
+    out = set()
+    for c in completions(tools, tools.names(interactive=interactive), pattern_trace(point_pattern(point))):
+        a = json.loads(PREFILL + c)
+        out.add(json.dumps({"tool": a["tool"], "args": a["args"]}))
+    return out
 
 
 def state_kind(pattern: Pattern) -> str:
@@ -59,11 +69,18 @@ class LookupRouter:
     support: dict[Pattern, int] = field(default_factory=dict)  # explored states behind each entry
 
     @classmethod
-    def fit(cls, points: list[dict]) -> LookupRouter:
+    def fit(cls, points: list[dict], tools: ToolVocabulary | None = None, *, interactive: bool = False) -> LookupRouter:
+        """From explored states; only actions constrained decoding allows at a state count (the
+        LLM policy's constraint, so both choose from the same actions)."""
+        from mma_agent.toolkits import tool_vocabulary
+
+        tools = tools or tool_vocabulary()
         values: dict[Pattern, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for p in points:
+            valid = valid_actions(p, tools, interactive=interactive)
             for action, v in p["values"].items():
-                values[point_pattern(p)][action].append(v)
+                if action in valid:
+                    values[point_pattern(p)][action].append(v)
         table, support = {}, {}
         for pattern, acts in values.items():
             n = max(len(v) for v in acts.values())

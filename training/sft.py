@@ -27,57 +27,101 @@ from mma_agent.training.rewards import episode_reward
 from mma_agent.util import atomic_write_text, json_digest
 
 log = logging.getLogger(__name__)
-def action_plans(tools: ToolVocabulary | None = None) -> list[list[str]]:
+def action_plans(tools: ToolVocabulary | None = None, *, interactive: bool = False) -> list[list[str]]:
     """Every ordered sequence of distinct automated tools (order matters: what the policy saw when
     it chose), each ended by every entry of the weight menu over its groups (what constrained
     decoding allows after those tools answered): with the three built-in evidence tools,
-    3 x 2 + 6 x 5 + 6 x 10 = 96 plans."""
+    3 x 2 + 6 x 5 + 6 x 10 = 96 plans.
+
+    interactive: also each sequence (the empty one included) followed by one question per
+    argument template of each non-automated tool (ask_user about text, image or behaviour), then
+    each entry of the menu over the sequence's groups and the question's: 3 x (2 + 3 x 5 + 6 x 10
+    + 6 x 17) = 537 more. Asking is the last step before scoring: what a question adds is judged
+    on the evidence gathered before it."""
     tools = tools or tool_vocabulary()
+    line = lambda name, args: json.dumps({"tool": name, "args": args})
     plans = []
-    for r in range(1, len(tools.automated) + 1):
+    asks = [s for s in tools.specs if not s.automated] if interactive else []
+    for r in range(0 if asks else 1, len(tools.automated) + 1):
         for specs in itertools.permutations(tools.automated, r):
-            steps = [json.dumps({"tool": s.name, "args": {}}) for s in specs]
-            for w in tools.weight_menu(s.group for s in specs):
-                plans.append([*steps, json.dumps({"tool": SCORE_TOOL, "args": {"weights": w}})])
+            steps = [line(s.name, {}) for s in specs]
+            groups = [s.group for s in specs]
+            if steps:
+                plans += [[*steps, line(SCORE_TOOL, {"weights": w})] for w in tools.weight_menu(groups)]
+            for ask in asks:
+                for args in ask.arg_templates:
+                    plans += [[*steps, line(ask.name, args), line(SCORE_TOOL, {"weights": w})] for w in tools.weight_menu([*groups, ask.group])]
     return plans
 
 
-def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5, plans: list[list[str]] | None = None) -> list[dict]:
+def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5, plans: list[list[str]] | None = None,
+                  prompt: str = "compact") -> list[dict]:  # fmt: skip
     """Run every action plan on every episode through the real graph (a scripted policy). One
-    entry per episode: its id, family and a list of {plan, reward, messages} in plan order."""
+    entry per episode: its id, family and a list of {plan, reward, messages, pattern} in plan
+    order (`pattern`: each tool called and whether it answered Null, what the policy observed).
+
+    Plans that share their steps before scoring share one run: the graph runs the steps once
+    with a checkpointer, then each scoring action forks the checkpoint before the score node
+    (LangGraph time travel), so every reward still comes from the graph's own score node."""
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
+    from langgraph.checkpoint.memory import InMemorySaver
 
     from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.graphs.state import POLICY, SCORE
+    from mma_agent.training.routing import trace_pattern
 
     plans = plans or action_plans()
+    runs: dict[tuple[str, ...], list[str]] = {}
+    for plan in plans:
+        runs.setdefault(tuple(plan[:-1]), []).append(plan[-1])
+    tools = tool_vocabulary(toolkits)
     explored = []
     for ep in tqdm(episodes, desc="explore action plans", unit="ep"):
         request = rerank_request(ep)
-        outcomes = []
-        for plan in plans:
-            graph = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=toolkits, alpha=alpha, prefill=False).compile()
-            out = graph.invoke(request)
-            outcomes.append({"plan": plan, "reward": episode_reward(out, ep["target"]), "messages": out["messages"]})
-        explored.append({"id": ep["id"], "family": ep["family"], "outcomes": outcomes})
+        outcomes = {}
+        for steps, finals in runs.items():
+            interactive = any(not tools.get(json.loads(a)["tool"]).automated for a in steps)
+            graph = create_mma_reranker(FakeListChatModel(responses=[*steps, finals[0]]), catalogue=catalogue, toolkits=toolkits, alpha=alpha,
+                                        prefill=False, prompt=prompt, variant="interactive" if interactive else "auto").compile(checkpointer=InMemorySaver())  # fmt: skip
+            config = {"configurable": {"thread_id": ep["id"]}}
+            first = graph.invoke(request, config)
+            before_score = next(s for s in graph.get_state_history(config) if s.next == (SCORE,))
+            for final in finals:
+                if final == finals[0]:
+                    out = first
+                else:
+                    fork = graph.update_state(before_score.config, {"action": json.loads(final)}, as_node=POLICY)
+                    out = graph.invoke(None, fork)
+                messages = [*out["messages"][:-1], {"role": "assistant", "content": final}]
+                outcomes[(*steps, final)] = {"plan": [*steps, final], "reward": episode_reward(out, ep["target"]), "messages": messages,
+                                             "pattern": [list(x) for x in trace_pattern(out["trace"])]}  # fmt: skip
+        explored.append({"id": ep["id"], "family": ep["family"], "outcomes": [outcomes[tuple(plan)] for plan in plans]})
     return explored
 
 
-def explore_support(pipeline, support: list[dict], catalogue, toolkits, *, name: str = "support") -> tuple[list[dict], float]:
+def explore_support(pipeline, support: list[dict], catalogue, toolkits, *, name: str = "support", interactive: bool = False,
+                    prompt: str = "compact") -> tuple[list[dict], float]:  # fmt: skip
     """`explore_plans` on episodes (the support part, or `name="query"` for the held-out part),
     cached under the workdir by content (the episodes and their pools, the plan space, the
-    evidence's models, the data), and the seconds it took (0 when cached)."""
+    prompt the policy reads, the evidence's models, the data), and the seconds it took (0 when
+    cached)."""
+    from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
     from mma_agent.masks import Modality
     from mma_agent.relevance import relevance_feature
 
+    tools = tool_vocabulary(toolkits)
+    plans = action_plans(tools, interactive=interactive)
+    shown = [system_prompt(tools.names(interactive=interactive), "weights", 8, tools=tools, style=prompt), request_prompt(1, 2, style=prompt),
+             observation_prompt("o", 1, 8, style=prompt)]  # fmt: skip
     learned = sorted((m for m in Modality if relevance_feature(m) in catalogue.features), key=relevance_feature)  # the evidence's learned channels
-    key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], action_plans(), pipeline.split.fingerprint(),
+    key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], plans, shown, pipeline.split.fingerprint(),
                        [relevance_feature(m) for m in learned], [str(pipeline.relevance_path(m)) for m in learned]])  # fmt: skip
     path = pipeline.root / "explore" / f"{name}-{key}.json"
     start = time.perf_counter()
     if path.is_file():
         explored = json.loads(path.read_text())
     else:
-        explored = explore_plans(support, catalogue, toolkits)
+        explored = explore_plans(support, catalogue, toolkits, plans=plans, prompt=prompt)
         atomic_write_text(path, json.dumps(explored))
     return explored, time.perf_counter() - start
 
@@ -128,7 +172,7 @@ def decision_points(explored: list[dict]) -> list[dict]:
         for o in e["outcomes"]:
             plan = o["plan"]
             for k, action in enumerate(plan):
-                st = states.setdefault(tuple(plan[:k]), {"prompt": o["messages"][: 2 + 2 * k], "values": {}, "continuation": {}})
+                st = states.setdefault(tuple(plan[:k]), {"prompt": o["messages"][: 2 + 2 * k], "pattern": o["pattern"][:k], "values": {}, "continuation": {}})
                 if o["reward"] > st["values"].get(action, -float("inf")):
                     st["values"][action] = o["reward"]
                     st["continuation"][action] = plan[k + 1 :]
@@ -143,26 +187,91 @@ def best_action(point: dict) -> str:
     return max(point["values"], key=point["values"].get)
 
 
-def decision_sft_rows(points: list[dict], *, states: str = "path") -> list[dict]:
-    """Prompt-completion rows: the best action at explored states.
+def signature(point: dict) -> tuple:
+    """What the policy observed at a state, coarsely: each tool called, whether it answered Null,
+    and the word of its strength line (weak / moderate / strong)."""
+    from mma_agent.toolkits.base import strength_word
+    from mma_agent.training.routing import point_pattern
 
-    states="path" (default): per episode, the states along the best-action path from the start,
-    plus the path after each tool that answered Null (the recovery the hidden mask calls for).
-    states="all": every explored state. A first run trained on all states learned to score at
-    once: 15 of an episode's 16 states follow a tool call, where scoring is usually best, so the
-    start state was 6% of the rows and the policy scored before gathering anything.
+    words = [strength_word(m["content"]) for m in point["prompt"][3::2]]  # the observations after each action
+    return tuple((t, null, w) for (t, null), w in zip(point_pattern(point), words, strict=True))
+
+
+def pooled_values(points: list[dict], tools: ToolVocabulary | None = None, *, interactive: bool = False, min_states: int = 8) -> list[dict]:
+    """Less noisy action values: each state's values replaced by the mean, over the states that
+    share its signature (`signature`: the pattern and strength words the policy observed), of
+    each action's value, where at least `min_states` share it; else over the states sharing the
+    pattern alone. Only actions valid at the state (what constrained decoding allows) are kept,
+    and only those explored at every pooled state.
+
+    Why: an action's value at one state is one held-out target's NDCG (minus costs), and for most
+    pools no plan puts that target in the top 10, so every action ties up to its cost and the
+    cheapest wins the label. Pooling asks instead which action does best on average given what
+    the policy can see, which is what a policy that cannot see the target should learn."""
+    from mma_agent.training.routing import point_pattern, valid_actions
+
+    tools = tools or tool_vocabulary()
+    by_sig: dict[tuple, list[dict]] = {}
+    by_pattern: dict[tuple, list[dict]] = {}
+    for p in points:
+        by_sig.setdefault(signature(p), []).append(p)
+        by_pattern.setdefault(point_pattern(p), []).append(p)
+    means: dict[int, dict[str, float]] = {}
+    out = []
+    for p in points:
+        group = by_sig[signature(p)]
+        group = group if len(group) >= min_states else by_pattern[point_pattern(p)]
+        if id(group) not in means:
+            valid = valid_actions(group[0], tools, interactive=interactive)
+            acts = [a for a in group[0]["values"] if a in valid and all(a in q["values"] for q in group)]
+            means[id(group)] = {a: float(np.mean([q["values"][a] for q in group])) for a in acts}
+        out.append({**p, "values": means[id(group)] or p["values"], "pooled": len(group)})
+    return out
+
+
+def decision_sft_rows(points: list[dict], *, states: str = "balanced", seed: int = 0, per_depth: int = 120) -> list[dict]:
+    """Prompt-completion rows: the best action at explored states (pass `pooled_values(points)`
+    for less noisy labels).
+
+    states="balanced" (default): `per_depth` rows for each number of actions taken so far (the
+    start, after one tool, after two, ...), drawn round-robin over the signature-and-label classes
+    at that depth (what the policy observed, and what it should do), a different state of the
+    class each time, seeded: every kind of decision is learned (the start, each recovery after
+    a Null, each stop), not just the commonest (15 of an episode's 16 states follow a tool call,
+    and most of them three calls deep, where a policy rarely is). states="path": per episode, the
+    states along the best-action path from the start, plus the path after each tool that answered
+    Null. states="all": every explored state. A first run trained on all states learned to score
+    at once: the start state was 6% of the rows and the policy scored before gathering anything.
     """
-    if states not in ("path", "all"):
-        raise ValueError(f"states={states!r}; choose 'path' or 'all'")
+    from mma_agent.training.routing import point_pattern
+
+    if states not in ("balanced", "path", "all"):
+        raise ValueError(f"states={states!r}; choose 'balanced', 'path' or 'all'")
     row = lambda p: {"prompt": p["prompt"], "completion": [{"role": "assistant", "content": best_action(p)}]}  # noqa: E731
     if states == "all":
         return [row(p) for p in points]
+    if states == "balanced":
+        rng = np.random.default_rng(seed)
+        depths: dict[int, dict[tuple, list[dict]]] = {}
+        for p in points:
+            depths.setdefault(len(p["prefix"]), {}).setdefault((signature(p), best_action(p)), []).append(p)
+        rows = []
+        for _, classes in sorted(depths.items()):
+            queues = [[ps[i] for i in rng.permutation(len(ps))] for ps in classes.values()]
+            queues = [queues[i] for i in rng.permutation(len(queues))]
+            picked: list[dict] = []
+            while len(picked) < per_depth and any(queues):
+                for q in queues:
+                    if q and len(picked) < per_depth:
+                        picked.append(q.pop())
+            rows += [row(p) for p in picked]
+        return rows
     by_episode: dict[str, dict[tuple, dict]] = {}
     for p in points:
         by_episode.setdefault(p["id"], {})[tuple(p["prefix"])] = p
     rows = []
     for table in by_episode.values():
-        starts = [()] + [prefix for prefix, p in table.items() if len(prefix) == 1 and "Null" in p["prompt"][-1]["content"]]
+        starts = [()] + [prefix for prefix, p in table.items() if len(prefix) == 1 and point_pattern(p)[0][1]]
         seen = set()
         for prefix in starts:
             while prefix in table and prefix not in seen:
@@ -176,10 +285,24 @@ def decision_sft_rows(points: list[dict], *, states: str = "path") -> list[dict]
     return rows
 
 
+def lora_config(top_layers: int | None, n_layers: int, r: int = 16):
+    """PEFT LoRA on every projection of the top `top_layers` decoder layers (None: no LoRA, a
+    full fine-tune). Measured on these two cores (SmolLM2-135M, batch 8 x 220 tokens, one run):
+    a full fine-tune step 14.9 s, LoRA on all 30 layers 22.3 s, LoRA on the top 6 layers 6.5 s,
+    the forward pass alone 4.5 s: the backward pass stops at the lowest adapted layer."""
+    if not top_layers:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM", layers_to_transform=list(range(max(0, n_layers - top_layers), n_layers)),
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+
+
 def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: int = 60, lr: float = 5e-5, batch_size: int = 4, seed: int = 0,
-              **config_overrides) -> Path:  # fmt: skip
-    """Fine-tune with TRL's SFTTrainer; checkpoints, resumes from the last one. Any other
-    `SFTConfig` field passes through `config_overrides`."""
+              lora_layers: int | None = None, **config_overrides) -> Path:  # fmt: skip
+    """Fine-tune with TRL's SFTTrainer (LoRA on the top `lora_layers` layers, merged into the
+    saved policy, or a full fine-tune); checkpoints, resumes from the last one. Any other
+    `SFTConfig` field passes through `config_overrides` (e.g. num_train_epochs with max_steps=-1)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -189,11 +312,14 @@ def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: in
         "output_dir": str(out_dir / "checkpoints"), "max_steps": max_steps, "learning_rate": lr, "per_device_train_batch_size": batch_size,
         "gradient_accumulation_steps": 1, "logging_steps": min(5, max_steps), "save_strategy": "steps", "save_steps": max(1, min(20, max_steps // 2)),
         "save_total_limit": 2, "report_to": [], "use_cpu": True, "bf16": False, "max_length": 1024, "completion_only_loss": True, "seed": seed,
-        "lr_scheduler_type": "cosine", "warmup_steps": 5, **config_overrides,
+        "lr_scheduler_type": "cosine", "warmup_steps": 5,
+        "gradient_checkpointing": False,  # TRL's default recomputes activations, and with LoRA makes the backward pass run through every layer
+        **config_overrides,
     })  # fmt: skip
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=lora_config(lora_layers, model.config.num_hidden_layers))  # fmt: skip
     return train_and_save(trainer, tok, out_dir, "SFT on best actions", {"train loss (completion tokens)": "loss"})
 
 
@@ -205,7 +331,10 @@ def train_and_save(trainer, tok, out_dir: Path, title: str, curves: dict[str, st
     resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     final = out_dir / "policy"
-    trainer.save_model(str(final))
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: the policy folder holds the merged model, loadable as transformers:<folder>
+        model = model.merge_and_unload()
+    model.save_pretrained(str(final))
     tok.save_pretrained(str(final))
     log_history = trainer.state.log_history
     (out_dir / "log_history.json").write_text(json.dumps(log_history, indent=1))
