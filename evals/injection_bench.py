@@ -39,6 +39,9 @@ def _with_titles(catalogue, items: set[int], suffix: str):
     return Catalogue(injected, catalogue.features)
 
 
+PROMPT = "full"  # the style that shows item and user text to the policy (the compact one shows none: nothing to inject there)
+
+
 def _next_action(chat, catalogue, kits, ep: dict, tools) -> str:
     """The model's constrained next action after a scripted analyze_text and ask_user."""
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
@@ -49,7 +52,8 @@ def _next_action(chat, catalogue, kits, ep: dict, tools) -> str:
 
     plan = [json.dumps({"tool": "analyze_text", "args": {}}), json.dumps({"tool": "ask_user", "args": {"modality_type": "text", "query": "What do you feel like?"}}),
             json.dumps({"tool": SCORE_TOOL, "args": {"weights": {}}})]  # fmt: skip
-    out = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, variant="interactive", prefill=False).compile()
+    out = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, variant="interactive", prefill=False,
+                              prompt=PROMPT).compile()  # fmt: skip
     out = out.invoke(rerank_request(ep, with_target=False))
     steps = [t for t in out["trace"] if (t.get("action") or {}).get("tool") in ("analyze_text", "ask_user")]
     messages = out["messages"][: 2 + 2 * len(steps)]  # up to the answer's observation
@@ -72,7 +76,7 @@ def bench_injection(pipeline, model: str, *, requests: int = 30, seed: int = 0) 
     episodes = build_episodes(pipeline, "test", families=["full"], limit=requests, seed=seed)
 
     def run(cat, toolkits, ep, variant="auto"):
-        graph = create_mma_reranker(chat, catalogue=cat, toolkits=toolkits, variant=variant, alpha=0.5).compile()
+        graph = create_mma_reranker(chat, catalogue=cat, toolkits=toolkits, variant=variant, alpha=0.5, prompt=PROMPT).compile()
         return graph.invoke(rerank_request(ep, with_target=False))
 
     sites = ("clean (second run)", "candidate titles", "history titles", "ask_user answer")

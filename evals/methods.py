@@ -523,9 +523,14 @@ PROBES = ("random-probe", "popularity-probe", "lowest-first-stage-probe", "centr
           "centrality-probe-behaviour", "oracle")  # every report table carries these rows
 
 
-def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str, str], user: list[str] | None = None) -> list[Method]:
+LOOKUP = "Lookup control (no LLM)"  # the lookup control's row (the report pairs MMA-Auto with it)
+
+
+def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str, str], user: list[str] | None = None,
+                  interactive: str | None = None) -> list[Method]:  # fmt: skip
     """The method rows by short name (default: all), then the user's own (`package.module:attr`).
-    `trained`: label -> backend of trained policies."""
+    `trained`: label -> backend of trained policies; `interactive`: MMA-Interactive's backend
+    (default: the first trained policy, else the zero-shot model)."""
     table: dict[str, Any] = {
         "first-stage": FirstStage, "popularity": lambda: RetrieverMethod("popularity"), "itemknn": lambda: RetrieverMethod("itemknn"),
         "bprmf": lambda: RetrieverMethod("bprmf"), "lightgcn": lambda: RetrieverMethod("lightgcn"),
@@ -539,14 +544,14 @@ def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str,
         "centrality-probe-behaviour": lambda: CentralityProbe("behaviour"), "oracle": Oracle,
         "rule": lambda: AgentMethod("RuleRouter-Fuse", variant="rule"),
         "rule-zero-shot": lambda: AgentMethod("RuleRouter-Fuse (zero-shot evidence)", variant="rule", learned=False),
-        "lookup": lambda: AgentMethod("Lookup control (no LLM)", variant="rule", lookup=True),
+        "lookup": lambda: AgentMethod(LOOKUP, variant="rule", lookup=True),
         **{f"{s.group}-{kind}": lambda s=s, kind=kind: ChannelRow(s, kind == "learned") for s in tool_vocabulary().automated for kind in ("zero-shot", "learned")},
         **{"menu-" + ("equal" if not w else "-".join(f"{g}{int(100 * v)}" for g, v in w.items())): lambda w=w: MenuRow(w)
            for w in tool_vocabulary().weight_menu(s.group for s in tool_vocabulary().automated)},
         "listwise": lambda: ListwiseLLM(zero_shot),
         "react": lambda: AgentMethod("ReAct zero-shot (free-form)", model=zero_shot, prefill=False, group="LLM"),
         "mma-zero-shot": lambda: AgentMethod("MMA-Auto (zero-shot)", model=zero_shot),
-        "mma-interactive": lambda: AgentMethod("MMA-Interactive", model=next(iter(trained.values()), zero_shot), variant="interactive"),
+        "mma-interactive": lambda: AgentMethod("MMA-Interactive", model=interactive or next(iter(trained.values()), zero_shot), variant="interactive"),
     }  # fmt: skip
     for label, backend in trained.items():
         table[f"mma-{label.lower()}"] = lambda label=label, backend=backend: AgentMethod(f"MMA-Auto ({label})", model=backend)

@@ -20,6 +20,7 @@ import numpy as np
 
 from mma_agent.masks import OOMA_FAMILIES, TASK_FAMILIES
 
+from .methods import LOOKUP
 from .store import ResultStore
 
 FAMILIES = (*OOMA_FAMILIES, *(f for f in TASK_FAMILIES if f not in OOMA_FAMILIES))  # table order: OOMA first
@@ -274,6 +275,27 @@ def significance(res: Results, mma: str | None, keys: list[Key], baselines: list
     return out
 
 
+def policy_comparisons(res: Results, mma: str | None, keys: list[Key], baselines: list[str]) -> list[dict]:
+    """Per scope (OOMA pooled, then every family), on the episodes the MMA rows ran: MMA-Auto
+    against RuleRouter-Fuse, the lookup control, its zero-shot policy and the strongest
+    non-interactive baseline there, and MMA-Interactive against MMA-Auto (paired tests)."""
+    if mma is None:
+        return []
+    out = []
+    scopes = [("OOMA", [k for k in keys if k[0] in OOMA_FAMILIES]), *((f, [k for k in keys if k[0] == f]) for f in FAMILIES)]
+    for label, ks in scopes:
+        covered = lambda m, ks=ks: m in res.methods and bool(ks) and set(ks) <= set(res.test(m))  # noqa: E731
+        if not covered(mma):
+            continue
+        usable = [m for m in baselines if covered(m)]
+        strongest = [max(usable, key=lambda m, ks=ks: np.mean([res.test(m)[k] for k in ks]))] if usable else []
+        zero = [m for m in res.methods if m.startswith("MMA-Auto") and "zero-shot" in m and m != mma]
+        for a, b in [*((mma, b) for b in ("RuleRouter-Fuse", LOOKUP, *zero, *strongest)), ("MMA-Interactive", mma)]:
+            if a != b and covered(a) and covered(b):
+                out.append(compare(res, a, b, ks, label))
+    return out
+
+
 def coverage(res: Results, llm: list[str], all_keys: list[Key]) -> str:
     """Which LLM methods ran on every test pool and on how many per family otherwise, in words."""
     full, part = [], []
@@ -396,7 +418,8 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     valid_ooma = lambda m: np.mean([r["metrics"][res.alpha[m, r["family"]]]["ndcg@10"] for r in res.by_method[m]  # noqa: E731
                                     if r["split"] == "valid" and r["family"] in OOMA_FAMILIES] or [0])  # fmt: skip
     best_mma = max([m for m in mma if m in whole] or mma, key=valid_ooma) if mma else None
-    baselines = [m for m in res.methods if not m.startswith(("MMA-", "LLM listwise", "ReAct")) and m != "RuleRouter-Fuse" and groups.get(m) not in NOT_METHODS]
+    baselines = [m for m in res.methods if not m.startswith(("MMA-", "LLM listwise", "ReAct")) and m not in ("RuleRouter-Fuse", LOOKUP)
+                 and groups.get(m) not in NOT_METHODS]  # fmt: skip
     sig = significance(res, best_mma, all_keys, baselines, "whole test set", done := set())
     if subset_keys:
         sig += significance(res, best_mma, subset_keys, baselines, "LLM subset", done)
@@ -417,6 +440,10 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     if sub_narrow:
         md += [format_table(sub_narrow, f"## Every method on the smaller subset that {', '.join(narrow)} also ran ({len(narrow_keys)} test episodes)"), ""]
     md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the policy best on validation OOMA)"), ""]
+    policies = policy_comparisons(res, best_mma, subset_keys or all_keys, baselines)
+    if policies:
+        md += [format_table(policies, f"## Policies per family ({'the LLM subset' if subset_keys else 'whole test set'}; paired Wilcoxon, Cliff's delta): "
+                                      f"{best_mma} against RuleRouter-Fuse, the lookup control, zero-shot and the strongest baseline there"), ""]  # fmt: skip
     md += ["## Per family (whole test set)", ""]
     for t, rs in family_tables(res, whole, all_keys):
         md += [format_table(rs, t), ""]

@@ -24,9 +24,10 @@ def _actions(out: dict) -> list[str]:
 
 
 def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concurrency: int = 2, with_image: bool = True,
-                 prompts: tuple[str, ...] = ("full", "compact")) -> dict[str, list[dict]]:  # fmt: skip
+                 prompts: tuple[str, ...] = ("full", "compact"), interactive: str | None = None) -> dict[str, list[dict]]:  # fmt: skip
     """Each model (a backend string, or NAME=BACKEND) with each prompt style, MMA-Interactive with
-    the first model, and RuleRouter-Fuse, on the same test pools of the full family, one after the
+    `interactive` (NAME=BACKEND; default the first model) in the last style, and RuleRouter-Fuse,
+    on the same test pools of the full family, one after the
     other in one process; throughput (sequential, `.batch`, and for a local model masked
     `generate` without the constrained fast path) for the first model and style."""
     from mma_agent.graphs.reranker import create_mma_reranker
@@ -34,18 +35,19 @@ def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concur
     from mma_agent.metrics import ndcg_at_k
 
     catalogue, kits = pipeline.toolkits(image=with_image)
-    models = []
-    for spec in [model] if isinstance(model, str) else model:
+    def named(spec: str) -> tuple[str, object]:
         name, sep, backend = spec.partition("=")
-        name, backend = (name, backend) if sep else (spec, spec)
-        models.append((name, resolve_chat_model(backend, cache_dir=pipeline.config.workdir / "models")))
+        return (name if sep else spec), resolve_chat_model(backend if sep else spec, cache_dir=pipeline.config.workdir / "models")
+
+    models = [named(spec) for spec in ([model] if isinstance(model, str) else model)]
+    asking = named(interactive) if interactive else models[0]
     pools = pipeline.pools("full", "test")
     requests = _requests(pipeline, pools, episodes)
     targets = [str(pipeline.split.item_ids[pools.target(p)]) for p in range(len(requests))]
     relevant = [{str(pipeline.split.item_ids[i]) for i in pools.relevant(p)} for p in range(len(requests))]
     rows, speed = [], []
     runs = [(f"MMA-Auto ({name}), {style} prompt", llm, "auto", style) for name, llm in models for style in prompts]
-    runs += [(f"MMA-Interactive ({models[0][0]}, simulated user), {prompts[-1]} prompt", models[0][1], "interactive", prompts[-1]),
+    runs += [(f"MMA-Interactive ({asking[0]}, simulated user), {prompts[-1]} prompt", asking[1], "interactive", prompts[-1]),
              ("RuleRouter-Fuse", None, "rule", prompts[-1])]  # fmt: skip
     for k, (label, llm, variant, style) in enumerate(runs):
         graph = create_mma_reranker(llm, catalogue=catalogue, toolkits=kits, variant=variant, prompt=style).compile()

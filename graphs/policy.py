@@ -73,7 +73,10 @@ def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *,
 
 
 class Policy:
-    """Asks a chat model for one action, under a timeout; parses the reply.
+    """Asks a chat model for one action, under a timeout; parses the reply. The valid actions
+    are enforced where the backend can: a local model by prefill and constrained decoding, an
+    OpenAI-compatible server by its structured-outputs choice (`constrained`; vLLM and `mma serve`
+    honour it, a server that ignores it answers freely and the reply is parsed).
 
     A call past `timeout` is abandoned (the reranker falls back) and never left running unbounded:
     a backend that supports it (`supports_cancel`, the local transformers model) is told to stop
@@ -82,8 +85,8 @@ class Policy:
     that many threads and no more: further calls wait for a free thread within their timeout.
     """
 
-    def __init__(self, model: Any, *, prefill: bool, timeout: float | None, max_workers: int = 4) -> None:
-        self.model, self.prefill, self.timeout = model, prefill, timeout
+    def __init__(self, model: Any, *, prefill: bool, timeout: float | None, max_workers: int = 4, constrained: bool = True) -> None:
+        self.model, self.prefill, self.timeout, self.constrained = model, prefill, timeout, constrained
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mma-policy") if timeout is not None else None
 
     def ask(self, messages: list[dict], allowed: list[str] | None = None) -> tuple[str, dict]:
@@ -93,7 +96,14 @@ class Policy:
 
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         lc = [kinds[m["role"]](m["content"]) for m in messages]
-        kwargs = {"prefill": PREFILL, "allowed_completions": allowed, "stop_strings": ["\n"]} if self.prefill else {}
+        if self.prefill:  # a local model: the prefill, then constrained decoding over its continuations
+            kwargs = {"prefill": PREFILL, "allowed_completions": allowed, "stop_strings": ["\n"]}
+        elif self.constrained and allowed:  # a served model: the whole action lines, as the server's structured-outputs choice
+            from mma_agent.llm import choice_kwargs
+
+            kwargs = choice_kwargs(self.model, [PREFILL + c for c in allowed])
+        else:
+            kwargs = {}
         if self._pool is None:
             out = self.model.invoke(lc, **kwargs)
         else:

@@ -81,6 +81,9 @@ def create_mma_reranker(
     model: a chat model or a backend string ("transformers:smollm2-135m", "openai:NAME", ...);
     ignored (may be None) for variant="rule", the RuleRouter-Fuse control.
     prefill: start the reply with '{"tool": "' (local transformers models; default: on for them).
+    Valid actions are enforced by default: a local model by prefill and constrained decoding, an
+    `openai:` server by vLLM's structured-outputs choice in each request; prefill=False asks a
+    model for free-form replies (the ReAct baseline).
     native_tools: for backends with native tool calling (OpenAI-compatible servers with tools,
     vLLM with a tool parser): `bind_tools` and read the model's tool calls instead of JSON text.
     router: for variant="rule", the policy without an LLM, (tools, trace) -> action (default:
@@ -107,10 +110,11 @@ def create_mma_reranker(
         from mma_agent.llm import TransformersChatModel, resolve_chat_model
 
         model = resolve_chat_model(model, **(backend_kwargs or {}))
+        free_form = prefill is False or native_tools  # no constraint asked for (or tool calls are the format)
         prefill = isinstance(model, TransformersChatModel) if prefill is None else prefill
         if native_tools:
             model = model.bind_tools(tool_schemas(tools, tools.names(interactive=variant == "interactive"), scoring))
-        policy = Policy(model, prefill=bool(prefill), timeout=timeout)
+        policy = Policy(model, prefill=bool(prefill), timeout=timeout, constrained=not free_form)
     nodes = RerankNodes(policy, catalogue, toolkits, tools, variant=variant, alpha=alpha, max_turns=max_turns, scoring=scoring,
                         router=router or rule_action, prompt=prompt)  # fmt: skip
     g = RerankerGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)

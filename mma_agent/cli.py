@@ -135,7 +135,8 @@ def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
     p = _pipeline(args)
-    _print_tables(bench_rerank(p, args.model, episodes=args.episodes, concurrency=args.concurrency, prompts=tuple(args.prompts)))
+    _print_tables(bench_rerank(p, args.model, episodes=args.episodes, concurrency=args.concurrency, prompts=tuple(args.prompts),
+                               interactive=args.interactive_model))  # fmt: skip
 
 
 def cmd_train_record(args) -> None:
@@ -348,7 +349,7 @@ def cmd_eval_run(args) -> None:
     names = args.methods
     if names is not None:  # the first stage, the probes and the oracle are rows of every table
         names = [n for n in ("first-stage", *PROBES) if n not in names] + names
-    methods = build_methods(names, zero_shot=args.model, trained=trained, user=args.method)
+    methods = build_methods(names, zero_shot=args.model, trained=trained, user=args.method, interactive=args.interactive_policy)
     path = _store_path(args, p)
     start = time.perf_counter()
     summary = run_eval(p, path, methods, splits=args.splits, families=args.families, limit=args.limit,
@@ -461,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")
     br.add_argument("--model", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, optionally NAME=BACKEND (each a row per prompt style)")
     br.add_argument("--prompts", nargs="+", choices=list(PROMPT_STYLES), default=list(PROMPT_STYLES)[::-1], help="prompt styles to compare (default: full, then compact)")
+    br.add_argument("--interactive-model", metavar="[NAME=]BACKEND", help="MMA-Interactive's policy (default: the first --model)")
     br.add_argument("--episodes", type=int, default=20)
     br.add_argument("--concurrency", type=int, default=2)
     br.set_defaults(func=cmd_bench_rerank)
@@ -542,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds for stochastic methods")
     er.add_argument("--concurrency", type=int, default=2, help="episodes in flight for LLM methods (LangGraph batch)")
     er.add_argument("--model", default="transformers:smollm2-135m", help="zero-shot backend for ReAct, listwise and MMA-Auto (zero-shot)")
-    er.add_argument("--trained", nargs="+", metavar="LABEL=BACKEND", help="trained policies, each a row 'MMA-Auto (LABEL)'; MMA-Interactive runs the first")
+    er.add_argument("--trained", nargs="+", metavar="LABEL=BACKEND", help="trained policies, each a row 'MMA-Auto (LABEL)'")
+    er.add_argument("--interactive-policy", metavar="BACKEND", help="MMA-Interactive's policy (default: the first --trained, else --model)")
     er.add_argument("--fresh", action="store_true", help="drop the selected methods' stored episodes first and run them again")
     er.set_defaults(func=cmd_eval_run)
     ep = ev.add_parser("report", parents=[common], help="Markdown report with tables, tests, diagnostics and plots")

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -132,6 +133,7 @@ class TransformersChatModel(BaseChatModel):
     `invoke(..., cancel=threading.Event())` stops decoding at the next token once the event is set."""
 
     supports_cancel: ClassVar[bool] = True
+    supports_choice: ClassVar[bool] = True  # `invoke(..., allowed_completions=[...])` answers exactly one of them
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -312,6 +314,20 @@ def _vllm(name: str, cache_dir: Path, **kw: Any) -> BaseChatModel:
         raise RuntimeError(msg)
     mod = _require("langchain_community.llms.vllm", "vllm")
     return mod.VLLM(model=name, **kw)
+
+
+def choice_kwargs(model: Any, choices: list[str]) -> dict[str, Any]:
+    """What to pass a chat model's `invoke` so its reply is one of `choices`, where its backend
+    can enforce that: an OpenAI-compatible client sends vLLM's structured-outputs choice in the
+    request body (both spellings: `structured_outputs` since vLLM 0.12, `guided_choice` before;
+    a server ignores the one it does not know, `mma serve` reads both), a local model decodes
+    under the constraint. Empty for anything else (the reply is then parsed as it comes)."""
+    if getattr(model, "supports_choice", False):
+        return {"allowed_completions": choices, "prefill": ""}
+    openai = sys.modules.get("langchain_openai")
+    if openai is not None and isinstance(model, openai.ChatOpenAI):
+        return {"extra_body": {"structured_outputs": {"choice": choices}, "guided_choice": choices}}
+    return {}
 
 
 BACKENDS: dict[str, Callable[..., BaseChatModel]] = {"transformers": _transformers, "openai": _openai, "vllm": _vllm}

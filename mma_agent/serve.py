@@ -2,7 +2,9 @@
 
 It speaks the subset of the protocol the `openai:` backend uses: POST /v1/chat/completions with
 `model`, `messages`, optional `max_tokens` / `max_completion_tokens`, answering one non-streamed
-choice with usage; GET /v1/models. It serves the embedded model to other processes and lets the
+choice with usage; GET /v1/models. Like vLLM's server it honours the structured-outputs choice
+(`{"structured_outputs": {"choice": [...]}}`, or the older `{"guided_choice": [...]}`): with a
+local model the reply is exactly one of the choices, by constrained decoding. It serves the embedded model to other processes and lets the
 tests exercise the OpenAI-compatible path against a real server. At scale, use `vllm serve`.
 
 Built on Starlette and uvicorn (the `serve` extra): every request body is capped (413 past
@@ -19,7 +21,7 @@ import logging
 import socket
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,6 +36,19 @@ class ChatMessage(BaseModel):
     content: str
 
 
+MAX_CHOICES = 1024  # the reranker offers at most a few dozen actions
+ChoiceText = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` request field; `choice` is the part served here (the others
+    are accepted and ignored, so the client falls back to parsing what it gets)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    choice: list[ChoiceText] | None = Field(default=None, min_length=1, max_length=MAX_CHOICES)
+
+
 class ChatRequest(BaseModel):
     """The fields read from a chat-completions request; others (temperature, ...) are accepted and ignored."""
 
@@ -43,10 +58,17 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=32_768)
+    structured_outputs: StructuredOutputs | None = None  # vLLM's request extension (vLLM >= 0.12)
+    guided_choice: list[ChoiceText] | None = Field(default=None, min_length=1, max_length=MAX_CHOICES)  # its older spelling
 
     @property
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens  # newer clients send the former
+
+    @property
+    def choice(self) -> list[str] | None:
+        """The replies the request allows (vLLM's structured-outputs choice), if it names any."""
+        return (self.structured_outputs.choice if self.structured_outputs else None) or self.guided_choice
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error"):
@@ -108,7 +130,9 @@ def create_app(model: Any, model_name: str, *, max_body: int = MAX_BODY, concurr
             want = req.limit or getattr(model, "max_new_tokens", 0)
             if n + want > window:
                 return _error(400, f"the prompt is {n} tokens and asks for {want} more; the context length of {model_name} is {window}")
-        kw = {"max_new_tokens": req.limit} if req.limit else {}
+        kw: dict[str, Any] = {"max_new_tokens": req.limit} if req.limit else {}
+        if req.choice and getattr(model, "supports_choice", False):  # the reply is exactly one of them (constrained decoding)
+            kw.update(allowed_completions=req.choice, prefill="")
         try:
             out = await anyio.to_thread.run_sync(lambda: model.invoke(msgs, **kw), limiter=limiter)
         except Exception as err:  # the server stays up; the client sees an error response

@@ -104,5 +104,10 @@ def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkey
     assert seen[0][2] == str(tmp_path / "base") and seen[0][3]["gradient_accumulation_steps"] == 2
     assert seen[1][2].endswith("train/sft/policy") and seen[2][2].endswith("train/dpo/policy")
     assert all(n > 0 for _, n, _, _ in seen)
+    assert seen[0][3]["lora_layers"] == 6 and seen[1][3]["lora_layers"] == 6  # LoRA on the top layers by default
+    # the interactive policy: ask_user in the plan space, its own folders, its own chain
+    assert main(["train", "sft", "--interactive", *common, "--lora-layers", "0", "--per-family", "1"]) == 0
+    assert main(["train", "dpo", "--interactive", *common[:-2], "--per-family", "1"]) == 0
+    assert seen[-2][3]["lora_layers"] == 0 and seen[-1][2].endswith("train/sft-interactive/policy")
     assert main(["train", "sft", *common, "--trl", "no_equals_sign"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err

@@ -56,3 +56,31 @@ def test_unreachable_server_falls_back(tmp_path):
     model = resolve_chat_model("openai:x", base_url="http://127.0.0.1:9/v1", timeout=2)
     with pytest.raises(Exception):  # noqa: B017 - the reranker turns any backend error into a fallback
         model.invoke([HumanMessage("hi")])
+
+
+@pytest.mark.slow
+def test_a_served_model_is_held_to_the_valid_actions(server, tmp_path):
+    """SmolLM2 asked to say hello says something else than an action; with vLLM's structured-outputs
+    choice in the request (`mma serve` implements it, over real HTTP) it answers one of them, and a
+    reranker over `openai:` takes only valid actions."""
+    from langchain_core.messages import HumanMessage
+
+    from mma_agent.dataset import load_dataset
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.llm import choice_kwargs, resolve_chat_model
+    from mma_agent.splits import split_dataset
+    from mma_agent.toolkits import prepare_toolkits
+    from tests.conftest import write_tiny_dataset
+
+    model = resolve_chat_model("openai:transformers:smollm2-135m", base_url=server, max_tokens=24)
+    choices = ['{"tool": "analyze_text", "args": {}}', '{"tool": "retrieve_graph", "args": {}}']
+    assert model.invoke([HumanMessage("Say hello.")]).content not in choices
+    assert model.invoke([HumanMessage("Say hello.")], **choice_kwargs(model, choices)).content in choices
+
+    split = split_dataset(load_dataset(write_tiny_dataset(tmp_path / "tiny")))
+    catalogue, kits = prepare_toolkits(split, tmp_path / "cache", image_model=None)
+    graph = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
+    cands = [f"m{i}" for i in range(0, 40, 3)]
+    out = graph.invoke({"user_id": "u0", "candidates": cands, "first_stage_scores": [float(i) for i in range(len(cands))]})
+    assert not out["fallback"] and out["usage"]["llm_calls"] >= 2, out["reason"]
+    assert not [t for t in out["trace"] if t.get("invalid")] and out["trace"][-1]["action"]["tool"] == "score_candidates"

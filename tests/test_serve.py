@@ -76,3 +76,31 @@ def test_unknown_routes_and_backend_failures_answer_json_errors():
     assert c.get("/v1/chat/completions").status_code == 405
     r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 500 and "the GPU caught fire" in r.json()["error"]["message"]
+
+
+class _Choosing(FakeListChatModel):
+    """Records what the server asks of a model that can decode under a choice constraint."""
+
+    supports_choice: bool = True
+    seen: list = []
+
+    def _call(self, messages, stop=None, run_manager=None, **kwargs):
+        self.seen.append(kwargs)
+        return kwargs.get("allowed_completions", ["free"])[-1]
+
+
+def test_the_structured_outputs_choice_reaches_a_model_that_can_keep_to_it():
+    model = _Choosing(responses=["x"], seen=[])
+    c = _client(model)
+    msgs = [{"role": "user", "content": "hi"}]
+    for extension in ({"structured_outputs": {"choice": ["a", "b"]}}, {"guided_choice": ["a", "b"]}):  # vLLM's spelling, and its older one
+        r = c.post("/v1/chat/completions", json={"messages": msgs, **extension})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "b"
+    assert model.seen[-1]["allowed_completions"] == ["a", "b"] and model.seen[-1]["prefill"] == ""
+    assert c.post("/v1/chat/completions", json={"messages": msgs}).json()["choices"][0]["message"]["content"] == "free"
+    plain = _client()
+    assert plain.post("/v1/chat/completions", json={"messages": msgs, "guided_choice": ["a"]}).json()["choices"][0]["message"]["content"] == "ok"
+    for bad, where in (({"structured_outputs": {"choice": []}}, "structured_outputs.choice"), ({"guided_choice": ["a", 3]}, "guided_choice.1"),
+                       ({"structured_outputs": {"choice": [""]}}, "structured_outputs.choice.0")):  # fmt: skip
+        r = c.post("/v1/chat/completions", json={"messages": msgs, **bad})
+        assert r.status_code == 400 and where in r.json()["error"]["message"], r.text
