@@ -141,6 +141,7 @@ class TransformersChatModel(BaseChatModel):
     max_new_tokens: int = 96
     temperature: float = 0.0
     dtype: str = "bfloat16"
+    device: str | None = None  # a torch device ("cpu", "cuda", "cuda:1"); None: CUDA when available, else the CPU
     fast_constrained: bool = True  # constrained greedy decoding by `_constrained_greedy` (False: masked `generate`)
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
@@ -158,10 +159,20 @@ class TransformersChatModel(BaseChatModel):
             if self._model is None:
                 transformers = _require("transformers", "local")
                 torch = _require("torch", "local")
+                device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+                if device.startswith("cuda") and not torch.cuda.is_available():
+                    msg = f"device={device!r} but torch sees no CUDA GPU here; use device='cpu' (or leave it unset to pick what exists)"
+                    raise RuntimeError(msg)
                 tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
-                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
+                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype)).to(device)
                 model.eval()
                 self._tokenizer, self._model = tokenizer, model
+
+    @property
+    def torch_device(self) -> Any:
+        """The device the model runs on (loads the model)."""
+        self._load()
+        return self._model.device
 
     @property
     def context_length(self) -> int:
@@ -222,7 +233,7 @@ class TransformersChatModel(BaseChatModel):
                 tok = allowed[0]
             else:
                 with torch.no_grad():
-                    res = self._model(input_ids=torch.tensor([pending]), cache=cache, use_cache=True)
+                    res = self._model(input_ids=torch.tensor([pending], device=self._model.device), cache=cache, use_cache=True)
                 cache, pending = res.cache, []
                 logits = res.logits[0, -1].float()
                 tok = allowed[int(torch.argmax(logits[allowed]))]
@@ -247,7 +258,7 @@ class TransformersChatModel(BaseChatModel):
         # model to the action format without a tool-aware chat template.
         prefill = kwargs.get("prefill", "")
         prompt = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + prefill
-        ids = self._tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        ids = self._tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self._model.device)
         sample = self.temperature > 0
         start = time.perf_counter()
         allowed = kwargs.get("allowed_completions")
