@@ -28,7 +28,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from mma_agent.extras import require as _require
 
@@ -317,14 +317,59 @@ def _openai(name: str, cache_dir: Path, *, base_url: str | None = None, api_key:
     return mod.ChatOpenAI(model=name, base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0, **kw)
 
 
+class VLLMChatModel(BaseChatModel):
+    """A chat model over vLLM in-process (`vllm.LLM.chat`), greedy by default; reports token usage.
+    `invoke(..., allowed_completions=[...])` answers exactly one of them, by vLLM's structured
+    outputs (a `choice`); a `prefill` is prepended to each (the reply is the whole line)."""
+
+    supports_choice: ClassVar[bool] = True
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str
+    max_new_tokens: int = 96
+    temperature: float = 0.0
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM (gpu_memory_utilization, max_model_len, ...)
+    _llm: Any = PrivateAttr(default=None)
+
+    @property
+    def _llm_type(self) -> str:
+        return "mma-vllm"
+
+    def _load(self) -> Any:
+        with _LOAD_LOCK:
+            if self._llm is None:
+                self._llm = _require("vllm", "vllm").LLM(model=self.model, **self.engine_kwargs)
+        return self._llm
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None,
+                  **kwargs: Any) -> ChatResult:  # fmt: skip
+        sampling = _require("vllm.sampling_params", "vllm")
+        llm = self._load()
+        chat = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+        params: dict[str, Any] = {"temperature": self.temperature, "max_tokens": kwargs.get("max_new_tokens", self.max_new_tokens), "stop": stop}
+        allowed = kwargs.get("allowed_completions")
+        if allowed:
+            choice = [kwargs.get("prefill", "") + c for c in allowed]
+            if hasattr(sampling, "StructuredOutputsParams"):  # vLLM >= 0.12
+                params["structured_outputs"] = sampling.StructuredOutputsParams(choice=choice)
+            else:
+                params["guided_decoding"] = sampling.GuidedDecodingParams(choice=choice)
+        start = time.perf_counter()
+        out = llm.chat([chat], sampling.SamplingParams(**params), use_tqdm=False)[0]
+        n_in, n_out = len(out.prompt_token_ids or []), len(out.outputs[0].token_ids)
+        msg = AIMessage(content=out.outputs[0].text.strip(), usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
+                        response_metadata={"model": self.model, "seconds": time.perf_counter() - start})  # fmt: skip
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+
 def _vllm(name: str, cache_dir: Path, **kw: Any) -> BaseChatModel:
     _require("vllm", "vllm")
     torch = _require("torch", "local")
     if not torch.cuda.is_available():
         msg = "vllm:<model> runs vLLM in-process and needs a CUDA GPU; use openai:<model> with a vLLM server elsewhere"
         raise RuntimeError(msg)
-    mod = _require("langchain_community.llms.vllm", "vllm")
-    return mod.VLLM(model=name, **kw)
+    return VLLMChatModel(model=name, **kw)
 
 
 def choice_kwargs(model: Any, choices: list[str]) -> dict[str, Any]:

