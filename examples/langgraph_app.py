@@ -1,8 +1,10 @@
 """The reranker for the LangGraph CLI / server (see langgraph.json), and as a subgraph and a tool.
 
-Environment (read here, in the app, never in the library): MMA_DATA (data set folder),
-MMA_WORKDIR (the workdir `mma pipeline` built, default .mma; its caches are reused), MMA_IMAGE=0
-(leave the poster toolkit out), MMA_MODEL (backend string, default transformers:smollm2-135m).
+Environment (read here, in the app, never in the library): MMA_CONFIG (a pipeline YAML, default
+the built-in settings), MMA_DATA (data set folder), MMA_WORKDIR (the workdir `mma pipeline` built,
+default .mma; its caches are reused), MMA_IMAGE=0 (leave the poster toolkit out), MMA_MODEL
+(backend string, default transformers:smollm2-135m; e.g. openai:<model> with MMA_BASE_URL for a
+vLLM server), MMA_INTERACTIVE_MODEL (MMA-Interactive's policy, default MMA_MODEL).
 """
 
 from __future__ import annotations
@@ -13,14 +15,22 @@ from typing import TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from mma_agent import Pipeline, PipelineConfig, create_mma_reranker, create_rerank_tool
+from mma_agent.config import load_config
 
-_config = {"data": {"path": os.environ.get("MMA_DATA", "../shared/datasets/movielens-posters")}, "workdir": os.environ.get("MMA_WORKDIR", ".mma")}
-_pipeline = Pipeline(PipelineConfig.model_validate(_config))
+_base = load_config(os.environ.get("MMA_CONFIG")).model_dump()
+_base["data"]["path"] = os.environ.get("MMA_DATA", "../shared/datasets/movielens-posters")
+_base["workdir"] = os.environ.get("MMA_WORKDIR", ".mma")
+_pipeline = Pipeline(PipelineConfig.model_validate(_base))
 _split = _pipeline.split
 _catalogue, _kits = _pipeline.toolkits(image=os.environ.get("MMA_IMAGE", "1") != "0")
+_model = os.environ.get("MMA_MODEL", "transformers:smollm2-135m")
+_backend = {"base_url": os.environ["MMA_BASE_URL"]} if "MMA_BASE_URL" in os.environ else None
 
-# 1. The graph itself (langgraph.json exposes it as "mma_reranker").
-graph = create_mma_reranker(os.environ.get("MMA_MODEL", "transformers:smollm2-135m"), catalogue=_catalogue, toolkits=_kits).compile()
+# 1. The graph itself (langgraph.json exposes it as "mma_reranker"), and MMA-Interactive ("mma_interactive"):
+#    its questions pause the run (LangGraph interrupt); the server's thread resumes it with the answer.
+graph = create_mma_reranker(_model, catalogue=_catalogue, toolkits=_kits, backend_kwargs=_backend).compile()
+interactive_graph = create_mma_reranker(os.environ.get("MMA_INTERACTIVE_MODEL", _model), catalogue=_catalogue, toolkits=_kits,
+                                        variant="interactive", backend_kwargs=_backend).compile()  # fmt: skip
 
 # 2. As a subgraph: a host pipeline whose state carries the reranker's input and output keys.
 class HostState(TypedDict, total=False):
