@@ -136,7 +136,7 @@ def cmd_bench_rerank(args) -> None:
 
     p = _pipeline(args)
     _print_tables(bench_rerank(p, args.model, episodes=args.episodes, concurrency=args.concurrency, prompts=tuple(args.prompts),
-                               interactive=args.interactive_model))  # fmt: skip
+                               interactive=args.interactive_model, base_url=args.base_url))  # fmt: skip
 
 
 def cmd_train_record(args) -> None:
@@ -463,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--model", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, optionally NAME=BACKEND (each a row per prompt style)")
     br.add_argument("--prompts", nargs="+", choices=list(PROMPT_STYLES), default=list(PROMPT_STYLES)[::-1], help="prompt styles to compare (default: full, then compact)")
     br.add_argument("--interactive-model", metavar="[NAME=]BACKEND", help="MMA-Interactive's policy (default: the first --model)")
+    br.add_argument("--base-url", help="the OpenAI-compatible server of openai: models, e.g. http://127.0.0.1:8000/v1 (vLLM, mma serve)")
     br.add_argument("--episodes", type=int, default=20)
     br.add_argument("--concurrency", type=int, default=2)
     br.set_defaults(func=cmd_bench_rerank)
@@ -507,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels_arg(ts)
     lora_arg(ts)
     td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
-    trainer_args(td, 30, 1e-4, 4)
+    trainer_args(td, 20, 1e-4, 4)
     td.add_argument("--beta", type=float, default=0.1)
     td.add_argument("--margin", type=float, default=0.01, help="least value gap for a pair")
     labels_arg(td)

@@ -6,7 +6,7 @@
 # Run scripts/evidence.sh and scripts/train.sh first (the lookup table and the policies).
 # Re-running resumes: finished episodes are skipped (the lookup row is redone: its table may be new).
 #   RUN        run name (default evidence-v1)
-#   LLM_LIMIT  pools per family and split for the LLM rows (default 60)
+#   LLM_LIMIT  pools per family and split for the LLM rows (default 40)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 run="${RUN:-evidence-v1}"
 out=evals/results/policy
@@ -15,7 +15,14 @@ sft="transformers:$work/train/sft/policy"
 asking="transformers:$work/train/sft-interactive/policy"
 t0=$SECONDS
 mma eval run --run "$run" --fresh --methods lookup
-mma eval run --run "$run" --llm-limit "${LLM_LIMIT:-60}" --methods mma-zero-shot mma-sft mma-interactive --trained "SFT=$sft" --interactive-policy "$asking"
+mma eval run --run "$run" --llm-limit "${LLM_LIMIT:-40}" --methods mma-zero-shot mma-sft mma-interactive --trained "SFT=$sft" --interactive-policy "$asking"
 mma eval report "$run" --out "$out" --title "Policies on MovieLens-posters (protocol v2): MMA-Auto zero-shot and trained, MMA-Interactive, the lookup control"
-mma bench rerank --model "zero-shot=transformers:smollm2-135m" "SFT=$sft" --interactive-model "SFT-interactive=$asking" | tee evals/results/bench-rerank.md
+# the bench: the embedded model before (zero-shot) and after (SFT), in-process and over `mma serve` (openai:, one process serving the SFT policy)
+log="$(mktemp)"
+mma serve --model "$sft" --port 0 > "$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null' EXIT
+until url="$(grep -o 'http://127.0.0.1:[0-9]*/v1' "$log")"; do kill -0 $server || { cat "$log"; exit 1; }; sleep 1; done
+mma bench rerank --model "zero-shot=transformers:smollm2-135m" "SFT=$sft" "SFT over mma serve=openai:$sft" --base-url "$url" \
+  --interactive-model "SFT-interactive=$asking" | tee evals/results/bench-rerank.md
 echo "policy evaluation wall time: $((SECONDS - t0)) s"
