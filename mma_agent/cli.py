@@ -279,14 +279,14 @@ def cmd_train_eval(args) -> None:
 
     from mma_agent.toolkits import tool_vocabulary
     from mma_agent.training.routing import LookupRouter, llm_policy, router_policy, routing_diagnostic, sample_states
-    from mma_agent.training.sft import decision_points, explore_support
+    from mma_agent.training.sft import decision_points, explore_support, pooled_values
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     parts = {part: [e for e in episodes if e["part"] == part] for part in ("support", "query")}
     points = decision_points(explore_support(p, parts["support"], catalogue, kits, interactive=args.interactive)[0])
     query = parts["query"]
     tools = tool_vocabulary(kits)
-    lookup = LookupRouter.fit(points, tools, interactive=args.interactive)
+    lookup = LookupRouter.fit(pooled_values(points, tools, interactive=args.interactive), tools, interactive=args.interactive)  # the SFT labels' values
     lookup.save(_train_dir(args, p, "lookup") / "table.json")
     routers = {"RuleRouter-Fuse": rule_action, "Lookup control (no LLM)": lookup}
     policies = {name: create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", router=r).compile() for name, r in routers.items()}
@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="action values pooled over the states that observed the same (default), or each state's own")  # fmt: skip
 
     ts = train.add_parser("sft", parents=[common], help="SFT on the best action at every explored state of the support episodes (TRL)")
-    trainer_args(ts, 120, 5e-4, 8)
+    trainer_args(ts, 60, 5e-4, 8)
     ts.add_argument("--rows", choices=["balanced", "path", "all", "best"], default="balanced",
                     help="start, after-Null and after-evidence states in balance (default), best-action path plus Null recovery, "
                     "every explored state, or the hindsight-best plans")  # fmt: skip

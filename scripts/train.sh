@@ -4,7 +4,7 @@
 # Every stage checkpoints and resumes: re-running after a crash continues where it stopped
 # (explorations are cached by content; trainers resume from their newest checkpoint).
 #   PER_FAMILY  episodes per task family (default 20: 16 support + 4 query)
-#   SFT_STEPS, SFT_INTERACTIVE_STEPS, DPO_STEPS, GRPO_STEPS  optimiser steps per stage (default 120 / 60 / 20 / 12;
+#   SFT_STEPS, SFT_INTERACTIVE_STEPS, DPO_STEPS, GRPO_STEPS  optimiser steps per stage (default 60 / 60 / 20 / 12;
 #   SFT's loss flattens after about one epoch, 60 steps of 8 rows)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 per_family="${PER_FAMILY:-20}"
@@ -16,7 +16,7 @@ stage() {
   "$@"
   times+=("| $name | $((SECONDS - t0)) s |")
 }
-stage "SFT (explore + train)" mma train sft --per-family "$per_family" --max-steps "${SFT_STEPS:-120}" "$@"
+stage "SFT (explore + train)" mma train sft --per-family "$per_family" --max-steps "${SFT_STEPS:-60}" "$@"
 stage "SFT, interactive (explore with ask_user + train)" mma train sft --interactive --per-family "$per_family" --max-steps "${SFT_INTERACTIVE_STEPS:-60}" "$@"
 stage "DPO" mma train dpo --per-family "$per_family" --max-steps "${DPO_STEPS:-20}" "$@"
 stage "GRPO" mma train grpo --per-family "$per_family" --max-steps "${GRPO_STEPS:-12}" "$@"

@@ -77,17 +77,26 @@ def _observed(point: dict, words: list[str]) -> dict:
     return {**point, "prompt": prompt}
 
 
-def test_pooled_values_average_what_the_policy_observed_and_keep_only_valid_actions():
+def test_pooled_values_average_what_the_policy_observed_and_back_up_its_own_choices():
     from mma_agent.training.sft import pooled_values, signature
 
-    strong = [_observed(_point("full", [TEXT], [False], {TEXT_ONLY: v, GRAPH: 0.1}), ["strong"]) for v in (0.5, 0.0, 0.4)]
-    weak = [_observed(_point("full", [TEXT], [False], {TEXT_ONLY: v, GRAPH: 0.2}), ["weak"]) for v in (0.0, 0.1)]
-    null = [_point("image-only", [TEXT], [True], {EQUAL: -0.02, IMAGE: v}) for v in (0.0, 0.3)]
-    assert signature(strong[0]) == (("analyze_text", False, "strong"),) and signature(null[0]) == (("analyze_text", True, None),)
-    pooled = pooled_values(strong + weak + null, min_states=3)
-    assert pooled[0]["values"] == pytest.approx({TEXT_ONLY: 0.3, GRAPH: 0.1}) and pooled[0]["pooled"] == 3  # its signature: 3 states
-    assert pooled[3]["values"] == pytest.approx({TEXT_ONLY: 0.2, GRAPH: 0.14}) and pooled[3]["pooled"] == 5  # too few weak ones: the pattern
-    assert pooled[5]["values"] == pytest.approx({IMAGE: 0.15})  # scoring on nothing while a tool is untried is not an action here
+    def episode(i, word, text_only, equal):  # a start state and the state after a text call that answered
+        root = {**_point("full", [], [], {TEXT: 9.9, GRAPH: 0.3}), "id": f"e{i}"}  # hindsight values of tool calls are not used
+        after = {**_observed(_point("full", [TEXT], [False], {TEXT_ONLY: text_only, EQUAL: equal}), [word]), "id": f"e{i}"}
+        return [root, after]
+
+    pts = [*episode(0, "strong", 0.5, 0.1), *episode(1, "strong", 0.0, 0.1), *episode(2, "strong", 0.4, 0.1),
+           *episode(3, "weak", 0.0, 0.2), *episode(4, "weak", 0.1, 0.2)]  # fmt: skip
+    null = {**_point("image-only", [TEXT], [True], {EQUAL: -0.02, IMAGE: 0.5}), "id": "e5"}
+    null_next = {**_point("image-only", [TEXT, IMAGE], [True, False], {EQUAL: 0.3, TEXT_ONLY: 0.9}), "id": "e5"}
+    assert signature(pts[1]) == (("analyze_text", False, "strong"),) and signature(null) == (("analyze_text", True, None),)
+    pooled = pooled_values([*pts, null, null_next], min_states=3)
+    assert pooled[1]["values"] == pytest.approx({TEXT_ONLY: 0.3, EQUAL: 0.1}) and pooled[1]["pooled"] == 3  # its signature: 3 states
+    assert pooled[7]["values"] == pytest.approx({TEXT_ONLY: 0.2, EQUAL: 0.14}) and pooled[7]["pooled"] == 5  # too few weak ones: the pattern
+    # the start: a text call is worth what each episode gets after it when the policy then scores on text alone, as pooled
+    assert pooled[0]["values"] == pytest.approx({TEXT: (0.5 + 0.0 + 0.4 + 0.0 + 0.1) / 5}) and pooled[0]["pooled"] == 5
+    # after a Null: scoring on nothing is not an action while a tool is untried; the image call is worth its state's valid score
+    assert pooled[10]["values"] == pytest.approx({IMAGE: 0.3}) and pooled[11]["values"] == pytest.approx({EQUAL: 0.3})
 
 
 def test_balanced_rows_draw_every_depth_and_every_class():

@@ -198,35 +198,59 @@ def signature(point: dict) -> tuple:
 
 
 def pooled_values(points: list[dict], tools: ToolVocabulary | None = None, *, interactive: bool = False, min_states: int = 8) -> list[dict]:
-    """Less noisy action values: each state's values replaced by the mean, over the states that
-    share its signature (`signature`: the pattern and strength words the policy observed), of
-    each action's value, where at least `min_states` share it; else over the states sharing the
-    pattern alone. Only actions valid at the state (what constrained decoding allows) are kept,
-    and only those explored at every pooled state.
+    """Less noisy action values, and continuations a policy could actually follow.
 
-    Why: an action's value at one state is one held-out target's NDCG (minus costs), and for most
-    pools no plan puts that target in the top 10, so every action ties up to its cost and the
-    cheapest wins the label. Pooling asks instead which action does best on average given what
-    the policy can see, which is what a policy that cannot see the target should learn."""
+    Each state's value of an action becomes its mean over the states that share the state's
+    signature (`signature`: the pattern and strength words the policy observed) where at least
+    `min_states` share it, else over the states sharing the pattern alone. A scoring action is
+    worth its plan's Eq. 3 reward. A tool call is worth what the state after it is worth when the
+    policy then acts on these pooled values itself: the state's reward under the action with the
+    best pooled value there (computed from the deepest states up). Only actions valid at the
+    state (what constrained decoding allows) count.
+
+    Why: one target's NDCG is a noisy value (for most pools no plan reaches the target, so every
+    action ties up to its cost and the cheapest wins the label); and `decision_points` values a
+    tool call by the best plan after it for this very target, a continuation chosen in hindsight,
+    which overvalues every action that leaves more choices open (asking, the last step of every
+    plan, was never the label, because any tool before it kept the option to ask). Pooling asks
+    which action does best on average given what the policy can see; backing up through the
+    pooled choices values a call by what a policy that cannot see the target gets after it."""
     from mma_agent.training.routing import point_pattern, valid_actions
 
     tools = tools or tool_vocabulary()
-    by_sig: dict[tuple, list[dict]] = {}
-    by_pattern: dict[tuple, list[dict]] = {}
-    for p in points:
-        by_sig.setdefault(signature(p), []).append(p)
-        by_pattern.setdefault(point_pattern(p), []).append(p)
-    means: dict[int, dict[str, float]] = {}
-    out = []
-    for p in points:
-        group = by_sig[signature(p)]
-        group = group if len(group) >= min_states else by_pattern[point_pattern(p)]
-        if id(group) not in means:
-            valid = valid_actions(group[0], tools, interactive=interactive)
-            acts = [a for a in group[0]["values"] if a in valid and all(a in q["values"] for q in group)]
-            means[id(group)] = {a: float(np.mean([q["values"][a] for q in group])) for a in acts}
-        out.append({**p, "values": means[id(group)] or p["values"], "pooled": len(group)})
-    return out
+    worth: dict[tuple, float] = {}  # (episode, prefix) -> the state's reward under the pooled choices
+    out: dict[int, dict] = {}
+    for depth in sorted({len(p["prefix"]) for p in points}, reverse=True):
+        layer = [p for p in points if len(p["prefix"]) == depth]
+        own: dict[int, dict[str, float]] = {}
+        for p in layer:
+            valid = valid_actions(p, tools, interactive=interactive)
+            q = {}
+            for action, v in p["values"].items():
+                if action not in valid:
+                    continue
+                if json.loads(action)["tool"] == SCORE_TOOL:
+                    q[action] = v
+                elif (p["id"], (*p["prefix"], action)) in worth:
+                    q[action] = worth[p["id"], (*p["prefix"], action)]
+            own[id(p)] = q
+        by_sig: dict[tuple, list[dict]] = {}
+        by_pattern: dict[tuple, list[dict]] = {}
+        for p in layer:
+            by_sig.setdefault(signature(p), []).append(p)
+            by_pattern.setdefault(point_pattern(p), []).append(p)
+        means: dict[int, dict[str, float]] = {}
+        for p in layer:
+            group = by_sig[signature(p)]
+            group = group if len(group) >= min_states else by_pattern[point_pattern(p)]
+            if id(group) not in means:
+                acts = [a for a in own[id(group[0])] if all(a in own[id(q)] for q in group)]
+                means[id(group)] = {a: float(np.mean([own[id(q)][a] for q in group])) for a in acts}
+            values = means[id(group)] or own[id(p)] or p["values"]
+            choice = max(values, key=values.get)
+            worth[p["id"], tuple(p["prefix"])] = own[id(p)].get(choice, max(own[id(p)].values(), default=0.0))
+            out[id(p)] = {**p, "values": values, "pooled": len(group)}
+    return [out[id(p)] for p in points]
 
 
 def decision_sft_rows(points: list[dict], *, states: str = "balanced", seed: int = 0, per_depth: int = 120) -> list[dict]:
