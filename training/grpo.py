@@ -109,7 +109,7 @@ def train_grpo(rows: list[dict], reward: EnvironmentReward, base_model: str, out
         "output_dir": str(out_dir / "checkpoints"), "max_steps": max_steps, "learning_rate": lr, "num_generations": num_generations,
         "per_device_train_batch_size": num_generations * prompts_per_step, "max_completion_length": 32, "temperature": 1.0,
         "logging_steps": 1, "save_strategy": "steps", "save_steps": max(1, min(10, max_steps // 2)), "save_total_limit": 2,
-        "report_to": [], "use_cpu": True, "bf16": False, "seed": seed, "lr_scheduler_type": "constant", "log_completions": False, "gradient_checkpointing": False,
+        "report_to": [], "use_cpu": True, "bf16": False, "seed": seed, "lr_scheduler_type": "constant", "log_completions": False, "activation_checkpointing": False,
         **config_overrides,
     })  # fmt: skip
     tok = AutoTokenizer.from_pretrained(base_model, padding_side="left")

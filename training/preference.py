@@ -51,7 +51,7 @@ def train_dpo(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: in
         "output_dir": str(out_dir / "checkpoints"), "max_steps": max_steps, "learning_rate": lr, "beta": beta,
         "per_device_train_batch_size": batch_size, "logging_steps": 2, "save_strategy": "steps",
         "save_steps": max(1, min(10, max_steps // 2)), "save_total_limit": 2, "report_to": [], "use_cpu": True, "bf16": False,
-        "max_length": 1024, "seed": seed, "lr_scheduler_type": "cosine", "warmup_steps": 2, "gradient_checkpointing": False, **config_overrides,
+        "max_length": 1024, "seed": seed, "lr_scheduler_type": "cosine", "warmup_steps": 2, "activation_checkpointing": False, **config_overrides,
     })  # fmt: skip
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model)

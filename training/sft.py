@@ -337,7 +337,7 @@ def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: in
         "gradient_accumulation_steps": 1, "logging_steps": min(5, max_steps), "save_strategy": "steps", "save_steps": max(1, min(20, max_steps // 2)),
         "save_total_limit": 2, "report_to": [], "use_cpu": True, "bf16": False, "max_length": 1024, "completion_only_loss": True, "seed": seed,
         "lr_scheduler_type": "cosine", "warmup_steps": 5,
-        "gradient_checkpointing": False,  # TRL's default recomputes activations, and with LoRA makes the backward pass run through every layer
+        "activation_checkpointing": False,  # TRL's default recomputes activations, and with LoRA makes the backward pass run through every layer (the name transformers 5 gives gradient checkpointing)
         **config_overrides,
     })  # fmt: skip
     tok = AutoTokenizer.from_pretrained(base_model)
