@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -194,9 +194,10 @@ def run_eval(
     concurrency: int = 2,
     env: EvalEnv | None = None,
     notes: list[str] | None = None,
-    fresh: bool = False,
+    fresh: bool | Collection[str] = False,
 ) -> dict[str, Any]:
-    """Run every method on every episode (LLM methods on the seeded subset); resumable."""
+    """Run every method on every episode (LLM methods on the seeded subset); resumable. `fresh`:
+    drop the stored episodes of every method (True) or of the methods named, and run them again."""
     store = ResultStore(store_path)
     before = store.meta()
     if before and before.get("protocol") != PROTOCOL:
@@ -232,7 +233,7 @@ def run_eval(
     lock = threading.Lock()
     summary = {}
     for method in methods:
-        if fresh and (n := store.forget(method.name)):
+        if (fresh is True or (fresh and method.name in fresh)) and (n := store.forget(method.name)):
             log.info("%s: dropped %d stored episodes (--fresh)", method.name, n)
         done = store.done(method.name)
         seeds_m = list(seeds) if method.stochastic else [seeds[0]]

@@ -350,10 +350,12 @@ def cmd_eval_run(args) -> None:
     if names is not None:  # the first stage, the probes and the oracle are rows of every table
         names = [n for n in ("first-stage", *PROBES) if n not in names] + names
     methods = build_methods(names, zero_shot=args.model, trained=trained, user=args.method, interactive=args.interactive_policy)
+    named = methods[len(methods) - len(args.methods) - len(args.method or []) :] if args.methods else methods  # the ones asked for come last
+    fresh = {m.name for m in named} if args.fresh else False  # --fresh redoes the methods asked for, not the rows every table carries
     path = _store_path(args, p)
     start = time.perf_counter()
     summary = run_eval(p, path, methods, splits=args.splits, families=args.families, limit=args.limit,
-                       llm_limit=_llm_limit(args.llm_limit), seeds=args.seeds, concurrency=args.concurrency, fresh=args.fresh)  # fmt: skip
+                       llm_limit=_llm_limit(args.llm_limit), seeds=args.seeds, concurrency=args.concurrency, fresh=fresh)  # fmt: skip
     rows = [{"method": m, "new episodes": s["new"], "resumed": s["resumed"], "s": f"{s['seconds']:.1f}"} for m, s in summary.items()]
     print(format_table(rows, f"Evaluation run {path} ({time.perf_counter() - start:.0f} s)"))
     print(f"report: mma eval report {args.run}")

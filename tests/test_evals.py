@@ -90,6 +90,8 @@ def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_pa
     assert [r["method"] for r in main] == ["Ceiling: Recall@100 of the pools", FIRST_STAGE, "RuleRouter-Fuse", "LLM A", "Probe: random order",
                                            "Ceiling: oracle reranker (reads the answers)"]
     assert "and so did LLM A" in text and "LLM B on 1 text-only" in text
+    summary = run_eval(p, store, [cheap[0], b], llm_limit={"*": 1, "full": 2}, env=env, fresh={"LLM B"})  # redo B only
+    assert summary["LLM B"]["new"] == small and summary["LLM B"]["resumed"] == 0 and summary[cheap[0].name]["new"] == 0
     # a run on fewer splits and families joins the store; rebuilt pools do not
     meta = ResultStore(store).meta()
     run_eval(p, store, [SubsetOnly("LLM C")], llm_limit=None, splits=("test",), families=("text-only",), env=env)
