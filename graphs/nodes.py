@@ -36,7 +36,9 @@ class RerankNodes:
                  variant: Variant, alpha: float, max_turns: int, scoring: str, router: Router = rule_action, prompt: PromptStyle = "compact") -> None:  # fmt: skip
         self.policy_model, self.catalogue, self.kits, self.tools, self.router = policy, catalogue, toolkits, tools, router
         self.variant, self.alpha, self.max_turns, self.scoring, self.prompt = variant, alpha, max_turns, scoring, prompt
-        self.offered = tools.names(interactive=variant == "interactive")
+        # MMA-Auto is offered the automated tools; MMA-Interactive also asks; a router (the rule
+        # variant) may take any tool (RuleRouter-Fuse never asks; an interactive lookup table does)
+        self.offered = tools.names(interactive=variant != "auto")
 
     def context(self, state: RerankState) -> EpisodeContext:
         """What the tools of this request may see, from the indices `validate` resolved."""
