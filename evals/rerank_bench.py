@@ -31,15 +31,15 @@ def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concur
     other in one process; throughput (sequential, `.batch`, and for a local model masked
     `generate` without the constrained fast path) for the first model and style."""
     from mma_agent.graphs.reranker import create_mma_reranker
-    from mma_agent.llm import TransformersChatModel, resolve_chat_model
+    from mma_agent.graphs.state import trace_stats
+    from mma_agent.llm import TransformersChatModel, named_backend, resolve_chat_model
     from mma_agent.metrics import ndcg_at_k
 
     catalogue, kits = pipeline.toolkits(image=with_image)
     def named(spec: str) -> tuple[str, object]:
-        name, sep, backend = spec.partition("=")
-        backend = backend if sep else spec
+        name, backend = named_backend(spec)
         served = {"base_url": base_url} if backend.startswith("openai:") else {}  # an OpenAI-compatible server (vLLM, mma serve)
-        return (name if sep else spec), resolve_chat_model(backend, cache_dir=pipeline.config.workdir / "models", **served)
+        return name, resolve_chat_model(backend, cache_dir=pipeline.config.workdir / "models", **served)
 
     models = [named(spec) for spec in ([model] if isinstance(model, str) else model)]
     asking = named(interactive) if interactive else models[0]
@@ -61,13 +61,13 @@ def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concur
             outs.append(graph.invoke(req))
             lat.append(time.perf_counter() - start)
         usage = [o.get("usage", {}) for o in outs]
+        stats = [trace_stats(o) for o in outs]
         ndcg = np.mean([ndcg_at_k(o["ranking"], rel, 10) for o, rel in zip(outs, relevant, strict=True)])
         first = np.mean([ndcg_at_k(r["candidates"], rel, 10) for r, rel in zip(requests, relevant, strict=True)])  # pools are in first-stage order
         total_llm = sum(u.get("llm_ms", 0) for u in usage) / 1000
         rows.append({
             "variant": label, "episodes": len(outs), "p50 s": f"{np.percentile(lat, 50):.2f}", "p95 s": f"{np.percentile(lat, 95):.2f}",
-            "tool calls/ep": f"{np.mean([sum(1 for t in o['trace'] if t.get('action', {}).get('tool') not in (None, 'score_candidates')) for o in outs]):.1f}",
-            "ask_user/ep": f"{np.mean([sum(t.get('action', {}).get('tool') == 'ask_user' for t in o['trace'] if t.get('action')) for o in outs]):.2f}",
+            "tool calls/ep": f"{np.mean([s['calls'] for s in stats]):.1f}", "ask_user/ep": f"{np.mean([s['ask_user'] for s in stats]):.2f}",
             "LLM calls/ep": f"{np.mean([u.get('llm_calls', 0) for u in usage]):.1f}",
             "prompt tok/ep": f"{np.mean([u.get('input_tokens', 0) for u in usage]):.0f}",
             "gen tok/ep": f"{np.mean([u.get('output_tokens', 0) for u in usage]):.0f}",

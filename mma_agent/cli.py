@@ -274,7 +274,7 @@ def cmd_train_grpo(args) -> None:
 def cmd_train_eval(args) -> None:
     from mma_agent.graphs.policy import rule_action
     from mma_agent.graphs.reranker import create_mma_reranker
-    from mma_agent.llm import resolve_chat_model
+    from mma_agent.llm import named_backend, resolve_chat_model
     from mma_agent.training.evaluate import evaluate_policies
 
     from mma_agent.toolkits import tool_vocabulary
@@ -293,8 +293,7 @@ def cmd_train_eval(args) -> None:
     by_state = {name: router_policy(r, tools) for name, r in routers.items()}
     variant = "interactive" if args.interactive else "auto"
     for spec in args.policy:
-        name, sep, backend = spec.partition("=")
-        name, backend = (name, backend) if sep else (spec, spec)
+        name, backend = named_backend(spec)
         model = resolve_chat_model(backend, cache_dir=p.config.workdir / "models")
         policies[name] = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, variant=variant).compile()
         by_state[name] = llm_policy(model, tools, interactive=args.interactive)

@@ -389,6 +389,12 @@ def choice_kwargs(model: Any, choices: list[str]) -> dict[str, Any]:
 BACKENDS: dict[str, Callable[..., BaseChatModel]] = {"transformers": _transformers, "openai": _openai, "vllm": _vllm}
 
 
+def named_backend(spec: str) -> tuple[str, str]:
+    """`"NAME=BACKEND"` -> (NAME, BACKEND); a bare backend string names itself."""
+    name, sep, backend = spec.partition("=")
+    return (name, backend) if sep else (spec, spec)
+
+
 def resolve_chat_model(model: str | BaseChatModel, *, cache_dir: Path | str = Path(".mma/models"), **kwargs: Any) -> BaseChatModel:
     """`"backend:name"` -> a chat model; a `BaseChatModel` passes through unchanged."""
     if isinstance(model, BaseChatModel):

@@ -131,8 +131,10 @@ def create_app(model: Any, model_name: str, *, max_body: int = MAX_BODY, concurr
             if n + want > window:
                 return _error(400, f"the prompt is {n} tokens and asks for {want} more; the context length of {model_name} is {window}")
         kw: dict[str, Any] = {"max_new_tokens": req.limit} if req.limit else {}
-        if req.choice and getattr(model, "supports_choice", False):  # the reply is exactly one of them (constrained decoding)
-            kw.update(allowed_completions=req.choice, prefill="")
+        if req.choice:  # the reply is exactly one of them where the model can keep to it (a local model: constrained decoding)
+            from mma_agent.llm import choice_kwargs
+
+            kw.update(choice_kwargs(model, req.choice))
         try:
             out = await anyio.to_thread.run_sync(lambda: model.invoke(msgs, **kw), limiter=limiter)
         except Exception as err:  # the server stays up; the client sees an error response

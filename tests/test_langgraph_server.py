@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ASKS = '''
 import json, os
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from mma_agent import Pipeline, create_mma_reranker
+from mma_agent import Pipeline, PipelineConfig, create_mma_reranker
 from mma_agent.config import load_config
 
 cfg = load_config(os.environ["MMA_CONFIG"]).model_dump()
 cfg["data"]["path"], cfg["workdir"] = os.environ["MMA_DATA"], os.environ["MMA_WORKDIR"]
-pipeline = Pipeline(type(load_config(None)).model_validate(cfg))
+pipeline = Pipeline(PipelineConfig.model_validate(cfg))
 catalogue, kits = pipeline.toolkits(image=False)
 plan = [json.dumps({"tool": "ask_user", "args": {"modality_type": "text", "query": "What do you feel like?"}}),
         json.dumps({"tool": "score_candidates", "args": {"weights": {}}})]

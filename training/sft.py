@@ -223,8 +223,12 @@ def pooled_values(points: list[dict], tools: ToolVocabulary | None = None, *, in
     for depth in sorted({len(p["prefix"]) for p in points}, reverse=True):
         layer = [p for p in points if len(p["prefix"]) == depth]
         own: dict[int, dict[str, float]] = {}
+        valid_at: dict[tuple, set[str]] = {}  # the same for every state of a pattern
         for p in layer:
-            valid = valid_actions(p, tools, interactive=interactive)
+            pattern = point_pattern(p)
+            if pattern not in valid_at:
+                valid_at[pattern] = valid_actions(p, tools, interactive=interactive)
+            valid = valid_at[pattern]
             q = {}
             for action, v in p["values"].items():
                 if action not in valid:
