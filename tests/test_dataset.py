@@ -91,3 +91,21 @@ def test_movielens_posters_adapter(real_root):
     assert toy["image"] == "posters/1.jpg"
     assert (ds.items["image"] != "").sum() == 9517
     assert len(ds.tags) == 3683
+
+
+def test_poster_caches_are_keyed_by_content_not_mtime(tiny_root):
+    """A data set copied or re-mounted unchanged (new mtimes) keeps its poster caches; a changed
+    poster does not."""
+    import os
+
+    from mma_agent.dataset import load_dataset
+    from mma_agent.image_features import poster_fingerprint
+
+    ds = load_dataset(tiny_root)
+    before = poster_fingerprint(ds)
+    poster = tiny_root / "posters" / "0.jpg"
+    os.utime(poster, ns=(1, 1))
+    assert poster_fingerprint(ds) == before
+    poster.write_bytes(poster.read_bytes() + b"\0")
+    after = poster_fingerprint(ds)
+    assert after[0] != before[0] and after[1:] == before[1:]
