@@ -62,6 +62,9 @@ def test_evidence_is_aligned_with_the_pool(setup):
     emb = ctx.view.feature("text")
     sims = emb[ctx.candidates] @ emb[ctx.history].T
     ev = kits["text"].call("analyze_text", ctx)
+    # arguments from a model are data: any names (even the call's own) give a Null, never a crash
+    bad = kits["text"].call("analyze_text", ctx, tool="retrieve_graph", ctx=None)
+    assert bad.null and "TypeError" in bad.observation
     np.testing.assert_allclose(ev.channels["text_max"], sims.max(1), rtol=1e-5)
     np.testing.assert_allclose(ev.channels["text_mean"], sims.mean(1), rtol=1e-5)
 

@@ -242,8 +242,8 @@ class Toolkit:
         """Build the run-scoped features this toolkit needs (cached); return the extended catalogue."""
         return catalogue
 
-    def call(self, tool: str, ctx: EpisodeContext, **args: Any) -> Evidence:
-        """Run one tool; never raises."""
+    def call(self, tool: str, ctx: EpisodeContext, /, **args: Any) -> Evidence:
+        """Run one tool; never raises (the model's arguments may be named anything, "tool" too)."""
         if self.modality is not None and not ctx.view.mask.available(self.modality):
             return Evidence.none(tool, f"the {self.modality.value} modality is unavailable for this request")
         from langgraph.errors import GraphBubbleUp
