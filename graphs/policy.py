@@ -83,9 +83,11 @@ class Policy:
     and stops at its next token; any other call finishes on one of at most `max_workers` threads
     this policy owns (an HTTP backend's own client timeout ends it), so a hung backend can hold
     that many threads and no more: further calls wait for a free thread within their timeout.
+    32 workers let a `.batch` of up to 32 episodes reach the model together (a local model on
+    CUDA answers them in shared passes, see `mma_agent.forward_batcher`).
     """
 
-    def __init__(self, model: Any, *, prefill: bool, timeout: float | None, max_workers: int = 4, constrained: bool = True) -> None:
+    def __init__(self, model: Any, *, prefill: bool, timeout: float | None, max_workers: int = 32, constrained: bool = True) -> None:
         self.model, self.prefill, self.timeout, self.constrained = model, prefill, timeout, constrained
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mma-policy") if timeout is not None else None
 

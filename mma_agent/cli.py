@@ -139,6 +139,34 @@ def cmd_bench_rerank(args) -> None:
                                interactive=args.interactive_model, base_url=args.base_url))  # fmt: skip
 
 
+def cmd_bench_llm_record(args) -> None:
+    from mma_agent.evals.llm_bench import record_policy_calls
+
+    data = record_policy_calls(_pipeline(args), args.model, args.out, episodes=args.episodes)
+    print(f"wrote {sum(len(e) for e in data['episodes'])} policy calls of {len(data['episodes'])} episodes to {args.out}")
+
+
+def cmd_bench_llm(args) -> None:
+    from mma_agent.evals.llm_bench import bench_llm
+
+    settings = []
+    for device in args.devices:
+        settings.append({"device": device, "batching": False, "concurrency": 1, "label": f"{device}: sequential, prefix KV cache"})
+        if not args.skip_unbatched_concurrency:
+            settings.append({"device": device, "batching": False, "concurrency": args.concurrency,
+                             "label": f"{device}: {args.concurrency} episodes at a time, prefix KV cache, no batching"})  # fmt: skip
+        if device.startswith("cuda") or args.batch_on_cpu:
+            graphs = " + CUDA graphs" if device.startswith("cuda") else ""
+            settings += [{"device": device, "batching": True, "concurrency": 1, "label": f"{device}: sequential, one batched pass per call{graphs}"},
+                         {"device": device, "batching": True, "concurrency": args.concurrency, "label": f"{device}: {args.concurrency} episodes at a time, batched passes{graphs}"}]  # fmt: skip
+            if graphs:
+                settings.append({"device": device, "batching": True, "cuda_graphs": False, "concurrency": 1,
+                                 "label": f"{device}: sequential, one batched pass per call, eager (no CUDA graphs)"})  # fmt: skip
+                settings.append({"device": device, "batching": True, "cuda_graphs": False, "concurrency": args.concurrency,
+                                 "label": f"{device}: {args.concurrency} episodes at a time, batched passes, eager (no CUDA graphs)"})  # fmt: skip
+    _print_tables(bench_llm(args.calls, args.model_path, settings, repeats=args.repeats))
+
+
 def cmd_train_record(args) -> None:
     from collections import defaultdict
 
@@ -459,6 +487,20 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--clients", type=int, default=50)
     bs.add_argument("--requests", type=int, default=200)
     bs.set_defaults(func=cmd_bench_serve)
+    blr = bench.add_parser("llm-record", parents=[common], help="record MMA-Auto's policy calls on full-family test pools, for `bench llm`")
+    blr.add_argument("--model", default="transformers:smollm2-135m", help="a transformers: backend (e.g. the SFT policy's folder)")
+    blr.add_argument("--episodes", type=int, default=32)
+    blr.add_argument("--out", type=Path, required=True)
+    blr.set_defaults(func=cmd_bench_llm_record)
+    bl = bench.add_parser("llm", parents=[common], help="a local model's throughput on recorded policy calls: devices, batching, CUDA graphs (no data set needed)")
+    bl.add_argument("calls", type=Path, help="a recording from `mma bench llm-record`")
+    bl.add_argument("--model-path", required=True, help="a transformers model folder (the recorded policy, or any model with its tokenizer)")
+    bl.add_argument("--devices", nargs="+", default=["cpu"], help="torch devices, e.g. cpu cuda")
+    bl.add_argument("--concurrency", type=int, default=32, help="episodes in flight in the concurrent settings")
+    bl.add_argument("--batch-on-cpu", action="store_true", help="also run the batched forward on the CPU (slow with many episodes in flight)")
+    bl.add_argument("--skip-unbatched-concurrency", action="store_true", help="leave out the concurrent rows without batching (calls in lock-step)")
+    bl.add_argument("--repeats", type=int, default=1, help="timed passes per setting (the best is reported)")
+    bl.set_defaults(func=cmd_bench_llm)
 
     br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")
     br.add_argument("--model", nargs="+", default=["transformers:smollm2-135m"], help="backend strings, optionally NAME=BACKEND (each a row per prompt style)")

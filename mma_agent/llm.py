@@ -14,6 +14,7 @@ from __future__ import annotations
 
 
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -143,7 +144,18 @@ class TransformersChatModel(BaseChatModel):
     dtype: str = "bfloat16"
     device: str | None = None  # a torch device ("cpu", "cuda", "cuda:1"); None: CUDA when available, else the CPU
     fast_constrained: bool = True  # constrained greedy decoding by `_constrained_greedy` (False: masked `generate`)
+    # Constrained decoding's forward passes from concurrent calls (episodes of a `.batch`) run as one
+    # padded batch (`ForwardBatcher`), replayed as CUDA graphs on CUDA. None: on CUDA, not on the CPU,
+    # where the prefix KV cache serves sequential calls better than recomputing whole prompts.
+    batching: bool | None = None
+    max_batch: int = 32
+    cuda_graphs: bool = True
     _model: Any = PrivateAttr(default=None)
+    _batcher: Any = PrivateAttr(default=None)
+    _flat_tries: dict = PrivateAttr(default_factory=dict)
+    # The KV cache's name in the model's forward and output: `cache` in recent transformers 5,
+    # `past_key_values` before (a deprecated alias after).
+    _cache_kwarg: str = PrivateAttr(default="cache")
     _tokenizer: Any = PrivateAttr(default=None)
     _prefix_cache: Any = PrivateAttr(default_factory=lambda: PrefixCache())
 
@@ -166,6 +178,11 @@ class TransformersChatModel(BaseChatModel):
                 tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
                 model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype)).to(device)
                 model.eval()
+                if self.batching or (self.batching is None and model.device.type == "cuda"):
+                    from mma_agent.forward_batcher import ForwardBatcher
+
+                    self._batcher = ForwardBatcher(model, max_batch=self.max_batch, pad_id=tokenizer.eos_token_id or 0, cuda_graphs=self.cuda_graphs)
+                self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
                 self._tokenizer, self._model = tokenizer, model
 
     @property
@@ -196,6 +213,20 @@ class TransformersChatModel(BaseChatModel):
             node[self._tokenizer.eos_token_id] = {}
         return trie
 
+    def _flat_trie(self, completions: list[str]) -> Any:
+        """`_trie` laid out for the batched pass, memoised by completion set (a policy offers the
+        same few sets again and again)."""
+        from mma_agent.forward_batcher import FlatTrie
+
+        key = tuple(completions)
+        flat = self._flat_tries.get(key)
+        if flat is None:
+            flat = FlatTrie.of(self._trie(completions))
+            if len(self._flat_tries) >= 256:
+                self._flat_tries.clear()
+            self._flat_tries[key] = flat
+        return flat
+
     def _trie_fn(self, completions: list[str], prompt_len: int):
         """Constrained decoding: only token sequences of `completions` (then EOS) may be generated."""
         trie = self._trie(completions)
@@ -217,10 +248,16 @@ class TransformersChatModel(BaseChatModel):
         cost. A token that is the only one allowed is appended without a forward pass (the masked
         argmax could pick nothing else), so the model runs once per branching point; and the
         prompt's longest prefix already computed (the system prompt, or the same episode's
-        previous turn) comes from the prefix KV cache instead of being prefilled again."""
+        previous turn) comes from the prefix KV cache instead of being prefilled again. With
+        `batching`, the `ForwardBatcher` answers the whole choice in one pass over the prompt and the
+        trie (tree attention), shared with concurrent calls; no KV cache."""
         import torch
 
         eos = self._tokenizer.eos_token_id
+        if self._batcher is not None:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("the caller stopped waiting (a timeout); decoding stopped")
+            return self._batcher.choose(prompt, self._flat_trie(completions), eos)
         node, out = self._trie(completions), []
         cache, start = self._prefix_cache.lookup(prompt)
         pending = prompt[start:]
@@ -233,8 +270,8 @@ class TransformersChatModel(BaseChatModel):
                 tok = allowed[0]
             else:
                 with torch.no_grad():
-                    res = self._model(input_ids=torch.tensor([pending], device=self._model.device), cache=cache, use_cache=True)
-                cache, pending = res.cache, []
+                    res = self._model(input_ids=torch.tensor([pending], device=self._model.device), **{self._cache_kwarg: cache}, use_cache=True)
+                cache, pending = getattr(res, self._cache_kwarg), []
                 logits = res.logits[0, -1].float()
                 tok = allowed[int(torch.argmax(logits[allowed]))]
             if tok == eos:

@@ -111,3 +111,35 @@ def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkey
     assert seen[-2][3]["lora_layers"] == 0 and seen[-1][2].endswith("train/sft-interactive/policy")
     assert main(["train", "sft", *common, "--trl", "no_equals_sign"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_llm_replays_recorded_policy_calls(tmp_path, capsys):
+    """`mma bench llm` replays a recording in every setting; the setting that decodes as the
+    recording did (the prefix-cache path, same weights and dtype) gives back its actions, and a
+    file that is not a recording is a clear error."""
+    import json
+
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from mma_agent.evals.llm_bench import FORMAT
+    from mma_agent.llm import TransformersChatModel
+    from tests.conftest import random_smollm2
+
+    folder = str(random_smollm2(tmp_path))
+    model = TransformersChatModel(model_path=folder, batching=False)
+    menu = ['analyze_text", "args": {}}', 'retrieve_graph", "args": {}}', 'score_candidates", "args": {"weights": {}}}']
+    episodes = []
+    for i in range(3):
+        msgs = [SystemMessage("Route evidence."), HumanMessage(f"History: {10 * i + 3} items. Pool: 100 candidates.")]
+        reply = model.invoke(msgs, prefill='{"tool": "', allowed_completions=menu).content
+        episodes.append([{"messages": [{"role": m.type, "content": m.content} for m in msgs], "prefill": '{"tool": "', "allowed": menu, "reply": reply}])
+    calls = tmp_path / "calls.json"
+    calls.write_text(json.dumps({"format": FORMAT, "episodes": episodes}))
+    assert main(["bench", "llm", str(calls), "--model-path", folder, "--concurrency", "2", "--batch-on-cpu"]) == 0
+    table = capsys.readouterr().out
+    rows = [r for r in table.splitlines() if r.startswith("| cpu")]
+    assert len(rows) == 4 and "| 3/3 " in rows[0]  # sequential, lock-step, one pass per call, batched passes
+    calls.write_text("{}")
+    assert main(["bench", "llm", str(calls), "--model-path", folder]) == 2
+    assert "not a policy-call recording" in capsys.readouterr().err

@@ -175,3 +175,78 @@ def test_the_local_model_runs_on_the_device_it_is_given(tmp_path):
     choices = ['analyze_text", "args": {}}', 'score_candidates", "args": {"weights": {}}}']
     out = m.invoke([HumanMessage("Pick one.")], prefill='{"tool": "', allowed_completions=choices)
     assert m.torch_device.type == want and out.content[len('{"tool": "') :] in choices
+
+
+def test_shape_buckets():
+    from mma_agent.forward_batcher import batch_bucket, bucket
+
+    assert [bucket(n, 128) for n in (1, 128, 129, 530)] == [128, 128, 256, 640]
+    assert [batch_bucket(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    assert batch_bucket(9, 12) == 12
+
+
+def test_a_flat_trie_walks_greedily():
+    from mma_agent.forward_batcher import FlatTrie
+
+    eos = 0
+    # completions [5 6], [5 7 8], [9]: the root chooses 5 or 9, node "5" chooses 6 or 7
+    flat = FlatTrie.of({5: {6: {eos: {}}, 7: {8: {eos: {}}}}, 9: {eos: {}}})
+    assert flat.tokens[:2] == [5, 9] and flat.branching() == [-1, 0]
+    five = 0
+    assert flat.walk({-1: [1.0, 0.5], five: [0.1, 0.2]}, eos) == [5, 7, 8]
+    assert flat.walk({-1: [1.0, 1.0], five: [0.3, 0.3]}, eos) == [5, 6]  # ties: the first, as argmax
+    assert flat.walk({-1: [0.0, 0.5], five: [0.0, 0.0]}, eos) == [9]
+    assert flat.sees[flat.tokens.index(8)].sum() == 3  # 8 sees 5, 7 and itself
+
+
+@pytest.mark.slow
+def test_the_batched_pass_chooses_what_token_by_token_decoding_chooses(tmp_path):
+    """Concurrent calls share padded passes; each call's whole trie is scored in one pass (tree
+    attention), and the choices equal those of the prefix-cache path, token by token, in float32.
+    (On CUDA the same passes replay as CUDA graphs.)"""
+    import threading
+    import time
+
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from mma_agent.forward_batcher import ForwardBatcher
+    from mma_agent.llm import TransformersChatModel
+    from tests.conftest import random_smollm2
+
+    folder = str(random_smollm2(tmp_path))
+    plain = TransformersChatModel(model_path=folder, dtype="float32", batching=False)
+    batched = TransformersChatModel(model_path=folder, dtype="float32", batching=True, max_batch=4)
+    plain._load(), batched._load()
+    assert isinstance(batched._batcher, ForwardBatcher) and plain._batcher is None
+    tools = ["analyze_text", "analyze_image", "retrieve_graph", "ask_user"]
+    menus = [[f'{t}", "args": {{}}}}' for t in tools[: 2 + i % 3]] + [f'score_candidates", "args": {{"weights": {w}}}}}' for w in
+             ("{}", '{"text": 1}', '{"text": 1, "graph": 1}', '{"graph": 1}')[: 1 + i % 4]] for i in range(9)]  # fmt: skip
+    calls = [([SystemMessage("You route evidence for a recommender."), HumanMessage(f"Episode {i}: " + "text evidence, strong. " * i)], menu)
+             for i, menu in enumerate(menus)]  # fmt: skip
+    want = [plain.invoke(m, prefill='{"tool": "', allowed_completions=c).content for m, c in calls]
+    run_pass, slow_first = batched._batcher._pass, [True]
+
+    def held(rows):  # the first pass lingers, so the other callers queue behind it whatever the scheduling
+        if slow_first:
+            slow_first.clear()
+            time.sleep(0.3)
+        return run_pass(rows)
+
+    batched._batcher._pass = held
+    got: list = [None] * len(calls)
+    gate = threading.Barrier(len(calls))
+
+    def ask(i: int) -> None:
+        gate.wait()
+        got[i] = batched.invoke(calls[i][0], prefill='{"tool": "', allowed_completions=calls[i][1]).content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want and len(set(want)) > 1
+    stats = batched._batcher.stats
+    assert stats["rows"] == len(calls) and stats["passes"] <= 4  # queued callers shared passes of up to 4
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        batched.invoke([HumanMessage("word " * batched.context_length)], prefill='{"tool": "', allowed_completions=menus[0])
