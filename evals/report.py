@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -66,24 +66,37 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 Key = tuple[str, int]  # (family, pool)
+# Where each method's alpha is chosen: on every validation pool it ran ("own"), or only on those
+# every fused method ran ("paired"): then an LLM row run on a subset and a row run everywhere pick
+# their alphas from the same episodes.
+AlphaPools = Literal["own", "paired"]
+ALPHA_POOLS: tuple[str, ...] = get_args(AlphaPools)
 MIN_PAIRED = 20  # fewer paired episodes than this make no test or table
 
 
 class Results:
     """Per-episode metrics of a run at each method's validation-chosen alpha."""
 
-    def __init__(self, rows: list[dict], meta: dict) -> None:
-        self.meta = meta
+    def __init__(self, rows: list[dict], meta: dict, *, alpha_on: AlphaPools = "own") -> None:
+        if alpha_on not in ALPHA_POOLS:
+            msg = f"alpha_on={alpha_on!r}; choose one of {ALPHA_POOLS}"
+            raise ValueError(msg)
+        self.meta, self.alpha_on = meta, alpha_on
         self.by_method: dict[str, list[dict]] = defaultdict(list)
         for r in rows:
             self.by_method[r["method"]].append(r)
         self.methods = list(self.by_method)
         self._test: dict[tuple, dict[Key, float]] = {}
         self.alpha: dict[tuple[str, str], str] = {}
+        shared = None  # "paired": the validation pools every fused method ran
+        if alpha_on == "paired":
+            ran = [{(r["family"], r["pool"]) for r in rs if r["split"] == "valid"} for m, rs in self.by_method.items() if meta.get("fused", {}).get(m, True)]
+            shared = set.intersection(*[k for k in ran if k]) if any(ran) else set()
+        self.valid_pools = shared
         for m, rs in self.by_method.items():
             valid = defaultdict(list)
             for r in rs:
-                if r["split"] == "valid":
+                if r["split"] == "valid" and (shared is None or (r["family"], r["pool"]) in shared):
                     valid[r["family"]].append(r)
             for family in {r["family"] for r in rs}:
                 if not meta.get("fused", {}).get(m, True):
@@ -382,14 +395,15 @@ def evidence_comparisons(res: Results, keys: list[Key]) -> list[dict]:
     return out
 
 
-def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") -> tuple[str, list[dict]]:
-    """Write `report.md` and its plot into out_dir; return the Markdown and the main table."""
+def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation", alpha_on: AlphaPools = "own") -> tuple[str, list[dict]]:
+    """Write `report.md` and its plot into out_dir; return the Markdown and the main table.
+    alpha_on: see `AlphaPools`."""
     from mma_agent.util import format_table
 
     store = ResultStore(store_path)
     rows, meta = store.rows(), store.meta()
     store.close()
-    res = Results(rows, meta)
+    res = Results(rows, meta, alpha_on=alpha_on)
     groups = meta.get("groups", {})
     order = [m for m in [*meta.get("order", []), *(m for m in res.methods if m not in meta.get("order", []))] if m in res.methods]
     order = [m for m in order if groups.get(m) not in NOT_METHODS] + [m for m in order if groups.get(m) in NOT_METHODS]
@@ -432,7 +446,8 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation") 
     plots = _plots(res, order, all_keys, subset_keys, out_dir, headline=[m for m in (best_mma, "MMA-Interactive", "RuleRouter-Fuse") if m])
     below = [r["method"] for r in main if "NO" in str(r.get("> best probe (OOMA/full)", ""))]
     md = [f"# {title}", "", f"Protocol `{meta.get('protocol')}`, data `{meta.get('data')}`; families {meta.get('families')}; {len(all_keys)} test "
-          f"episodes. {coverage(res, llm, all_keys)} Alpha grid {meta.get('alphas')}, chosen per method and family on validation NDCG@10.", "",
+          f"episodes. {coverage(res, llm, all_keys)} Alpha grid {meta.get('alphas')}, chosen per method and family on validation NDCG@10"
+          f"{'' if res.valid_pools is None else f' of the {len(res.valid_pools)} validation pools every fused method ran (the same for each)'}.", "",
           "First stage per family (chosen on validation Recall@100): " + "; ".join(f"{f}: {v}" for f, v in meta.get("first_stage", {}).items()) + ".", ""]  # fmt: skip
     if below:
         md += [f"Not above the best user-blind probe on OOMA or the full family (no result there): {', '.join(below)}.", ""]

@@ -396,7 +396,7 @@ def cmd_eval_report(args) -> None:
     if not path.is_file():
         msg = f"no results store at {path}; run `mma eval run --run {args.run}` first"
         raise FileNotFoundError(msg)
-    _, main = build_report(path, args.out, title=args.title)
+    _, main = build_report(path, args.out, title=args.title, alpha_on=args.alpha_on)
     print(format_table(main, "Main table (test NDCG@10 per family; first row: the Recall@100 ceiling)"))
     print(f"\nreport: {args.out / 'report.md'}")
 
@@ -596,6 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("run", help="run name or .sqlite path")
     ep.add_argument("--out", type=Path, default=Path("evals/results"))
     ep.add_argument("--title", default="mma-agent evaluation on MovieLens-posters")
+    ep.add_argument("--alpha-on", choices=["own", "paired"], default="own",
+                    help="choose each method's alpha on every validation pool it ran (own), or on those every fused method ran (paired)")  # fmt: skip
     ep.set_defaults(func=cmd_eval_report)
 
     sv = sub.add_parser("serve", parents=[common], help="serve a chat model over an OpenAI-compatible HTTP API")

@@ -4,6 +4,7 @@
 # subset of every family (LLM_LIMIT pools per family and split), added to the evidence store so
 # every row of evals/results/evidence/ is paired with them; then the report and `mma bench rerank`.
 # Run scripts/evidence.sh and scripts/train.sh first (the lookup table and the policies).
+# Alphas are chosen on the validation pools every fused row ran (--alpha-on paired): the LLM rows ran a subset.
 # Re-running resumes: finished episodes are skipped (the lookup row is redone: its table may be new).
 #   RUN        run name (default evidence-v1)
 #   LLM_LIMIT  pools per family and split for the LLM rows (default 40)
@@ -16,7 +17,7 @@ asking="transformers:$work/train/sft-interactive/policy"
 t0=$SECONDS
 mma eval run --run "$run" --fresh --methods lookup
 mma eval run --run "$run" --llm-limit "${LLM_LIMIT:-40}" --methods mma-zero-shot mma-sft mma-interactive --trained "SFT=$sft" --interactive-policy "$asking"
-mma eval report "$run" --out "$out" --title "Policies on MovieLens-posters (protocol v2): MMA-Auto zero-shot and trained, MMA-Interactive, the lookup control"
+mma eval report "$run" --out "$out" --alpha-on paired --title "Policies on MovieLens-posters (protocol v2): MMA-Auto zero-shot and trained, MMA-Interactive, the lookup control"
 # the bench: the embedded model before (zero-shot) and after (SFT), in-process and over `mma serve` (openai:, one process serving the SFT policy)
 log="$(mktemp)"
 mma serve --model "$sft" --port 0 > "$log" 2>&1 &

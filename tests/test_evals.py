@@ -308,3 +308,24 @@ def test_imputations_on_a_hand_computed_case():
         m = CompletionFusion(how, k=2)
         assert np.allclose(m._impute(anchor, target, items, bank), expect, atol=1e-6), how
     assert np.allclose(CompletionFusion("mean")._impute(anchor, target, items, bank), target[bank].mean(axis=0))
+
+
+def test_alpha_on_paired_pools_chooses_from_the_episodes_every_method_ran():
+    """A row run on every pool and a row run on a subset pick their alphas from the same
+    validation episodes with alpha_on="paired" (own: each from all it ran)."""
+    from mma_agent.evals.report import Results
+
+    def row(method, pool, split, by_alpha):
+        return {"method": method, "split": split, "family": "full", "pool": pool, "seed": 0, "status": "ok",
+                "metrics": {a: {"ndcg@10": v} for a, v in by_alpha.items()}}  # fmt: skip
+
+    rows = [row("everywhere", p, "valid", {"0.0": 0.9, "0.5": 0.1} if p >= 2 else {"0.0": 0.2, "0.5": 0.3}) for p in range(6)]
+    rows += [row("subset", p, "valid", {"0.0": 0.1, "0.5": 0.2}) for p in range(2)]
+    rows += [row(m, 9, "test", {"0.0": 0.4, "0.5": 0.6}) for m in ("everywhere", "subset")]
+    own, paired = Results(rows, {}), Results(rows, {}, alpha_on="paired")
+    assert own.alpha["everywhere", "full"] == "0.0" and paired.alpha["everywhere", "full"] == "0.5"
+    assert own.alpha["subset", "full"] == paired.alpha["subset", "full"] == "0.5"
+    assert paired.valid_pools == {("full", 0), ("full", 1)} and own.valid_pools is None
+    assert paired.test("everywhere") == {("full", 9): 0.6}
+    with pytest.raises(ValueError, match="alpha_on"):
+        Results(rows, {}, alpha_on="mine")
