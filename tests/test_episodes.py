@@ -347,3 +347,21 @@ def test_forked_exploration_scores_each_plan_as_a_plain_run_does(explored):
         run = alone.compile().invoke(eps[0])
         assert o["reward"] == pytest.approx(episode_reward(run, eps[0]["target"])) and [list(x) for x in o["pattern"]] == [[t["action"]["tool"], t["null"]] for t in run["trace"] if "null" in t]
     assert all(o["reward"] <= 1 - 0.02 - 0.10 + 1e-9 for o in out)  # a tool and a question paid for
+
+
+def test_exploration_resumes_after_a_kill(explored, tmp_path):
+    """Each explored episode is appended as it finishes; a rerun reuses those, drops the line a
+    kill cut short, and explores only the rest (same results as one uninterrupted run)."""
+    import json
+
+    from mma_agent.training.sft import explore_plans
+
+    eps, catalogue, kits, whole = explored
+    parts = tmp_path / "explore" / "support.parts.jsonl"
+    parts.parent.mkdir()
+    kept = {**whole[0], "kept": True}  # marks the entry that must not be recomputed
+    parts.write_text(json.dumps(kept) + "\n" + json.dumps(whole[1])[:50])  # the second line was cut by the kill
+    out = explore_plans(eps[:2], catalogue, kits, resume=parts)
+    assert out[0] == kept and out[1] == whole[1]
+    lines = parts.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1]) == whole[1]

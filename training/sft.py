@@ -55,10 +55,13 @@ def action_plans(tools: ToolVocabulary | None = None, *, interactive: bool = Fal
 
 
 def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5, plans: list[list[str]] | None = None,
-                  prompt: str = "compact") -> list[dict]:  # fmt: skip
+                  prompt: str = "compact", resume: Path | None = None) -> list[dict]:  # fmt: skip
     """Run every action plan on every episode through the real graph (a scripted policy). One
     entry per episode: its id, family and a list of {plan, reward, messages, pattern} in plan
     order (`pattern`: each tool called and whether it answered Null, what the policy observed).
+    `resume`: a JSONL file that receives each episode's entry as it finishes; a run killed
+    midway and started again with it explores only the episodes not in it (a line cut by the
+    kill is dropped).
 
     Plans that share their steps before scoring share one run: the graph runs the steps once
     with a checkpointer, then each scoring action forks the checkpoint before the score node
@@ -75,8 +78,13 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
     for plan in plans:
         runs.setdefault(tuple(plan[:-1]), []).append(plan[-1])
     tools = tool_vocabulary(toolkits)
+    done = _finished_lines(resume) if resume is not None else {}
+    sink = resume.open("a") if resume is not None else None
     explored = []
-    for ep in tqdm(episodes, desc="explore action plans", unit="ep"):
+    for ep in tqdm(episodes, desc="explore action plans", unit="ep", initial=sum(e["id"] in done for e in episodes)):
+        if ep["id"] in done:
+            explored.append(done[ep["id"]])
+            continue
         request = rerank_request(ep)
         outcomes = {}
         for steps, finals in runs.items():
@@ -96,7 +104,25 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
                 outcomes[(*steps, final)] = {"plan": [*steps, final], "reward": episode_reward(out, ep["target"]), "messages": messages,
                                              "pattern": [list(x) for x in trace_pattern(out["trace"])]}  # fmt: skip
         explored.append({"id": ep["id"], "family": ep["family"], "outcomes": [outcomes[tuple(plan)] for plan in plans]})
+        if sink is not None:
+            sink.write(json.dumps(explored[-1]) + "\n")
+            sink.flush()
+    if sink is not None:
+        sink.close()
     return explored
+
+
+def _finished_lines(path: Path) -> dict[str, dict]:
+    """The entries of a JSONL file by id, after cutting a last line a kill left unfinished."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return {}
+    raw = path.read_bytes()
+    whole = raw[: raw.rfind(b"\n") + 1]
+    if len(whole) != len(raw):
+        with path.open("r+b") as f:
+            f.truncate(len(whole))
+    return {e["id"]: e for e in map(json.loads, whole.decode().splitlines())}
 
 
 def explore_support(pipeline, support: list[dict], catalogue, toolkits, *, name: str = "support", interactive: bool = False,
@@ -121,8 +147,10 @@ def explore_support(pipeline, support: list[dict], catalogue, toolkits, *, name:
     if path.is_file():
         explored = json.loads(path.read_text())
     else:
-        explored = explore_plans(support, catalogue, toolkits, plans=plans, prompt=prompt)
+        parts = path.with_suffix(".parts.jsonl")  # episodes finished before a kill
+        explored = explore_plans(support, catalogue, toolkits, plans=plans, prompt=prompt, resume=parts)
         atomic_write_text(path, json.dumps(explored))
+        parts.unlink()
     return explored, time.perf_counter() - start
 
 
