@@ -144,9 +144,10 @@ class TransformersChatModel(BaseChatModel):
     dtype: str = "bfloat16"
     device: str | None = None  # a torch device ("cpu", "cuda", "cuda:1"); None: CUDA when available, else the CPU
     fast_constrained: bool = True  # constrained greedy decoding by `_constrained_greedy` (False: masked `generate`)
-    # Constrained decoding's forward passes from concurrent calls (episodes of a `.batch`) run as one
-    # padded batch (`ForwardBatcher`), replayed as CUDA graphs on CUDA. None: on CUDA, not on the CPU,
-    # where the prefix KV cache serves sequential calls better than recomputing whole prompts.
+    # Constrained calls as one pass each over the prompt and its completion trie, shared by concurrent
+    # calls (episodes of a `.batch`) and replayed as CUDA graphs on CUDA (`ForwardBatcher`). None: on
+    # CUDA where the model supports it, not on the CPU, where the prefix KV cache serves sequential
+    # calls better than recomputing whole prompts.
     batching: bool | None = None
     max_batch: int = 32
     cuda_graphs: bool = True
@@ -181,7 +182,12 @@ class TransformersChatModel(BaseChatModel):
                 if self.batching or (self.batching is None and model.device.type == "cuda"):
                     from mma_agent.forward_batcher import ForwardBatcher
 
-                    self._batcher = ForwardBatcher(model, max_batch=self.max_batch, pad_id=tokenizer.eos_token_id or 0, cuda_graphs=self.cuda_graphs)
+                    try:
+                        self._batcher = ForwardBatcher(model, max_batch=self.max_batch, pad_id=tokenizer.eos_token_id or 0, cuda_graphs=self.cuda_graphs)
+                    except ValueError as err:  # a model the batched pass does not support: token by token, unless asked for
+                        if self.batching:
+                            raise
+                        log.info("%s; decoding token by token", err)
                 self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
                 self._tokenizer, self._model = tokenizer, model
 
