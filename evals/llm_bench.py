@@ -32,7 +32,7 @@ def record_policy_calls(pipeline, backend: str, out: Path, *, episodes: int = 32
     model = resolve_chat_model(backend, cache_dir=pipeline.config.workdir / "models")
     if not isinstance(model, TransformersChatModel):
         msg = f"record needs a local transformers: backend (it reads the constrained calls); got {backend!r}"
-        raise ValueError(msg)
+        raise ValueError(msg)  # noqa: TRY004 - a wrong backend string: the CLI reports ValueErrors as usage errors
     calls: list[dict] = []
 
     class Recording(TransformersChatModel):
