@@ -9,6 +9,11 @@
 # speed is the architecture's, the actions are not the policy's (so "same actions as recorded" is
 # meaningless there; "same as the first row" compares the settings with each other).
 # Output: the `mma bench llm` table for the CPU and CUDA settings, side by side in one process.
+# Preparing them here (both folders are git-ignored; name them in the device call's carry):
+#   mma bench llm-record --model transformers:<workdir>/train/sft/policy --episodes 32 --out .gpu/policy-calls.json
+#   mkdir -p .gpu/smollm2-arch && cp .mma/models/smollm2-135m-instruct/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .gpu/smollm2-arch/
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
+#     langchain-core langsmith pydantic pydantic-core ... (the versions this venv has; see /work/.library/device/README.md)
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/gpu-check}"; mkdir -p "$out"
