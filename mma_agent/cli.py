@@ -421,6 +421,7 @@ def cmd_pipeline(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mma_agent.evals.report import ALPHA_POOLS
     from mma_agent.graphs.prompts import PROMPT_STYLES
     from mma_agent.masks import TASK_FAMILIES
     from mma_agent.retrievers import RETRIEVERS
@@ -596,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("run", help="run name or .sqlite path")
     ep.add_argument("--out", type=Path, default=Path("evals/results"))
     ep.add_argument("--title", default="mma-agent evaluation on MovieLens-posters")
-    ep.add_argument("--alpha-on", choices=["own", "paired"], default="own",
+    ep.add_argument("--alpha-on", choices=ALPHA_POOLS, default="own",
                     help="choose each method's alpha on every validation pool it ran (own), or on those every fused method ran (paired)")  # fmt: skip
     ep.set_defaults(func=cmd_eval_report)
 

@@ -1,16 +1,19 @@
 """Shared helpers at the bottom of the import graph: score normalisation, content digests, atomic
-writes and Markdown tables. Imports nothing of mma_agent, so every layer may use it.
+writes, append-only JSONL and Markdown tables. Imports nothing of mma_agent, so every layer may use it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # --- numerics ---------------------------------------------------------------------------------
 
@@ -72,6 +75,31 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda tmp: np.save(tmp, array), suffix=".tmp.npy")
+
+
+def read_jsonl(path: Path, *, repair: bool = False, error: type[Exception] = ValueError) -> list[tuple[int, Any]]:
+    """(line number, object) for each non-blank line of an append-only JSONL file. A half-written
+    last line (a kill mid-write) is dropped, and cut off the file if `repair`, so appending goes on
+    cleanly; a bad line anywhere else raises `error` naming it."""
+    path = Path(path)
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as err:
+            if n == len(lines):  # after the last newline: a write that did not finish
+                log.warning("%s: line %d is half-written (a crash mid-write); it is redone", path, n)
+                if repair:
+                    with path.open("r+b") as fh:
+                        fh.truncate(len(raw) - len(line))
+                break
+            msg = f"{path}: line {n} is not valid JSON ({err.msg}); fix or remove that line"
+            raise error(msg) from err
+    return out
 
 
 # --- tables -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from mma_agent.metrics import ndcg_at_k
 from mma_agent.graphs.state import Episode, rerank_request
 from mma_agent.pools import NoFirstStageError, Queries
 from mma_agent.training.rewards import action_costs, episode_reward
+from mma_agent.util import read_jsonl
 
 log = logging.getLogger(__name__)
 class EpisodeFileError(ValueError):
@@ -90,26 +91,8 @@ def sample_episodes(pipeline, *, per_family: int | None = None, seed: int = 0, s
 
 def read_episodes(path: Path, *, repair: bool = False) -> tuple[dict, list[dict]]:
     """(header, records). A half-written last line is dropped (and cut off the file if `repair`)."""
-    path = Path(path)
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    complete = raw.endswith(b"\n")
     header, records = None, []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        last = n == len(lines) or (n == len(lines) - 1 and not lines[-1])
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            if last and not complete:
-                log.warning("%s: line %d is half-written (a crash mid-write); it is redone", path, n)
-                if repair:
-                    with path.open("r+b") as fh:
-                        fh.truncate(len(raw) - len(line))
-                break
-            msg = f"{path}: line {n} is not valid JSON ({err.msg}); fix or remove that line"
-            raise EpisodeFileError(msg) from err
+    for n, obj in read_jsonl(path, repair=repair, error=EpisodeFileError):
         if n == 1:
             if "header" not in obj:
                 msg = f"{path}: line 1 must be the header {{'header': {{...}}}}; is this an episode file?"

@@ -24,7 +24,7 @@ from mma_agent.graphs.state import SCORE_TOOL, rerank_request
 from mma_agent.toolkits import tool_vocabulary
 from mma_agent.toolkits.base import ToolVocabulary
 from mma_agent.training.rewards import episode_reward
-from mma_agent.util import atomic_write_text, json_digest
+from mma_agent.util import atomic_write_text, json_digest, read_jsonl
 
 log = logging.getLogger(__name__)
 def action_plans(tools: ToolVocabulary | None = None, *, interactive: bool = False) -> list[list[str]]:
@@ -113,16 +113,11 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
 
 
 def _finished_lines(path: Path) -> dict[str, dict]:
-    """The entries of a JSONL file by id, after cutting a last line a kill left unfinished."""
+    """The entries of an exploration's JSONL by id, after cutting a last line a kill left unfinished."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         return {}
-    raw = path.read_bytes()
-    whole = raw[: raw.rfind(b"\n") + 1]
-    if len(whole) != len(raw):
-        with path.open("r+b") as f:
-            f.truncate(len(whole))
-    return {e["id"]: e for e in map(json.loads, whole.decode().splitlines())}
+    return {e["id"]: e for _, e in read_jsonl(path, repair=True)}
 
 
 def explore_support(pipeline, support: list[dict], catalogue, toolkits, *, name: str = "support", interactive: bool = False,
