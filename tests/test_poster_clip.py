@@ -87,6 +87,17 @@ def test_head_training_aligns_paired_features(untrained):
     assert report["curve"][-1]["loss"] < report["curve"][0]["loss"]
 
 
+def test_a_train_set_under_half_a_batch_still_trains(untrained):
+    """A small catalogue (here 30 training pairs, batch 256) trains on one short batch per epoch
+    instead of none (which left the heads untrained and the loss NaN)."""
+    _, model, _ = untrained
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(94, 1280)).astype(np.float32)
+    txt = rng.normal(size=(94, 384)).astype(np.float32)
+    report = train_heads(model, img, txt, np.arange(94), ClipTrainConfig(epochs=3, batch_size=256, patience=3))
+    assert all(np.isfinite(c["loss"]) for c in report["curve"])
+
+
 def test_heads_hold_out_items_by_id_alone():
     """The held-out items depend on the ids only (never on who liked what), about `fraction` of them."""
     from mma_agent.training.clip import heldout_items

@@ -72,7 +72,8 @@ def train_heads(model, img: np.ndarray, txt: np.ndarray, train_idx: np.ndarray, 
         for h in heads:
             h.train()
         perm, losses = rng.permutation(tr), []
-        for lo in range(0, len(perm) - config.batch_size // 2, config.batch_size):
+        # a last batch under half the size is left out; a train set under half a batch is one batch
+        for lo in range(0, max(len(perm) - config.batch_size // 2, 1), config.batch_size):
             b = perm[lo : lo + config.batch_size]
             fi = model.visual.head(img_t[b])
             ft = model.text.proj(txt_t[b])
