@@ -59,23 +59,21 @@ def record_policy_calls(pipeline, backend: str, out: Path, *, episodes: int = 32
 def load_policy_calls(path: Path) -> list[list[dict]]:
     data = json.loads(Path(path).read_text())
     if data.get("format") != FORMAT:
-        msg = f"{path} is not a policy-call recording ({FORMAT}); write one with `mma bench llm record`"
+        msg = f"{path} is not a policy-call recording ({FORMAT}); write one with `mma bench llm-record`"
         raise ValueError(msg)
     return data["episodes"]
 
 
 def _replay(model: Any, episodes: list[list[dict]], concurrency: int) -> tuple[float, list[float], list[list[str]]]:
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from langchain_core.messages import convert_to_messages
 
-    kinds = {"system": SystemMessage, "human": HumanMessage, "ai": AIMessage}
     lat: list[float] = []
 
     def episode(calls: list[dict]) -> list[str]:
         replies = []
         for c in calls:
             start = time.perf_counter()
-            out = model.invoke([kinds[m["role"]](m["content"]) for m in c["messages"]], prefill=c["prefill"], allowed_completions=c["allowed"],
-                               stop_strings=["\n"])  # fmt: skip
+            out = model.invoke(convert_to_messages(c["messages"]), prefill=c["prefill"], allowed_completions=c["allowed"], stop_strings=["\n"])
             lat.append(time.perf_counter() - start)
             replies.append(str(out.content))
         return replies

@@ -94,10 +94,9 @@ class Policy:
     def ask(self, messages: list[dict], allowed: list[str] | None = None) -> tuple[str, dict]:
         """The model's reply to the conversation, and its usage metadata (native tool calls under
         "tool_calls"). Raises on backend failure; a concurrent.futures.TimeoutError past `timeout`."""
-        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+        from langchain_core.messages import convert_to_messages
 
-        kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-        lc = [kinds[m["role"]](m["content"]) for m in messages]
+        lc = convert_to_messages(messages)
         if self.prefill:  # a local model: the prefill, then constrained decoding over its continuations
             kwargs = {"prefill": PREFILL, "allowed_completions": allowed, "stop_strings": ["\n"]}
         elif self.constrained and allowed:  # a served model: the whole action lines, as the server's structured-outputs choice
