@@ -17,10 +17,14 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from mma_agent.toolkits.workspace import Workspace
+
 ASK_KINDS = ("text", "image", "behaviour")
 
 
-def bench_ask(pipeline, *, families: list[str], pools: int = 100, alpha: float = 0.5, split: str = "valid") -> dict[str, list[dict]]:
+def bench_ask(
+    pipeline: Workspace, *, families: list[str], pools: int = 100, alpha: float = 0.5, split: str = "valid"
+) -> dict[str, list[dict]]:
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
     from mma_agent.evals.runner import build_episodes
@@ -34,8 +38,10 @@ def bench_ask(pipeline, *, families: list[str], pools: int = 100, alpha: float =
     tools = tool_vocabulary(kits)
     ask = next(s for s in tools.specs if not s.automated)
     gather = [json.dumps({"tool": s.name, "args": {}}) for s in tools.automated]
-    score = {"equal": json.dumps({"tool": SCORE_TOOL, "args": {"weights": {}}}),
-             "answer alone": json.dumps({"tool": SCORE_TOOL, "args": {"weights": {ask.group: 1}}})}  # fmt: skip
+    score = {
+        "equal": json.dumps({"tool": SCORE_TOOL, "args": {"weights": {}}}),
+        "answer alone": json.dumps({"tool": SCORE_TOOL, "args": {"weights": {ask.group: 1}}}),
+    }
     plans = {"no question": [*gather, score["equal"]]}
     for kind in ASK_KINDS:
         q = json.dumps({"tool": ask.name, "args": {"modality_type": kind, "query": "What do you feel like?"}})
@@ -50,8 +56,14 @@ def bench_ask(pipeline, *, families: list[str], pools: int = 100, alpha: float =
         request = rerank_request(ep, with_target=True)
         in_pool.setdefault(ep["family"], []).append(ep["target"] in set(ep["candidates"]))
         for name, plan in plans.items():
-            graph = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, variant="interactive",
-                                        alpha=alpha, prefill=False).compile()  # fmt: skip
+            graph = create_mma_reranker(
+                FakeListChatModel(responses=plan),
+                catalogue=catalogue,
+                toolkits=kits,
+                variant="interactive",
+                alpha=alpha,
+                prefill=False,
+            ).compile()
             out = graph.invoke(request)
             ndcg.setdefault((ep["family"], name), []).append(ndcg_at_k(out.get("ranking", []), {ep["target"]}, 10))
             null = any(t.get("null") for t in out["trace"] if (t.get("action") or {}).get("tool") == ask.name)
@@ -64,17 +76,31 @@ def bench_ask(pipeline, *, families: list[str], pools: int = 100, alpha: float =
             continue
         for name in plans:
             if name == "no question":
-                rows.append({"family": family, "plan": name, "episodes": len(base), "target NDCG@10": f"{base.mean():.4f}",
-                             "target in the pool": f"{100 * np.mean(in_pool[family]):.0f}%"})  # fmt: skip
+                rows.append(
+                    {
+                        "family": family,
+                        "plan": name,
+                        "episodes": len(base),
+                        "target NDCG@10": f"{base.mean():.4f}",
+                        "target in the pool": f"{100 * np.mean(in_pool[family]):.0f}%",
+                    }
+                )
                 continue
             x = np.array(ndcg[family, name])
             gain = x - base
             held = np.array(in_pool[family])
-            rows.append({
-                "family": family, "plan": name, "episodes": len(x), "target NDCG@10": f"{x.mean():.4f}", "answered": f"{100 * np.mean(answered[family, name]):.0f}%",
-                "mean gain": f"{gain.mean():+.4f}", f"gain > {ASK_COST:.2f}": f"{100 * np.mean(gain > ASK_COST):.0f}%",
-                "mean gain, pools holding the target": f"{gain[held].mean():+.4f} ({held.sum()})" if held.any() else "",
-                "worth it (gain > cost)": "yes" if gain.mean() > ASK_COST else "no",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "family": family,
+                    "plan": name,
+                    "episodes": len(x),
+                    "target NDCG@10": f"{x.mean():.4f}",
+                    "answered": f"{100 * np.mean(answered[family, name]):.0f}%",
+                    "mean gain": f"{gain.mean():+.4f}",
+                    f"gain > {ASK_COST:.2f}": f"{100 * np.mean(gain > ASK_COST):.0f}%",
+                    "mean gain, pools holding the target": f"{gain[held].mean():+.4f} ({held.sum()})" if held.any() else "",
+                    "worth it (gain > cost)": "yes" if gain.mean() > ASK_COST else "no",
+                }
+            )
     title = f"Asking once after every automated tool, {split} pools ({pools} per family), alpha {alpha}; {seconds:.0f} s"
     return {title: rows}

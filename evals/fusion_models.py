@@ -95,8 +95,21 @@ def content_view(features: dict[str, np.ndarray], k: int = 10, chunk: int = 2048
     return out
 
 
-def train_fusion(kind: str, features: dict[str, np.ndarray], train_pos: list[np.ndarray], *, epochs: int = 6, stage1: int = 3, batch: int = 512,
-                 lr: float = 3e-3, lam: float = 0.5, tau: float = 0.1, beta: float = 0.05, drop: float = 0.3, seed: int = 0):  # fmt: skip
+def train_fusion(
+    kind: str,
+    features: dict[str, np.ndarray],
+    train_pos: list[np.ndarray],
+    *,
+    epochs: int = 6,
+    stage1: int = 3,
+    batch: int = 512,
+    lr: float = 3e-3,
+    lam: float = 0.5,
+    tau: float = 0.1,
+    beta: float = 0.05,
+    drop: float = 0.3,
+    seed: int = 0,
+):
     """Train a 'margo' or 'magnet' model; returns it with `curve` (loss per epoch) and `stages`."""
     import torch
     from tqdm.auto import tqdm
@@ -133,7 +146,9 @@ def train_fusion(kind: str, features: dict[str, np.ndarray], train_pos: list[np.
             if kind == "margo" and model.stage2:
                 with torch.no_grad():  # stop-gradient: reliability vector and confidence
                     z = (aux_p["s"] > aux_n["s"]).float() * avail
-                    z = torch.where(z.sum(1, keepdim=True) > 0, z / z.sum(1, keepdim=True).clamp_min(1), avail / avail.sum(1, keepdim=True))
+                    z = torch.where(
+                        z.sum(1, keepdim=True) > 0, z / z.sum(1, keepdim=True).clamp_min(1), avail / avail.sum(1, keepdim=True)
+                    )
                     gamma = torch.sigmoid(margin / tau)
                 loss = loss + lam * (gamma * -(z * torch.log(aux_p["w"].clamp_min(1e-9))).sum(1)).mean()
             if kind == "magnet":
@@ -162,16 +177,28 @@ def load_fusion(kind: str, dims: dict[str, int], state: dict):
     return model
 
 
-def score_pool(model, features: dict[str, np.ndarray], mask: dict[str, bool], history: np.ndarray, candidates: np.ndarray) -> np.ndarray | None:
+def score_pool(
+    model, features: dict[str, np.ndarray], mask: dict[str, bool], history: np.ndarray, candidates: np.ndarray
+) -> np.ndarray | None:
     """Fused score per candidate over the visible modalities; None when nothing is visible."""
     import torch
 
     if not any(mask.get(m) for m in features) or len(history) == 0:
         return None
     with torch.no_grad():
-        item = {m: torch.from_numpy(np.nan_to_num(f[candidates]).astype(np.float32)) if mask.get(m) else torch.zeros(len(candidates), f.shape[1])
-                for m, f in features.items()}  # fmt: skip
-        user = {m: torch.from_numpy(np.nan_to_num(f[history[-100:]]).astype(np.float32)).mean(0, keepdim=True).expand(len(candidates), -1)
-                if mask.get(m) else torch.zeros(len(candidates), f.shape[1]) for m, f in features.items()}  # fmt: skip
+        item = {
+            m: torch.from_numpy(np.nan_to_num(f[candidates]).astype(np.float32))
+            if mask.get(m)
+            else torch.zeros(len(candidates), f.shape[1])
+            for m, f in features.items()
+        }
+        user = {
+            m: torch.from_numpy(np.nan_to_num(f[history[-100:]]).astype(np.float32))
+            .mean(0, keepdim=True)
+            .expand(len(candidates), -1)
+            if mask.get(m)
+            else torch.zeros(len(candidates), f.shape[1])
+            for m, f in features.items()
+        }
         avail = torch.tensor([[float(bool(mask.get(m))) for m in features]] * len(candidates))
         return model.score(user, item, avail)[0].numpy().astype(float)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mma_agent.toolkits.workspace import Workspace
 from mma_agent.util import l2_normalize as _norm
 
 GENRE_PROMPT = "a poster of a {} movie"
@@ -65,14 +66,18 @@ def _similarity_vs_genres(emb: np.ndarray, g: np.ndarray, rng: np.random.Generat
     nn = np.argpartition(-sims, 10, axis=1)[:, :10]
     union = (g[:, None, :] | g[nn]).sum(-1)
     nn_jac = ((g[:, None, :] & g[nn]).sum(-1) / np.maximum(union, 1)).mean()
-    return {"Spearman(sim, genre Jaccard)": float(rho), "genre Jaccard of 10 nearest": float(nn_jac), "genre Jaccard of random pairs": float(jac.mean())}
+    return {
+        "Spearman(sim, genre Jaccard)": float(rho),
+        "genre Jaccard of 10 nearest": float(nn_jac),
+        "genre Jaccard of random pairs": float(jac.mean()),
+    }
 
 
-def bench_image(pipeline, folder: Path, *, n_throughput: int = 64, seed: int = 0) -> dict[str, list[dict]]:
+def bench_image(pipeline: Workspace, folder: Path, *, n_throughput: int = 64, seed: int = 0) -> dict[str, list[dict]]:
     import torch
 
-    from mma_agent.poster_clip import load_clip
-    from mma_agent.image_features import trunk_features
+    from mma_agent.models.image_features import trunk_features
+    from mma_agent.models.poster_clip import load_clip
     from mma_agent.training.clip import heldout_items, pooled_item_texts
 
     model, preprocess, tokenizer = load_clip(f"local-dir:{folder}")
@@ -120,18 +125,29 @@ def bench_image(pipeline, folder: Path, *, n_throughput: int = 64, seed: int = 0
         txt = _norm(model.text.proj(torch.from_numpy(pooled)).numpy())
     top10 = np.argpartition(-(img @ txt.T), 10, axis=1)[:, :10]
     r10 = float((top10 == np.arange(len(held))[:, None]).any(1).mean())
-    rows_ret = [{"held-out items": len(held), "image->text Recall@10": r10, "chance": 10 / len(held), "ratio to chance": r10 / (10 / len(held))}]
+    rows_ret = [
+        {
+            "held-out items": len(held),
+            "image->text Recall@10": r10,
+            "chance": 10 / len(held),
+            "ratio to chance": r10 / (10 / len(held)),
+        }
+    ]
 
     # 3. similarity vs genre overlap (the same random pairs for every embedding)
     raw = trunk[held] - trunk[has_img].mean(0)
     rows_sim = []
-    for name, emb in [("poster CLIP embedding", img), ("raw trunk features, centred", raw), ("12x16 pixel thumbnails", pipeline.thumbnails[held])]:
+    for name, emb in [
+        ("poster CLIP embedding", img),
+        ("raw trunk features, centred", raw),
+        ("12x16 pixel thumbnails", pipeline.thumbnails[held]),
+    ]:
         rows_sim.append({"embedding": name, **_similarity_vs_genres(np.nan_to_num(emb), g_held, np.random.default_rng(seed))})
 
     # 4. throughput, end to end
     from PIL import Image
 
-    from mma_agent.image_features import load_rgb
+    from mma_agent.models.image_features import load_rgb
 
     paths = [ds.image_path(ds.items.at[int(i), "image"]) for i in held[:n_throughput]]
     start = time.perf_counter()
@@ -140,10 +156,19 @@ def bench_image(pipeline, folder: Path, *, n_throughput: int = 64, seed: int = 0
         enc = model.encode_image(batch).numpy()
     secs = time.perf_counter() - start
     agree = float((_norm(enc) * img[: len(paths)]).sum(1).min())
-    rows_speed = [{
-        "posters": len(paths), "seconds": f"{secs:.2f}", "posters/s": f"{len(paths) / secs:.1f}",
-        "catalogue posters": int(has_img.sum()), "catalogue pass at this rate (s)": f"{has_img.sum() / (len(paths) / secs):.0f}",
-        "min cos(encode_image, cached trunk + head)": f"{agree:.6f}",
-    }]  # fmt: skip
-    return {"Zero-shot genre tagging on held-out posters": rows_tag, "Image -> text retrieval": rows_ret,
-            "Poster similarity vs genre overlap (held-out items)": rows_sim, "Throughput (encode_image, 2 CPU cores)": rows_speed}  # fmt: skip
+    rows_speed = [
+        {
+            "posters": len(paths),
+            "seconds": f"{secs:.2f}",
+            "posters/s": f"{len(paths) / secs:.1f}",
+            "catalogue posters": int(has_img.sum()),
+            "catalogue pass at this rate (s)": f"{has_img.sum() / (len(paths) / secs):.0f}",
+            "min cos(encode_image, cached trunk + head)": f"{agree:.6f}",
+        }
+    ]
+    return {
+        "Zero-shot genre tagging on held-out posters": rows_tag,
+        "Image -> text retrieval": rows_ret,
+        "Poster similarity vs genre overlap (held-out items)": rows_sim,
+        "Throughput (encode_image, 2 CPU cores)": rows_speed,
+    }

@@ -19,10 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mma_agent.toolkits.workspace import Workspace
+
 FORMAT = "mma-policy-calls/1"
 
 
-def record_policy_calls(pipeline, backend: str, out: Path, *, episodes: int = 32) -> dict:
+def record_policy_calls(pipeline: Workspace, backend: str, out: Path, *, episodes: int = 32) -> dict:
     """Run MMA-Auto with `backend` on the first `episodes` test pools of the full family and write
     its policy calls to `out` (JSON): what `replay` feeds a model."""
     from mma_agent.evals.rerank_bench import _requests
@@ -38,8 +40,14 @@ def record_policy_calls(pipeline, backend: str, out: Path, *, episodes: int = 32
     class Recording(TransformersChatModel):
         def _generate(self, messages, stop=None, run_manager=None, **kwargs):
             result = super()._generate(messages, stop, run_manager, **kwargs)
-            calls.append({"messages": [{"role": m.type, "content": str(m.content)} for m in messages], "prefill": kwargs.get("prefill", ""),
-                          "allowed": kwargs.get("allowed_completions"), "reply": result.generations[0].message.content})  # fmt: skip
+            calls.append(
+                {
+                    "messages": [{"role": m.type, "content": str(m.content)} for m in messages],
+                    "prefill": kwargs.get("prefill", ""),
+                    "allowed": kwargs.get("allowed_completions"),
+                    "reply": result.generations[0].message.content,
+                }
+            )
             return result
 
     rec = Recording(**model.model_dump())
@@ -73,7 +81,9 @@ def _replay(model: Any, episodes: list[list[dict]], concurrency: int) -> tuple[f
         replies = []
         for c in calls:
             start = time.perf_counter()
-            out = model.invoke(convert_to_messages(c["messages"]), prefill=c["prefill"], allowed_completions=c["allowed"], stop_strings=["\n"])
+            out = model.invoke(
+                convert_to_messages(c["messages"]), prefill=c["prefill"], allowed_completions=c["allowed"], stop_strings=["\n"]
+            )
             lat.append(time.perf_counter() - start)
             replies.append(str(out.content))
         return replies
@@ -116,14 +126,23 @@ def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeat
         same = sum(a == b for a, b in zip(replies, recorded, strict=True))
         first = replies if first is None else first
         same_first = sum(a == b for a, b in zip(replies, first, strict=True))
-        rows.append({
-            "setting": s.get("label") or f"{model.torch_device.type}, batching={bool(batcher)}, concurrency={s['concurrency']}",
-            "device": torch.cuda.get_device_name(model.torch_device) if model.torch_device.type == "cuda" else "cpu",
-            "episodes/s": f"{len(episodes) / wall:.2f}", "calls/s": f"{n_calls / wall:.1f}",
-            "call p50 ms": f"{1000 * statistics.median(lat):.1f}", "call p95 ms": f"{1000 * statistics.quantiles(lat, n=20)[-1]:.1f}",
-            "rows/pass": f"{per_pass:.1f}" if batcher is not None else "", "time in passes": f"{in_passes:.0%}" if batcher is not None else "",
-            "graphs (captured while timed)": f"{batcher.stats['captures']} ({used['captures']})" if batcher is not None and batcher.cuda_graphs else "",
-            "same actions as recorded": f"{same}/{len(episodes)}", "same as the first row": f"{same_first}/{len(episodes)}",
-        })  # fmt: skip
+        rows.append(
+            {
+                "setting": s.get("label")
+                or f"{model.torch_device.type}, batching={bool(batcher)}, concurrency={s['concurrency']}",
+                "device": torch.cuda.get_device_name(model.torch_device) if model.torch_device.type == "cuda" else "cpu",
+                "episodes/s": f"{len(episodes) / wall:.2f}",
+                "calls/s": f"{n_calls / wall:.1f}",
+                "call p50 ms": f"{1000 * statistics.median(lat):.1f}",
+                "call p95 ms": f"{1000 * statistics.quantiles(lat, n=20)[-1]:.1f}",
+                "rows/pass": f"{per_pass:.1f}" if batcher is not None else "",
+                "time in passes": f"{in_passes:.0%}" if batcher is not None else "",
+                "graphs (captured while timed)": f"{batcher.stats['captures']} ({used['captures']})"
+                if batcher is not None and batcher.cuda_graphs
+                else "",
+                "same actions as recorded": f"{same}/{len(episodes)}",
+                "same as the first row": f"{same_first}/{len(episodes)}",
+            }
+        )
     title = f"Policy calls of {len(episodes)} recorded episodes ({n_calls} calls), replayed on {model_path}, one setting after the other in one run"
     return {title: rows}

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from mma_agent.graphs.state import SCORE_TOOL, rerank_request, trace_stats
-from mma_agent.masks import TASK_FAMILIES, Mask
+from mma_agent.modalities import TASK_FAMILIES, Mask
 from mma_agent.toolkits import tool_vocabulary
 from mma_agent.toolkits.base import ToolSpec
 from mma_agent.util import atomic_write, json_digest, l2_normalize, minmax
@@ -75,8 +75,13 @@ class EvalEnv:
         if key not in self._evidence:
             catalogue, kits = (self.catalogue, self.kits) if learned else self.pipeline.toolkits(learned=False)
             tools = tool_vocabulary(kits)
-            ctx = EpisodeContext(catalogue.view(Mask(**ep["mask"])), np.asarray(ep["hist_idx"], dtype=np.int64), np.asarray(ep["cand_idx"], dtype=np.int64),
-                                 ep["user"], first_stage=np.asarray(ep["first_stage_scores"], dtype=float))  # fmt: skip
+            ctx = EpisodeContext(
+                catalogue.view(Mask(**ep["mask"])),
+                np.asarray(ep["hist_idx"], dtype=np.int64),
+                np.asarray(ep["cand_idx"], dtype=np.int64),
+                ep["user"],
+                first_stage=np.asarray(ep["first_stage_scores"], dtype=float),
+            )
             channels = {}
             for spec in tools.automated:
                 kit = kits.get(tools.owner(spec.name))
@@ -131,7 +136,10 @@ class RetrieverMethod(Method):
     group = "first stage"
 
     def __init__(self, retriever: str) -> None:
-        self.retriever, self.name = retriever, {"popularity": "Popularity", "itemknn": "ItemKNN", "bprmf": "BPR-MF", "lightgcn": "LightGCN"}[retriever]
+        self.retriever, self.name = (
+            retriever,
+            {"popularity": "Popularity", "itemknn": "ItemKNN", "bprmf": "BPR-MF", "lightgcn": "LightGCN"}[retriever],
+        )
 
     def setup(self, env):
         super().setup(env)
@@ -149,8 +157,18 @@ class AgentMethod(Method):
 
     group = "agent"
 
-    def __init__(self, name: str, *, model: str | None = None, variant: str = "auto", plan: list[str] | None = None,
-                 prefill: bool | None = None, group: str = "agent", learned: bool = True, lookup: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        variant: str = "auto",
+        plan: list[str] | None = None,
+        prefill: bool | None = None,
+        group: str = "agent",
+        learned: bool = True,
+        lookup: bool = False,
+    ) -> None:
         self.name, self.model_spec, self.variant, self.plan, self.prefill, self.group = name, model, variant, plan, prefill, group
         self.uses_llm, self.learned, self.lookup = model is not None, learned, lookup
 
@@ -171,8 +189,15 @@ class AgentMethod(Method):
             router = LookupRouter.load(path)
         if self.plan is None:
             model = env.chat_model(self.model_spec) if self.model_spec else None
-            self.graph = create_mma_reranker(model, catalogue=self.catalogue, toolkits=self.kits, variant=self.variant, alpha=0.0, prefill=self.prefill,
-                                             router=router).compile()  # fmt: skip
+            self.graph = create_mma_reranker(
+                model,
+                catalogue=self.catalogue,
+                toolkits=self.kits,
+                variant=self.variant,
+                alpha=0.0,
+                prefill=self.prefill,
+                router=router,
+            ).compile()
 
     def score(self, ep):
         graph = self.graph
@@ -181,8 +206,12 @@ class AgentMethod(Method):
 
             from mma_agent.graphs.reranker import create_mma_reranker
 
-            graph = create_mma_reranker(FakeListChatModel(responses=self.plan), catalogue=self.catalogue, toolkits=self.kits, alpha=0.0, prefill=False).compile()
-        out = graph.invoke(rerank_request(ep, with_target=self.variant == "interactive"))  # the simulated user answers about the target
+            graph = create_mma_reranker(
+                FakeListChatModel(responses=self.plan), catalogue=self.catalogue, toolkits=self.kits, alpha=0.0, prefill=False
+            ).compile()
+        out = graph.invoke(
+            rerank_request(ep, with_target=self.variant == "interactive")
+        )  # the simulated user answers about the target
         info = trace_stats(out)
         if out.get("fallback") or not out.get("mma_scores"):
             return None, info
@@ -242,8 +271,12 @@ class CompletionFusion(Method):
             raise ValueError(f"unknown imputation {imputation!r}")
         self.imputation, self.k, self.iterations = imputation, k, iterations
         self.uses_pool_structure = imputation == "feature-propagation"  # edges between the episode's items
-        self.name = {"zero": "Completion: zero", "mean": "Completion: mean", "neighbour-mean": "Completion: neighbour-mean",
-                     "feature-propagation": "Completion: feature propagation"}[imputation]  # fmt: skip
+        self.name = {
+            "zero": "Completion: zero",
+            "mean": "Completion: mean",
+            "neighbour-mean": "Completion: neighbour-mean",
+            "feature-propagation": "Completion: feature propagation",
+        }[imputation]
 
     def setup(self, env):
         super().setup(env)
@@ -306,7 +339,9 @@ class TrainedFusion(Method):
 
     def __init__(self, kind: str, seed: int = 0) -> None:
         self.kind, self.seed = kind, seed
-        self.name = {"margo": "MARGO-style (reliability-weighted fusion)", "magnet": "MAGNET-style (dual view, role experts)"}[kind]
+        self.name = {"margo": "MARGO-style (reliability-weighted fusion)", "magnet": "MAGNET-style (dual view, role experts)"}[
+            kind
+        ]
 
     def setup(self, env, seed: int | None = None):
         import torch
@@ -503,8 +538,10 @@ class ListwiseLLM(Method):
         top = np.argsort(-first, kind="stable")[: self.window]
         liked = "; ".join(view.item_field(int(i), "title") or "?" for i in ep["hist_idx"][-self.history_len :])
         listing = "\n".join(f"[{j + 1}] {view.item_field(int(ep['cand_idx'][i]), 'title')}" for j, i in enumerate(top))
-        prompt = (f"The user recently liked: {liked}.\nRank these {len(top)} movies by how likely the user is to like them next.\n"
-                  f"{listing}\nAnswer only with the identifiers, best first, like [3] > [1] > [2].")  # fmt: skip
+        prompt = (
+            f"The user recently liked: {liked}.\nRank these {len(top)} movies by how likely the user is to like them next.\n"
+            f"{listing}\nAnswer only with the identifiers, best first, like [3] > [1] > [2]."
+        )
         out = self.model.invoke([SystemMessage("You rank movies for a user."), HumanMessage(prompt)])
         order = []
         for m in re.findall(r"\[(\d+)\]", str(out.content)):
@@ -519,40 +556,75 @@ class ListwiseLLM(Method):
         return scores, {"ranked": len(order), "fallback": False}
 
 
-PROBES = ("random-probe", "popularity-probe", "lowest-first-stage-probe", "centrality-probe-text", "centrality-probe-image",
-          "centrality-probe-behaviour", "oracle")  # every report table carries these rows
+PROBES = (
+    "random-probe",
+    "popularity-probe",
+    "lowest-first-stage-probe",
+    "centrality-probe-text",
+    "centrality-probe-image",
+    "centrality-probe-behaviour",
+    "oracle",
+)  # every report table carries these rows
 
 
 LOOKUP = "Lookup control (no LLM)"  # the lookup control's row (the report pairs MMA-Auto with it)
 
 
-def build_methods(names: list[str] | None, *, zero_shot: str, trained: dict[str, str], user: list[str] | None = None,
-                  interactive: str | None = None) -> list[Method]:  # fmt: skip
+def build_methods(
+    names: list[str] | None,
+    *,
+    zero_shot: str,
+    trained: dict[str, str],
+    user: list[str] | None = None,
+    interactive: str | None = None,
+) -> list[Method]:
     """The method rows by short name (default: all), then the user's own (`package.module:attr`).
     `trained`: label -> backend of trained policies; `interactive`: MMA-Interactive's backend
     (default: the first trained policy, else the zero-shot model)."""
     table: dict[str, Any] = {
-        "first-stage": FirstStage, "popularity": lambda: RetrieverMethod("popularity"), "itemknn": lambda: RetrieverMethod("itemknn"),
-        "bprmf": lambda: RetrieverMethod("bprmf"), "lightgcn": lambda: RetrieverMethod("lightgcn"),
-        **{f"{s.group}-sim": lambda s=s: AgentMethod(f"Single modality: {s.group}", plan=single_tool_plan(s), group="single modality")
-           for s in tool_vocabulary().automated},
-        "completion-zero": lambda: CompletionFusion("zero"), "completion-mean": lambda: CompletionFusion("mean"),
-        "completion-neighbour": lambda: CompletionFusion("neighbour-mean"), "completion-fp": lambda: CompletionFusion("feature-propagation"),
-        "margo": lambda: TrainedFusion("margo"), "magnet": lambda: TrainedFusion("magnet"),
-        "random-probe": RandomProbe, "popularity-probe": PopularityProbe, "lowest-first-stage-probe": LowestFirstStageProbe,
-        "centrality-probe-text": lambda: CentralityProbe("text"), "centrality-probe-image": lambda: CentralityProbe("image"),
-        "centrality-probe-behaviour": lambda: CentralityProbe("behaviour"), "oracle": Oracle,
+        "first-stage": FirstStage,
+        "popularity": lambda: RetrieverMethod("popularity"),
+        "itemknn": lambda: RetrieverMethod("itemknn"),
+        "bprmf": lambda: RetrieverMethod("bprmf"),
+        "lightgcn": lambda: RetrieverMethod("lightgcn"),
+        **{
+            f"{s.group}-sim": lambda s=s: AgentMethod(
+                f"Single modality: {s.group}", plan=single_tool_plan(s), group="single modality"
+            )
+            for s in tool_vocabulary().automated
+        },
+        "completion-zero": lambda: CompletionFusion("zero"),
+        "completion-mean": lambda: CompletionFusion("mean"),
+        "completion-neighbour": lambda: CompletionFusion("neighbour-mean"),
+        "completion-fp": lambda: CompletionFusion("feature-propagation"),
+        "margo": lambda: TrainedFusion("margo"),
+        "magnet": lambda: TrainedFusion("magnet"),
+        "random-probe": RandomProbe,
+        "popularity-probe": PopularityProbe,
+        "lowest-first-stage-probe": LowestFirstStageProbe,
+        "centrality-probe-text": lambda: CentralityProbe("text"),
+        "centrality-probe-image": lambda: CentralityProbe("image"),
+        "centrality-probe-behaviour": lambda: CentralityProbe("behaviour"),
+        "oracle": Oracle,
         "rule": lambda: AgentMethod("RuleRouter-Fuse", variant="rule"),
         "rule-zero-shot": lambda: AgentMethod("RuleRouter-Fuse (zero-shot evidence)", variant="rule", learned=False),
         "lookup": lambda: AgentMethod(LOOKUP, variant="rule", lookup=True),
-        **{f"{s.group}-{kind}": lambda s=s, kind=kind: ChannelRow(s, kind == "learned") for s in tool_vocabulary().automated for kind in ("zero-shot", "learned")},
-        **{"menu-" + ("equal" if not w else "-".join(f"{g}{int(100 * v)}" for g, v in w.items())): lambda w=w: MenuRow(w)
-           for w in tool_vocabulary().weight_menu(s.group for s in tool_vocabulary().automated)},
+        **{
+            f"{s.group}-{kind}": lambda s=s, kind=kind: ChannelRow(s, kind == "learned")
+            for s in tool_vocabulary().automated
+            for kind in ("zero-shot", "learned")
+        },
+        **{
+            "menu-" + ("equal" if not w else "-".join(f"{g}{int(100 * v)}" for g, v in w.items())): lambda w=w: MenuRow(w)
+            for w in tool_vocabulary().weight_menu(s.group for s in tool_vocabulary().automated)
+        },
         "listwise": lambda: ListwiseLLM(zero_shot),
         "react": lambda: AgentMethod("ReAct zero-shot (free-form)", model=zero_shot, prefill=False, group="LLM"),
         "mma-zero-shot": lambda: AgentMethod("MMA-Auto (zero-shot)", model=zero_shot),
-        "mma-interactive": lambda: AgentMethod("MMA-Interactive", model=interactive or next(iter(trained.values()), zero_shot), variant="interactive"),
-    }  # fmt: skip
+        "mma-interactive": lambda: AgentMethod(
+            "MMA-Interactive", model=interactive or next(iter(trained.values()), zero_shot), variant="interactive"
+        ),
+    }
     for label, backend in trained.items():
         table[f"mma-{label.lower()}"] = lambda label=label, backend=backend: AgentMethod(f"MMA-Auto ({label})", model=backend)
     chosen = list(table) if names is None else names

@@ -18,12 +18,12 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from mma_agent.masks import OOMA_FAMILIES, TASK_FAMILIES
+from mma_agent.modalities import OOMA_FAMILIES, TASK_FAMILIES
 
 from .methods import LOOKUP
+from .store import ResultStore
 
 OWN_ABLATIONS = ("evidence", "weight menu", "agent")  # our own evidence rows and controls: not baselines to beat
-from .store import ResultStore
 
 FAMILIES = (*OOMA_FAMILIES, *(f for f in TASK_FAMILIES if f not in OOMA_FAMILIES))  # table order: OOMA first
 NOT_METHODS = ("protocol probe", "ceiling")  # groups that are rows of every table but never compared as methods
@@ -90,7 +90,11 @@ class Results:
         self.alpha: dict[tuple[str, str], str] = {}
         shared = None  # "paired": the validation pools every fused method ran
         if alpha_on == "paired":
-            ran = [{(r["family"], r["pool"]) for r in rs if r["split"] == "valid"} for m, rs in self.by_method.items() if meta.get("fused", {}).get(m, True)]
+            ran = [
+                {(r["family"], r["pool"]) for r in rs if r["split"] == "valid"}
+                for m, rs in self.by_method.items()
+                if meta.get("fused", {}).get(m, True)
+            ]
             shared = set.intersection(*[k for k in ran if k]) if any(ran) else set()
         self.valid_pools = shared
         for m, rs in self.by_method.items():
@@ -118,7 +122,11 @@ class Results:
             for r in self.by_method[method]:
                 if r["split"] == "test" and (seed is None or r["seed"] == seed):
                     # a probe that could not score an episode has no number there (not the first stage's)
-                    v = np.nan if alone and r["status"] != "ok" and metric != "recall@100" else r["metrics"][self.alpha[method, r["family"]]][metric]
+                    v = (
+                        np.nan
+                        if alone and r["status"] != "ok" and metric != "recall@100"
+                        else r["metrics"][self.alpha[method, r["family"]]][metric]
+                    )
                     acc[r["family"], r["pool"]].append(v)
             self._test[method, metric, seed] = {k: float(np.mean(v)) for k, v in acc.items()}
         return self._test[method, metric, seed]
@@ -153,7 +161,9 @@ def _round(row: dict) -> dict:
 def ceiling_row(res: Results, keys: list[Key]) -> dict:
     """Recall@100 of the pools per family: the ceiling every method shares."""
     means = _family_means(res.recall(keys), keys)
-    return _round({"method": "Ceiling: Recall@100 of the pools", "group": "ceiling", **{c: means[c] for c in ("OOMA", *FAMILIES)}})
+    return _round(
+        {"method": "Ceiling: Recall@100 of the pools", "group": "ceiling", **{c: means[c] for c in ("OOMA", *FAMILIES)}}
+    )
 
 
 def method_table(res: Results, methods: list[str], keys: list[Key], probe_best: dict[str, float]) -> list[dict]:
@@ -176,7 +186,9 @@ def method_table(res: Results, methods: list[str], keys: list[Key], probe_best: 
             row["> best probe (OOMA/full)"] = ""
         else:
             row["> best probe (OOMA/full)"] = "/".join(
-                "" if n10[c] is None or c not in probe_best else ("yes" if n10[c] > probe_best[c] + 1e-12 else "NO") for c in ("OOMA", "full"))
+                "" if n10[c] is None or c not in probe_best else ("yes" if n10[c] > probe_best[c] + 1e-12 else "NO")
+                for c in ("OOMA", "full")
+            )
         seeds = res.seeds(m)
         in_ks = set(ks)
         trs = [r for r in res.test_rows(m) if (r["family"], r["pool"]) in in_ks and r["seed"] == seeds[0]]
@@ -184,8 +196,9 @@ def method_table(res: Results, methods: list[str], keys: list[Key], probe_best: 
         row["errors"] = sum(r["status"] == "error" for r in trs)
         row["ms/ep"] = f"{1000 * np.mean([r['seconds'] for r in trs]):.0f}" if trs else ""
         row["episodes"] = len(ks)
-        row["alpha (text/image/behaviour-only; full)"] = (" ".join(res.alpha.get((m, f), "-") for f in OOMA_FAMILIES)
-                                                          + f"; {res.alpha.get((m, 'full'), '-')}")  # fmt: skip
+        row["alpha (text/image/behaviour-only; full)"] = (
+            " ".join(res.alpha.get((m, f), "-") for f in OOMA_FAMILIES) + f"; {res.alpha.get((m, 'full'), '-')}"
+        )
         row["valid eps (alpha)"] = sum(r["split"] == "valid" and r["seed"] == seeds[0] for r in res.by_method[m])
         if len(seeds) > 1:  # the spread of the OOMA mean over seeds
             per_seed = [_family_means(res.test(m, "ndcg@10", seed=sd), ks)["OOMA"] for sd in seeds]
@@ -213,13 +226,24 @@ def family_tables(res: Results, methods: list[str], keys: list[Key]) -> list[tup
                 continue
             hk = [k for k in hit if k in res.test(m)]
             status = [r["status"] for r in res.test_rows(m) if r["family"] == f and r["seed"] == res.seeds(m)[0]]
-            rows.append(_round({
-                "method": m, "N@10": _mean(res.test(m), ks), "H@10": _mean(res.test(m, "hr@10"), ks), "N@20": _mean(res.test(m, "ndcg@20"), ks),
-                "N@10 (pools with a relevant)": _mean(res.test(m), hk), "alpha": res.alpha.get((m, f), ""),
-                "fallback": f"{100 * np.mean([s == 'fallback' for s in status]):.0f}%" if status else "", "episodes": len(ks),
-            }))  # fmt: skip
-        title = (f"### {f}: first stage {first_stage.get(f, '?')}; {len(fk)} test pools; Recall@100 (ceiling) {_mean(rec, fk):.4f}; "
-                 f"{100 * len(hit) / len(fk):.1f}% of pools hold a relevant item")  # fmt: skip
+            rows.append(
+                _round(
+                    {
+                        "method": m,
+                        "N@10": _mean(res.test(m), ks),
+                        "H@10": _mean(res.test(m, "hr@10"), ks),
+                        "N@20": _mean(res.test(m, "ndcg@20"), ks),
+                        "N@10 (pools with a relevant)": _mean(res.test(m), hk),
+                        "alpha": res.alpha.get((m, f), ""),
+                        "fallback": f"{100 * np.mean([s == 'fallback' for s in status]):.0f}%" if status else "",
+                        "episodes": len(ks),
+                    }
+                )
+            )
+        title = (
+            f"### {f}: first stage {first_stage.get(f, '?')}; {len(fk)} test pools; Recall@100 (ceiling) {_mean(rec, fk):.4f}; "
+            f"{100 * len(hit) / len(fk):.1f}% of pools hold a relevant item"
+        )
         out.append((title, rows))
     return out
 
@@ -236,12 +260,19 @@ def routing_table(res: Results, methods: list[str]) -> list[dict]:
         for fam, rs in [*sorted(by.items(), key=lambda kv: FAMILIES.index(kv[0])), ("all", trs)]:
             calls = sum(r["info"]["calls"] for r in rs)
             first = Counter(r["info"]["first_action"] for r in rs).most_common(1)[0]
-            rows.append({
-                "method": m, "family": fam, "episodes": len(rs), "failed calls": f"{100 * sum(r['info']['failed'] for r in rs) / max(calls, 1):.1f}%",
-                "invalid/ep": f"{np.mean([r['info']['invalid'] for r in rs]):.2f}", "turns/ep": f"{np.mean([r['info']['turns'] for r in rs]):.2f}",
-                "ask_user/ep": f"{np.mean([r['info'].get('ask_user', 0) for r in rs]):.2f}", "fallback": f"{100 * np.mean([r['info']['fallback'] for r in rs]):.0f}%",
-                "first action": f"{first[0]} ({100 * first[1] / len(rs):.0f}%)",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "method": m,
+                    "family": fam,
+                    "episodes": len(rs),
+                    "failed calls": f"{100 * sum(r['info']['failed'] for r in rs) / max(calls, 1):.1f}%",
+                    "invalid/ep": f"{np.mean([r['info']['invalid'] for r in rs]):.2f}",
+                    "turns/ep": f"{np.mean([r['info']['turns'] for r in rs]):.2f}",
+                    "ask_user/ep": f"{np.mean([r['info'].get('ask_user', 0) for r in rs]):.2f}",
+                    "fallback": f"{100 * np.mean([r['info']['fallback'] for r in rs]):.0f}%",
+                    "first action": f"{first[0]} ({100 * first[1] / len(rs):.0f}%)",
+                }
+            )
     return rows
 
 
@@ -252,10 +283,16 @@ def compare(res: Results, a: str, b: str, keys: list[Key], label: str) -> dict:
         return {"comparison": f"{a} vs {b}", "scope": label, "episodes": 0}
     x, y = np.array([va[k] for k in ks]), np.array([vb[k] for k in ks])
     return {
-        "comparison": f"{a} vs {b}", "scope": label, "episodes": len(ks), "NDCG@10 A": round(float(x.mean()), 4), "NDCG@10 B": round(float(y.mean()), 4),
-        "rel. diff": f"{100 * (x.mean() - y.mean()) / y.mean():+.1f}%" if y.mean() > 0 else "", "A better/worse/tied": f"{(x > y).sum()}/{(x < y).sum()}/{(x == y).sum()}",
-        "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}", "Cliff's delta": round(cliffs_delta(x, y), 3),
-    }  # fmt: skip
+        "comparison": f"{a} vs {b}",
+        "scope": label,
+        "episodes": len(ks),
+        "NDCG@10 A": round(float(x.mean()), 4),
+        "NDCG@10 B": round(float(y.mean()), 4),
+        "rel. diff": f"{100 * (x.mean() - y.mean()) / y.mean():+.1f}%" if y.mean() > 0 else "",
+        "A better/worse/tied": f"{(x > y).sum()}/{(x < y).sum()}/{(x == y).sum()}",
+        "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}",
+        "Cliff's delta": round(cliffs_delta(x, y), 3),
+    }
 
 
 def significance(res: Results, mma: str | None, keys: list[Key], baselines: list[str], scope: str, done: set) -> list[dict]:
@@ -267,8 +304,10 @@ def significance(res: Results, mma: str | None, keys: list[Key], baselines: list
         return []
     out = []
     llm_rows = [m for m in res.methods if m.startswith(("LLM listwise", "ReAct"))]
-    for label, ks in (("OOMA (text/image/behaviour-only pooled)", [k for k in keys if k[0] in OOMA_FAMILIES]),
-                      ("full family", [k for k in keys if k[0] == "full"])):  # fmt: skip
+    for label, ks in (
+        ("OOMA (text/image/behaviour-only pooled)", [k for k in keys if k[0] in OOMA_FAMILIES]),
+        ("full family", [k for k in keys if k[0] == "full"]),
+    ):
         if not ks:
             continue
         covered = lambda m, ks=ks: m in res.methods and set(ks) <= set(res.test(m))  # noqa: E731
@@ -277,7 +316,11 @@ def significance(res: Results, mma: str | None, keys: list[Key], baselines: list
         if usable:
             strongest = max(usable, key=lambda m, ks=ks: np.mean([res.test(m)[k] for k in ks]))
             pairs.append((mma, strongest))
-        pairs += [(mma, "RuleRouter-Fuse"), ("MMA-Interactive", mma), *((mma, m) for m in res.methods if m.startswith("MMA-Auto") and m != mma)]
+        pairs += [
+            (mma, "RuleRouter-Fuse"),
+            ("MMA-Interactive", mma),
+            *((mma, m) for m in res.methods if m.startswith("MMA-Auto") and m != mma),
+        ]
         for a, b in pairs:
             if a != b and covered(a) and covered(b) and (a, b, label) not in done:
                 done.add((a, b, label))
@@ -286,7 +329,15 @@ def significance(res: Results, mma: str | None, keys: list[Key], baselines: list
             both = [k for k in ks if k in res.test(mma) and k in res.test(b)]
             if len(both) >= MIN_PAIRED and (mma, b, label) not in done:
                 done.add((mma, b, label))
-                out.append(compare(res, mma, b, both, f"{label}, {scope}" + ("" if len(both) == len(ks) else f" ({len(both)} episodes both ran)")))
+                out.append(
+                    compare(
+                        res,
+                        mma,
+                        b,
+                        both,
+                        f"{label}, {scope}" + ("" if len(both) == len(ks) else f" ({len(both)} episodes both ran)"),
+                    )
+                )
     return out
 
 
@@ -324,17 +375,29 @@ def coverage(res: Results, llm: list[str], all_keys: list[Key]) -> str:
     out = "Methods without an LLM ran on every pool"
     out += f", and so did {', '.join(full)}." if full else "."
     if part:
-        out += " The LLM methods that could not cover every pool on these CPUs ran on one seeded subset (nested, the same pools for each): " + "; ".join(part) + "."
+        out += (
+            " The LLM methods that could not cover every pool on these CPUs ran on one seeded subset (nested, the same pools for each): "
+            + "; ".join(part)
+            + "."
+        )
     return out
 
 
 def valid_mean(res: Results, method: str, family: str) -> float | None:
     """Validation NDCG@10 of a method on a family at its chosen alpha."""
-    vs = [r["metrics"][res.alpha[method, family]]["ndcg@10"] for r in res.by_method[method] if r["split"] == "valid" and r["family"] == family]
+    vs = [
+        r["metrics"][res.alpha[method, family]]["ndcg@10"]
+        for r in res.by_method[method]
+        if r["split"] == "valid" and r["family"] == family
+    ]
     return float(np.mean(vs)) if vs else None
 
 
-EVIDENCE_FAMILY = {"text": "text-only", "image": "image-only", "graph": "behaviour-only"}  # each group's own single-modality family
+EVIDENCE_FAMILY = {
+    "text": "text-only",
+    "image": "image-only",
+    "graph": "behaviour-only",
+}  # each group's own single-modality family
 
 
 def evidence_tables(res: Results, keys: list[Key]) -> list[tuple[str, list[dict]]]:
@@ -367,10 +430,21 @@ def evidence_tables(res: Results, keys: list[Key]) -> list[tuple[str, list[dict]
             x = np.array([res.test(m)[k] for k in ks])
             y = np.array([res.test(first)[k] for k in ks])
             label = f"{m} (best menu entry on validation)" if m == best_menu else m
-            row = {"row": label, "N@10": round(float(x.mean()), 4), "alpha": res.alpha.get((m, f), ""), "valid N@10": round(valid_mean(res, m, f) or 0, 4)}
+            row = {
+                "row": label,
+                "N@10": round(float(x.mean()), 4),
+                "alpha": res.alpha.get((m, f), ""),
+                "valid N@10": round(valid_mean(res, m, f) or 0, 4),
+            }
             if m != first and groups.get(m) != "protocol probe":
-                row.update({"vs first stage": f"{x.mean() - y.mean():+.4f}", "better/worse": f"{(x > y).sum()}/{(x < y).sum()}",
-                            "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}", "Cliff's delta": round(cliffs_delta(x, y), 3)})  # fmt: skip
+                row.update(
+                    {
+                        "vs first stage": f"{x.mean() - y.mean():+.4f}",
+                        "better/worse": f"{(x > y).sum()}/{(x < y).sum()}",
+                        "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}",
+                        "Cliff's delta": round(cliffs_delta(x, y), 3),
+                    }
+                )
             rows.append(row)
         rec = res.recall(fk)
         out.append((f"### {f}: {len(fk)} test pools; Recall@100 (ceiling) {_mean(rec, fk):.4f}", rows))
@@ -395,7 +469,9 @@ def evidence_comparisons(res: Results, keys: list[Key]) -> list[dict]:
     return out
 
 
-def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation", alpha_on: AlphaPools = "own") -> tuple[str, list[dict]]:
+def build_report(
+    store_path: Path, out_dir: Path, *, title: str = "Evaluation", alpha_on: AlphaPools = "own"
+) -> tuple[str, list[dict]]:
     """Write `report.md` and its plot into out_dir; return the Markdown and the main table.
     alpha_on: see `AlphaPools`."""
     from mma_agent.util import format_table
@@ -431,11 +507,22 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation", 
     sub_narrow = method_table(res, order, narrow_keys, probe_best(narrow_keys)) if len(narrow_keys) >= MIN_PAIRED else []
 
     mma = [m for m in llm if m.startswith("MMA-Auto")]
-    valid_ooma = lambda m: np.mean([r["metrics"][res.alpha[m, r["family"]]]["ndcg@10"] for r in res.by_method[m]  # noqa: E731
-                                    if r["split"] == "valid" and r["family"] in OOMA_FAMILIES] or [0])  # fmt: skip
+    valid_ooma = lambda m: np.mean(
+        [
+            r["metrics"][res.alpha[m, r["family"]]]["ndcg@10"]
+            for r in res.by_method[m]  # noqa: E731
+            if r["split"] == "valid" and r["family"] in OOMA_FAMILIES
+        ]
+        or [0]
+    )
     best_mma = max([m for m in mma if m in whole] or mma, key=valid_ooma) if mma else None
-    baselines = [m for m in res.methods if not m.startswith(("MMA-", "LLM listwise", "ReAct")) and m not in ("RuleRouter-Fuse", LOOKUP)
-                 and groups.get(m) not in NOT_METHODS]  # fmt: skip
+    baselines = [
+        m
+        for m in res.methods
+        if not m.startswith(("MMA-", "LLM listwise", "ReAct"))
+        and m not in ("RuleRouter-Fuse", LOOKUP)
+        and groups.get(m) not in NOT_METHODS
+    ]
     sig = significance(res, best_mma, all_keys, baselines, "whole test set", done := set())
     if subset_keys:
         sig += significance(res, best_mma, subset_keys, baselines, "LLM subset", done)
@@ -443,31 +530,71 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation", 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _plots(res, order, all_keys, subset_keys, out_dir, headline=[m for m in (best_mma, "MMA-Interactive", "RuleRouter-Fuse") if m])
+    plots = _plots(
+        res, order, all_keys, subset_keys, out_dir, headline=[m for m in (best_mma, "MMA-Interactive", "RuleRouter-Fuse") if m]
+    )
     below = [r["method"] for r in main if "NO" in str(r.get("> best probe (OOMA/full)", ""))]
-    md = [f"# {title}", "", f"Protocol `{meta.get('protocol')}`, data `{meta.get('data')}`; families {meta.get('families')}; {len(all_keys)} test "
-          f"episodes. {coverage(res, llm, all_keys)} Alpha grid {meta.get('alphas')}, chosen per method and family on validation NDCG@10"
-          f"{'' if res.valid_pools is None else f' of the {len(res.valid_pools)} validation pools every fused method ran (the same for each)'}.", "",
-          "First stage per family (chosen on validation Recall@100): " + "; ".join(f"{f}: {v}" for f, v in meta.get("first_stage", {}).items()) + ".", ""]  # fmt: skip
+    md = [
+        f"# {title}",
+        "",
+        f"Protocol `{meta.get('protocol')}`, data `{meta.get('data')}`; families {meta.get('families')}; {len(all_keys)} test "
+        f"episodes. {coverage(res, llm, all_keys)} Alpha grid {meta.get('alphas')}, chosen per method and family on validation NDCG@10"
+        f"{'' if res.valid_pools is None else f' of the {len(res.valid_pools)} validation pools every fused method ran (the same for each)'}.",
+        "",
+        "First stage per family (chosen on validation Recall@100): "
+        + "; ".join(f"{f}: {v}" for f, v in meta.get("first_stage", {}).items())
+        + ".",
+        "",
+    ]
     if below:
         md += [f"Not above the best user-blind probe on OOMA or the full family (no result there): {', '.join(below)}.", ""]
-    md += [format_table(main, "## Every method that ran on the whole test set (NDCG@10 per family unless named; the first row is the Recall@100 ceiling)"), ""]
+    md += [
+        format_table(
+            main,
+            "## Every method that ran on the whole test set (NDCG@10 per family unless named; the first row is the Recall@100 ceiling)",
+        ),
+        "",
+    ]
     if sub:
-        md += [format_table(sub, f"## Every method on the seeded subset that the MMA rows ran ({len(subset_keys)} test episodes)"), ""]
+        md += [
+            format_table(sub, f"## Every method on the seeded subset that the MMA rows ran ({len(subset_keys)} test episodes)"),
+            "",
+        ]
     if sub_narrow:
-        md += [format_table(sub_narrow, f"## Every method on the smaller subset that {', '.join(narrow)} also ran ({len(narrow_keys)} test episodes)"), ""]
-    md += [format_table(sig, f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the policy best on validation OOMA)"), ""]
+        md += [
+            format_table(
+                sub_narrow,
+                f"## Every method on the smaller subset that {', '.join(narrow)} also ran ({len(narrow_keys)} test episodes)",
+            ),
+            "",
+        ]
+    md += [
+        format_table(
+            sig,
+            f"## Significance (paired Wilcoxon signed-rank, Cliff's delta; MMA-Auto = {best_mma}, the policy best on validation OOMA)",
+        ),
+        "",
+    ]
     policies = policy_comparisons(res, subset_keys or all_keys, [m for m in baselines if groups.get(m) not in OWN_ABLATIONS])
     if policies:
-        md += [format_table(policies, f"## Policies per family ({'the LLM subset' if subset_keys else 'whole test set'}; paired Wilcoxon, Cliff's delta): "
-                                      "trained MMA-Auto against RuleRouter-Fuse, the lookup control, zero-shot and the strongest baseline there "
-                                      "(by its test mean: the comparison favours the baseline)"), ""]  # fmt: skip
+        md += [
+            format_table(
+                policies,
+                f"## Policies per family ({'the LLM subset' if subset_keys else 'whole test set'}; paired Wilcoxon, Cliff's delta): "
+                "trained MMA-Auto against RuleRouter-Fuse, the lookup control, zero-shot and the strongest baseline there "
+                "(by its test mean: the comparison favours the baseline)",
+            ),
+            "",
+        ]
     md += ["## Per family (whole test set)", ""]
     for t, rs in family_tables(res, whole, all_keys):
         md += [format_table(rs, t), ""]
     evidence = evidence_tables(res, all_keys)
     if evidence:
-        md += ["## Evidence per family: each channel alone, RuleRouter-Fuse before and after the learned channels, the best weight-menu entry", ""]
+        md += [
+            "## Evidence per family: each channel alone, RuleRouter-Fuse before and after the learned channels, the best weight-menu entry",
+            "",
+        ]
         md += [format_table(evidence_comparisons(res, all_keys), "Paired tests (A vs B on the same test episodes)"), ""]
         for t, rs in evidence:
             md += [format_table(rs, t), ""]
@@ -479,7 +606,9 @@ def build_report(store_path: Path, out_dir: Path, *, title: str = "Evaluation", 
     return text, main
 
 
-def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: list[Key], out_dir: Path, headline: list[str]) -> list[Path]:
+def _plots(
+    res: Results, order: list[str], all_keys: list[Key], subset_keys: list[Key], out_dir: Path, headline: list[str]
+) -> list[Path]:
     """A methods x families heatmap of test NDCG@10 (the ceiling as its first row, probes and the
     oracle last and in grey, headline methods in bold); LLM rows on the subset are drawn on it,
     their label saying so."""
@@ -531,10 +660,14 @@ def _plots(res: Results, order: list[str], all_keys: list[Key], subset_keys: lis
             label.set_style("italic")
     for i in range(1, len(rows_of)):  # rules between the ceiling, the methods, the probes and the oracle
         if (groups.get(rows_of[i]) or rows_of[i]) != (groups.get(rows_of[i - 1]) or rows_of[i - 1]) and (
-            groups.get(rows_of[i]) in NOT_METHODS or groups.get(rows_of[i - 1]) in NOT_METHODS or rows_of[i - 1] == "ceiling"):
+            groups.get(rows_of[i]) in NOT_METHODS or groups.get(rows_of[i - 1]) in NOT_METHODS or rows_of[i - 1] == "ceiling"
+        ):
             ax.axhline(i - 0.5, color="black", lw=1.2)
     fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01).set_label("relative to the column's best method or probe", fontsize=7)
-    ax.set_title("Test NDCG@10 by task family (protocol v2). First row: the pools' Recall@100 ceiling; grey: user-blind probes and the oracle", fontsize=9)
+    ax.set_title(
+        "Test NDCG@10 by task family (protocol v2). First row: the pools' Recall@100 ceiling; grey: user-blind probes and the oracle",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = out_dir / "by-family.png"
     fig.savefig(path, dpi=120)

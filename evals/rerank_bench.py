@@ -9,22 +9,36 @@ import time
 
 import numpy as np
 
+from mma_agent.toolkits.workspace import Workspace
 
-def _requests(pipeline, pools, n: int) -> list[dict]:
+
+def _requests(pipeline: Workspace, pools, n: int) -> list[dict]:
     split = pipeline.split
     return [
-        {"user_id": str(split.user_ids[pools.users[p]]), "candidates": [str(split.item_ids[c]) for c in pools.candidates[p]],
-         "first_stage_scores": [float(x) for x in pools.scores[p]]}
+        {
+            "user_id": str(split.user_ids[pools.users[p]]),
+            "candidates": [str(split.item_ids[c]) for c in pools.candidates[p]],
+            "first_stage_scores": [float(x) for x in pools.scores[p]],
+        }
         for p in range(min(n, len(pools)))
-    ]  # fmt: skip
+    ]
 
 
 def _actions(out: dict) -> list[str]:
     return [json.dumps(t["action"], sort_keys=True) for t in out["trace"] if t.get("action")]
 
 
-def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concurrency: int = 2, with_image: bool = True,
-                 prompts: tuple[str, ...] = ("full", "compact"), interactive: str | None = None, base_url: str | None = None) -> dict[str, list[dict]]:  # fmt: skip
+def bench_rerank(
+    pipeline: Workspace,
+    model: str | list[str],
+    *,
+    episodes: int = 20,
+    concurrency: int = 2,
+    with_image: bool = True,
+    prompts: tuple[str, ...] = ("full", "compact"),
+    interactive: str | None = None,
+    base_url: str | None = None,
+) -> dict[str, list[dict]]:
     """Each model (a backend string, or NAME=BACKEND) with each prompt style, MMA-Interactive with
     `interactive` (NAME=BACKEND; default the first model) in the last style, and RuleRouter-Fuse,
     on the same test pools of the full family, one after the
@@ -36,6 +50,7 @@ def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concur
     from mma_agent.metrics import ndcg_at_k
 
     catalogue, kits = pipeline.toolkits(image=with_image)
+
     def named(spec: str) -> tuple[str, object]:
         name, backend = named_backend(spec)
         served = {"base_url": base_url} if backend.startswith("openai:") else {}  # an OpenAI-compatible server (vLLM, mma serve)
@@ -49,9 +64,11 @@ def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concur
     relevant = [{str(pipeline.split.item_ids[i]) for i in pools.relevant(p)} for p in range(len(requests))]
     rows, speed = [], []
     runs = [(f"MMA-Auto ({name}), {style} prompt", llm, "auto", style) for name, llm in models for style in prompts]
-    runs += [(f"MMA-Interactive ({asking[0]}, simulated user), {prompts[-1]} prompt", asking[1], "interactive", prompts[-1]),
-             ("RuleRouter-Fuse", None, "rule", prompts[-1])]  # fmt: skip
-    for k, (label, llm, variant, style) in enumerate(runs):
+    runs += [
+        (f"MMA-Interactive ({asking[0]}, simulated user), {prompts[-1]} prompt", asking[1], "interactive", prompts[-1]),
+        ("RuleRouter-Fuse", None, "rule", prompts[-1]),
+    ]
+    for label, llm, variant, style in runs:
         graph = create_mma_reranker(llm, catalogue=catalogue, toolkits=kits, variant=variant, prompt=style).compile()
         graph.invoke({**requests[0], "target": targets[0]})  # warm-up: model load, first-call allocations
         lat, outs = [], []
@@ -63,24 +80,43 @@ def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concur
         usage = [o.get("usage", {}) for o in outs]
         stats = [trace_stats(o) for o in outs]
         ndcg = np.mean([ndcg_at_k(o["ranking"], rel, 10) for o, rel in zip(outs, relevant, strict=True)])
-        first = np.mean([ndcg_at_k(r["candidates"], rel, 10) for r, rel in zip(requests, relevant, strict=True)])  # pools are in first-stage order
+        first = np.mean(
+            [ndcg_at_k(r["candidates"], rel, 10) for r, rel in zip(requests, relevant, strict=True)]
+        )  # pools are in first-stage order
         total_llm = sum(u.get("llm_ms", 0) for u in usage) / 1000
-        rows.append({
-            "variant": label, "episodes": len(outs), "p50 s": f"{np.percentile(lat, 50):.2f}", "p95 s": f"{np.percentile(lat, 95):.2f}",
-            "tool calls/ep": f"{np.mean([s['calls'] for s in stats]):.1f}", "ask_user/ep": f"{np.mean([s['ask_user'] for s in stats]):.2f}",
-            "LLM calls/ep": f"{np.mean([u.get('llm_calls', 0) for u in usage]):.1f}",
-            "prompt tok/ep": f"{np.mean([u.get('input_tokens', 0) for u in usage]):.0f}",
-            "gen tok/ep": f"{np.mean([u.get('output_tokens', 0) for u in usage]):.0f}",
-            "LLM share of time": f"{100 * total_llm / sum(lat):.0f}%", "fallback": f"{np.mean([o['fallback'] for o in outs]):.0%}",
-            "NDCG@10 (first stage)": f"{ndcg:.3f} ({first:.3f})",
-        })  # fmt: skip
+        rows.append(
+            {
+                "variant": label,
+                "episodes": len(outs),
+                "p50 s": f"{np.percentile(lat, 50):.2f}",
+                "p95 s": f"{np.percentile(lat, 95):.2f}",
+                "tool calls/ep": f"{np.mean([s['calls'] for s in stats]):.1f}",
+                "ask_user/ep": f"{np.mean([s['ask_user'] for s in stats]):.2f}",
+                "LLM calls/ep": f"{np.mean([u.get('llm_calls', 0) for u in usage]):.1f}",
+                "prompt tok/ep": f"{np.mean([u.get('input_tokens', 0) for u in usage]):.0f}",
+                "gen tok/ep": f"{np.mean([u.get('output_tokens', 0) for u in usage]):.0f}",
+                "LLM share of time": f"{100 * total_llm / sum(lat):.0f}%",
+                "fallback": f"{np.mean([o['fallback'] for o in outs]):.0%}",
+                "NDCG@10 (first stage)": f"{ndcg:.3f} ({first:.3f})",
+            }
+        )
         if variant == "auto" and style == prompts[-1]:  # throughput of each model in the last style
             start = time.perf_counter()
             graph.batch(requests, config={"max_concurrency": concurrency})
             batch_s = time.perf_counter() - start
-            speed.append({"mode": f"{label}: sequential .invoke", "episodes/s": f"{len(requests) / sum(lat):.3f}", "same actions": ""})
-            speed.append({"mode": f"{label}: .batch(max_concurrency={concurrency})", "episodes/s": f"{len(requests) / batch_s:.3f}", "same actions": ""})
-            if isinstance(llm, TransformersChatModel) and not any("masked generate" in r["mode"] for r in speed):  # the fast path vs masked `generate`, once
+            speed.append(
+                {"mode": f"{label}: sequential .invoke", "episodes/s": f"{len(requests) / sum(lat):.3f}", "same actions": ""}
+            )
+            speed.append(
+                {
+                    "mode": f"{label}: .batch(max_concurrency={concurrency})",
+                    "episodes/s": f"{len(requests) / batch_s:.3f}",
+                    "same actions": "",
+                }
+            )
+            if isinstance(llm, TransformersChatModel) and not any(
+                "masked generate" in r["mode"] for r in speed
+            ):  # the fast path vs masked `generate`, once
                 llm.fast_constrained = False
                 try:
                     start = time.perf_counter()
@@ -90,7 +126,14 @@ def bench_rerank(pipeline, model: str | list[str], *, episodes: int = 20, concur
                     llm.fast_constrained = True
                 same = sum(_actions(a) == _actions(b) for a, b in zip(outs, slow, strict=True))
                 speed[-2]["same actions"] = f"{same}/{len(outs)} as masked generate"
-                speed.append({"mode": f"{label}: sequential .invoke, masked generate (no fast path)", "episodes/s": f"{len(requests) / slow_s:.3f}",
-                              "same actions": ""})  # fmt: skip
-    return {"Episode cost on 100-item pools (test, full family; 2 CPU cores), measured one after the other in one run": rows,
-            "Throughput, same episodes, measured side by side": speed}  # fmt: skip
+                speed.append(
+                    {
+                        "mode": f"{label}: sequential .invoke, masked generate (no fast path)",
+                        "episodes/s": f"{len(requests) / slow_s:.3f}",
+                        "same actions": "",
+                    }
+                )
+    return {
+        "Episode cost on 100-item pools (test, full family; 2 CPU cores), measured one after the other in one run": rows,
+        "Throughput, same episodes, measured side by side": speed,
+    }

@@ -27,11 +27,12 @@ from typing import Any, TypedDict
 import numpy as np
 from tqdm.auto import tqdm
 
+from mma_agent.data.pools import PROTOCOL, NoFirstStageError
 from mma_agent.graphs.fusion import fuse
 from mma_agent.graphs.state import Episode
-from mma_agent.masks import TASK_FAMILIES, family_mask
 from mma_agent.metrics import hr_at_k, ndcg_at_k, recall_at_k
-from mma_agent.pools import PROTOCOL, NoFirstStageError
+from mma_agent.modalities import TASK_FAMILIES, family_mask
+from mma_agent.toolkits.workspace import Workspace
 from mma_agent.util import minmax
 
 from .methods import EvalEnv, Method
@@ -39,11 +40,19 @@ from .store import ResultStore, RunMismatchError
 
 log = logging.getLogger(__name__)
 ALPHAS = tuple(round(a, 1) for a in np.linspace(0.0, 1.0, 11))
-METRICS = (("ndcg@10", ndcg_at_k, 10), ("hr@10", hr_at_k, 10), ("ndcg@20", ndcg_at_k, 20), ("hr@20", hr_at_k, 20), ("recall@100", recall_at_k, 100))
+METRICS = (
+    ("ndcg@10", ndcg_at_k, 10),
+    ("hr@10", hr_at_k, 10),
+    ("ndcg@20", ndcg_at_k, 20),
+    ("hr@20", hr_at_k, 20),
+    ("recall@100", recall_at_k, 100),
+)
 # recall@100 of a 100-item pool is the same for every ranking of it: the ceiling, stored with every row
 
 
-def build_episodes(pipeline, split: str, *, families: Sequence[str] | None = None, limit: Limit = None, seed: int = 0) -> list[Episode]:
+def build_episodes(
+    pipeline: Workspace, split: str, *, families: Sequence[str] | None = None, limit: Limit = None, seed: int = 0
+) -> list[Episode]:
     """Episodes from the saved pools; `limit` keeps a seeded subset of pools per family. A family
     that no first-stage retriever can serve on this data set is skipped (its pools say why)."""
     sp = pipeline.split
@@ -61,13 +70,25 @@ def build_episodes(pipeline, split: str, *, families: Sequence[str] | None = Non
             hist = view.history(user, include_valid=split == "test")
             rel = [str(sp.item_ids[i]) for i in pools.relevant(p)]
             cands = [str(sp.item_ids[c]) for c in pools.candidates[p]]
-            episodes.append({
-                "split": split, "protocol": PROTOCOL, "family": family, "pool": p, "n_pools": len(pools), "user": user,
-                "user_id": str(sp.user_ids[user]), "cand_idx": pools.candidates[p], "candidates": cands,
-                "first_stage_scores": [float(x) for x in pools.scores[p]], "relevant": rel,
-                "target": str(sp.item_ids[pools.target(p)]),  # what the simulated user of MMA-Interactive is after
-                "mask": family_mask(family).to_dict(), "hist_idx": hist, "history": [str(sp.item_ids[i]) for i in hist],
-            })  # fmt: skip
+            episodes.append(
+                {
+                    "split": split,
+                    "protocol": PROTOCOL,
+                    "family": family,
+                    "pool": p,
+                    "n_pools": len(pools),
+                    "user": user,
+                    "user_id": str(sp.user_ids[user]),
+                    "cand_idx": pools.candidates[p],
+                    "candidates": cands,
+                    "first_stage_scores": [float(x) for x in pools.scores[p]],
+                    "relevant": rel,
+                    "target": str(sp.item_ids[pools.target(p)]),  # what the simulated user of MMA-Interactive is after
+                    "mask": family_mask(family).to_dict(),
+                    "hist_idx": hist,
+                    "history": [str(sp.item_ids[i]) for i in hist],
+                }
+            )
     return episodes
 
 
@@ -94,11 +115,16 @@ def picked_pools(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
 def subset(episodes: list[dict], limit: Limit, seed: int = 0) -> list[dict]:
     """`build_episodes(..., limit=limit)` from episodes built with no or a larger limit (the
     seeded subsets are prefixes of one permutation), without building them again."""
-    keep = {(f, n): set(picked_pools(n, family_limit(limit, f), seed).tolist()) for f, n in {(ep["family"], ep["n_pools"]) for ep in episodes}}
+    keep = {
+        (f, n): set(picked_pools(n, family_limit(limit, f), seed).tolist())
+        for f, n in {(ep["family"], ep["n_pools"]) for ep in episodes}
+    }
     return [ep for ep in episodes if ep["pool"] in keep[ep["family"], ep["n_pools"]]]
 
 
-def fused_metrics(first: np.ndarray, method: np.ndarray | None, candidates: list[str], relevant: list[str]) -> dict[str, dict[str, float]]:
+def fused_metrics(
+    first: np.ndarray, method: np.ndarray | None, candidates: list[str], relevant: list[str]
+) -> dict[str, dict[str, float]]:
     """Eq. 2 at every alpha of the grid; `method=None` is the first-stage ranking at every alpha."""
     first = np.asarray(first, dtype=float)
     base = minmax(first) if method is None else None
@@ -135,11 +161,21 @@ def create_eval_graph(methods: dict[str, Method], store: ResultStore, on_done=No
                 raise ValueError(msg)
             error = None
         except Exception as err:  # a crashing method is recorded, and the run goes on
-            log.warning("%s crashed on %s/%s pool %s: %s", state["method"], state["episode"]["protocol"], state["episode"]["family"],
-                        state["episode"]["pool"], err)  # fmt: skip
+            log.warning(
+                "%s crashed on %s/%s pool %s: %s",
+                state["method"],
+                state["episode"]["protocol"],
+                state["episode"]["family"],
+                state["episode"]["pool"],
+                err,
+            )
             scores, info, error = None, {}, f"{type(err).__name__}: {err}"
-        return {"scores": None if scores is None else [float(x) for x in scores], "info": info, "error": error,
-                "seconds": time.perf_counter() - start}  # fmt: skip
+        return {
+            "scores": None if scores is None else [float(x) for x in scores],
+            "info": info,
+            "error": error,
+            "seconds": time.perf_counter() - start,
+        }
 
     def measure(state: EvalState) -> dict:
         ep = state["episode"]
@@ -148,9 +184,21 @@ def create_eval_graph(methods: dict[str, Method], store: ResultStore, on_done=No
     def save(state: EvalState) -> dict:
         ep = state["episode"]
         status = "error" if state["error"] else "fallback" if state["scores"] is None else "ok"
-        store.add({"method": state["method"], "split": ep["split"], "protocol": ep["protocol"], "family": ep["family"], "pool": ep["pool"],
-                   "seed": state["seed"], "status": status, "metrics": state["metrics"], "info": state["info"], "error": state["error"],
-                   "seconds": state["seconds"]})  # fmt: skip
+        store.add(
+            {
+                "method": state["method"],
+                "split": ep["split"],
+                "protocol": ep["protocol"],
+                "family": ep["family"],
+                "pool": ep["pool"],
+                "seed": state["seed"],
+                "status": status,
+                "metrics": state["metrics"],
+                "info": state["info"],
+                "error": state["error"],
+                "seconds": state["seconds"],
+            }
+        )
         if on_done is not None:
             on_done(state)
         return {}
@@ -182,7 +230,7 @@ def _llm_limits(before: dict, now: dict[str, dict[str, int | None]]) -> dict[str
 
 
 def run_eval(
-    pipeline,
+    pipeline: Workspace,
     store_path: Path,
     methods: list[Method],
     *,
@@ -202,7 +250,9 @@ def run_eval(
     before = store.meta()
     if before and before.get("protocol") != PROTOCOL:
         store.close()
-        raise RunMismatchError(f"{store_path} holds results on the old target-centred pools; protocol {PROTOCOL} needs a new run name")
+        raise RunMismatchError(
+            f"{store_path} holds results on the old target-centred pools; protocol {PROTOCOL} needs a new run name"
+        )
     families = list(families or TASK_FAMILIES)
     episodes: dict[tuple[str, bool], list[dict]] = {}
     for split in splits:
@@ -212,18 +262,28 @@ def run_eval(
     # a run may add splits or families to a store; the pools it shares must be the same
     clash = sorted(k for k, v in pools.items() if before.get("pools", {}).get(k, v) != v)
     if clash:
-        raise RunMismatchError(f"{store_path} holds results on other pools for {clash} (the pools were rebuilt); use another run name")
+        raise RunMismatchError(
+            f"{store_path} holds results on other pools for {clash} (the pools were rebuilt); use another run name"
+        )
     small = {f: _narrowest(family_limit(limit, f), family_limit(llm_limit, f)) for f in ran}
-    meta = {"protocol": PROTOCOL, "data": pipeline.split.fingerprint(), "limit": limit, "alphas": list(ALPHAS),
-            "pools": {**before.get("pools", {}), **pools},
-            "families": [f for f in TASK_FAMILIES if f in {*before.get("families", []), *ran}]}  # fmt: skip
+    meta = {
+        "protocol": PROTOCOL,
+        "data": pipeline.split.fingerprint(),
+        "limit": limit,
+        "alphas": list(ALPHAS),
+        "pools": {**before.get("pools", {}), **pools},
+        "families": [f for f in TASK_FAMILIES if f in {*before.get("families", []), *ran}],
+    }
     meta["groups"] = {**before.get("groups", {}), **{m.name: m.group for m in methods}}
     meta["uses_llm"] = {**before.get("uses_llm", {}), **{m.name: m.uses_llm for m in methods}}
     meta["fused"] = {**before.get("fused", {}), **{m.name: m.fused for m in methods}}
     meta["pool_structure"] = {**before.get("pool_structure", {}), **{m.name: m.uses_pool_structure for m in methods}}
     meta["llm_limit"] = _llm_limits(before, {m.name: small for m in methods if m.uses_llm})
     meta["order"] = [*before.get("order", []), *(m.name for m in methods if m.name not in before.get("order", []))]
-    meta["first_stage"] = {**before.get("first_stage", {}), **{f: pipeline.pools(f, "test" if "test" in splits else splits[0]).meta["first_stage_name"] for f in ran}}
+    meta["first_stage"] = {
+        **before.get("first_stage", {}),
+        **{f: pipeline.pools(f, "test" if "test" in splits else splits[0]).meta["first_stage_name"] for f in ran},
+    }
     meta["notes"] = notes or before.get("notes", [])
     store.check_meta(meta, compare=("protocol", "data", "limit"))
     if env is None:
@@ -237,8 +297,13 @@ def run_eval(
             log.info("%s: dropped %d stored episodes (--fresh)", method.name, n)
         done = store.done(method.name)
         seeds_m = list(seeds) if method.stochastic else [seeds[0]]
-        todo = [{"method": method.name, "seed": s, "episode": ep} for s in seeds_m for split in splits for ep in episodes[split, method.uses_llm]
-                if (ep["split"], ep["protocol"], ep["family"], ep["pool"], s) not in done]  # fmt: skip
+        todo = [
+            {"method": method.name, "seed": s, "episode": ep}
+            for s in seeds_m
+            for split in splits
+            for ep in episodes[split, method.uses_llm]
+            if (ep["split"], ep["protocol"], ep["family"], ep["pool"], s) not in done
+        ]
         bar = tqdm(total=len(todo) + len(done), initial=len(done), desc=method.name[:36], unit="ep")
 
         def tick(_state, bar=bar):

@@ -36,7 +36,13 @@ def _raw_post(port: int, path: str, headers: dict[str, str], body: bytes, timeou
     import json
     import socket
 
-    head = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body)), "Connection": "close", **{k.title(): v for k, v in headers.items()}}
+    head = {
+        "Host": "127.0.0.1",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+        **{k.title(): v for k, v in headers.items()},
+    }
     data = (f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n").encode() + body
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         try:
@@ -63,8 +69,10 @@ def _raw_post(port: int, path: str, headers: dict[str, str], body: bytes, timeou
     return status, message[:90]
 
 
-def bench_serve(serve, model_spec: str, cache_dir, *, clients: int = 50, requests: int = 200, max_tokens: int = 8) -> dict[str, list[dict]]:
-    """`serve` is `mma_agent.serve.serve` (passed in by the CLI: the server sits above this layer)."""
+def bench_serve(
+    serve, model_spec: str, cache_dir, *, clients: int = 50, requests: int = 200, max_tokens: int = 8
+) -> dict[str, list[dict]]:
+    """`serve` is `mma_agent.llm.serve.serve` (passed in by the CLI: the server sits above this layer)."""
     import httpx
 
     from mma_agent.llm import resolve_chat_model
@@ -77,9 +85,13 @@ def bench_serve(serve, model_spec: str, cache_dir, *, clients: int = 50, request
     deadline = time.time() + 60
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    prompt = {"messages": [{"role": "system", "content": "You rerank a pool of candidate items for one user. " * 10},
-                           {"role": "user", "content": "The user liked 40 items. The pool has 100 candidates. Choose your first action."}],
-              "max_tokens": max_tokens}  # fmt: skip
+    prompt = {
+        "messages": [
+            {"role": "system", "content": "You rerank a pool of candidate items for one user. " * 10},
+            {"role": "user", "content": "The user liked 40 items. The pool has 100 candidates. Choose your first action."},
+        ],
+        "max_tokens": max_tokens,
+    }
     statuses: Counter[str] = Counter()
     seconds: list[float] = []
     lock = threading.Lock()
@@ -101,11 +113,17 @@ def bench_serve(serve, model_spec: str, cache_dir, *, clients: int = 50, request
         list(pool.map(one, range(requests)))
     wall = time.perf_counter() - start
     ms = np.array(seconds) * 1000
-    load = [{
-        "clients": clients, "requests": requests, "status codes": ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
-        "errors": sum(v for k, v in statuses.items() if k != "200"), "p50 ms": f"{np.percentile(ms, 50):.0f}", "p99 ms": f"{np.percentile(ms, 99):.0f}",
-        "requests/s": f"{requests / wall:.2f}",
-    }]  # fmt: skip
+    load = [
+        {
+            "clients": clients,
+            "requests": requests,
+            "status codes": ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
+            "errors": sum(v for k, v in statuses.items() if k != "200"),
+            "p50 ms": f"{np.percentile(ms, 50):.0f}",
+            "p99 ms": f"{np.percentile(ms, 99):.0f}",
+            "requests/s": f"{requests / wall:.2f}",
+        }
+    ]
     cases = []
     port = sock.getsockname()[1]
     for name, (headers, body) in MALFORMED.items():
@@ -114,5 +132,7 @@ def bench_serve(serve, model_spec: str, cache_dir, *, clients: int = 50, request
         cases.append({"case": name, "status": status, "message": message, "server still answers": "yes" if alive else "NO"})
     server.should_exit = True
     thread.join(timeout=60)
-    return {f"mma serve ({model_spec}) under {clients} concurrent clients, {max_tokens} new tokens per request": load,
-            "Malformed requests (one each)": cases}
+    return {
+        f"mma serve ({model_spec}) under {clients} concurrent clients, {max_tokens} new tokens per request": load,
+        "Malformed requests (one each)": cases,
+    }

@@ -50,10 +50,14 @@ class ResultStore:
             stored = {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
             clash = {k: (stored[k], meta[k]) for k in compare if k in stored and stored[k] != meta[k]}
             if clash:
-                msg = f"{self.path} holds a run with other settings ({clash}); use another run name, or the same settings to resume"
+                msg = (
+                    f"{self.path} holds a run with other settings ({clash}); use another run name, or the same settings to resume"
+                )
                 raise RunMismatchError(msg)
             for k, v in meta.items():
-                self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (k, json.dumps(v)))
+                self._db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (k, json.dumps(v))
+                )
 
     def meta(self) -> dict[str, Any]:
         with self._lock:
@@ -71,7 +75,14 @@ class ResultStore:
 
     def add(self, row: dict[str, Any]) -> bool:
         """Insert one finished episode (committed at once); False if that key was already stored."""
-        values = (*(row[k] for k in KEY), row["status"], json.dumps(row["metrics"]), json.dumps(row["info"]), row.get("error"), float(row["seconds"]))
+        values = (
+            *(row[k] for k in KEY),
+            row["status"],
+            json.dumps(row["metrics"]),
+            json.dumps(row["info"]),
+            row.get("error"),
+            float(row["seconds"]),
+        )
         with self._lock:
             cur = self._db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
             return cur.rowcount == 1

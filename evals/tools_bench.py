@@ -10,16 +10,25 @@ from pathlib import Path
 
 import numpy as np
 
+from mma_agent.toolkits.workspace import Workspace
+
 
 def _ms(xs: list[float]) -> dict[str, str]:
     a = np.array(xs) * 1000
-    return {"calls": str(len(a)), "p50 ms": f"{np.percentile(a, 50):.2f}", "p95 ms": f"{np.percentile(a, 95):.2f}", "max ms": f"{a.max():.2f}"}
+    return {
+        "calls": str(len(a)),
+        "p50 ms": f"{np.percentile(a, 50):.2f}",
+        "p95 ms": f"{np.percentile(a, 95):.2f}",
+        "max ms": f"{a.max():.2f}",
+    }
 
 
-def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, cold_text: bool = True) -> dict[str, list[dict]]:
+def bench_tools(
+    pipeline: Workspace, image_folder: Path | None, *, episodes: int = 100, cold_text: bool = True
+) -> dict[str, list[dict]]:
     from scipy.stats import spearmanr
 
-    from mma_agent.masks import family_mask
+    from mma_agent.modalities import family_mask
     from mma_agent.toolkits import tool_vocabulary, with_relevance
     from mma_agent.toolkits.base import Catalogue, EpisodeContext
     from mma_agent.toolkits.clarify import ClarifyToolkit
@@ -48,11 +57,17 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
     start = time.perf_counter()
     learned = {m: pipeline.relevance(m)[0] for m in ("text", "behaviour", *(("image",) if image_folder is not None else ()))}
     catalogue = with_relevance(catalogue, learned)
-    build_rows.append({"toolkit": "learned channels", "prepare s": f"{time.perf_counter() - start:.1f}", "what": "loaded (`mma relevance` trains them)"})
+    build_rows.append(
+        {
+            "toolkit": "learned channels",
+            "prepare s": f"{time.perf_counter() - start:.1f}",
+            "what": "loaded (`mma relevance` trains them)",
+        }
+    )
     kits["clarify"] = ClarifyToolkit(kits["text"], kits.get("image"))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes = []
-    for fname, (modality, value) in catalogue.features.items():
+    for fname, (_, value) in catalogue.features.items():
         if hasattr(value, "arrays"):  # a learned relevance model
             nbytes = sum(a.nbytes for a in value.arrays().values())
         else:
@@ -69,7 +84,9 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
     graph = catalogue.features["graph"][1]
     for p in range(min(episodes, len(pools))):
         u = int(pools.users[p])
-        ctx = EpisodeContext(view, view.history(u, include_valid=True), pools.candidates[p], u, pools.target(p), first_stage=pools.scores[p])
+        ctx = EpisodeContext(
+            view, view.history(u, include_valid=True), pools.candidates[p], u, pools.target(p), first_stage=pools.scores[p]
+        )
         for spec, kit in zip(tools.specs, tools.owners, strict=True):
             if kit not in kits:
                 continue
@@ -85,9 +102,16 @@ def bench_tools(pipeline, image_folder: Path | None, *, episodes: int = 100, col
             agree_rho.append(spearmanr(a, b).statistic)
             agree_top10.append(len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10)
     lat = [{"tool": t, **_ms(v), "Null": str(nulls[t])} for t, v in times.items() if v]
-    ppr = [{
-        "pools": str(len(agree_rho)), "Spearman over the pool (mean)": f"{np.nanmean(agree_rho):.3f}",
-        "top-10 overlap (mean)": f"{np.mean(agree_top10):.2f}", "exact nx.pagerank ms/call": f"{1000 * np.mean(exact_t):.0f}",
-    }]  # fmt: skip
-    return {"Cache build (whole catalogue)": build_rows, "Latency per tool call, 100-item pools, warm caches": lat,
-            "Truncated PPR (3 steps) vs exact networkx PageRank": ppr}  # fmt: skip
+    ppr = [
+        {
+            "pools": str(len(agree_rho)),
+            "Spearman over the pool (mean)": f"{np.nanmean(agree_rho):.3f}",
+            "top-10 overlap (mean)": f"{np.mean(agree_top10):.2f}",
+            "exact nx.pagerank ms/call": f"{1000 * np.mean(exact_t):.0f}",
+        }
+    ]
+    return {
+        "Cache build (whole catalogue)": build_rows,
+        "Latency per tool call, 100-item pools, warm caches": lat,
+        "Truncated PPR (3 steps) vs exact networkx PageRank": ppr,
+    }

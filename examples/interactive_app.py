@@ -59,8 +59,17 @@ def main(argv=None) -> int:
     if "__interrupt__" in out:
         print(json.dumps({"paused": True, "question": out["__interrupt__"][0].value}))
     else:
-        print(json.dumps({"paused": False, "ranking": out["ranking"][:10], "fallback": out["fallback"], "reason": out["reason"],
-                          "tools": [t["action"]["tool"] for t in out["trace"] if t.get("action")]}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "paused": False,
+                    "ranking": out["ranking"][:10],
+                    "fallback": out["fallback"],
+                    "reason": out["reason"],
+                    "tools": [t["action"]["tool"] for t in out["trace"] if t.get("action")],
+                }
+            )
+        )
     return 0
 
 

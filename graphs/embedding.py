@@ -19,7 +19,9 @@ def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k:
     """A LangChain tool over a compiled reranker: returns the top_k item ids and whether it fell back."""
     from langchain_core.tools import StructuredTool
 
-    def run(candidates: list[str], first_stage_scores: list[float], history: list[str] | None = None, user_id: str | None = None) -> str:
+    def run(
+        candidates: list[str], first_stage_scores: list[float], history: list[str] | None = None, user_id: str | None = None
+    ) -> str:
         request: dict[str, Any] = {"candidates": candidates, "first_stage_scores": first_stage_scores}
         if history is not None:
             request["history"] = history
@@ -30,6 +32,8 @@ def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k:
         return f"Top {top_k}: {head}" + (f" (first-stage order: {out['reason']})" if out["fallback"] else "")
 
     return StructuredTool.from_function(
-        func=run, name=name, args_schema=RerankToolArgs,
+        func=run,
+        name=name,
+        args_schema=RerankToolArgs,
         description="Rerank recommendation candidates for a user with multimodal evidence (text, posters, behaviour); works when some are missing.",
-    )  # fmt: skip
+    )

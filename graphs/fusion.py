@@ -20,16 +20,26 @@ def fuse(first: np.ndarray, mma: np.ndarray, alpha: float) -> np.ndarray:
     return alpha * minmax(first) + (1 - alpha) * minmax(mma)
 
 
-def weighted_evidence(evidence: Mapping[str, np.ndarray], groups: Mapping[str, Sequence[str]], weights: object) -> np.ndarray | None:
+def weighted_evidence(
+    evidence: Mapping[str, np.ndarray], groups: Mapping[str, Sequence[str]], weights: object
+) -> np.ndarray | None:
     """MMA scores from `score_candidates {"weights": ...}`: each evidence group is the mean of its
     min-max scaled channels; the score is the weighted mean of the groups gathered. Negative,
     non-numeric or missing weights count as 0; no usable weight means equal weights over what
     was gathered. None when no group has evidence (every tool answered Null)."""
     weights = weights if isinstance(weights, dict) else {}
-    gathered = {g: group_score(evidence[c] for c in chans if c in evidence) for g, chans in groups.items() if any(c in evidence for c in chans)}
+    gathered = {
+        g: group_score(evidence[c] for c in chans if c in evidence)
+        for g, chans in groups.items()
+        if any(c in evidence for c in chans)
+    }
     if not gathered:
         return None
-    w = {g: float(weights.get(g, 0)) for g in gathered if isinstance(weights.get(g, 0), int | float) and math.isfinite(weights.get(g, 0))}
+    w = {
+        g: float(weights.get(g, 0))
+        for g in gathered
+        if isinstance(weights.get(g, 0), int | float) and math.isfinite(weights.get(g, 0))
+    }
     if sum(max(v, 0) for v in w.values()) <= 0:
         w = dict.fromkeys(gathered, 1.0)
     return sum(max(w.get(g, 0), 0) * v for g, v in gathered.items()) / sum(max(v, 0) for v in w.values())

@@ -12,8 +12,19 @@ from langgraph.graph import END
 from mma_agent.graphs.fusion import fuse, scores_per_item, weighted_evidence
 from mma_agent.graphs.policy import Policy, Router, completions, rule_action
 from mma_agent.graphs.prompts import PromptStyle, observation_prompt, request_prompt, system_prompt
-from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, SCORE_TOOL, TOOLS, RerankState, Resolved, Variant, first_stage_output, validate_request
-from mma_agent.masks import Mask
+from mma_agent.graphs.state import (
+    BUDGET_SPENT,
+    POLICY,
+    SCORE,
+    SCORE_TOOL,
+    TOOLS,
+    RerankState,
+    Resolved,
+    Variant,
+    first_stage_output,
+    validate_request,
+)
+from mma_agent.modalities import Mask
 from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolVocabulary
 
 
@@ -32,8 +43,20 @@ def _int_or_none(i) -> int | None:
 class RerankNodes:
     """The nodes of one reranker, bound to its run-scoped dependencies."""
 
-    def __init__(self, policy: Policy | None, catalogue: Catalogue, toolkits: dict[str, Toolkit], tools: ToolVocabulary, *,
-                 variant: Variant, alpha: float, max_turns: int, scoring: str, router: Router = rule_action, prompt: PromptStyle = "compact") -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: Policy | None,
+        catalogue: Catalogue,
+        toolkits: dict[str, Toolkit],
+        tools: ToolVocabulary,
+        *,
+        variant: Variant,
+        alpha: float,
+        max_turns: int,
+        scoring: str,
+        router: Router = rule_action,
+        prompt: PromptStyle = "compact",
+    ) -> None:
         self.policy_model, self.catalogue, self.kits, self.tools, self.router = policy, catalogue, toolkits, tools, router
         self.variant, self.alpha, self.max_turns, self.scoring, self.prompt = variant, alpha, max_turns, scoring, prompt
         # MMA-Auto is offered the automated tools; MMA-Interactive also asks; a router (the rule
@@ -46,8 +69,15 @@ class RerankNodes:
         view = self.catalogue.view(Mask(**(state.get("mask") or {})))
         ask = ask_person if r["target"] is None else None  # evaluation: the simulated user answers about the target
         first = np.asarray(state["first_stage_scores"], dtype=float)
-        return EpisodeContext(view, np.asarray(r["history"], dtype=np.int64), np.asarray(r["candidates"], dtype=np.int64), r["user"], r["target"], ask,
-                              first if len(first) == len(r["candidates"]) else None)  # fmt: skip
+        return EpisodeContext(
+            view,
+            np.asarray(r["history"], dtype=np.int64),
+            np.asarray(r["candidates"], dtype=np.int64),
+            r["user"],
+            r["target"],
+            ask,
+            first if len(first) == len(r["candidates"]) else None,
+        )
 
     # --- nodes --------------------------------------------------------------------------
     def validate(self, state: RerankState) -> dict:
@@ -64,14 +94,35 @@ class RerankNodes:
         else:
             hist = self.catalogue.view(Mask(**(req.mask or {}))).history(split.user_index[req.user_id], include_valid=True)
         target = split.item_index.get(req.target) if req.target else None
-        resolved: Resolved = {"history": [int(i) for i in hist], "candidates": [int(i) for i in cands],
-                              "user": _int_or_none(split.user_index.get(req.user_id)), "target": _int_or_none(target)}  # fmt: skip
+        resolved: Resolved = {
+            "history": [int(i) for i in hist],
+            "candidates": [int(i) for i in cands],
+            "user": _int_or_none(split.user_index.get(req.user_id)),
+            "target": _int_or_none(target),
+        }
         budget = min(req.max_turns or self.max_turns, self.max_turns)
-        checked = {"candidates": req.candidates, "first_stage_scores": req.first_stage_scores, "mask": req.mask}  # as checked: lists, str ids, floats
-        messages = [{"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools, style=self.prompt)},
-                    {"role": "user", "content": request_prompt(len(hist), len(cands), style=self.prompt)}]  # fmt: skip
-        return {**checked, "resolved": resolved, "messages": messages, "evidence": {}, "nulls": [], "trace": trace, "turn": 0, "max_turns": budget,
-                "fallback": False, "reason": "", "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "llm_ms": 0}}  # fmt: skip
+        checked = {
+            "candidates": req.candidates,
+            "first_stage_scores": req.first_stage_scores,
+            "mask": req.mask,
+        }  # as checked: lists, str ids, floats
+        messages = [
+            {"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools, style=self.prompt)},
+            {"role": "user", "content": request_prompt(len(hist), len(cands), style=self.prompt)},
+        ]
+        return {
+            **checked,
+            "resolved": resolved,
+            "messages": messages,
+            "evidence": {},
+            "nulls": [],
+            "trace": trace,
+            "turn": 0,
+            "max_turns": budget,
+            "fallback": False,
+            "reason": "",
+            "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "llm_ms": 0},
+        }
 
     def policy(self, state: RerankState) -> dict:
         turn = state["turn"] + 1
@@ -100,12 +151,18 @@ class RerankNodes:
         if tool is None:
             entry.update(invalid=action["invalid"], observation=f"Invalid action ({action['error']}).")
         elif tool not in self.offered:
-            entry.update(invalid="unknown_tool", observation=f"Unknown tool {tool!r}. Tools: {', '.join(self.offered)}, {SCORE_TOOL}.")
+            entry.update(
+                invalid="unknown_tool", observation=f"Unknown tool {tool!r}. Tools: {', '.join(self.offered)}, {SCORE_TOOL}."
+            )
         elif tool in nulls:
             entry.update(invalid="repeated_null", observation=f"{tool} already answered Null; it will not change.")
         else:
             kit = self.kits.get(self.tools.owner(tool))
-            ev = Evidence.none(tool, "this tool is not configured.") if kit is None else kit.call(tool, self.context(state), **args)
+            ev = (
+                Evidence.none(tool, "this tool is not configured.")
+                if kit is None
+                else kit.call(tool, self.context(state), **args)
+            )
             entry.update(observation=ev.observation, null=ev.null)
             if self.prompt == "compact":
                 shown = ev.brief
@@ -113,7 +170,13 @@ class RerankNodes:
                 nulls.append(tool)
             evidence.update({k: [float(x) for x in v] for k, v in ev.channels.items()})
         trace = [*state["trace"], entry]
-        messages = [*state.get("messages", []), {"role": "user", "content": observation_prompt(shown or entry["observation"], turn, state["max_turns"], style=self.prompt)}]
+        messages = [
+            *state.get("messages", []),
+            {
+                "role": "user",
+                "content": observation_prompt(shown or entry["observation"], turn, state["max_turns"], style=self.prompt),
+            },
+        ]
         return {"trace": trace, "evidence": evidence, "nulls": nulls, "messages": messages}
 
     def score(self, state: RerankState) -> dict:
@@ -126,13 +189,21 @@ class RerankNodes:
             if mma is None:
                 return first_stage_output(state, f"{SCORE_TOOL} gave no valid scores for pool items", trace)
         else:
-            mma = weighted_evidence({k: np.asarray(v) for k, v in state["evidence"].items()}, self.tools.groups, args.get("weights"))
+            mma = weighted_evidence(
+                {k: np.asarray(v) for k, v in state["evidence"].items()}, self.tools.groups, args.get("weights")
+            )
             if mma is None:
                 return first_stage_output(state, "no evidence was gathered: every tool answered Null", trace)
         final = fuse(first, mma, self.alpha)
         order = np.argsort(-final, kind="stable")
-        return {"ranking": [cands[i] for i in order], "scores": [float(final[i]) for i in order],
-                "mma_scores": {c: float(m) for c, m in zip(cands, mma, strict=True)}, "fallback": False, "reason": "", "trace": trace}  # fmt: skip
+        return {
+            "ranking": [cands[i] for i in order],
+            "scores": [float(final[i]) for i in order],
+            "mma_scores": {c: float(m) for c, m in zip(cands, mma, strict=True)},
+            "fallback": False,
+            "reason": "",
+            "trace": trace,
+        }
 
     def budget_spent(self, state: RerankState) -> dict:
         return first_stage_output(state, f"no {SCORE_TOOL} within {state['max_turns']} turns")

@@ -15,15 +15,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from mma_agent.actions import ActionError, parse_action
 from mma_agent.graphs.state import SCORE_TOOL
+from mma_agent.llm.actions import ActionError, parse_action
 from mma_agent.toolkits.base import ToolVocabulary
 
 PREFILL = '{"tool": "'  # local models start every reply here; a completion continues it
 
 
 class ScoreWeightsArgs(BaseModel):
-    weights: dict[str, float] = Field(default_factory=dict, description="Weights over gathered evidence: text, image, graph, ask.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Weights over gathered evidence: text, image, graph, ask."
+    )
 
 
 class ScoreMapArgs(BaseModel):
@@ -35,7 +37,10 @@ def tool_schemas(tools: ToolVocabulary, names: list[str], scoring: str) -> list[
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
     fn = convert_to_openai_tool(ScoreWeightsArgs if scoring == "weights" else ScoreMapArgs)["function"]
-    return [*(tools.get(t).openai_schema() for t in names), {"type": "function", "function": {**fn, "name": SCORE_TOOL, "description": "Finish: score the pool."}}]
+    return [
+        *(tools.get(t).openai_schema() for t in names),
+        {"type": "function", "function": {**fn, "name": SCORE_TOOL, "description": "Finish: score the pool."}},
+    ]
 
 
 def called_tools(trace: list[dict]) -> set[str | None]:
@@ -54,7 +59,11 @@ def rule_action(tools: ToolVocabulary, trace: list[dict]) -> dict:
 
 def gathered_groups(tools: ToolVocabulary, trace: list[dict]) -> list[str]:
     """The evidence groups of the tools that answered with evidence (not Null) so far."""
-    return [tools.get(t["action"]["tool"]).group for t in trace if t.get("null") is False and tools.get(t["action"]["tool"]) is not None]
+    return [
+        tools.get(t["action"]["tool"]).group
+        for t in trace
+        if t.get("null") is False and tools.get(t["action"]["tool"]) is not None
+    ]
 
 
 def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *, last_turn: bool = False) -> list[str]:
@@ -65,7 +74,11 @@ def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *,
     automated tool is still untried, scoring is not offered: it could only fall back to the
     first stage, which the reranker does only when every modality it can read is missing."""
     called = called_tools(trace)
-    out = [] if last_turn else [f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in tools.get(t).arg_templates]
+    out = (
+        []
+        if last_turn
+        else [f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in tools.get(t).arg_templates]
+    )
     gathered = gathered_groups(tools, trace)
     if not gathered and any(s.name not in called for s in tools.automated if s.name in offered) and not last_turn:
         return out
@@ -84,12 +97,18 @@ class Policy:
     this policy owns (an HTTP backend's own client timeout ends it), so a hung backend can hold
     that many threads and no more: further calls wait for a free thread within their timeout.
     32 workers let a `.batch` of up to 32 episodes reach the model together (a local model on
-    CUDA answers them in shared passes, see `mma_agent.forward_batcher`).
+    CUDA answers them in shared passes, see `mma_agent.llm.forward_batcher`).
     """
 
-    def __init__(self, model: Any, *, prefill: bool, timeout: float | None, max_workers: int = 32, constrained: bool = True) -> None:
+    def __init__(
+        self, model: Any, *, prefill: bool, timeout: float | None, max_workers: int = 32, constrained: bool = True
+    ) -> None:
         self.model, self.prefill, self.timeout, self.constrained = model, prefill, timeout, constrained
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mma-policy") if timeout is not None else None
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mma-policy")
+            if timeout is not None
+            else None
+        )
 
     def ask(self, messages: list[dict], allowed: list[str] | None = None) -> tuple[str, dict]:
         """The model's reply to the conversation, and its usage metadata (native tool calls under

@@ -34,7 +34,9 @@ def check_style(style: str) -> PromptStyle:
     return style  # type: ignore[return-value]
 
 
-def system_prompt(names: list[str], scoring: str, max_turns: int, *, tools: ToolVocabulary | None = None, style: PromptStyle = "compact") -> str:
+def system_prompt(
+    names: list[str], scoring: str, max_turns: int, *, tools: ToolVocabulary | None = None, style: PromptStyle = "compact"
+) -> str:
     """The policy's instructions: the offered tools' prompt lines (from their ToolSpecs, by
     default the built-in vocabulary) and score_candidates over the vocabulary's evidence groups."""
     from mma_agent.toolkits import tool_vocabulary
@@ -42,13 +44,15 @@ def system_prompt(names: list[str], scoring: str, max_turns: int, *, tools: Tool
     tools = tools or tool_vocabulary()
     score = SCORE_LINE[scoring].format(groups=", ".join(f'"{g}": w' for g in tools.groups))
     if check_style(style) == "compact":
-        return "\n".join([
-            'Rerank one user\'s candidate pool: gather evidence, then score. Reply with ONE line of JSON: {"tool": NAME, "args": {...}}.',
-            *(f"- {tools.get(t).brief_line}" for t in names),
-            f"- {score}",
-            f"Null: that data is missing, do not call the tool again. At most {max_turns} turns; each call costs a little.",
-            DATA_LINE,
-        ])  # fmt: skip
+        return "\n".join(
+            [
+                'Rerank one user\'s candidate pool: gather evidence, then score. Reply with ONE line of JSON: {"tool": NAME, "args": {...}}.',
+                *(f"- {tools.get(t).brief_line}" for t in names),
+                f"- {score}",
+                f"Null: that data is missing, do not call the tool again. At most {max_turns} turns; each call costs a little.",
+                DATA_LINE,
+            ]
+        )
     lines = [
         "You rerank a pool of candidate items for one user. Gather evidence with tools, then score the pool.",
         'Each reply is ONE line of JSON: {"tool": NAME, "args": {...}}. No other text.',

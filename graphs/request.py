@@ -57,7 +57,9 @@ def _as_list(value: Any, limit: int) -> list:
             raise _fail(f"must be a flat list, got an array of shape {value.shape}")
         value = value.tolist()
     if not isinstance(value, list | tuple):
-        raise _fail(f"must be a list, got {type(value).__name__}{' (a string is not a list of ids)' if isinstance(value, str | bytes) else ''}")
+        raise _fail(
+            f"must be a list, got {type(value).__name__}{' (a string is not a list of ids)' if isinstance(value, str | bytes) else ''}"
+        )
     if len(value) > limit:
         raise _fail(f"{len(value)} entries; at most {limit} per request")
     return list(value)
@@ -146,7 +148,9 @@ class RerankRequest(BaseModel):
     @model_validator(mode="after")
     def _aligned(self) -> RerankRequest:
         if len(self.first_stage_scores) != len(self.candidates):
-            raise _fail(f"first_stage_scores: need one score per candidate ({len(self.candidates)}), got {len(self.first_stage_scores)}")
+            raise _fail(
+                f"first_stage_scores: need one score per candidate ({len(self.candidates)}), got {len(self.first_stage_scores)}"
+            )
         return self
 
 
@@ -175,7 +179,10 @@ def valid_pairs(candidates: Any, scores: Any) -> tuple[list[str], list[float]]:
         return [], []
     scores = scores if isinstance(scores, Sequence) and not isinstance(scores, str | bytes) else []
     ids, vals, seen = [], [], set()
-    scores = [*list(scores)[: len(candidates)], *([None] * max(0, len(candidates) - len(scores)))]  # a score per candidate, None if missing
+    scores = [
+        *list(scores)[: len(candidates)],
+        *([None] * max(0, len(candidates) - len(scores))),
+    ]  # a score per candidate, None if missing
     for c, s in zip(candidates, scores, strict=True):
         cid, f = as_id(c), as_score(s)
         if cid is not None and f is not None and cid not in seen:
@@ -184,4 +191,3 @@ def valid_pairs(candidates: Any, scores: Any) -> tuple[list[str], list[float]]:
             vals.append(f)
     order = np.argsort(-np.asarray(vals, dtype=float), kind="stable") if vals else []
     return [ids[i] for i in order], [vals[i] for i in order]
-

@@ -49,8 +49,10 @@ class CompiledReranker(CompiledStateGraph):
 
         if isinstance(request, Mapping | Command) or (request is None and self.checkpointer is not None):  # None resumes a thread
             return request
-        return {"invalid_input": f"request: expected a mapping of the RerankInput fields (user_id, candidates, first_stage_scores, ...), "
-                                 f"got {type(request).__name__}"}  # fmt: skip
+        return {
+            "invalid_input": f"request: expected a mapping of the RerankInput fields (user_id, candidates, first_stage_scores, ...), "
+            f"got {type(request).__name__}"
+        }
 
     def stream(self, input: Any, *args: Any, **kwargs: Any):  # noqa: A002 (LangGraph's parameter name)
         return super().stream(self._checked(input), *args, **kwargs)
@@ -115,8 +117,18 @@ def create_mma_reranker(
         if native_tools:
             model = model.bind_tools(tool_schemas(tools, tools.names(interactive=variant == "interactive"), scoring))
         policy = Policy(model, prefill=bool(prefill), timeout=timeout, constrained=not free_form)
-    nodes = RerankNodes(policy, catalogue, toolkits, tools, variant=variant, alpha=alpha, max_turns=max_turns, scoring=scoring,
-                        router=router or rule_action, prompt=prompt)  # fmt: skip
+    nodes = RerankNodes(
+        policy,
+        catalogue,
+        toolkits,
+        tools,
+        variant=variant,
+        alpha=alpha,
+        max_turns=max_turns,
+        scoring=scoring,
+        router=router or rule_action,
+        prompt=prompt,
+    )
     g = RerankerGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
     g.add_node(VALIDATE, nodes.validate)
     g.add_node(POLICY, nodes.policy)

@@ -105,9 +105,14 @@ def first_stage_output(state: Any, reason: str, trace: list[dict] | None = None)
     state = state if isinstance(state, dict) else {}
     ranking, scores = valid_pairs(state.get("candidates"), state.get("first_stage_scores"))
     return {
-        "ranking": ranking, "scores": scores, "mma_scores": {}, "fallback": True, "reason": reason,
-        "trace": trace if trace is not None else state.get("trace", []), "usage": state.get("usage", {}),
-    }  # fmt: skip
+        "ranking": ranking,
+        "scores": scores,
+        "mma_scores": {},
+        "fallback": True,
+        "reason": reason,
+        "trace": trace if trace is not None else state.get("trace", []),
+        "usage": state.get("usage", {}),
+    }
 
 
 def trace_stats(out: Mapping[str, Any]) -> dict:
@@ -121,8 +126,13 @@ def trace_stats(out: Mapping[str, Any]) -> dict:
     steps = [t for t in acted if (t["action"] or {}).get("tool") != SCORE_TOOL]
     asked = [t for t in steps if (spec := tools.get(t["action"].get("tool"))) is not None and not spec.automated]
     return {
-        "calls": len(steps), "failed": sum(bool(t.get("null")) or bool(t.get("invalid")) for t in steps),
-        "invalid": sum(bool(t.get("invalid")) for t in steps), "turns": len(acted),
-        "first_action": next((t["action"].get("tool") for t in acted), None) or "none", "fallback": bool(out.get("fallback")),
-        "reason": out.get("reason", ""), "ask_user": len(asked), "llm_ms": (out.get("usage") or {}).get("llm_ms", 0),
-    }  # fmt: skip
+        "calls": len(steps),
+        "failed": sum(bool(t.get("null")) or bool(t.get("invalid")) for t in steps),
+        "invalid": sum(bool(t.get("invalid")) for t in steps),
+        "turns": len(acted),
+        "first_action": next((t["action"].get("tool") for t in acted), None) or "none",
+        "fallback": bool(out.get("fallback")),
+        "reason": out.get("reason", ""),
+        "ask_user": len(asked),
+        "llm_ms": (out.get("usage") or {}).get("llm_ms", 0),
+    }

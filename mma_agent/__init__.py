@@ -22,23 +22,23 @@ _EXPORTS = {
     "Toolkit": "mma_agent.toolkits.base",
     "ToolSpec": "mma_agent.toolkits.base",
     # data, and the pipeline that builds caches, retrievers and pools from it
-    "load_dataset": "mma_agent.dataset",
-    "split_dataset": "mma_agent.splits",
+    "load_dataset": "mma_agent.data.dataset",
+    "split_dataset": "mma_agent.data.splits",
     "Pipeline": "mma_agent.pipeline",
     "PipelineConfig": "mma_agent.config",
-    "TASK_FAMILIES": "mma_agent.masks",
+    "TASK_FAMILIES": "mma_agent.modalities",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from mma_agent.config import PipelineConfig
-    from mma_agent.dataset import load_dataset
+    from mma_agent.data.dataset import load_dataset
+    from mma_agent.data.splits import split_dataset
     from mma_agent.graphs.embedding import create_rerank_tool
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.graphs.state import RerankInput, RerankOutput
-    from mma_agent.masks import TASK_FAMILIES
+    from mma_agent.modalities import TASK_FAMILIES
     from mma_agent.pipeline import Pipeline
-    from mma_agent.splits import split_dataset
     from mma_agent.toolkits import prepare_toolkits
     from mma_agent.toolkits.base import Toolkit, ToolSpec
 

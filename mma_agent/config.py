@@ -52,9 +52,13 @@ class PoolConfig(_Config):
     """Candidate pools (protocol v2): each user's top-`size` from a first-stage retriever that sees
     only the task family's surviving modalities, queried with the user's history."""
 
-    size: int = Field(default=100, ge=2, description="Candidates per pool (the first stage's top-size; Recall@size is the ceiling).")
+    size: int = Field(
+        default=100, ge=2, description="Candidates per pool (the first stage's top-size; Recall@size is the ceiling)."
+    )
     history_window: int = Field(default=50, ge=1, description="History items (most recent) whose text makes the BM25 query.")
-    rrf_k: float = Field(default=60.0, gt=0, description="Reciprocal-rank fusion constant when a family fuses several retrievers.")
+    rrf_k: float = Field(
+        default=60.0, gt=0, description="Reciprocal-rank fusion constant when a family fuses several retrievers."
+    )
     first_stage: dict[str, str] = Field(
         default_factory=dict,
         description="Per family, the first stage to use instead of the validation choice: a source or '+'-joined sources "
@@ -64,7 +68,7 @@ class PoolConfig(_Config):
     @field_validator("first_stage")
     @classmethod
     def _first_stage_allowed(cls, v: dict[str, str]) -> dict[str, str]:
-        from mma_agent.masks import family_mask
+        from mma_agent.modalities import family_mask
 
         for family, combo in v.items():
             mask = family_mask(family)
@@ -85,7 +89,9 @@ class RetrieverConfig(_Config):
     layers: int = Field(default=3, ge=1, description="LightGCN propagation layers (the paper's default is 3).")
     epochs: int = Field(default=300, ge=1, description="Training epochs; one epoch samples one triple per train positive.")
     batch_size: int = Field(default=2048, ge=1)
-    lr: float = Field(default=1e-2, gt=0, description="Adam step; 1e-2 converges in ~150 epochs on ml-latest-small, 1e-3 had not after 300.")
+    lr: float = Field(
+        default=1e-2, gt=0, description="Adam step; 1e-2 converges in ~150 epochs on ml-latest-small, 1e-3 had not after 300."
+    )
     weight_decay: float = Field(default=1e-4, ge=0, description="L2 on the batch's ego embeddings, as in LightGCN.")
     eval_every: int = Field(default=10, ge=1, description="Validate every N epochs and keep the best (early stopping).")
     patience: int = Field(default=5, ge=1, description="Stop after this many validations without improvement.")
@@ -106,10 +112,12 @@ class ClipTrainConfig(_Config):
     weight_decay: float = Field(default=0.05, ge=0)
     val_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Training items held out for early stopping.")
     heldout_fraction: float = Field(
-        default=0.2, ge=0, lt=1,
+        default=0.2,
+        ge=0,
+        lt=1,
         description="Items never used to train the heads (`mma bench image` measures on them), chosen by a hash of the item id "
         "alone: choosing them by any user's interactions would let the image space carry which items are held out.",
-    )  # fmt: skip
+    )
     patience: int = Field(default=8, ge=1, description="Epochs without val Recall@10 gain before stopping.")
     seed: int = 0
 
@@ -139,8 +147,12 @@ class RelevanceConfig(_Config):
         default=(0.3, 1.0),
         description="Item-level modality dropout: each training history keeps a fraction of its items drawn uniformly from this range.",
     )
-    ease_lambdas: tuple[float, ...] = Field(default=(50.0, 200.0, 500.0, 1000.0, 3000.0), min_length=1, description="Behaviour: EASE's L2 grid.")
-    ease_topk: int = Field(default=200, ge=1, description="Behaviour: EASE weights kept per item (the sparsified item-item matrix).")
+    ease_lambdas: tuple[float, ...] = Field(
+        default=(50.0, 200.0, 500.0, 1000.0, 3000.0), min_length=1, description="Behaviour: EASE's L2 grid."
+    )
+    ease_topk: int = Field(
+        default=200, ge=1, description="Behaviour: EASE weights kept per item (the sparsified item-item matrix)."
+    )
     seed: int = 0
 
     @field_validator("keep")

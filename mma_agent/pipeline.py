@@ -17,20 +17,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mma_agent.config import PipelineConfig
-from mma_agent.dataset import load_dataset
-from mma_agent.schema import Dataset
-from mma_agent.masks import TASK_FAMILIES, Modality, ModalityView, family_mask
-from mma_agent.metrics import batch_metrics, ndcg_at_k, topk_indices
-from mma_agent.pools import (
-    BEHAVIOUR_FEATURE, SOURCES, HistoryRetrievers, NoFirstStageError, PoolSet, Queries, heldout_queries, pool_metrics, retrieve_pools,
+from mma_agent.data.dataset import load_dataset
+from mma_agent.data.masks import ModalityView
+from mma_agent.data.pools import (
+    BEHAVIOUR_FEATURE,
+    SOURCES,
+    HistoryRetrievers,
+    NoFirstStageError,
+    PoolSet,
+    Queries,
+    heldout_queries,
+    pool_metrics,
+    retrieve_pools,
     select_first_stage,
-)  # fmt: skip
-from mma_agent.retrievers import RETRIEVERS, Retriever, create_retriever, load_retriever
-from mma_agent.splits import Split, split_dataset
+)
+from mma_agent.data.schema import Dataset
+from mma_agent.data.splits import Split, split_dataset
+from mma_agent.metrics import batch_metrics, ndcg_at_k, topk_indices
+from mma_agent.modalities import TASK_FAMILIES, Modality, family_mask
+from mma_agent.models.retrievers import RETRIEVERS, Retriever, create_retriever, load_retriever
 from mma_agent.util import atomic_write_text, digest, json_digest
 
 if TYPE_CHECKING:
-    from mma_agent.relevance import Relevance
+    from mma_agent.models.relevance import Relevance
     from mma_agent.toolkits.base import Catalogue, Toolkit
 
 log = logging.getLogger(__name__)
@@ -80,7 +89,7 @@ class Pipeline:
 
     @cached_property
     def thumbnails(self) -> np.ndarray:
-        from mma_agent.image_features import thumbnail_features
+        from mma_agent.models.image_features import thumbnail_features
 
         c = self.config.image
         return thumbnail_features(self.dataset, self.root / "cache", width=c.width, height=c.height)
@@ -123,7 +132,9 @@ class Pipeline:
                     if image or m != Modality.IMAGE:
                         try:
                             relevance[m] = self.relevance(m)[0]
-                        except NoFirstStageError as err:  # nothing to choose it on: this modality's tool keeps its zero-shot channels
+                        except (
+                            NoFirstStageError
+                        ) as err:  # nothing to choose it on: this modality's tool keeps its zero-shot channels
                             log.warning("no learned %s channel: %s", m, err)
                 self._toolkits[key] = (with_relevance(catalogue, relevance), kits)
         return self._toolkits[key]
@@ -141,7 +152,12 @@ class Pipeline:
         ds, sp_ = self.dataset, self.split
         items = ds.items
         rated = items["item_id"].isin(set(ds.interactions["item_id"]))
-        counts = {"users": sp_.stats["users"], "items": len(items), "rated items": int(rated.sum()), **{k: sp_.stats[k] for k in ("interactions", "positives", "train", "valid", "test")}}
+        counts = {
+            "users": sp_.stats["users"],
+            "items": len(items),
+            "rated items": int(rated.sum()),
+            **{k: sp_.stats[k] for k in ("interactions", "positives", "train", "valid", "test")},
+        }
         counts["cold valid targets (item not in train)"] = sp_.cold_targets("valid")
         counts["cold test targets (item not in train)"] = sp_.cold_targets("test")
         counts["users without positives (skipped)"] = sp_.stats["users_without_positives"]
@@ -157,7 +173,7 @@ class Pipeline:
             "no poster": items["image"].eq(""),
         }
         if check_images:
-            from mma_agent.image_features import load_rgb
+            from mma_agent.models.image_features import load_rgb
 
             bad = np.zeros(len(items), dtype=bool)
             for i, img in enumerate(items["image"]):
@@ -175,9 +191,11 @@ class Pipeline:
             m = np.asarray(m)
             r = rated.to_numpy()
             missing[name] = {
-                "all items": int(m.sum()), "rated items": int(m[r].sum()),
-                "% of rated items": f"{100 * m[r].mean():.1f}%", "% of ratings": f"{100 * m[item_pos].mean():.1f}%",
-            }  # fmt: skip
+                "all items": int(m.sum()),
+                "rated items": int(m[r].sum()),
+                "% of rated items": f"{100 * m[r].mean():.1f}%",
+                "% of ratings": f"{100 * m[item_pos].mean():.1f}%",
+            }
         return {"counts": counts, "missingness": missing}
 
     # --- retrievers ------------------------------------------------------------------------
@@ -192,7 +210,9 @@ class Pipeline:
             return load_retriever(path), None
         view = self.view("behaviour-only")
         start = time.perf_counter()
-        r = create_retriever(name).fit(view, self.config.retrievers, validate=lambda m: full_sort_metrics(m, self.split, "valid")["recall@20"])
+        r = create_retriever(name).fit(
+            view, self.config.retrievers, validate=lambda m: full_sort_metrics(m, self.split, "valid")["recall@20"]
+        )
         seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
         r.save(path)
@@ -209,15 +229,24 @@ class Pipeline:
                 curves[name] = (curve[:, 0].tolist(), curve[:, 2].tolist())
             valid = full_sort_metrics(r, self.split, "valid", ks=(20,))
             test = full_sort_metrics(r, self.split, "test", ks=(20,))
-            rows.append({
-                "retriever": name,
-                "valid Recall@20": valid["recall@20"], "valid NDCG@20": valid["ndcg@20"],
-                "test Recall@20": test["recall@20"], "test NDCG@20": test["ndcg@20"],
-                "train s": "cached" if seconds is None else f"{seconds:.1f}",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "retriever": name,
+                    "valid Recall@20": valid["recall@20"],
+                    "valid NDCG@20": valid["ndcg@20"],
+                    "test Recall@20": test["recall@20"],
+                    "test NDCG@20": test["ndcg@20"],
+                    "train s": "cached" if seconds is None else f"{seconds:.1f}",
+                }
+            )
         if curves:
-            line_plot(curves, self.root / "retrievers" / "training-curves.png", xlabel="epoch", ylabel="validation Recall@20",
-                      title="First-stage retrievers (best epoch kept)")  # fmt: skip
+            line_plot(
+                curves,
+                self.root / "retrievers" / "training-curves.png",
+                xlabel="epoch",
+                ylabel="validation Recall@20",
+                title="First-stage retrievers (best epoch kept)",
+            )
         return rows
 
     # --- learned relevance channels -------------------------------------------------------
@@ -229,7 +258,7 @@ class Pipeline:
         """The learned relevance channel of one modality's toolkit (from disk when present) and,
         when it was trained now, its report (validation curve, wall time). Trained on the train
         split's positives, chosen on the validation pools of the modality's own family."""
-        from mma_agent.relevance import fit_ease, load_relevance, train_two_tower, two_tower_of
+        from mma_agent.models.relevance import fit_ease, load_relevance, train_two_tower, two_tower_of
 
         modality = Modality(modality)
         path = self.relevance_path(modality)
@@ -244,13 +273,33 @@ class Pipeline:
             lightgcn_valid = validate(lightgcn)
             use_ease = max(s for _, s in curve) >= lightgcn_valid
             model = ease if use_ease else lightgcn
-            report = {"model": "EASE" if use_ease else "LightGCN item vectors", "curve": {"EASE lambda": curve}, "LightGCN": lightgcn_valid}
+            report = {
+                "model": "EASE" if use_ease else "LightGCN item vectors",
+                "curve": {"EASE lambda": curve},
+                "LightGCN": lightgcn_valid,
+            }
         else:
             catalogue, _ = self.toolkits(image=modality == Modality.IMAGE, clarify=False, learned=False)
             features = catalogue.view(family_mask("full")).feature(str(modality))
-            model, curve = train_two_tower(features, self.split.matrix("train"), validate, dim=c.dim, epochs=c.epochs, batch=c.batch_size,
-                                           lr=c.lr, tau=c.tau, keep=c.keep, patience=c.patience, seed=c.seed, desc=f"{modality} relevance")  # fmt: skip
-            report = {"model": "two-tower BPR", "curve": {"epoch": [(e, v) for e, _, v in curve]}, "loss": [(e, loss) for e, loss, _ in curve]}
+            model, curve = train_two_tower(
+                features,
+                self.split.matrix("train"),
+                validate,
+                dim=c.dim,
+                epochs=c.epochs,
+                batch=c.batch_size,
+                lr=c.lr,
+                tau=c.tau,
+                keep=c.keep,
+                patience=c.patience,
+                seed=c.seed,
+                desc=f"{modality} relevance",
+            )
+            report = {
+                "model": "two-tower BPR",
+                "curve": {"epoch": [(e, v) for e, _, v in curve]},
+                "loss": [(e, loss) for e, loss, _ in curve],
+            }
         report.update(seconds=time.perf_counter() - start, valid=validate(model), family=RELEVANCE_FAMILY[modality])
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save(path)
@@ -299,14 +348,23 @@ class Pipeline:
                 report["seconds"] = None
             for name, points in report["curve"].items():
                 curves[f"{m}: {report['model']} ({name})"] = ([x for x, _ in points], [y for _, y in points])
-            rows.append({
-                "modality": str(m), "chosen on": RELEVANCE_FAMILY[m], "model": report["model"],
-                "valid NDCG@10 (channel alone)": round(report["valid"], 4),
-                "train s": "cached" if report["seconds"] is None else f"{report['seconds']:.1f}",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "modality": str(m),
+                    "chosen on": RELEVANCE_FAMILY[m],
+                    "model": report["model"],
+                    "valid NDCG@10 (channel alone)": round(report["valid"], 4),
+                    "train s": "cached" if report["seconds"] is None else f"{report['seconds']:.1f}",
+                }
+            )
         if curves:
-            line_plot(curves, self.root / "relevance" / "validation-curves.png", xlabel="epoch (text, image) or EASE lambda (behaviour)",
-                      ylabel="validation NDCG@10, channel alone", title="Learned relevance channels (best kept)")  # fmt: skip
+            line_plot(
+                curves,
+                self.root / "relevance" / "validation-curves.png",
+                xlabel="epoch (text, image) or EASE lambda (behaviour)",
+                ylabel="validation NDCG@10, channel alone",
+                title="Learned relevance channels (best kept)",
+            )
         return rows
 
     # --- pools (protocol v2) ---------------------------------------------------------------
@@ -332,7 +390,13 @@ class Pipeline:
     def _pool_tag(self) -> str:
         """Keys pool files by everything they depend on besides the split (already in `root`)."""
         p = self.config.pools
-        key = [p.size, p.history_window, p.rrf_k, self.config.image.model_dump(mode="json"), self.config.retrievers.model_dump(mode="json")]
+        key = [
+            p.size,
+            p.history_window,
+            p.rrf_k,
+            self.config.image.model_dump(mode="json"),
+            self.config.retrievers.model_dump(mode="json"),
+        ]
         return f"n{p.size}-" + json_digest(key, 8)
 
     def first_stage_selection(self) -> dict:
@@ -343,14 +407,17 @@ class Pipeline:
             recall = json.loads(path.read_text())["recall"]
         else:
             full = self.history_retrievers("full")
-            recall = select_first_stage(full, heldout_queries(full.view, self.split, "valid"), size=self.config.pools.size,
-                                        rrf_k=self.config.pools.rrf_k)  # fmt: skip
+            recall = select_first_stage(
+                full, heldout_queries(full.view, self.split, "valid"), size=self.config.pools.size, rrf_k=self.config.pools.rrf_k
+            )
             atomic_write_text(path, json.dumps({"recall": recall, "missing": self.history_retrievers("full").missing}, indent=1))
         families = {}
         for family, mask in TASK_FAMILIES.items():
             allowed = {c: r for c, r in recall.items() if all(mask.available(s) for s in c.split("+"))}
             named = self.config.pools.first_stage.get(family)
-            named = "+".join(sorted(set(named.split("+")), key=SOURCES.index)) if named else None  # the order `recall` spells it in
+            named = (
+                "+".join(sorted(set(named.split("+")), key=SOURCES.index)) if named else None
+            )  # the order `recall` spells it in
             families[family] = named or (max(allowed, key=allowed.get) if allowed else None)
         return {"recall": recall, "families": families}
 
@@ -375,9 +442,21 @@ class Pipeline:
         queries = heldout_queries(retr.view, self.split, target_split)
         valid_recall = self.first_stage_selection()["recall"]
         combo = self.first_stage_of(family)
-        meta = {"mask": family_mask(family).to_dict(), "split_fingerprint": self.split.fingerprint(), "valid_recall": valid_recall.get("+".join(combo), float("nan"))}
-        pools = retrieve_pools(retr, combo, queries, family=family, split=target_split, size=self.config.pools.size,
-                               rrf_k=self.config.pools.rrf_k, meta=meta)  # fmt: skip
+        meta = {
+            "mask": family_mask(family).to_dict(),
+            "split_fingerprint": self.split.fingerprint(),
+            "valid_recall": valid_recall.get("+".join(combo), float("nan")),
+        }
+        pools = retrieve_pools(
+            retr,
+            combo,
+            queries,
+            family=family,
+            split=target_split,
+            size=self.config.pools.size,
+            rrf_k=self.config.pools.rrf_k,
+            meta=meta,
+        )
         pools.save(path)
         return pools
 
@@ -385,8 +464,15 @@ class Pipeline:
         """Pools for training episodes (train targets, the history before each), built exactly as
         the evaluation's (same retrievers and family choice); not saved."""
         combo = self.first_stage_of(family)
-        return retrieve_pools(self.history_retrievers(family), combo, queries, family=family, split="train",
-                              size=self.config.pools.size, rrf_k=self.config.pools.rrf_k)  # fmt: skip
+        return retrieve_pools(
+            self.history_retrievers(family),
+            combo,
+            queries,
+            family=family,
+            split="train",
+            size=self.config.pools.size,
+            rrf_k=self.config.pools.rrf_k,
+        )
 
     def build_all_pools(self, families: list[str] | None = None, splits: tuple[str, ...] = ("valid", "test")) -> list[dict]:
         """Every family's pools on each split; a family no retriever can serve is skipped with a
@@ -401,11 +487,19 @@ class Pipeline:
                     log.warning("%s", err)
                     rows.append({"split": target_split, "family": family, "pools": 0, "first stage": "skipped: " + str(err)})
                     continue
-                rows.append({
-                    "split": target_split, "family": family, "pools": len(pools), "first stage": pools.meta["first_stage_name"],
-                    "valid Recall@100 (choice)": round(pools.meta["valid_recall"], 4), "Recall@size": round(pools.recall_ceiling(), 4),
-                    "pools with a relevant item": f"{100 * (pools.recall() > 0).mean():.1f}%",
-                    "first-stage NDCG@10": round(pool_metrics(pools)["ndcg@10"], 4),
-                    "skipped": sum(pools.meta["skipped"].values()), "hash": pools.content_hash(), "s": f"{time.perf_counter() - start:.1f}",
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "split": target_split,
+                        "family": family,
+                        "pools": len(pools),
+                        "first stage": pools.meta["first_stage_name"],
+                        "valid Recall@100 (choice)": round(pools.meta["valid_recall"], 4),
+                        "Recall@size": round(pools.recall_ceiling(), 4),
+                        "pools with a relevant item": f"{100 * (pools.recall() > 0).mean():.1f}%",
+                        "first-stage NDCG@10": round(pool_metrics(pools)["ndcg@10"], 4),
+                        "skipped": sum(pools.meta["skipped"].values()),
+                        "hash": pools.content_hash(),
+                        "s": f"{time.perf_counter() - start:.1f}",
+                    }
+                )
         return rows

@@ -8,7 +8,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def line_plot(series: dict[str, tuple[list[float], list[float]]], path: Path, *, xlabel: str, ylabel: str, title: str = "") -> Path | None:
+def line_plot(
+    series: dict[str, tuple[list[float], list[float]]], path: Path, *, xlabel: str, ylabel: str, title: str = ""
+) -> Path | None:
     """One line per named (x, y) series; returns the path, or None when matplotlib is missing."""
     try:
         import matplotlib

@@ -39,7 +39,7 @@ python3 - <<'PY'
 # CUDA graphs against eager on the same padded passes, and a padded pass against each row alone
 import torch
 from transformers import AutoModelForCausalLM
-from mma_agent.forward_batcher import FlatTrie, ForwardBatcher
+from mma_agent.llm.forward_batcher import FlatTrie, ForwardBatcher
 if torch.cuda.is_available():
     model = AutoModelForCausalLM.from_pretrained("/tmp/smollm2-random", dtype=torch.bfloat16).to("cuda").eval()
     graphs, eager = ForwardBatcher(model, pad_id=2), ForwardBatcher(model, pad_id=2, cuda_graphs=False)

@@ -10,7 +10,13 @@ import pytest
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "movielens-posters"
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Animation"]
-COLOURS = {"Action": (200, 30, 30), "Comedy": (240, 220, 40), "Drama": (40, 40, 160), "Horror": (10, 10, 10), "Animation": (40, 200, 80)}
+COLOURS = {
+    "Action": (200, 30, 30),
+    "Comedy": (240, 220, 40),
+    "Drama": (40, 40, 160),
+    "Horror": (10, 10, 10),
+    "Animation": (40, 200, 80),
+}
 
 
 def write_tiny_dataset(root: Path, n_users: int = 12, n_items: int = 40, seed: int = 0) -> Path:
@@ -28,11 +34,17 @@ def write_tiny_dataset(root: Path, n_users: int = 12, n_items: int = 40, seed: i
         if img:
             colour = np.array(COLOURS[g]) + rng.integers(-20, 20, 3)
             Image.new("RGB", (16, 24), tuple(int(c) for c in np.clip(colour, 0, 255))).save(root / img)
-        items.append({
-            "item_id": f"m{i}", "title": f"{g} film {i}", "genres": g if i % 11 else f"{g}|Drama",
-            "overview": f"A {g.lower()} story number {i} with {g.lower()} scenes." if i % 3 else "",
-            "tagline": "", "keywords": g.lower(), "image": img,
-        })  # fmt: skip
+        items.append(
+            {
+                "item_id": f"m{i}",
+                "title": f"{g} film {i}",
+                "genres": g if i % 11 else f"{g}|Drama",
+                "overview": f"A {g.lower()} story number {i} with {g.lower()} scenes." if i % 3 else "",
+                "tagline": "",
+                "keywords": g.lower(),
+                "image": img,
+            }
+        )
     rows, tags = [], []
     for u in range(n_users):
         liked = {GENRES[u % len(GENRES)], GENRES[(u + 1) % len(GENRES)]}
@@ -56,8 +68,8 @@ def tiny_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_split(tiny_root: Path):
-    from mma_agent.dataset import load_dataset
-    from mma_agent.splits import split_dataset
+    from mma_agent.data.dataset import load_dataset
+    from mma_agent.data.splits import split_dataset
 
     return split_dataset(load_dataset(tiny_root))
 
@@ -71,8 +83,8 @@ def real_root() -> Path:
 
 @pytest.fixture(scope="session")
 def real_split(real_root: Path):
-    from mma_agent.dataset import load_dataset
-    from mma_agent.splits import split_dataset
+    from mma_agent.data.dataset import load_dataset
+    from mma_agent.data.splits import split_dataset
 
     return split_dataset(load_dataset(real_root))
 
@@ -93,7 +105,13 @@ def random_smollm2(folder: Path) -> Path:
 
     src = smollm2_folder(folder / "models")
     cfg = AutoConfig.from_pretrained(src)
-    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = 2, 64, 128, 4, 2
+    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = (
+        2,
+        64,
+        128,
+        4,
+        2,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder / "tiny")
     AutoTokenizer.from_pretrained(src).save_pretrained(folder / "tiny")

@@ -1,6 +1,6 @@
 import pytest
 
-from mma_agent.actions import Action, ActionError, parse_action
+from mma_agent.llm.actions import Action, ActionError, parse_action
 
 
 @pytest.mark.parametrize(

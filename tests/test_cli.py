@@ -12,12 +12,22 @@ def test_data_stats_on_generic_format(tiny_root, tmp_path, capsys):
 
 def test_pipeline_end_to_end_on_tiny_data(tiny_root, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\n    cold-user: image+text\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
+    cfg.write_text(
+        "retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\n    cold-user: image+text\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
+    )
     args = ["pipeline", "--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for needle in ("First-stage retrievers", "| lightgcn", "Candidate pools (protocol v2)", "| text-only", "First-stage candidates",
-                   "| text+image+behaviour", "Learned relevance channels", "| behaviour | behaviour-only"):
+    for needle in (
+        "First-stage retrievers",
+        "| lightgcn",
+        "Candidate pools (protocol v2)",
+        "| text-only",
+        "First-stage candidates",
+        "| text+image+behaviour",
+        "Learned relevance channels",
+        "| behaviour | behaviour-only",
+    ):
         assert needle in out
     full = next(x for x in out.splitlines() if x.startswith("| test ") and "| full " in x)
     assert "LightGCN (behaviour)" in full  # the config's choice for the full family, not validation's
@@ -47,7 +57,10 @@ def test_corrupt_poster_is_counted(tiny_root, tmp_path, capsys):
 
 def test_format_table():
     assert format_table([{"a": 1, "b": 0.5}]).splitlines()[2] == "| 1 | 0.5000 |"
-    assert format_table([{"a": 1}, {"a": 2, "b": "x"}]).splitlines()[2:] == ["| 1 |   |", "| 2 | x |"]  # a reference row with fewer columns
+    assert format_table([{"a": 1}, {"a": 2, "b": "x"}]).splitlines()[2:] == [
+        "| 1 |   |",
+        "| 2 | x |",
+    ]  # a reference row with fewer columns
     with pytest.raises(SystemExit):
         main(["retrieve", "--only", "svd"])
 
@@ -55,9 +68,17 @@ def test_format_table():
 def test_every_command_routes_to_its_own_handler():
     from mma_agent.cli import build_parser
 
-    cases = {("bench", "rerank"): "cmd_bench_rerank", ("pipeline",): "cmd_pipeline", ("train", "sft"): "cmd_train_sft",
-             ("train", "dpo"): "cmd_train_dpo", ("train", "grpo"): "cmd_train_grpo", ("train", "eval"): "cmd_train_eval",
-             ("eval", "run"): "cmd_eval_run", ("eval", "report", "main"): "cmd_eval_report", ("serve",): "cmd_serve"}  # fmt: skip
+    cases = {
+        ("bench", "rerank"): "cmd_bench_rerank",
+        ("pipeline",): "cmd_pipeline",
+        ("train", "sft"): "cmd_train_sft",
+        ("train", "dpo"): "cmd_train_dpo",
+        ("train", "grpo"): "cmd_train_grpo",
+        ("train", "eval"): "cmd_train_eval",
+        ("eval", "run"): "cmd_eval_run",
+        ("eval", "report", "main"): "cmd_eval_report",
+        ("serve",): "cmd_serve",
+    }
     for argv, handler in cases.items():
         assert build_parser().parse_args(list(argv)).func.__name__ == handler
 
@@ -67,6 +88,7 @@ def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkey
     their own tests run them for real; this checks the command wiring)."""
     pytest.importorskip("sentence_transformers")
     import mma_agent.cli as cli
+    import mma_agent.cli.train as cli_train
     import mma_agent.training.grpo as grpo
     import mma_agent.training.preference as pref
     import mma_agent.training.sft as sft
@@ -90,13 +112,26 @@ def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkey
 
         return train
 
-    monkeypatch.setattr(cli, "_episodes_and_kits", episodes_and_kits)
+    monkeypatch.setattr(cli_train, "_episodes_and_kits", episodes_and_kits)
     monkeypatch.setattr(sft, "train_sft", fake_trainer("sft"))
     monkeypatch.setattr(pref, "train_dpo", fake_trainer("dpo"))
     monkeypatch.setattr(grpo, "train_grpo", fake_trainer("grpo"))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n")
-    common = ["--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w"), "--per-family", "2", "--base", str(tmp_path / "base")]
+    cfg.write_text(
+        "retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
+    )
+    common = [
+        "--config",
+        str(cfg),
+        "--data",
+        str(tiny_root),
+        "--workdir",
+        str(tmp_path / "w"),
+        "--per-family",
+        "2",
+        "--base",
+        str(tmp_path / "base"),
+    ]
     assert main(["train", "sft", *common, "--trl", "gradient_accumulation_steps=2"]) == 0
     assert main(["train", "dpo", *common[:-2]]) == 0
     assert main(["train", "grpo", *common[:-2]]) == 0
@@ -133,7 +168,16 @@ def test_bench_llm_replays_recorded_policy_calls(tmp_path, capsys):
     for i in range(3):
         msgs = [SystemMessage("Route evidence."), HumanMessage(f"History: {10 * i + 3} items. Pool: 100 candidates.")]
         reply = model.invoke(msgs, prefill='{"tool": "', allowed_completions=menu).content
-        episodes.append([{"messages": [{"role": m.type, "content": m.content} for m in msgs], "prefill": '{"tool": "', "allowed": menu, "reply": reply}])
+        episodes.append(
+            [
+                {
+                    "messages": [{"role": m.type, "content": m.content} for m in msgs],
+                    "prefill": '{"tool": "',
+                    "allowed": menu,
+                    "reply": reply,
+                }
+            ]
+        )
     calls = tmp_path / "calls.json"
     calls.write_text(json.dumps({"format": FORMAT, "episodes": episodes}))
     assert main(["bench", "llm", str(calls), "--model-path", folder, "--concurrency", "2", "--batch-on-cpu"]) == 0

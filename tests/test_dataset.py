@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from mma_agent.dataset import DatasetError, load_dataset, save_dataset
+from mma_agent.data.dataset import DatasetError, load_dataset, save_dataset
 
 
 def test_generic_format_loads(tiny_root):
@@ -98,8 +98,8 @@ def test_poster_caches_are_keyed_by_content_not_mtime(tiny_root):
     poster does not."""
     import os
 
-    from mma_agent.dataset import load_dataset
-    from mma_agent.image_features import poster_fingerprint
+    from mma_agent.data.dataset import load_dataset
+    from mma_agent.models.image_features import poster_fingerprint
 
     ds = load_dataset(tiny_root)
     before = poster_fingerprint(ds)

@@ -25,7 +25,14 @@ def env(tmp_path_factory):
 
     root = write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny", n_users=21)
     work = tmp_path_factory.mktemp("w")
-    cfg = PipelineConfig.model_validate({"data": {"path": str(root)}, "workdir": str(work), "pools": {"size": 10}, "image": {"kind": "thumbnail", "width": 4, "height": 4}})
+    cfg = PipelineConfig.model_validate(
+        {
+            "data": {"path": str(root)},
+            "workdir": str(work),
+            "pools": {"size": 10},
+            "image": {"kind": "thumbnail", "width": 4, "height": 4},
+        }
+    )
     p = Pipeline(cfg)
     catalogue, kits = prepare_toolkits(p.split, work / "cache", image_model=None)
     reranker = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()
@@ -104,7 +111,8 @@ def test_a_killed_recording_process_resumes(env, tmp_path):
     script = tmp_path / "rec.py"
     cfg = tmp_path / "cfg.json"
     cfg.write_text(p.config.model_dump_json())
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, sys, time
         from mma_agent.config import PipelineConfig
         from mma_agent.graphs.reranker import create_mma_reranker
@@ -115,8 +123,9 @@ def test_a_killed_recording_process_resumes(env, tmp_path):
         cat, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
         rr = create_mma_reranker(None, catalogue=cat, toolkits=kits, variant="rule").compile()
         slow = (lambda r: time.sleep(0.3)) if sys.argv[1] == "slow" else None
-        print(record_episodes(sample_episodes(p, seed=0), rr, "{tmp_path / 'e.jsonl'}", {{"config": "k"}}, on_record=slow), flush=True)
-    """))
+        print(record_episodes(sample_episodes(p, seed=0), rr, "{tmp_path / "e.jsonl"}", {{"config": "k"}}, on_record=slow), flush=True)
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script), "slow"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = tmp_path / "e.jsonl"
     import time
@@ -223,13 +232,22 @@ def test_environment_reward_replays_actions_in_the_real_graph(explored):
     rows = grpo_rows(points)
     for p, row in zip(points[:16], rows[:16], strict=True):
         acts = list(p["values"])
-        got = reward([[{"role": "assistant", "content": a}] for a in acts], episode_id=[row["episode_id"]] * len(acts),
-                     prefix=[row["prefix"]] * len(acts), continuations=[row["continuations"]] * len(acts))  # fmt: skip
+        got = reward(
+            [[{"role": "assistant", "content": a}] for a in acts],
+            episode_id=[row["episode_id"]] * len(acts),
+            prefix=[row["prefix"]] * len(acts),
+            continuations=[row["continuations"]] * len(acts),
+        )
         # playing a searched action then its best continuation reproduces the searched value
         assert got == pytest.approx([p["values"][a] for a in acts])
     # garbage costs the invalid-action penalty (then the episode is scored with equal weights)
     bad = reward(["not json"], episode_id=[rows[0]["episode_id"]], prefix=["[]"], continuations=["{}"])[0]
-    ok = reward(['{"tool": "score_candidates", "args": {"weights": {}}}'], episode_id=[rows[0]["episode_id"]], prefix=["[]"], continuations=["{}"])[0]
+    ok = reward(
+        ['{"tool": "score_candidates", "args": {"weights": {}}}'],
+        episode_id=[rows[0]["episode_id"]],
+        prefix=["[]"],
+        continuations=["{}"],
+    )[0]
     assert bad < ok - 0.1
 
 
@@ -257,8 +275,16 @@ def test_train_dpo_and_grpo_run_and_save_loadable_policies(explored, tmp_path):
     final = train_dpo(preference_pairs(points)[:4], base, tmp_path / "dpo", max_steps=2, batch_size=2)
     assert (final / "model.safetensors").is_file() and (tmp_path / "dpo" / "training-curve.png").is_file()
     reward = EnvironmentReward(eps, catalogue, kits)
-    final = train_grpo(grpo_rows(points)[:4], reward, base, tmp_path / "grpo", max_steps=1, num_generations=2, prompts_per_step=1,
-                       max_completion_length=8)  # fmt: skip
+    final = train_grpo(
+        grpo_rows(points)[:4],
+        reward,
+        base,
+        tmp_path / "grpo",
+        max_steps=1,
+        num_generations=2,
+        prompts_per_step=1,
+        max_completion_length=8,
+    )
     assert reward.calls == 2 and (final / "model.safetensors").is_file()
     assert resolve_chat_model(f"transformers:{final}", max_new_tokens=2).invoke("hi").usage_metadata["output_tokens"] <= 2
 
@@ -274,8 +300,12 @@ def test_train_sft_runs_saves_and_resumes(env, tmp_path):
     from mma_agent.training.sft import train_sft
 
     base = smollm2_folder(tmp_path / "models")
-    rows = [{"prompt": [{"role": "system", "content": "Answer with JSON."}, {"role": "user", "content": "Pick a tool."}],
-             "completion": [{"role": "assistant", "content": '{"tool": "analyze_text", "args": {}}'}]}] * 4  # fmt: skip
+    rows = [
+        {
+            "prompt": [{"role": "system", "content": "Answer with JSON."}, {"role": "user", "content": "Pick a tool."}],
+            "completion": [{"role": "assistant", "content": '{"tool": "analyze_text", "args": {}}'}],
+        }
+    ] * 4
     final = train_sft(rows, str(base), tmp_path / "run", max_steps=2, batch_size=2)
     assert (final / "model.safetensors").is_file() and (tmp_path / "run" / "training-curve.png").is_file()
     # the trained policy is a folder the transformers: backend loads
@@ -290,7 +320,8 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     base = _smollm2(tmp_path)
     run = tmp_path / "run"
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(os.getcwd())!r})
         from pathlib import Path
@@ -298,7 +329,8 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
         rows = [{{"prompt": [{{"role": "user", "content": "Pick a tool."}}],
                   "completion": [{{"role": "assistant", "content": '{{"tool": "analyze_text", "args": {{}}}}'}}]}}] * 8
         train_sft(rows, {base!r}, Path({str(run)!r}), max_steps=6, batch_size=2, logging_steps=1, save_steps=2, save_total_limit=5)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import time
 
@@ -327,7 +359,11 @@ def test_informative_states_keep_the_choices_that_matter():
     assert informative_states(points, margin=0.1) == [points[1]]  # equal values, or one action: nothing to learn
     many = [{"values": {"a": 0.0, "b": float(i)}} for i in range(1, 30)]
     shuffled = informative_states(many, margin=0.5, seed=1)
-    assert shuffled == informative_states(many, margin=0.5, seed=1) and shuffled != many and sorted(shuffled, key=lambda p: p["values"]["b"]) == many
+    assert (
+        shuffled == informative_states(many, margin=0.5, seed=1)
+        and shuffled != many
+        and sorted(shuffled, key=lambda p: p["values"]["b"]) == many
+    )
 
 
 def test_forked_exploration_scores_each_plan_as_a_plain_run_does(explored):
@@ -340,12 +376,18 @@ def test_forked_exploration_scores_each_plan_as_a_plain_run_does(explored):
     from mma_agent.training.sft import action_plans, explore_plans
 
     eps, catalogue, kits, _ = explored
-    plans = [p for p in action_plans(interactive=True) if len(p) == 3 and '"ask_user"' in p[1]][:12]  # one tool, a question, each score
+    plans = [p for p in action_plans(interactive=True) if len(p) == 3 and '"ask_user"' in p[1]][
+        :12
+    ]  # one tool, a question, each score
     out = explore_plans(eps[:1], catalogue, kits, plans=plans)[0]["outcomes"]
     for o in out[::3]:
-        alone = create_mma_reranker(FakeListChatModel(responses=o["plan"]), catalogue=catalogue, toolkits=kits, prefill=False, variant="interactive")
+        alone = create_mma_reranker(
+            FakeListChatModel(responses=o["plan"]), catalogue=catalogue, toolkits=kits, prefill=False, variant="interactive"
+        )
         run = alone.compile().invoke(eps[0])
-        assert o["reward"] == pytest.approx(episode_reward(run, eps[0]["target"])) and [list(x) for x in o["pattern"]] == [[t["action"]["tool"], t["null"]] for t in run["trace"] if "null" in t]
+        assert o["reward"] == pytest.approx(episode_reward(run, eps[0]["target"])) and [list(x) for x in o["pattern"]] == [
+            [t["action"]["tool"], t["null"]] for t in run["trace"] if "null" in t
+        ]
     assert all(o["reward"] <= 1 - 0.02 - 0.10 + 1e-9 for o in out)  # a tool and a question paid for
 
 

@@ -12,13 +12,25 @@ import pytest
 
 pytest.importorskip("sentence_transformers")
 
-from mma_agent.masks import OOMA_FAMILIES  # noqa: E402
 from mma_agent.evals.methods import FIRST_STAGE, PROBES, EvalEnv, Method, build_methods, scores_from_output  # noqa: E402
 from mma_agent.evals.report import build_report, cliffs_delta, wilcoxon_p  # noqa: E402
 from mma_agent.evals.runner import ALPHAS, build_episodes, fused_metrics, run_eval  # noqa: E402
 from mma_agent.evals.store import ResultStore, RunMismatchError  # noqa: E402
+from mma_agent.modalities import OOMA_FAMILIES  # noqa: E402
 
-CHEAP = ["first-stage", "popularity", "lightgcn", "text-sim", "graph-sim", "completion-zero", "completion-fp", "margo", "magnet", "rule", *PROBES]
+CHEAP = [
+    "first-stage",
+    "popularity",
+    "lightgcn",
+    "text-sim",
+    "graph-sim",
+    "completion-zero",
+    "completion-fp",
+    "margo",
+    "magnet",
+    "rule",
+    *PROBES,
+]
 
 
 def _setup(root, work):
@@ -26,9 +38,15 @@ def _setup(root, work):
     from mma_agent.pipeline import Pipeline
     from mma_agent.toolkits import prepare_toolkits
 
-    cfg = PipelineConfig.model_validate({"data": {"path": str(root)}, "workdir": str(work), "pools": {"size": 10},
-                                         "retrievers": {"epochs": 4, "eval_every": 2, "dim": 8},
-                                         "image": {"kind": "thumbnail", "width": 4, "height": 4}})  # fmt: skip
+    cfg = PipelineConfig.model_validate(
+        {
+            "data": {"path": str(root)},
+            "workdir": str(work),
+            "pools": {"size": 10},
+            "retrievers": {"epochs": 4, "eval_every": 2, "dim": 8},
+            "image": {"kind": "thumbnail", "width": 4, "height": 4},
+        }
+    )
     p = Pipeline(cfg)
     catalogue, kits = prepare_toolkits(p.split, work / "cache", image_model=None)
     return p, EvalEnv(p, catalogue, kits)
@@ -79,7 +97,9 @@ def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_pa
     assert count("LLM A", "full") == 4 and count("LLM A", "text-only") == 2  # per-family limits, on valid and test
     text, main = build_report(store, tmp_path / "r1")
     assert [r["method"] for r in main] == ["Ceiling: Recall@100 of the pools", *(m.name for m in cheap)]
-    assert "LLM A on 1 text-only, 1 image-only, 1 behaviour-only, 2 full" in text and "seeded subset that the MMA rows ran" in text
+    assert (
+        "LLM A on 1 text-only, 1 image-only, 1 behaviour-only, 2 full" in text and "seeded subset that the MMA rows ran" in text
+    )
     # the same method with every pool: its subset rows are kept, the rest added, nothing twice
     summary = run_eval(p, store, [a], llm_limit=None, env=env)
     assert summary["LLM A"] == {**summary["LLM A"], "new": len(every) - small, "resumed": small}
@@ -87,8 +107,14 @@ def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_pa
     run_eval(p, store, [a], llm_limit=1, env=env)  # a smaller limit later does not shrink the record
     assert set(ResultStore(store).meta()["llm_limit"]["LLM A"].values()) == {None}
     text, main = build_report(store, tmp_path / "r2")
-    assert [r["method"] for r in main] == ["Ceiling: Recall@100 of the pools", FIRST_STAGE, "RuleRouter-Fuse", "LLM A", "Probe: random order",
-                                           "Ceiling: oracle reranker (reads the answers)"]
+    assert [r["method"] for r in main] == [
+        "Ceiling: Recall@100 of the pools",
+        FIRST_STAGE,
+        "RuleRouter-Fuse",
+        "LLM A",
+        "Probe: random order",
+        "Ceiling: oracle reranker (reads the answers)",
+    ]
     assert "and so did LLM A" in text and "LLM B on 1 text-only" in text
     summary = run_eval(p, store, [cheap[0], b], llm_limit={"*": 1, "full": 2}, env=env, fresh={"LLM B"})  # redo B only
     assert summary["LLM B"]["new"] == small and summary["LLM B"]["resumed"] == 0 and summary[cheap[0].name]["new"] == 0
@@ -96,7 +122,9 @@ def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_pa
     meta = ResultStore(store).meta()
     run_eval(p, store, [SubsetOnly("LLM C")], llm_limit=None, splits=("test",), families=("text-only",), env=env)
     assert count("LLM C") == len([e for e in build_episodes(p, "test") if e["family"] == "text-only"])
-    assert {k: ResultStore(store).meta()[k] for k in ("pools", "families", "first_stage")} == {k: meta[k] for k in ("pools", "families", "first_stage")}
+    assert {k: ResultStore(store).meta()[k] for k in ("pools", "families", "first_stage")} == {
+        k: meta[k] for k in ("pools", "families", "first_stage")
+    }
     db = ResultStore(store)
     db.check_meta({**meta, "pools": {**meta["pools"], "text-only:test": "rebuilt"}}, compare=())
     db.close()
@@ -115,8 +143,14 @@ def test_an_llm_row_on_fewer_episodes_gets_its_own_paired_table(tiny, tmp_path, 
     monkeypatch.setattr(report, "MIN_PAIRED", 10)  # the tiny data set has 21 users
     _, _, p, env = tiny
     store = tmp_path / "n.sqlite"
-    run_eval(p, store, [*build_methods(["first-stage", "random-probe"], zero_shot="unused", trained={}), SubsetOnly("MMA-Auto (T)")],
-             llm_limit={"*": 15}, env=env, families=("text-only", "full"))  # fmt: skip
+    run_eval(
+        p,
+        store,
+        [*build_methods(["first-stage", "random-probe"], zero_shot="unused", trained={}), SubsetOnly("MMA-Auto (T)")],
+        llm_limit={"*": 15},
+        env=env,
+        families=("text-only", "full"),
+    )
     run_eval(p, store, [SubsetOnly("LLM listwise (T)")], llm_limit={"*": 10, "full": 12}, env=env, families=("text-only", "full"))
     text, _ = build_report(store, tmp_path / "r", title="t")
     sub = text.split("## Every method on the seeded subset that the MMA rows ran (30 test episodes)")[1].split("##")[0]
@@ -159,20 +193,42 @@ def test_a_users_own_method_runs_through_the_same_evaluation(tiny, tmp_path, cap
     from mma_agent.cli import main as cli
 
     store = tmp_path / "u.sqlite"
-    methods = build_methods(["first-stage"], zero_shot="unused", trained={}, user=["tests.test_evals:reverse_reranker", "tests.test_evals:reverse_graph"])
+    methods = build_methods(
+        ["first-stage"],
+        zero_shot="unused",
+        trained={},
+        user=["tests.test_evals:reverse_reranker", "tests.test_evals:reverse_graph"],
+    )
     run_eval(p, store, methods, env=env)
     rows = ResultStore(store).rows()
     by = lambda m: {(r["split"], r["family"], r["pool"]): r for r in rows if r["method"] == m}  # noqa: E731
     fn, graph = by("tests.test_evals:reverse_reranker"), by("tests.test_evals:reverse_graph")
     assert fn and set(fn) == set(graph) == set(by(FIRST_STAGE)) and all(r["status"] == "ok" for r in fn.values())
-    assert all(fn[k]["metrics"]["0.0"] == graph[k]["metrics"]["0.0"] for k in fn)  # the same scores, as a list and as a graph's id map
+    assert all(
+        fn[k]["metrics"]["0.0"] == graph[k]["metrics"]["0.0"] for k in fn
+    )  # the same scores, as a list and as a graph's id map
     text, main = build_report(store, tmp_path / "r")
     assert "tests.test_evals:reverse_reranker" in [r["method"] for r in main]
     assert next(r for r in main if r["method"] == "tests.test_evals:reverse_graph")["group"] == "user method"
     with pytest.raises(ValueError, match="has no attribute 'nope'"):
         build_methods([], zero_shot="unused", trained={}, user=["tests.test_evals:nope"])
-    assert cli(["eval", "run", "--run", str(tmp_path / "x.sqlite"), "--method", "no_such_pkg.mod:f", "--workdir", str(p.config.workdir),
-                 "--data", str(p.config.data.path)]) == 2
+    assert (
+        cli(
+            [
+                "eval",
+                "run",
+                "--run",
+                str(tmp_path / "x.sqlite"),
+                "--method",
+                "no_such_pkg.mod:f",
+                "--workdir",
+                str(p.config.workdir),
+                "--data",
+                str(p.config.data.path),
+            ]
+        )
+        == 2
+    )
     assert "cannot import 'no_such_pkg.mod'" in capsys.readouterr().err
 
 
@@ -217,7 +273,9 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
     assert len(rows) == len(eps) * sum(n_seeds.values())
     assert {r["seed"] for r in rows if r["method"].startswith("MARGO")} == {0, 1}
     crashy = [r for r in rows if r["method"] == "Crashy"]
-    assert {r["status"] for r in crashy if len(r["family"]) % 2} == {"error"} and all("boom" in r["error"] for r in crashy if len(r["family"]) % 2)
+    assert {r["status"] for r in crashy if len(r["family"]) % 2} == {"error"} and all(
+        "boom" in r["error"] for r in crashy if len(r["family"]) % 2
+    )
     assert {r["status"] for r in crashy if not len(r["family"]) % 2} == {"ok"}
     # masked modalities: retrievers and the text tool fall back to the first stage instead of scoring
     pop = {(r["family"], r["status"]) for r in rows if r["method"] == "Popularity"}
@@ -236,9 +294,19 @@ def test_run_stores_every_episode_records_crashes_and_reports(tiny, tmp_path):
     text_md, main = build_report(store, tmp_path / "report")
     assert (tmp_path / "report" / "report.md").read_text() == text_md
     assert (tmp_path / "report" / "by-family.png").is_file()
-    assert {"OOMA", *OOMA_FAMILIES, "full", "full H@10", "full N@20", "full N@10 (pools with a relevant)", "> best probe (OOMA/full)"} <= set(main[1])
+    assert {
+        "OOMA",
+        *OOMA_FAMILIES,
+        "full",
+        "full H@10",
+        "full N@20",
+        "full N@10 (pools with a relevant)",
+        "> best probe (OOMA/full)",
+    } <= set(main[1])
     header = next(line for line in text_md.splitlines() if line.startswith("| method"))
-    assert "full N@10 (pools with a relevant)" in header and "> best probe (OOMA/full)" in header  # the ceiling row first does not cut columns
+    assert (
+        "full N@10 (pools with a relevant)" in header and "> best probe (OOMA/full)" in header
+    )  # the ceiling row first does not cut columns
     names = [r["method"] for r in main]
     probes = [m.name for m in methods if m.group in ("protocol probe", "ceiling")]
     assert names == ["Ceiling: Recall@100 of the pools", *(m.name for m in methods if m.name not in probes), *probes]
@@ -258,7 +326,8 @@ def test_killed_run_resumes_to_the_same_numbers(tiny, tmp_path):
     clean = tmp_path / "clean.sqlite"
     run_eval(p, clean, methods, limit=4, env=env)
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(os.getcwd())!r})
         from pathlib import Path
@@ -272,7 +341,8 @@ def test_killed_run_resumes_to_the_same_numbers(tiny, tmp_path):
                 score = m.score
                 m.score = lambda ep, score=score: (time.sleep(0.05), score(ep))[1]
         run_eval(p, Path({str(tmp_path / "killed.sqlite")!r}), methods, limit=4, env=env)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script), "slow"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import sqlite3
     import time
@@ -316,8 +386,15 @@ def test_alpha_on_paired_pools_chooses_from_the_episodes_every_method_ran():
     from mma_agent.evals.report import Results
 
     def row(method, pool, split, by_alpha):
-        return {"method": method, "split": split, "family": "full", "pool": pool, "seed": 0, "status": "ok",
-                "metrics": {a: {"ndcg@10": v} for a, v in by_alpha.items()}}  # fmt: skip
+        return {
+            "method": method,
+            "split": split,
+            "family": "full",
+            "pool": pool,
+            "seed": 0,
+            "status": "ok",
+            "metrics": {a: {"ndcg@10": v} for a, v in by_alpha.items()},
+        }
 
     rows = [row("everywhere", p, "valid", {"0.0": 0.9, "0.5": 0.1} if p >= 2 else {"0.0": 0.2, "0.5": 0.3}) for p in range(6)]
     rows += [row("subset", p, "valid", {"0.0": 0.1, "0.5": 0.2}) for p in range(2)]

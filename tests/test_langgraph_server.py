@@ -20,7 +20,7 @@ pytest.importorskip("sentence_transformers")
 ROOT = Path(__file__).resolve().parents[1]
 # A graph the server loads beside ours: MMA-Interactive whose policy is scripted to ask first (a
 # fake chat model: this checks the server's interrupt/resume wiring, not a policy).
-ASKS = '''
+ASKS = """
 import json, os
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from mma_agent import Pipeline, PipelineConfig, create_mma_reranker
@@ -33,7 +33,7 @@ catalogue, kits = pipeline.toolkits(image=False)
 plan = [json.dumps({"tool": "ask_user", "args": {"modality_type": "text", "query": "What do you feel like?"}}),
         json.dumps({"tool": "score_candidates", "args": {"weights": {}}})]
 graph = create_mma_reranker(FakeListChatModel(responses=plan * 100), catalogue=catalogue, toolkits=kits, variant="interactive", prefill=False).compile()
-'''
+"""
 CONFIG = "retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\nrelevance:\n  epochs: 2\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
 
 
@@ -52,15 +52,44 @@ def server(tmp_path_factory):
     (work / "config.yaml").write_text(CONFIG)
     (work / "asks.py").write_text(ASKS)
     spec = json.loads((ROOT / "langgraph.json").read_text())  # ours, with its paths made absolute, plus the scripted one
-    graphs = {name: f"{(ROOT / path).resolve()}:{attr}" for name, (path, attr) in ((n, g.split(":")) for n, g in spec["graphs"].items())}
-    (work / "langgraph.json").write_text(json.dumps({**spec, "dependencies": [str(ROOT)], "graphs": {**graphs, "asks_first": f"{work / 'asks.py'}:graph"}}))
-    env = {**os.environ, "MMA_CONFIG": str(work / "config.yaml"), "MMA_DATA": str(data), "MMA_WORKDIR": str(work / "mma"), "MMA_IMAGE": "0",
-           "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    graphs = {
+        name: f"{(ROOT / path).resolve()}:{attr}" for name, (path, attr) in ((n, g.split(":")) for n, g in spec["graphs"].items())
+    }
+    (work / "langgraph.json").write_text(
+        json.dumps({**spec, "dependencies": [str(ROOT)], "graphs": {**graphs, "asks_first": f"{work / 'asks.py'}:graph"}})
+    )
+    env = {
+        **os.environ,
+        "MMA_CONFIG": str(work / "config.yaml"),
+        "MMA_DATA": str(data),
+        "MMA_WORKDIR": str(work / "mma"),
+        "MMA_IMAGE": "0",
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LANGSMITH_TRACING": "false",
+        "PYTHONPATH": str(ROOT),
+    }
     port = _free_port()
     cli = Path(sys.executable).with_name("langgraph")
     log = (work / "server.log").open("w")
-    proc = subprocess.Popen([str(cli), "dev", "--config", str(work / "langgraph.json"), "--host", "127.0.0.1", "--port", str(port), "--no-browser",
-                             "--no-reload", "--allow-blocking"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            str(cli),
+            "dev",
+            "--config",
+            str(work / "langgraph.json"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-browser",
+            "--no-reload",
+            "--allow-blocking",
+        ],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         from langgraph_sdk import get_sync_client
@@ -110,4 +139,6 @@ def test_an_interactive_run_pauses_on_its_question_and_resumes_with_the_answer(s
     assert asked and asked[0]["modality_type"] == "text" and state["next"]
     out = client.runs.wait(thread, "asks_first", command={"resume": "Something like m3 and m6, please."})
     assert not out["fallback"] and sorted(out["ranking"]) == sorted(_request()["candidates"])
-    assert [t["action"]["tool"] for t in out["trace"]] == ["ask_user", "score_candidates"] and "m3" in out["trace"][0]["observation"]
+    assert [t["action"]["tool"] for t in out["trace"]] == ["ask_user", "score_candidates"] and "m3" in out["trace"][0][
+        "observation"
+    ]

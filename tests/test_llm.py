@@ -1,7 +1,8 @@
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from mma_agent.llm import _ROLES, PrefixCache, resolve_chat_model
+from mma_agent.llm import PrefixCache, resolve_chat_model
+from mma_agent.llm.local import _ROLES
 
 
 def test_spec_errors_name_the_valid_choices(tmp_path):
@@ -95,11 +96,20 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path):
     m = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path)
     tools = ["analyze_text", "analyze_image", "retrieve_graph"]
     completions = [f'{t}", "args": {{}}}}' for t in tools]
-    completions += [f'score_candidates", "args": {{"weights": {w}}}}}' for w in ("{}", '{"text": 1}', '{"image": 1}', '{"graph": 1}')]
+    completions += [
+        f'score_candidates", "args": {{"weights": {w}}}}}' for w in ("{}", '{"text": 1}', '{"image": 1}', '{"graph": 1}')
+    ]
     start = [SystemMessage(system_prompt(tools, "weights", 4)), HumanMessage(request_prompt(12, 100))]
-    observations = ["Null: no text for this request.", "text evidence: 37 of 100 candidates match the history's genres (Drama, Comedy).",
-                    "graph evidence: the top candidates share 5 co-viewers with the history.", "image evidence: posters are dark and moody."]  # fmt: skip
-    conversations = [start] + [[*start, AIMessage('{"tool": "analyze_text", "args": {}}'), HumanMessage(observation_prompt(o, 1, 4))] for o in observations]
+    observations = [
+        "Null: no text for this request.",
+        "text evidence: 37 of 100 candidates match the history's genres (Drama, Comedy).",
+        "graph evidence: the top candidates share 5 co-viewers with the history.",
+        "image evidence: posters are dark and moody.",
+    ]
+    conversations = [start] + [
+        [*start, AIMessage('{"tool": "analyze_text", "args": {}}'), HumanMessage(observation_prompt(o, 1, 4))]
+        for o in observations
+    ]
     picks = []
     for msgs in conversations:
         out = m.invoke(msgs, prefill='{"tool": "', allowed_completions=completions)
@@ -107,15 +117,25 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path):
         prompt = m._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + '{"tool": "'
         ids = m._tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
-            ref = m._model.generate(**ids, prefix_allowed_tokens_fn=m._trie_fn(completions, ids["input_ids"].shape[1]), max_new_tokens=40,
-                                    do_sample=False, pad_token_id=m._tokenizer.eos_token_id)  # fmt: skip
+            ref = m._model.generate(
+                **ids,
+                prefix_allowed_tokens_fn=m._trie_fn(completions, ids["input_ids"].shape[1]),
+                max_new_tokens=40,
+                do_sample=False,
+                pad_token_id=m._tokenizer.eos_token_id,
+            )
         expected = '{"tool": "' + m._tokenizer.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         assert out.content == expected
-        assert out.usage_metadata["output_tokens"] == len(m._tokenizer(out.content[len('{"tool": "') :], add_special_tokens=False)["input_ids"])
+        assert out.usage_metadata["output_tokens"] == len(
+            m._tokenizer(out.content[len('{"tool": "') :], add_special_tokens=False)["input_ids"]
+        )
         picks.append(out.content)
     assert all(p[len('{"tool": "') :] in completions for p in picks)
     # later prompts found their common prefix (at least the system prompt) in the cache
-    ids = m._tokenizer(m._tokenizer.apply_chat_template([{"role": "system", "content": start[0].content}], tokenize=False), add_special_tokens=False)
+    ids = m._tokenizer(
+        m._tokenizer.apply_chat_template([{"role": "system", "content": start[0].content}], tokenize=False),
+        add_special_tokens=False,
+    )
     assert m._prefix_cache.lookup([*ids["input_ids"], 1, 2, 3])[1] >= len(ids["input_ids"])
 
 
@@ -178,7 +198,7 @@ def test_the_local_model_runs_on_the_device_it_is_given(tmp_path):
 
 
 def test_shape_buckets():
-    from mma_agent.forward_batcher import batch_bucket, bucket
+    from mma_agent.llm.forward_batcher import batch_bucket, bucket
 
     assert [bucket(n, 128) for n in (1, 128, 129, 530)] == [128, 128, 256, 640]
     assert [batch_bucket(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
@@ -186,7 +206,7 @@ def test_shape_buckets():
 
 
 def test_a_flat_trie_walks_greedily():
-    from mma_agent.forward_batcher import FlatTrie
+    from mma_agent.llm.forward_batcher import FlatTrie
 
     eos = 0
     # completions [5 6], [5 7 8], [9]: the root chooses 5 or 9, node "5" chooses 6 or 7
@@ -209,8 +229,8 @@ def test_the_batched_pass_chooses_what_token_by_token_decoding_chooses(tmp_path)
 
     from langchain_core.messages import HumanMessage, SystemMessage
 
-    from mma_agent.forward_batcher import ForwardBatcher
     from mma_agent.llm import TransformersChatModel
+    from mma_agent.llm.forward_batcher import ForwardBatcher
     from tests.conftest import random_smollm2
 
     folder = str(random_smollm2(tmp_path))
@@ -219,10 +239,24 @@ def test_the_batched_pass_chooses_what_token_by_token_decoding_chooses(tmp_path)
     plain._load(), batched._load()
     assert isinstance(batched._batcher, ForwardBatcher) and plain._batcher is None
     tools = ["analyze_text", "analyze_image", "retrieve_graph", "ask_user"]
-    menus = [[f'{t}", "args": {{}}}}' for t in tools[: 2 + i % 3]] + [f'score_candidates", "args": {{"weights": {w}}}}}' for w in
-             ("{}", '{"text": 1}', '{"text": 1, "graph": 1}', '{"graph": 1}')[: 1 + i % 4]] for i in range(9)]  # fmt: skip
-    calls = [([SystemMessage("You route evidence for a recommender."), HumanMessage(f"Episode {i}: " + "text evidence, strong. " * i)], menu)
-             for i, menu in enumerate(menus)]  # fmt: skip
+    menus = [
+        [f'{t}", "args": {{}}}}' for t in tools[: 2 + i % 3]]
+        + [
+            f'score_candidates", "args": {{"weights": {w}}}}}'
+            for w in ("{}", '{"text": 1}', '{"text": 1, "graph": 1}', '{"graph": 1}')[: 1 + i % 4]
+        ]
+        for i in range(9)
+    ]
+    calls = [
+        (
+            [
+                SystemMessage("You route evidence for a recommender."),
+                HumanMessage(f"Episode {i}: " + "text evidence, strong. " * i),
+            ],
+            menu,
+        )
+        for i, menu in enumerate(menus)
+    ]
     want = [plain.invoke(m, prefill='{"tool": "', allowed_completions=c).content for m, c in calls]
     run_pass, slow_first = batched._batcher._pass, [True]
 

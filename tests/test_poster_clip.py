@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
-from mma_agent.dataset import load_dataset  # noqa: E402
-from mma_agent.poster_clip import build_untrained, load_clip, write_folder  # noqa: E402
-from mma_agent.image_features import trunk_features  # noqa: E402
+from mma_agent.data.dataset import load_dataset  # noqa: E402
+from mma_agent.models.image_features import trunk_features  # noqa: E402
+from mma_agent.models.poster_clip import build_untrained, load_clip, write_folder  # noqa: E402
 from mma_agent.training.clip import ClipTrainConfig, train_heads  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def untrained(tmp_path_factory):
 
 def test_trunk_is_the_imagenet_effnet(untrained):
     _, model, _ = untrained
-    from mma_agent.poster_clip import trunk_weights_path
+    from mma_agent.models.poster_clip import trunk_weights_path
 
     src = torch.load(trunk_weights_path(), map_location="cpu", weights_only=True)
     assert torch.equal(model.visual.trunk.conv_stem.weight, src["_conv_stem.weight"])

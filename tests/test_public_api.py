@@ -6,9 +6,19 @@ import mma_agent
 
 def test_all_is_pinned():
     assert mma_agent.__all__ == [
-        "Pipeline", "PipelineConfig", "RerankInput", "RerankOutput", "TASK_FAMILIES", "ToolSpec", "Toolkit",
-        "create_mma_reranker", "create_rerank_tool", "load_dataset", "prepare_toolkits", "split_dataset",
-    ]  # fmt: skip
+        "Pipeline",
+        "PipelineConfig",
+        "RerankInput",
+        "RerankOutput",
+        "TASK_FAMILIES",
+        "ToolSpec",
+        "Toolkit",
+        "create_mma_reranker",
+        "create_rerank_tool",
+        "load_dataset",
+        "prepare_toolkits",
+        "split_dataset",
+    ]
     for name in mma_agent.__all__:
         assert getattr(mma_agent, name) is not None
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mma_agent.relevance import (
+from mma_agent.models.relevance import (
     ItemItem,
     TwoTower,
     fit_ease,
@@ -62,7 +62,10 @@ def test_two_tower_training_learns_what_users_like_from_frozen_features():
     feats[::17] = np.nan  # items without the feature
     taste = rng.integers(0, 4, n_users)
     liked = [rng.choice(np.flatnonzero(cluster == taste[u]), 12, replace=False) for u in range(n_users)]
-    train = sp.csr_matrix((np.ones(n_users * 10), (np.repeat(np.arange(n_users), 10), np.concatenate([lk[:10] for lk in liked]))), shape=(n_users, n_items))
+    train = sp.csr_matrix(
+        (np.ones(n_users * 10), (np.repeat(np.arange(n_users), 10), np.concatenate([lk[:10] for lk in liked]))),
+        shape=(n_users, n_items),
+    )
 
     def auc(model) -> float:
         wins = []
@@ -81,15 +84,21 @@ def test_two_tower_training_learns_what_users_like_from_frozen_features():
 def test_the_pipeline_step_trains_once_and_the_toolkits_add_the_channel_under_the_mask(tiny_root, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sentence_transformers")
+    from mma_agent.config import PipelineConfig
+    from mma_agent.modalities import family_mask
+    from mma_agent.pipeline import Pipeline
     from mma_agent.toolkits.base import EpisodeContext
 
-    from mma_agent.config import PipelineConfig
-    from mma_agent.masks import family_mask
-    from mma_agent.pipeline import Pipeline
-
-    cfg = PipelineConfig.model_validate({"data": {"path": str(tiny_root)}, "workdir": str(tmp_path), "pools": {"size": 10},
-                                         "retrievers": {"epochs": 3, "eval_every": 1, "dim": 8}, "relevance": {"epochs": 3, "dim": 8},
-                                         "image": {"kind": "thumbnail", "width": 4, "height": 4}})  # fmt: skip
+    cfg = PipelineConfig.model_validate(
+        {
+            "data": {"path": str(tiny_root)},
+            "workdir": str(tmp_path),
+            "pools": {"size": 10},
+            "retrievers": {"epochs": 3, "eval_every": 1, "dim": 8},
+            "relevance": {"epochs": 3, "dim": 8},
+            "image": {"kind": "thumbnail", "width": 4, "height": 4},
+        }
+    )
     p = Pipeline(cfg)
     rows = p.train_relevance(["text", "behaviour"])
     assert [r["modality"] for r in rows] == ["text", "behaviour"] and all(r["train s"] != "cached" for r in rows)
@@ -100,7 +109,9 @@ def test_the_pipeline_step_trains_once_and_the_toolkits_add_the_channel_under_th
     except ImportError:
         pass
     again = Pipeline(cfg).train_relevance(["text", "behaviour"])
-    assert all(r["train s"] == "cached" for r in again) and [r["valid NDCG@10 (channel alone)"] for r in again] == [r["valid NDCG@10 (channel alone)"] for r in rows]
+    assert all(r["train s"] == "cached" for r in again) and [r["valid NDCG@10 (channel alone)"] for r in again] == [
+        r["valid NDCG@10 (channel alone)"] for r in rows
+    ]
 
     from mma_agent.toolkits import prepare_toolkits
 

@@ -12,8 +12,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
 from mma_agent.graphs.request import parse_request, valid_pairs  # noqa: E402
+from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
 from mma_agent.util import minmax  # noqa: E402
 
 KNOWN = [f"m{i}" for i in range(40)]
@@ -21,8 +21,8 @@ KNOWN = [f"m{i}" for i in range(40)]
 
 @pytest.fixture(scope="module")
 def rule(tmp_path_factory):
-    from mma_agent.dataset import load_dataset
-    from mma_agent.splits import split_dataset
+    from mma_agent.data.dataset import load_dataset
+    from mma_agent.data.splits import split_dataset
     from mma_agent.toolkits import prepare_toolkits
     from tests.conftest import write_tiny_dataset
 
@@ -64,7 +64,9 @@ def test_fallback_ranks_the_valid_part_in_first_stage_order(rule):
 
 
 def test_numpy_and_integer_inputs_are_accepted(rule):
-    out = rule.invoke(_req(candidates=np.array(["m0", "m3", "m6"]), first_stage_scores=np.array([0.1, 0.3, 0.2], dtype=np.float32)))
+    out = rule.invoke(
+        _req(candidates=np.array(["m0", "m3", "m6"]), first_stage_scores=np.array([0.1, 0.3, 0.2], dtype=np.float32))
+    )
     assert not out["fallback"] and sorted(out["ranking"]) == ["m0", "m3", "m6"]
     req, problem = parse_request(_req(user_id=np.int64(3), max_turns=np.int32(4), mask={"text": np.bool_(False)}))
     assert problem is None and req.user_id == "3" and req.max_turns == 4 and req.mask == {"text": False}
@@ -82,23 +84,56 @@ def test_a_duplicate_at_the_end_of_a_large_pool_is_found_in_linear_time():
     assert problem == "candidates: duplicate item id 'x0'; each candidate must appear once"
 
 
-ids = st.one_of(st.sampled_from(KNOWN), st.text(max_size=3), st.integers(-5, 50), st.none(), st.booleans(), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
-scores = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**400), 10**400), st.none(), st.text(max_size=2), st.booleans())
-pools = st.one_of(st.lists(ids, max_size=12), st.lists(st.sampled_from(KNOWN), min_size=1, max_size=12, unique=True), st.text(max_size=4), st.none(), st.integers())
+ids = st.one_of(
+    st.sampled_from(KNOWN),
+    st.text(max_size=3),
+    st.integers(-5, 50),
+    st.none(),
+    st.booleans(),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+scores = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**400), 10**400),
+    st.none(),
+    st.text(max_size=2),
+    st.booleans(),
+)
+pools = st.one_of(
+    st.lists(ids, max_size=12),
+    st.lists(st.sampled_from(KNOWN), min_size=1, max_size=12, unique=True),
+    st.text(max_size=4),
+    st.none(),
+    st.integers(),
+)
 requests = st.fixed_dictionaries(
     {"candidates": pools},
     optional={
-        "first_stage_scores": st.one_of(st.lists(scores, max_size=12), st.lists(st.floats(-1e6, 1e6), min_size=12, max_size=12), st.none(), st.floats()),
-        "user_id": st.one_of(st.sampled_from(["u0", "u1", "nobody"]), st.integers(), st.none(), st.lists(st.text(max_size=2), max_size=2)),
+        "first_stage_scores": st.one_of(
+            st.lists(scores, max_size=12), st.lists(st.floats(-1e6, 1e6), min_size=12, max_size=12), st.none(), st.floats()
+        ),
+        "user_id": st.one_of(
+            st.sampled_from(["u0", "u1", "nobody"]), st.integers(), st.none(), st.lists(st.text(max_size=2), max_size=2)
+        ),
         "history": st.one_of(st.lists(ids, max_size=5), st.none(), st.integers(), st.text(max_size=3)),
         "max_turns": st.one_of(st.integers(-3, 40), st.floats(), st.text(max_size=2), st.none()),
-        "mask": st.one_of(st.none(), st.dictionaries(st.sampled_from(["text", "image", "behaviour", "txt"]), st.one_of(st.booleans(), st.text(max_size=2)), max_size=3)),
+        "mask": st.one_of(
+            st.none(),
+            st.dictionaries(
+                st.sampled_from(["text", "image", "behaviour", "txt"]), st.one_of(st.booleans(), st.text(max_size=2)), max_size=3
+            ),
+        ),
         "target": st.one_of(st.sampled_from(KNOWN), st.none(), st.integers(), st.lists(st.text(max_size=2), max_size=2)),
     },
 )
 
 
-@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(request=requests)
 def test_no_request_raises_and_every_fallback_is_the_first_stage_order(rule, request):
     out = rule.invoke(request)

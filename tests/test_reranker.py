@@ -23,8 +23,8 @@ SCORE = '{"tool": "score_candidates", "args": {"weights": {"text": 1, "graph": 1
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from mma_agent.dataset import load_dataset
-    from mma_agent.splits import split_dataset
+    from mma_agent.data.dataset import load_dataset
+    from mma_agent.data.splits import split_dataset
     from mma_agent.toolkits import prepare_toolkits
     from tests.conftest import write_tiny_dataset
 
@@ -52,7 +52,9 @@ def test_topology_snapshot(env):
 
 
 def test_auto_episode_gathers_evidence_and_fuses(env):
-    out = _graph(env, ['{"tool": "analyze_text", "args": {}}', "not json", '{"tool": "retrieve_graph", "args": {}}', SCORE]).invoke(_request())
+    out = _graph(
+        env, ['{"tool": "analyze_text", "args": {}}', "not json", '{"tool": "retrieve_graph", "args": {}}', SCORE]
+    ).invoke(_request())
     assert not out["fallback"] and sorted(out["ranking"]) == sorted(_request()["candidates"])
     actions = [t["action"]["tool"] for t in out["trace"]]
     assert actions == ["analyze_text", None, "retrieve_graph", "score_candidates"]
@@ -80,8 +82,13 @@ def test_scores_mode_unscored_keep_first_stage(env):
 
 
 def test_unknown_and_repeated_null_tools_are_recorded(env):
-    replies = ['{"tool": "fly", "args": {}}', '{"tool": "retrieve_graph", "args": {}}', '{"tool": "retrieve_graph", "args": {}}',
-               '{"tool": "analyze_text", "args": {}}', SCORE]  # fmt: skip
+    replies = [
+        '{"tool": "fly", "args": {}}',
+        '{"tool": "retrieve_graph", "args": {}}',
+        '{"tool": "retrieve_graph", "args": {}}',
+        '{"tool": "analyze_text", "args": {}}',
+        SCORE,
+    ]
     out = _graph(env, replies).invoke(_request(mask={"text": True, "image": False, "behaviour": False}))
     kinds = [t.get("invalid") for t in out["trace"]]
     assert kinds[:3] == ["unknown_tool", None, "repeated_null"] and out["trace"][1]["null"] is True
@@ -112,7 +119,9 @@ def test_bad_requests_name_the_field_and_fall_back(env, patch, needle):
 
 
 def test_unknown_user_with_history_is_served(env):
-    out = _graph(env, ['{"tool": "analyze_text", "args": {}}', SCORE]).invoke(_request(user_id="stranger", history=["m0", "m5", "m10", "nope"]))
+    out = _graph(env, ['{"tool": "analyze_text", "args": {}}', SCORE]).invoke(
+        _request(user_id="stranger", history=["m0", "m5", "m10", "nope"])
+    )
     assert not out["fallback"] and out["trace"][0]["ids"] == ["nope"]
 
 
@@ -127,7 +136,9 @@ class _Slow(FakeListChatModel):
         return super()._call(*a, **k)
 
 
-@pytest.mark.parametrize(("model", "needle"), [(_Broken(responses=["x"]), "ConnectionError: server down"), (_Slow(responses=[SCORE]), "timed out")])
+@pytest.mark.parametrize(
+    ("model", "needle"), [(_Broken(responses=["x"]), "ConnectionError: server down"), (_Slow(responses=[SCORE]), "timed out")]
+)
 def test_backend_faults_fall_back_to_first_stage(env, model, needle):
     _, catalogue, kits = env
     out = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, timeout=0.5).compile().invoke(_request())
@@ -136,7 +147,11 @@ def test_backend_faults_fall_back_to_first_stage(env, model, needle):
 
 def test_rule_router_calls_every_tool_then_scores(env):
     _, catalogue, kits = env
-    out = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile().invoke(_request(mask={"text": True, "image": False, "behaviour": True}))
+    out = (
+        create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule")
+        .compile()
+        .invoke(_request(mask={"text": True, "image": False, "behaviour": True}))
+    )
     assert [t["action"]["tool"] for t in out["trace"]] == ["analyze_text", "analyze_image", "retrieve_graph", "score_candidates"]
     assert [t.get("null") for t in out["trace"][:3]] == [False, True, False] and not out["fallback"]
 
@@ -180,12 +195,32 @@ def test_interrupt_and_resume_across_processes(env, tmp_path):
     app = Path(__file__).resolve().parents[1] / "examples" / "interactive_app.py"
     ask = json.dumps({"tool": "ask_user", "args": {"modality_type": "text", "query": "Which genres tonight?"}})
     score = json.dumps({"tool": "score_candidates", "args": {"weights": {"ask": 1}}})
-    common = ["--db", str(tmp_path / "cp.sqlite"), "--thread", "t1", "--data", str(root), "--cache", str(tmp_path / "c"), "--user", "u0"]
-    first = subprocess.run([sys.executable, str(app), "start", *common, "--script", json.dumps([ask, score])], capture_output=True, text=True, check=True)
+    common = [
+        "--db",
+        str(tmp_path / "cp.sqlite"),
+        "--thread",
+        "t1",
+        "--data",
+        str(root),
+        "--cache",
+        str(tmp_path / "c"),
+        "--user",
+        "u0",
+    ]
+    first = subprocess.run(
+        [sys.executable, str(app), "start", *common, "--script", json.dumps([ask, score])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     paused = json.loads(first.stdout.strip().splitlines()[-1])
     assert paused == {"paused": True, "question": {"question": "Which genres tonight?", "modality_type": "text"}}
-    second = subprocess.run([sys.executable, str(app), "resume", *common, "--answer", "Horror, something scary", "--script", json.dumps([score])],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    second = subprocess.run(
+        [sys.executable, str(app), "resume", *common, "--answer", "Horror, something scary", "--script", json.dumps([score])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     done = json.loads(second.stdout.strip().splitlines()[-1])
     assert done["paused"] is False and done["tools"] == ["ask_user", "score_candidates"] and not done["fallback"]
     horror = {f"m{i}" for i in range(40) if i % 5 == 3}  # the fixture's Horror items
@@ -204,7 +239,11 @@ def test_embedded_model_runs_an_episode_end_to_end(env, tmp_path):
     _, catalogue, kits = env
     model = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path)
     for variant in ("auto", "interactive"):
-        out = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, variant=variant).compile().invoke(_request(target="m3"))
+        out = (
+            create_mma_reranker(model, catalogue=catalogue, toolkits=kits, variant=variant)
+            .compile()
+            .invoke(_request(target="m3"))
+        )
         assert not out["fallback"], out["reason"]
         assert out["trace"][-1]["action"]["tool"] == "score_candidates"
         assert all(t.get("invalid") is None for t in out["trace"])  # constrained decoding: every action valid
@@ -213,7 +252,11 @@ def test_embedded_model_runs_an_episode_end_to_end(env, tmp_path):
     # saying so), two turns gather one modality and score; neither runs out of budget
     graph = create_mma_reranker(model, catalogue=catalogue, toolkits=kits).compile()
     one, two = graph.invoke(_request(max_turns=1)), graph.invoke(_request(max_turns=2))
-    assert one["fallback"] and "no evidence was gathered" in one["reason"] and [t["action"]["tool"] for t in one["trace"]] == ["score_candidates"]
+    assert (
+        one["fallback"]
+        and "no evidence was gathered" in one["reason"]
+        and [t["action"]["tool"] for t in one["trace"]] == ["score_candidates"]
+    )
     assert not two["fallback"] and len(two["trace"]) == 2 and two["trace"][-1]["action"]["tool"] == "score_candidates"
 
 
@@ -229,12 +272,18 @@ def test_native_tool_calling_backends(env):
             ToolModel.bound = tools
             return self
 
-    replies = iter([
-        AIMessage(content="", tool_calls=[{"name": "retrieve_graph", "args": {}, "id": "1"}]),
-        AIMessage(content="", tool_calls=[{"name": "score_candidates", "args": {"weights": {"graph": 1}}, "id": "2"}]),
-    ])  # fmt: skip
+    replies = iter(
+        [
+            AIMessage(content="", tool_calls=[{"name": "retrieve_graph", "args": {}, "id": "1"}]),
+            AIMessage(content="", tool_calls=[{"name": "score_candidates", "args": {"weights": {"graph": 1}}, "id": "2"}]),
+        ]
+    )
     _, catalogue, kits = env
-    out = create_mma_reranker(ToolModel(messages=replies), catalogue=catalogue, toolkits=kits, native_tools=True).compile().invoke(_request())
+    out = (
+        create_mma_reranker(ToolModel(messages=replies), catalogue=catalogue, toolkits=kits, native_tools=True)
+        .compile()
+        .invoke(_request())
+    )
     assert [t["action"]["tool"] for t in out["trace"]] == ["retrieve_graph", "score_candidates"] and not out["fallback"]
     names = [t["function"]["name"] for t in ToolModel.bound]
     assert names == ["analyze_text", "analyze_image", "retrieve_graph", "score_candidates"]
@@ -248,8 +297,13 @@ def test_vllm_backend_is_a_chat_model_that_needs_its_extra_and_a_gpu(tmp_path):
 
     from mma_agent.llm import VLLMChatModel, choice_kwargs, resolve_chat_model
 
-    assert issubclass(VLLMChatModel, BaseChatModel)  # a chat model (messages in, an AIMessage with usage out), not a completion LLM
-    assert choice_kwargs(VLLMChatModel(model="m"), ["a"]) == {"allowed_completions": ["a"], "prefill": ""}  # held to the actions in-process
+    assert issubclass(
+        VLLMChatModel, BaseChatModel
+    )  # a chat model (messages in, an AIMessage with usage out), not a completion LLM
+    assert choice_kwargs(VLLMChatModel(model="m"), ["a"]) == {
+        "allowed_completions": ["a"],
+        "prefill": "",
+    }  # held to the actions in-process
     torch = pytest.importorskip("torch")
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
         pytest.skip("vLLM and a GPU are here: test_vllm_in_process_on_a_gpu runs it")
@@ -283,7 +337,9 @@ def test_backend_string_takes_its_options_through_the_factory(env):
     (nothing listens on port 9: the request falls back, with the reason)."""
     pytest.importorskip("langchain_openai")
     _, catalogue, kits = env
-    graph = create_mma_reranker("openai:any-model", catalogue=catalogue, toolkits=kits, backend_kwargs={"base_url": "http://127.0.0.1:9/v1"}, timeout=10)
+    graph = create_mma_reranker(
+        "openai:any-model", catalogue=catalogue, toolkits=kits, backend_kwargs={"base_url": "http://127.0.0.1:9/v1"}, timeout=10
+    )
     out = graph.compile().invoke(_request())
     assert out["fallback"] and "LLM backend failed" in out["reason"] and out["ranking"] == _request()["candidates"][::-1]
     with pytest.raises(ValueError, match="needs base_url"):
@@ -315,13 +371,25 @@ def test_a_hung_backend_holds_at_most_the_policys_threads():
 def test_compact_prompts_show_the_strength_line_and_the_trace_keeps_the_whole_observation(env):
     _, catalogue, kits = env
     plan = ['{"tool": "analyze_text", "args": {}}', SCORE]
-    outs = {style: create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, prefill=False, prompt=style).compile()
-            .invoke(_request()) for style in ("compact", "full")}  # fmt: skip
+    outs = {
+        style: create_mma_reranker(
+            FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, prefill=False, prompt=style
+        )
+        .compile()
+        .invoke(_request())
+        for style in ("compact", "full")
+    }
     compact, full = outs["compact"], outs["full"]
-    assert compact["ranking"] == full["ranking"] and compact["trace"] == full["trace"]  # what the policy reads differs, nothing else
+    assert (
+        compact["ranking"] == full["ranking"] and compact["trace"] == full["trace"]
+    )  # what the policy reads differs, nothing else
     seen = compact["messages"][3]["content"]
-    assert seen.startswith("Strength: ") and "Best text matches" not in seen and "\u00ab" not in seen  # no titles: no item text reaches it
+    assert (
+        seen.startswith("Strength: ") and "Best text matches" not in seen and "\u00ab" not in seen
+    )  # no titles: no item text reaches it
     assert "Best text matches" in full["messages"][3]["content"] and "Best text matches" in compact["trace"][0]["observation"]
-    assert sum(map(len, (m["content"] for m in compact["messages"]))) < sum(map(len, (m["content"] for m in full["messages"]))) / 2
+    assert (
+        sum(map(len, (m["content"] for m in compact["messages"]))) < sum(map(len, (m["content"] for m in full["messages"]))) / 2
+    )
     with pytest.raises(ValueError, match="prompt='long'"):
         create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", prompt="long")

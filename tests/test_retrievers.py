@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 from mma_agent.config import RetrieverConfig
-from mma_agent.masks import ModalityView, family_mask
+from mma_agent.data.masks import ModalityView
+from mma_agent.modalities import family_mask
+from mma_agent.models.retrievers import RETRIEVERS, create_retriever, load_retriever
 from mma_agent.pipeline import full_sort_metrics
-from mma_agent.retrievers import RETRIEVERS, create_retriever, load_retriever
 
 
 def test_popularity_counts_train(tiny_split):

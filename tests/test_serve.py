@@ -10,7 +10,7 @@ pytest.importorskip("httpx")
 from langchain_core.language_models.fake_chat_models import FakeListChatModel  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from mma_agent.serve import create_app  # noqa: E402
+from mma_agent.llm.serve import create_app  # noqa: E402
 
 
 class _Counting(FakeListChatModel):
@@ -34,7 +34,10 @@ def _client(model=None, **kw) -> TestClient:
 
 def test_a_good_request_is_answered():
     c = _client()
-    r = c.post("/v1/chat/completions", json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0})
+    r = c.post(
+        "/v1/chat/completions",
+        json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0},
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"
     assert c.get("/v1/models").json()["data"][0]["id"] == "test-model"
 
@@ -93,14 +96,25 @@ def test_the_structured_outputs_choice_reaches_a_model_that_can_keep_to_it():
     model = _Choosing(responses=["x"], seen=[])
     c = _client(model)
     msgs = [{"role": "user", "content": "hi"}]
-    for extension in ({"structured_outputs": {"choice": ["a", "b"]}}, {"guided_choice": ["a", "b"]}):  # vLLM's spelling, and its older one
+    for extension in (
+        {"structured_outputs": {"choice": ["a", "b"]}},
+        {"guided_choice": ["a", "b"]},
+    ):  # vLLM's spelling, and its older one
         r = c.post("/v1/chat/completions", json={"messages": msgs, **extension})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "b"
     assert model.seen[-1]["allowed_completions"] == ["a", "b"] and model.seen[-1]["prefill"] == ""
     assert c.post("/v1/chat/completions", json={"messages": msgs}).json()["choices"][0]["message"]["content"] == "free"
     plain = _client()
-    assert plain.post("/v1/chat/completions", json={"messages": msgs, "guided_choice": ["a"]}).json()["choices"][0]["message"]["content"] == "ok"
-    for bad, where in (({"structured_outputs": {"choice": []}}, "structured_outputs.choice"), ({"guided_choice": ["a", 3]}, "guided_choice.1"),
-                       ({"structured_outputs": {"choice": [""]}}, "structured_outputs.choice.0")):  # fmt: skip
+    assert (
+        plain.post("/v1/chat/completions", json={"messages": msgs, "guided_choice": ["a"]}).json()["choices"][0]["message"][
+            "content"
+        ]
+        == "ok"
+    )
+    for bad, where in (
+        ({"structured_outputs": {"choice": []}}, "structured_outputs.choice"),
+        ({"guided_choice": ["a", 3]}, "guided_choice.1"),
+        ({"structured_outputs": {"choice": [""]}}, "structured_outputs.choice.0"),
+    ):
         r = c.post("/v1/chat/completions", json={"messages": msgs, **bad})
         assert r.status_code == 400 and where in r.json()["error"]["message"], r.text

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from mma_agent.config import DataConfig
-from mma_agent.dataset import load_dataset
-from mma_agent.splits import split_dataset
+from mma_agent.data.dataset import load_dataset
+from mma_agent.data.splits import split_dataset
 
 
 def test_split_is_chronological_per_user(tiny_split):
@@ -45,7 +45,9 @@ def test_cold_targets_are_kept_and_counted(tiny_split):
 def test_tags_on_own_held_out_items_are_dropped(tiny_root):
     ds = load_dataset(tiny_root)
     s = split_dataset(ds)
-    held = set(zip(s.user_ids[s.valid.user], s.item_ids[s.valid.item])) | set(zip(s.user_ids[s.test.user], s.item_ids[s.test.item]))
+    held = set(zip(s.user_ids[s.valid.user], s.item_ids[s.valid.item])) | set(
+        zip(s.user_ids[s.test.user], s.item_ids[s.test.item])
+    )
     leaking = [(u, i) for u, i in zip(ds.tags.user_id, ds.tags.item_id) if (u, i) in held]
     assert s.stats["tags_dropped_as_leaks"] == len(leaking)
 

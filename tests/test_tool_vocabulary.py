@@ -34,9 +34,16 @@ class ToyToolkit(Toolkit):
     name = "toy"
     modality = None
     TOOLS: ClassVar = (
-        ToolSpec(name="count_items", args=CountArgs, description="Toy evidence: the number in each candidate's id.",
-                 prompt="count_items {}: toy evidence, the number in each id.", group="toy", channels=("number",), cost=0.05),
-    )  # fmt: skip
+        ToolSpec(
+            name="count_items",
+            args=CountArgs,
+            description="Toy evidence: the number in each candidate's id.",
+            prompt="count_items {}: toy evidence, the number in each id.",
+            group="toy",
+            channels=("number",),
+            cost=0.05,
+        ),
+    )
 
     def __init__(self, channel: str = "number") -> None:
         super().__init__()
@@ -50,8 +57,8 @@ class ToyToolkit(Toolkit):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from mma_agent.dataset import load_dataset
-    from mma_agent.splits import split_dataset
+    from mma_agent.data.dataset import load_dataset
+    from mma_agent.data.splits import split_dataset
     from mma_agent.toolkits import prepare_toolkits
     from tests.conftest import write_tiny_dataset
 
@@ -69,8 +76,12 @@ def test_builtin_vocabulary_is_what_the_reranker_always_offered():
     tools = tool_vocabulary()
     assert [s.name for s in tools.specs] == ["analyze_text", "analyze_image", "retrieve_graph", "ask_user"]
     assert tools.names(interactive=False) == ["analyze_text", "analyze_image", "retrieve_graph"]
-    assert tools.groups == {"text": ("text_learned", "text_max", "text_mean"), "image": ("image_learned", "image_max", "image_mean"),
-                            "graph": ("graph_learned", "graph_ppr", "graph_co"), "ask": ("ask_behaviour", "ask_text", "ask_image")}  # fmt: skip
+    assert tools.groups == {
+        "text": ("text_learned", "text_max", "text_mean"),
+        "image": ("image_learned", "image_max", "image_mean"),
+        "graph": ("graph_learned", "graph_ppr", "graph_co"),
+        "ask": ("ask_behaviour", "ask_text", "ask_image"),
+    }
     assert [tools.owner(s.name) for s in tools.specs] == ["text", "image", "graph", "clarify"]
     assert [s.cost for s in tools.specs] == [0.02, 0.02, 0.02, 0.10]
     assert len(action_plans()) == 96
@@ -81,15 +92,30 @@ def test_the_weight_menu_is_derived_from_the_groups_and_offered_only_over_gather
     menu = tools.weight_menu()
     assert menu[:5] == [{}, {"text": 1}, {"image": 1}, {"graph": 1}, {"ask": 1}]
     assert {"text": 0.75, "graph": 0.25} in menu and {"text": 0.25, "graph": 0.75} in menu and len(menu) == 1 + 4 + 6 * 2
-    assert tools.weight_menu(["graph", "text", "nonsense"]) == [{}, {"text": 1}, {"graph": 1}, {"text": 0.75, "graph": 0.25}, {"text": 0.25, "graph": 0.75}]
+    assert tools.weight_menu(["graph", "text", "nonsense"]) == [
+        {},
+        {"text": 1},
+        {"graph": 1},
+        {"text": 0.75, "graph": 0.25},
+        {"text": 0.25, "graph": 0.75},
+    ]
     offered = tools.names(interactive=False)
-    assert not [c for c in completions(tools, offered, []) if c.startswith("score_candidates")]  # nothing gathered, tools untried: no scoring
+    assert not [
+        c for c in completions(tools, offered, []) if c.startswith("score_candidates")
+    ]  # nothing gathered, tools untried: no scoring
     nulls = [{"action": {"tool": s.name, "args": {}}, "null": True} for s in tools.automated]
     assert not [c for c in completions(tools, offered, nulls[:2]) if c.startswith("score_candidates")]  # a tool is still untried
-    assert completions(tools, offered, nulls) == ['score_candidates", "args": {"weights": {}}}']  # every tool answered Null: the fallback
-    assert completions(tools, offered, [], last_turn=True) == ['score_candidates", "args": {"weights": {}}}']  # the last turn always scores
-    trace = [{"action": {"tool": "analyze_text", "args": {}}, "null": False}, {"action": {"tool": "analyze_image", "args": {}}, "null": True},
-             {"action": {"tool": "retrieve_graph", "args": {}}, "null": False}]  # fmt: skip
+    assert completions(tools, offered, nulls) == [
+        'score_candidates", "args": {"weights": {}}}'
+    ]  # every tool answered Null: the fallback
+    assert completions(tools, offered, [], last_turn=True) == [
+        'score_candidates", "args": {"weights": {}}}'
+    ]  # the last turn always scores
+    trace = [
+        {"action": {"tool": "analyze_text", "args": {}}, "null": False},
+        {"action": {"tool": "analyze_image", "args": {}}, "null": True},
+        {"action": {"tool": "retrieve_graph", "args": {}}, "null": False},
+    ]
     scoring = [c for c in completions(tools, tools.names(interactive=False), trace, last_turn=True)]
     assert 'score_candidates", "args": {"weights": {"text": 0.25, "graph": 0.75}}}' in scoring and len(scoring) == 5
     assert not any('"image"' in c for c in scoring)  # a Null answer gathered nothing to weigh
@@ -99,30 +125,52 @@ def test_a_toy_toolkit_is_offered_everywhere(env):
     catalogue, kits = env
     tools = tool_vocabulary(kits)
     assert tools.names(interactive=False)[-1] == "count_items" and tools.owner("count_items") == "toy"
-    assert [f["function"]["name"] for f in tool_schemas(tools, tools.names(interactive=False), "weights")][-2:] == ["count_items", "score_candidates"]
+    assert [f["function"]["name"] for f in tool_schemas(tools, tools.names(interactive=False), "weights")][-2:] == [
+        "count_items",
+        "score_candidates",
+    ]
     assert 'count_items", "args": {}}' in completions(tools, tools.names(interactive=False), [])
     after = completions(tools, tools.names(interactive=False), [{"action": {"tool": "count_items", "args": {}}, "null": False}])
     assert 'score_candidates", "args": {"weights": {"toy": 1}}}' in after and 'count_items", "args": {}}' not in after
     # every ordering of r of the 4 tools, each scored with the menu over its r groups: 1 + r + r (r - 1) entries
     assert len(action_plans(tools)) == 4 * 2 + 12 * 5 + 24 * 10 + 24 * 17
 
-    plan = [json.dumps({"tool": "count_items", "args": {}}), json.dumps({"tool": "score_candidates", "args": {"weights": {"toy": 1}}})]
-    out = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, alpha=0.0, prefill=False).compile().invoke(_request())
+    plan = [
+        json.dumps({"tool": "count_items", "args": {}}),
+        json.dumps({"tool": "score_candidates", "args": {"weights": {"toy": 1}}}),
+    ]
+    out = (
+        create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, alpha=0.0, prefill=False)
+        .compile()
+        .invoke(_request())
+    )
     assert "- count_items: toy evidence" in out["messages"][0]["content"]  # the compact prompt: its brief line
-    full = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, prefill=False, prompt="full").compile().invoke(_request())
-    assert "- count_items {}: toy evidence, the number in each id." in full["messages"][0]["content"]  # the full prompt: its prompt line
+    full = (
+        create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, prefill=False, prompt="full")
+        .compile()
+        .invoke(_request())
+    )
+    assert (
+        "- count_items {}: toy evidence, the number in each id." in full["messages"][0]["content"]
+    )  # the full prompt: its prompt line
     assert '"toy": w' in out["messages"][0]["content"]  # score_candidates names its group
     assert not out["fallback"] and out["ranking"] == sorted(_request()["candidates"], key=lambda c: -int(c[1:]))
     assert episode_reward(out, "m39", tools=tools) == pytest.approx(1.0 - 0.05)
     assert action_costs(out["trace"], tools) == {"tool_calls": 1, "ask_user": 0, "invalid": 0}
 
     rule = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile().invoke(_request())
-    assert [t["action"]["tool"] for t in rule["trace"]] == ["analyze_text", "analyze_image", "retrieve_graph", "count_items", "score_candidates"]
+    assert [t["action"]["tool"] for t in rule["trace"]] == [
+        "analyze_text",
+        "analyze_image",
+        "retrieve_graph",
+        "count_items",
+        "score_candidates",
+    ]
 
 
 def test_undeclared_channels_and_names_are_refused(env):
     catalogue, kits = env
-    from mma_agent.masks import Mask
+    from mma_agent.modalities import Mask
 
     rogue = ToyToolkit(channel="secret")
     ctx = EpisodeContext(catalogue.view(Mask()), np.array([0]), np.array([1, 2, 3]))
@@ -138,7 +186,9 @@ def test_the_last_turn_allows_only_scoring():
     tools = tool_vocabulary()
     every = completions(tools, tools.names(interactive=True), [])
     last = completions(tools, tools.names(interactive=True), [], last_turn=True)
-    assert len(every) == 3 + 3 and last == ['score_candidates", "args": {"weights": {}}}']  # nothing gathered yet: scoring only on the last turn
+    assert len(every) == 3 + 3 and last == [
+        'score_candidates", "args": {"weights": {}}}'
+    ]  # nothing gathered yet: scoring only on the last turn
 
 
 def test_a_router_replaces_the_rule_without_an_llm(env):
@@ -147,7 +197,19 @@ def test_a_router_replaces_the_rule_without_an_llm(env):
 
     def graph_then_score(tools, trace):
         calls.append(len(trace))
-        return {"tool": "retrieve_graph", "args": {}} if not trace else {"tool": "score_candidates", "args": {"weights": {"graph": 1}}}
+        return (
+            {"tool": "retrieve_graph", "args": {}}
+            if not trace
+            else {"tool": "score_candidates", "args": {"weights": {"graph": 1}}}
+        )
 
-    out = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", router=graph_then_score).compile().invoke(_request())
-    assert [t["action"]["tool"] for t in out["trace"]] == ["retrieve_graph", "score_candidates"] and calls == [0, 1] and not out["fallback"]
+    out = (
+        create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", router=graph_then_score)
+        .compile()
+        .invoke(_request())
+    )
+    assert (
+        [t["action"]["tool"] for t in out["trace"]] == ["retrieve_graph", "score_candidates"]
+        and calls == [0, 1]
+        and not out["fallback"]
+    )

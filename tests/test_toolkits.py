@@ -7,9 +7,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sentence_transformers")
 
-from mma_agent.dataset import load_dataset  # noqa: E402
-from mma_agent.masks import TASK_FAMILIES, family_mask  # noqa: E402
-from mma_agent.splits import split_dataset  # noqa: E402
+from mma_agent.data.dataset import load_dataset  # noqa: E402
+from mma_agent.data.splits import split_dataset  # noqa: E402
+from mma_agent.modalities import TASK_FAMILIES, family_mask  # noqa: E402
 from mma_agent.toolkits import prepare_toolkits  # noqa: E402
 from mma_agent.toolkits.base import EmbeddingCache, EpisodeContext  # noqa: E402
 from mma_agent.toolkits.graph import exact_ppr, truncated_ppr  # noqa: E402
@@ -19,7 +19,7 @@ TOOLS = {"text": "analyze_text", "image": "analyze_image", "graph": "retrieve_gr
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    from mma_agent.poster_clip import build_untrained, write_folder
+    from mma_agent.models.poster_clip import build_untrained, write_folder
 
     folder = tmp_path_factory.mktemp("clip")
     model, _ = build_untrained(folder, embed_dim=32, image_size=64, context_length=32)
@@ -165,7 +165,9 @@ def test_ask_user_answers_from_the_target(setup):
     assert ev.null and "does not know" in ev.observation
     has_poster = catalogue.split.dataset.items["image"].ne("").to_numpy()
     user = next(str(split.user_ids[u]) for u, t in zip(split.test.user, split.test.item) if has_poster[t])
-    ev = kits["clarify"].call("ask_user", _ctx(split, catalogue, "image-only", user=user), modality_type="image", query="What look?")
+    ev = kits["clarify"].call(
+        "ask_user", _ctx(split, catalogue, "image-only", user=user), modality_type="image", query="What look?"
+    )
     assert "Something that looks" in ev.observation and "ask_image" in ev.channels
 
 
@@ -179,7 +181,9 @@ def test_an_answer_that_names_items_is_behaviour_evidence_where_text_and_image_a
     graph = catalogue.features["graph"][1]
     named = named_items(ctx, kits["clarify"].simulated_answer(ctx, "behaviour"))
     assert len(named) and set(named) <= set(graph.co[ctx.target].indices)  # the target's co-liked items, by id
-    np.testing.assert_allclose(ev.channels["ask_behaviour"], truncated_ppr(graph, named)[ctx.candidates])  # no learned model here: PageRank
+    np.testing.assert_allclose(
+        ev.channels["ask_behaviour"], truncated_ppr(graph, named)[ctx.candidates]
+    )  # no learned model here: PageRank
     # ids outside parentheses; a year inside a label's parentheses is not an id; titles only when text is visible
     text = catalogue.view(family_mask("full"))
     full_ctx = EpisodeContext(text, ctx.history, ctx.candidates, ctx.user)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mma_agent.relevance import Relevance
-    from mma_agent.splits import Split
+    from mma_agent.data.splits import Split
+    from mma_agent.models.relevance import Relevance
     from mma_agent.toolkits.base import Catalogue, Toolkit, ToolVocabulary
 
 
@@ -38,8 +38,8 @@ def tool_vocabulary(toolkits: Mapping[str, Toolkit] | None = None) -> ToolVocabu
 def with_relevance(catalogue: Catalogue, relevance: Mapping[str, Relevance]) -> Catalogue:
     """The catalogue with each modality's learned relevance model as a feature (hidden, like the
     modality's other features, when the modality is masked); the owning toolkit adds its channel."""
-    from mma_agent.masks import Modality
-    from mma_agent.relevance import relevance_feature
+    from mma_agent.modalities import Modality
+    from mma_agent.models.relevance import relevance_feature
 
     return catalogue.with_features(**{relevance_feature(m): (Modality(m), model) for m, model in relevance.items()})
 

@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from mma_agent.masks import Mask, Modality, ModalityView
-from mma_agent.splits import Split
+from mma_agent.data.masks import ModalityView
+from mma_agent.data.splits import Split
+from mma_agent.modalities import Mask, Modality
 from mma_agent.util import atomic_save_npy, atomic_write_text, json_digest
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ class Toolkit:
 def learned_channel(ctx: EpisodeContext, modality: Modality) -> np.ndarray | None:
     """The modality's learned relevance over the pool (see mma_agent/relevance.py); None when no
     model was prepared, the modality is masked, or the history gives it nothing to go on."""
-    from mma_agent.relevance import relevance_feature
+    from mma_agent.models.relevance import relevance_feature
 
     model = ctx.view.feature(relevance_feature(modality))
     return None if model is None else model.score(ctx.history, ctx.candidates)
@@ -307,7 +308,11 @@ def strength(ctx: EpisodeContext, score: np.ndarray, covered: int | None, k: int
     sd = float(score.std())
     z = 0.0 if sd == 0 else float((score[top].mean() - score.mean()) / sd)
     word = "strong" if z >= STRENGTH_WORDS[1] else "moderate" if z >= STRENGTH_WORDS[0] else "weak"
-    line = f"Strength: {word} (" + ("" if covered is None else f"covers {covered}/{len(ctx.history)} history; ") + f"top {k} z={z:.1f}"
+    line = (
+        f"Strength: {word} ("
+        + ("" if covered is None else f"covers {covered}/{len(ctx.history)} history; ")
+        + f"top {k} z={z:.1f}"
+    )
     if ctx.first_stage is not None and len(ctx.first_stage) == len(score):
         agree = len(set(top.tolist()) & set(np.argsort(-ctx.first_stage, kind="stable")[:k].tolist()))
         line += f"; {agree}/{k} in first stage's top {k}"

@@ -14,15 +14,14 @@ This is an upper-bound diagnostic, not a deployable advantage: the simulated use
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import ClassVar, Literal
-
-import re
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mma_agent.masks import Modality
+from mma_agent.modalities import Modality
 from mma_agent.toolkits.base import ASK_COST, QUOTES, EpisodeContext, Evidence, Toolkit, ToolSpec, quote, strength, top_candidates
 from mma_agent.toolkits.graph import truncated_ppr
 from mma_agent.toolkits.image import ImageToolkit
@@ -46,14 +45,20 @@ class ClarifyToolkit(Toolkit):
             prompt='ask_user {"modality_type": "text"|"image"|"behaviour", "query": "..."}: ask the user one question (costly).',
             brief='ask_user {"modality_type": "text"|"image"|"behaviour", "query": "..."}: ask the user (costly)',
             group="ask",
-            channels=("behaviour", "text", "image"),  # items the answer names, through the behaviour relevance; or its words against texts, or posters
+            channels=(
+                "behaviour",
+                "text",
+                "image",
+            ),  # items the answer names, through the behaviour relevance; or its words against texts, or posters
             cost=ASK_COST,
             automated=False,
             arg_templates=tuple({"modality_type": m, "query": "What do you feel like?"} for m in ("text", "image", "behaviour")),
         ),
     )
 
-    def __init__(self, text: TextToolkit | None, image: ImageToolkit | None, answer_fn: Callable[[str, str], str] | None = None) -> None:
+    def __init__(
+        self, text: TextToolkit | None, image: ImageToolkit | None, answer_fn: Callable[[str, str], str] | None = None
+    ) -> None:
         super().__init__()
         self.text, self.image, self.answer_fn = text, image, answer_fn
 
@@ -63,7 +68,11 @@ class ClarifyToolkit(Toolkit):
             return None
         if modality_type == "text" and view.mask.text:
             genres = (view.item_field(t, "genres") or "").replace("|", ", ")
-            words = [w for w in ((view.item_field(t, "tags") or "").split("|") + (view.item_field(t, "keywords") or "").split("|")) if w][:4]
+            words = [
+                w
+                for w in ((view.item_field(t, "tags") or "").split("|") + (view.item_field(t, "keywords") or "").split("|"))
+                if w
+            ][:4]
             return f"I'd like {genres or 'something'}" + (f", something with {', '.join(words)}" if words else "") + "."
         if modality_type == "image" and view.mask.image and self.image is not None:
             emb = view.feature("image")
@@ -90,14 +99,18 @@ class ClarifyToolkit(Toolkit):
         channels = self.answer_evidence(ctx, answer)
         if not channels:
             return Evidence(spec.name, f"User: {quote(answer, 200)} (no visible modality to match it against)", {}, True)
-        (name, score), = channels.items()
-        return Evidence(spec.name, f"User: {quote(answer, 200)} Best matches: {top_candidates(ctx, score)}.", channels,
-                        summary=f"The user answered. {strength(ctx, score, None)}")  # fmt: skip
+        ((name, score),) = channels.items()
+        return Evidence(
+            spec.name,
+            f"User: {quote(answer, 200)} Best matches: {top_candidates(ctx, score)}.",
+            channels,
+            summary=f"The user answered. {strength(ctx, score, None)}",
+        )
 
     def answer_evidence(self, ctx: EpisodeContext, answer: str) -> dict[str, np.ndarray]:
         named = named_items(ctx, answer)
         if len(named) and ctx.view.mask.behaviour:
-            from mma_agent.relevance import relevance_feature
+            from mma_agent.models.relevance import relevance_feature
 
             model = ctx.view.feature(relevance_feature(Modality.BEHAVIOUR))
             score = model.score(named, ctx.candidates) if model is not None else None

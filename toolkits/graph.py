@@ -26,13 +26,26 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
-from mma_agent.masks import Modality, family_mask
-from mma_agent.retrievers import keep_topk_per_row
-from mma_agent.toolkits.base import LEARNED, Catalogue, EpisodeContext, Evidence, Toolkit, ToolSpec, group_score, learned_channel, strength, top_candidates
+from mma_agent.modalities import Modality, family_mask
+from mma_agent.models.retrievers import keep_topk_per_row
+from mma_agent.toolkits.base import (
+    LEARNED,
+    Catalogue,
+    EpisodeContext,
+    Evidence,
+    Toolkit,
+    ToolSpec,
+    group_score,
+    learned_channel,
+    strength,
+    top_candidates,
+)
 
 
 class RetrieveGraphArgs(BaseModel):
-    item_ids: list[str] = Field(default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose graph neighbours to show.")
+    item_ids: list[str] = Field(
+        default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose graph neighbours to show."
+    )
 
 
 @dataclass(frozen=True)
@@ -141,7 +154,11 @@ class GraphToolkit(Toolkit):
             for i in idx:
                 row = graph.co[i]
                 nb = row.indices[np.argsort(-row.data, kind="stable")[:3]]
-                lines.append(f"{ctx.label(i)} is co-liked with: " + ("; ".join(ctx.label(int(j)) for j in nb) or "nothing (cold item)") + ".")
+                lines.append(
+                    f"{ctx.label(i)} is co-liked with: "
+                    + ("; ".join(ctx.label(int(j)) for j in nb) or "nothing (cold item)")
+                    + "."
+                )
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")

@@ -14,26 +14,74 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mma_agent.masks import Modality
-from mma_agent.toolkits.base import LEARNED, Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, strength
+from mma_agent.modalities import Modality
+from mma_agent.toolkits.base import (
+    LEARNED,
+    Catalogue,
+    EmbeddingCache,
+    EpisodeContext,
+    Evidence,
+    Toolkit,
+    ToolSpec,
+    cosine_to_history,
+    group_score,
+    learned_channel,
+    strength,
+)
 from mma_agent.util import joined_digest, l2_normalize
 
 MOVIE_TAGS: tuple[str, ...] = (
     # genres
-    "action", "adventure", "animated", "children's", "comedy", "crime", "documentary", "drama", "fantasy",
-    "film noir", "horror", "musical", "mystery", "romance", "science fiction", "thriller", "war", "western",
+    "action",
+    "adventure",
+    "animated",
+    "children's",
+    "comedy",
+    "crime",
+    "documentary",
+    "drama",
+    "fantasy",
+    "film noir",
+    "horror",
+    "musical",
+    "mystery",
+    "romance",
+    "science fiction",
+    "thriller",
+    "war",
+    "western",
     # moods
-    "dark", "romantic", "funny", "scary", "suspenseful", "uplifting", "violent", "nostalgic", "whimsical", "epic",
-    "sad", "family-friendly",
+    "dark",
+    "romantic",
+    "funny",
+    "scary",
+    "suspenseful",
+    "uplifting",
+    "violent",
+    "nostalgic",
+    "whimsical",
+    "epic",
+    "sad",
+    "family-friendly",
     # visual styles
-    "black and white", "vintage", "minimalist", "illustrated", "cartoon", "photographic", "colorful", "neon",
-    "space", "superhero",
-)  # fmt: skip
+    "black and white",
+    "vintage",
+    "minimalist",
+    "illustrated",
+    "cartoon",
+    "photographic",
+    "colorful",
+    "neon",
+    "space",
+    "superhero",
+)
 PROMPT = "a poster of a {} movie"
 
 
 class AnalyzeImageArgs(BaseModel):
-    item_ids: list[str] = Field(default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose poster tags to show.")
+    item_ids: list[str] = Field(
+        default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose poster tags to show."
+    )
 
 
 class ImageToolkit(Toolkit):
@@ -45,13 +93,15 @@ class ImageToolkit(Toolkit):
             args=AnalyzeImageArgs,
             description="Image evidence: how similar each candidate's poster is to the posters in the user's history, and zero-shot "
             "tags describing what the posters show. Null if images are unavailable.",
-            prompt='analyze_image {"item_ids": [...optional]}: image evidence, how candidates\' posters look like the history\'s.',
+            prompt="analyze_image {\"item_ids\": [...optional]}: image evidence, how candidates' posters look like the history's.",
             group="image",
             channels=(LEARNED, "max", "mean"),  # the learned one is absent when no model was prepared
         ),
     )
 
-    def __init__(self, model_name: str, pretrained: str | None = None, *, tags: tuple[str, ...] = MOVIE_TAGS, prompt: str = PROMPT) -> None:
+    def __init__(
+        self, model_name: str, pretrained: str | None = None, *, tags: tuple[str, ...] = MOVIE_TAGS, prompt: str = PROMPT
+    ) -> None:
         super().__init__()
         if not tags:
             msg = "tags must name at least one zero-shot tag; pass e.g. mma_agent.toolkits.image.MOVIE_TAGS"
@@ -70,15 +120,15 @@ class ImageToolkit(Toolkit):
     def prepare(self, catalogue: Catalogue, cache_dir: Path) -> Catalogue:
         import torch
 
-        from mma_agent.image_features import embed_posters, poster_fingerprint
-        from mma_agent.poster_clip import load_clip
+        from mma_agent.models.image_features import embed_posters, poster_fingerprint
+        from mma_agent.models.poster_clip import load_clip
 
         model, preprocess, tokenizer = load_clip(self.model_name, self.pretrained)
         ds = catalogue.split.dataset
         visual = model.visual
         if hasattr(visual, "trunk") and hasattr(visual, "head"):
             # open_clip timm towers: a frozen trunk's features are cached once, the head is cheap.
-            from mma_agent.image_features import trunk_features
+            from mma_agent.models.image_features import trunk_features
 
             trunk = trunk_features(ds, model, preprocess, cache_dir)
             with torch.no_grad():
@@ -88,7 +138,11 @@ class ImageToolkit(Toolkit):
         else:
             key = {"posters": joined_digest(poster_fingerprint(ds), terminated=True), "encoder": self.identity()}
             emb = EmbeddingCache(cache_dir).get_or_build(
-                "image-openclip", key, lambda: embed_posters(ds, model.encode_image, preprocess, cache_dir, name="image", encoder_identity=self.identity())
+                "image-openclip",
+                key,
+                lambda: embed_posters(
+                    ds, model.encode_image, preprocess, cache_dir, name="image", encoder_identity=self.identity()
+                ),
             )
         with torch.no_grad():
             self.tag_emb = l2_normalize(model.encode_text(tokenizer([self.prompt.format(t) for t in self.tags])).float().numpy())
@@ -126,7 +180,11 @@ class ImageToolkit(Toolkit):
         lines = [
             "History posters look: " + ", ".join(self.top_tags(centroid)) + ".",
             "Best poster matches: "
-            + "; ".join(f"{ctx.label(int(ctx.candidates[j]))} {score[j]:.2f} [{', '.join(self.top_tags(emb[ctx.candidates[j]], 3))}]" for j in best if not np.isnan(emb[ctx.candidates[j]]).any())
+            + "; ".join(
+                f"{ctx.label(int(ctx.candidates[j]))} {score[j]:.2f} [{', '.join(self.top_tags(emb[ctx.candidates[j]], 3))}]"
+                for j in best
+                if not np.isnan(emb[ctx.candidates[j]]).any()
+            )
             + ".",
             summary,
         ]

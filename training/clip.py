@@ -22,7 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.config import ClipTrainConfig
-from mma_agent.image_features import trunk_features
+from mma_agent.models.image_features import trunk_features
+from mma_agent.toolkits.workspace import Workspace
 from mma_agent.util import atomic_save_npy, digest, joined_digest
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ def train_heads(model, img: np.ndarray, txt: np.ndarray, train_idx: np.ndarray, 
             b = perm[lo : lo + config.batch_size]
             fi = model.visual.head(img_t[b])
             ft = model.text.proj(txt_t[b])
-            loss = loss_fn(torch.nn.functional.normalize(fi, dim=-1), torch.nn.functional.normalize(ft, dim=-1), model.logit_scale.exp())
+            loss = loss_fn(
+                torch.nn.functional.normalize(fi, dim=-1), torch.nn.functional.normalize(ft, dim=-1), model.logit_scale.exp()
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -101,13 +104,20 @@ def train_heads(model, img: np.ndarray, txt: np.ndarray, train_idx: np.ndarray, 
             h.load_state_dict(s)
         with torch.no_grad():
             model.logit_scale.copy_(best_state[2])
-    return {"curve": curve, "best_val_recall@10": best, "n_train": len(tr), "n_val": len(val), "seconds": time.perf_counter() - start}
+    return {
+        "curve": curve,
+        "best_val_recall@10": best,
+        "n_train": len(tr),
+        "n_val": len(val),
+        "seconds": time.perf_counter() - start,
+    }
 
 
-def pooled_item_texts(pipeline, model, tokenizer) -> np.ndarray:
+def pooled_item_texts(pipeline: Workspace, model, tokenizer) -> np.ndarray:
     """(n_items, d) pooled frozen-text-tower features of every item text, cached by text content and
     context length (the tower is frozen, so training and the benchmark share one pass)."""
-    from mma_agent.masks import ModalityView, family_mask
+    from mma_agent.data.masks import ModalityView
+    from mma_agent.modalities import family_mask
 
     texts = ModalityView(pipeline.split, family_mask("full")).item_texts()
     path = pipeline.root / "cache" / f"text-pooled-{joined_digest([*texts, str(tokenizer.context_length)], 12)}.npy"
@@ -125,21 +135,23 @@ def heldout_items(item_ids: np.ndarray, fraction: float) -> np.ndarray:
     return np.flatnonzero(h / 16**8 < fraction)
 
 
-def train_poster_clip(pipeline, config: ClipTrainConfig | None = None, *, retrain: bool = False) -> Path:
+def train_poster_clip(pipeline: Workspace, config: ClipTrainConfig | None = None, *, retrain: bool = False) -> Path:
     """Build, train and save the poster CLIP as an open_clip `local-dir:` folder; returns the folder.
     Skips everything when the folder already holds weights for this config (resume)."""
     import json
 
     import torch
 
-    from mma_agent.poster_clip import build_untrained, write_folder
+    from mma_agent.models.poster_clip import build_untrained, write_folder
 
     config = config or ClipTrainConfig()
     folder = pipeline.root / f"poster-clip-{digest(config.model_dump_json(), 12)}"
     if (folder / "open_clip_pytorch_model.bin").is_file() and not retrain:
         return folder
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, preprocess = build_untrained(folder, embed_dim=config.embed_dim, image_size=config.image_size, context_length=config.context_length)
+    model, preprocess = build_untrained(
+        folder, embed_dim=config.embed_dim, image_size=config.image_size, context_length=config.context_length
+    )
     cache = pipeline.root / "cache"
     img = trunk_features(pipeline.dataset, model, preprocess, cache)
     import open_clip
@@ -167,5 +179,10 @@ def _plot_curve(curve: list[dict], path: Path) -> None:
     from mma_agent.plots import line_plot
 
     ep = [c["epoch"] for c in curve]
-    line_plot({"val image->text Recall@10": (ep, [c["val_recall@10"] for c in curve])}, path, xlabel="epoch", ylabel="Recall@10",
-              title="Poster CLIP heads (best epoch kept; loss in training.json)")  # fmt: skip
+    line_plot(
+        {"val image->text Recall@10": (ep, [c["val_recall@10"] for c in curve])},
+        path,
+        xlabel="epoch",
+        ylabel="Recall@10",
+        title="Poster CLIP heads (best epoch kept; loss in training.json)",
+    )

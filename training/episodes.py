@@ -27,14 +27,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mma_agent.masks import TASK_FAMILIES, family_mask
-from mma_agent.metrics import ndcg_at_k
+from mma_agent.data.pools import NoFirstStageError, Queries
 from mma_agent.graphs.state import Episode, rerank_request
-from mma_agent.pools import NoFirstStageError, Queries
+from mma_agent.metrics import ndcg_at_k
+from mma_agent.modalities import TASK_FAMILIES, family_mask
+from mma_agent.toolkits.workspace import Workspace
 from mma_agent.training.rewards import action_costs, episode_reward
 from mma_agent.util import read_jsonl
 
 log = logging.getLogger(__name__)
+
+
 class EpisodeFileError(ValueError):
     """An episode file is malformed or belongs to another config; the message names the line."""
 
@@ -55,7 +58,9 @@ def train_targets(split, per_user: int = 1) -> tuple[np.ndarray, np.ndarray, lis
     return np.array(users, dtype=np.int64), np.array(items, dtype=np.int64), hists
 
 
-def sample_episodes(pipeline, *, per_family: int | None = None, seed: int = 0, support_fraction: float = 0.8) -> list[Episode]:
+def sample_episodes(
+    pipeline: Workspace, *, per_family: int | None = None, seed: int = 0, support_fraction: float = 0.8
+) -> list[Episode]:
     """Episodes spread uniformly over the seven families, each family split support/query."""
     split = pipeline.split
     users, items, hists = train_targets(split)
@@ -78,14 +83,19 @@ def sample_episodes(pipeline, *, per_family: int | None = None, seed: int = 0, s
         n_support = int(round(support_fraction * len(kept)))
         for j, i in enumerate(kept):
             p = row[int(users[i])]
-            episodes.append({
-                "id": f"{family}:{split.user_ids[users[i]]}:{split.item_ids[items[i]]}",
-                "family": family, "part": "support" if j < n_support else "query", "mask": family_mask(family).to_dict(),
-                "user_id": str(split.user_ids[users[i]]), "target": str(split.item_ids[items[i]]),
-                "history": [str(x) for x in split.item_ids[hists[i]]],
-                "candidates": [str(x) for x in split.item_ids[pools.candidates[p]]],
-                "first_stage_scores": [float(x) for x in pools.scores[p]],
-            })  # fmt: skip
+            episodes.append(
+                {
+                    "id": f"{family}:{split.user_ids[users[i]]}:{split.item_ids[items[i]]}",
+                    "family": family,
+                    "part": "support" if j < n_support else "query",
+                    "mask": family_mask(family).to_dict(),
+                    "user_id": str(split.user_ids[users[i]]),
+                    "target": str(split.item_ids[items[i]]),
+                    "history": [str(x) for x in split.item_ids[hists[i]]],
+                    "candidates": [str(x) for x in split.item_ids[pools.candidates[p]]],
+                    "first_stage_scores": [float(x) for x in pools.scores[p]],
+                }
+            )
     return episodes
 
 
@@ -138,11 +148,20 @@ def record_episodes(
             request = rerank_request(ep)
             out = reranker.invoke(request)
             record = {
-                "id": ep["id"], "family": ep["family"], "part": ep["part"], "mask": ep["mask"], "target": ep["target"],
-                "reward": episode_reward(out, ep["target"]), "ndcg@10": ndcg_at_k(out["ranking"], {ep["target"]}, 10),
-                "costs": action_costs(out["trace"]), "fallback": out["fallback"], "reason": out["reason"],
-                "trace": out["trace"], "ranking": out["ranking"][:20], "usage": out.get("usage", {}),
-            }  # fmt: skip
+                "id": ep["id"],
+                "family": ep["family"],
+                "part": ep["part"],
+                "mask": ep["mask"],
+                "target": ep["target"],
+                "reward": episode_reward(out, ep["target"]),
+                "ndcg@10": ndcg_at_k(out["ranking"], {ep["target"]}, 10),
+                "costs": action_costs(out["trace"]),
+                "fallback": out["fallback"],
+                "reason": out["reason"],
+                "trace": out["trace"],
+                "ranking": out["ranking"][:20],
+                "usage": out.get("usage", {}),
+            }
             fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())

@@ -28,8 +28,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from mma_agent.actions import ActionError, parse_action
 from mma_agent.graphs.state import SCORE_TOOL, rerank_request
+from mma_agent.llm.actions import ActionError, parse_action
 from mma_agent.training.rewards import episode_reward
 from mma_agent.training.sft import train_and_save
 
@@ -56,10 +56,15 @@ def informative_states(points: list[dict], *, margin: float, seed: int = 0) -> l
 
 def grpo_rows(points: list[dict]) -> list[dict]:
     """GRPO prompts: one per explored state, with what the reward needs to replay it."""
-    return [{
-        "prompt": p["prompt"], "episode_id": p["id"], "prefix": json.dumps(p["prefix"]),
-        "continuations": json.dumps({canonical(a) or a: rest for a, rest in p["continuation"].items()}),
-    } for p in points]  # fmt: skip
+    return [
+        {
+            "prompt": p["prompt"],
+            "episode_id": p["id"],
+            "prefix": json.dumps(p["prefix"]),
+            "continuations": json.dumps({canonical(a) or a: rest for a, rest in p["continuation"].items()}),
+        }
+        for p in points
+    ]
 
 
 class EnvironmentReward:
@@ -83,13 +88,16 @@ class EnvironmentReward:
         if key is not None and json.loads(key)["tool"] == SCORE_TOOL:
             rest = []
         plan = [*prefix, action, *rest]
-        graph = create_mma_reranker(FakeListChatModel(responses=plan), catalogue=self.catalogue, toolkits=self.toolkits,
-                                    alpha=self.alpha, prefill=False).compile()  # fmt: skip
+        graph = create_mma_reranker(
+            FakeListChatModel(responses=plan), catalogue=self.catalogue, toolkits=self.toolkits, alpha=self.alpha, prefill=False
+        ).compile()
         out = graph.invoke(rerank_request(ep))
         self.calls += 1
         return episode_reward(out, ep["target"]), out
 
-    def __call__(self, completions: list[Any], *, episode_id: list[str], prefix: list[str], continuations: list[str], **_: Any) -> list[float]:
+    def __call__(
+        self, completions: list[Any], *, episode_id: list[str], prefix: list[str], continuations: list[str], **_: Any
+    ) -> list[float]:
         rewards = []
         for c, eid, pre, cont in zip(completions, episode_id, prefix, continuations, strict=True):
             text = c[-1]["content"] if isinstance(c, list) else str(c)
@@ -97,23 +105,57 @@ class EnvironmentReward:
         return rewards
 
 
-def train_grpo(rows: list[dict], reward: EnvironmentReward, base_model: str, out_dir: Path, *, max_steps: int = 20, lr: float = 1e-6,
-               num_generations: int = 4, prompts_per_step: int = 2, seed: int = 0, **config_overrides) -> Path:  # fmt: skip
+def train_grpo(
+    rows: list[dict],
+    reward: EnvironmentReward,
+    base_model: str,
+    out_dir: Path,
+    *,
+    max_steps: int = 20,
+    lr: float = 1e-6,
+    num_generations: int = 4,
+    prompts_per_step: int = 2,
+    seed: int = 0,
+    **config_overrides,
+) -> Path:
     """GRPO with TRL's GRPOTrainer; checkpoints, resume, and a reward curve beside the policy."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     out_dir = Path(out_dir)
-    config = GRPOConfig(**{
-        "output_dir": str(out_dir / "checkpoints"), "max_steps": max_steps, "learning_rate": lr, "num_generations": num_generations,
-        "per_device_train_batch_size": num_generations * prompts_per_step, "max_completion_length": 32, "temperature": 1.0,
-        "logging_steps": 1, "save_strategy": "steps", "save_steps": max(1, min(10, max_steps // 2)), "save_total_limit": 2,
-        "report_to": [], "use_cpu": True, "bf16": False, "seed": seed, "lr_scheduler_type": "constant", "log_completions": False, "activation_checkpointing": False,
-        **config_overrides,
-    })  # fmt: skip
+    config = GRPOConfig(
+        **{
+            "output_dir": str(out_dir / "checkpoints"),
+            "max_steps": max_steps,
+            "learning_rate": lr,
+            "num_generations": num_generations,
+            "per_device_train_batch_size": num_generations * prompts_per_step,
+            "max_completion_length": 32,
+            "temperature": 1.0,
+            "logging_steps": 1,
+            "save_strategy": "steps",
+            "save_steps": max(1, min(10, max_steps // 2)),
+            "save_total_limit": 2,
+            "report_to": [],
+            "use_cpu": True,
+            "bf16": False,
+            "seed": seed,
+            "lr_scheduler_type": "constant",
+            "log_completions": False,
+            "activation_checkpointing": False,
+            **config_overrides,
+        }
+    )
     tok = AutoTokenizer.from_pretrained(base_model, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(base_model)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    return train_and_save(trainer, tok, out_dir, "GRPO in the reranker environment",
-                    {"mean reward": "reward", "reward std within group": "reward_std"})  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok
+    )
+    return train_and_save(
+        trainer,
+        tok,
+        out_dir,
+        "GRPO in the reranker environment",
+        {"mean reward": "reward", "reward std within group": "reward_std"},
+    )

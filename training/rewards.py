@@ -36,7 +36,11 @@ def action_costs(trace: Sequence[dict], tools: ToolVocabulary | None = None) -> 
     actions in a reranker trace (`tools`: the reranker's vocabulary, by default the built-in one)."""
     tools = tools or tool_vocabulary()
     calls = list(_valid_calls(trace, tools))
-    return {"tool_calls": sum(s.automated for s in calls), "ask_user": sum(not s.automated for s in calls), "invalid": sum(bool(s.get("invalid")) for s in trace)}
+    return {
+        "tool_calls": sum(s.automated for s in calls),
+        "ask_user": sum(not s.automated for s in calls),
+        "invalid": sum(bool(s.get("invalid")) for s in trace),
+    }
 
 
 def episode_reward(output: dict[str, Any], target: str, k: int = 10, tools: ToolVocabulary | None = None) -> float:

@@ -32,7 +32,9 @@ Pattern = tuple[tuple[str, bool], ...]  # (tool, answered Null) per call so far,
 
 def trace_pattern(trace: Sequence[dict]) -> Pattern:
     """The availability pattern a policy has observed in a reranker trace."""
-    return tuple((t["action"]["tool"], bool(t.get("null"))) for t in trace if t.get("action") and t["action"].get("tool") and "null" in t)
+    return tuple(
+        (t["action"]["tool"], bool(t.get("null"))) for t in trace if t.get("action") and t["action"].get("tool") and "null" in t
+    )
 
 
 def point_pattern(point: dict) -> Pattern:
@@ -143,10 +145,17 @@ def routing_diagnostic(points: list[dict], policies: dict[str, Callable[[dict], 
             for key in ((p["family"], kind), (p["family"], "all"), ("all", kind), ("all", "all")):
                 by[key].append((explored and value >= best - 1e-12, best - value, explored))
         for (family, kind), rs in sorted(by.items(), key=lambda kv: (kv[0][0] == "all", kv[0][0], kv[0][1])):
-            rows.append({
-                "policy": name, "family": family, "state": kind, "states": len(rs), "accuracy": f"{100 * np.mean([r[0] for r in rs]):.0f}%",
-                "regret": f"{np.mean([r[1] for r in rs]):.4f}", "unexplored actions": f"{100 * np.mean([not r[2] for r in rs]):.0f}%",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "policy": name,
+                    "family": family,
+                    "state": kind,
+                    "states": len(rs),
+                    "accuracy": f"{100 * np.mean([r[0] for r in rs]):.0f}%",
+                    "regret": f"{np.mean([r[1] for r in rs]):.4f}",
+                    "unexplored actions": f"{100 * np.mean([not r[2] for r in rs]):.0f}%",
+                }
+            )
     return rows
 
 

@@ -23,10 +23,13 @@ from tqdm.auto import tqdm
 from mma_agent.graphs.state import SCORE_TOOL, rerank_request
 from mma_agent.toolkits import tool_vocabulary
 from mma_agent.toolkits.base import ToolVocabulary
+from mma_agent.toolkits.workspace import Workspace
 from mma_agent.training.rewards import episode_reward
 from mma_agent.util import atomic_write_text, json_digest, read_jsonl
 
 log = logging.getLogger(__name__)
+
+
 def action_plans(tools: ToolVocabulary | None = None, *, interactive: bool = False) -> list[list[str]]:
     """Every ordered sequence of distinct automated tools (order matters: what the policy saw when
     it chose), each ended by every entry of the weight menu over its groups (what constrained
@@ -50,12 +53,23 @@ def action_plans(tools: ToolVocabulary | None = None, *, interactive: bool = Fal
                 plans += [[*steps, line(SCORE_TOOL, {"weights": w})] for w in tools.weight_menu(groups)]
             for ask in asks:
                 for args in ask.arg_templates:
-                    plans += [[*steps, line(ask.name, args), line(SCORE_TOOL, {"weights": w})] for w in tools.weight_menu([*groups, ask.group])]
+                    plans += [
+                        [*steps, line(ask.name, args), line(SCORE_TOOL, {"weights": w})]
+                        for w in tools.weight_menu([*groups, ask.group])
+                    ]
     return plans
 
 
-def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5, plans: list[list[str]] | None = None,
-                  prompt: str = "compact", resume: Path | None = None) -> list[dict]:  # fmt: skip
+def explore_plans(
+    episodes: list[dict],
+    catalogue,
+    toolkits,
+    *,
+    alpha: float = 0.5,
+    plans: list[list[str]] | None = None,
+    prompt: str = "compact",
+    resume: Path | None = None,
+) -> list[dict]:
     """Run every action plan on every episode through the real graph (a scripted policy). One
     entry per episode: its id, family and a list of {plan, reward, messages, pattern} in plan
     order (`pattern`: each tool called and whether it answered Null, what the policy observed).
@@ -89,8 +103,15 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
         outcomes = {}
         for steps, finals in runs.items():
             interactive = any(not tools.get(json.loads(a)["tool"]).automated for a in steps)
-            graph = create_mma_reranker(FakeListChatModel(responses=[*steps, finals[0]]), catalogue=catalogue, toolkits=toolkits, alpha=alpha,
-                                        prefill=False, prompt=prompt, variant="interactive" if interactive else "auto").compile(checkpointer=InMemorySaver())  # fmt: skip
+            graph = create_mma_reranker(
+                FakeListChatModel(responses=[*steps, finals[0]]),
+                catalogue=catalogue,
+                toolkits=toolkits,
+                alpha=alpha,
+                prefill=False,
+                prompt=prompt,
+                variant="interactive" if interactive else "auto",
+            ).compile(checkpointer=InMemorySaver())
             config = {"configurable": {"thread_id": ep["id"]}}
             first = graph.invoke(request, config)
             before_score = next(s for s in graph.get_state_history(config) if s.next == (SCORE,))
@@ -101,8 +122,12 @@ def explore_plans(episodes: list[dict], catalogue, toolkits, *, alpha: float = 0
                     fork = graph.update_state(before_score.config, {"action": json.loads(final)}, as_node=POLICY)
                     out = graph.invoke(None, fork)
                 messages = [*out["messages"][:-1], {"role": "assistant", "content": final}]
-                outcomes[(*steps, final)] = {"plan": [*steps, final], "reward": episode_reward(out, ep["target"]), "messages": messages,
-                                             "pattern": [list(x) for x in trace_pattern(out["trace"])]}  # fmt: skip
+                outcomes[(*steps, final)] = {
+                    "plan": [*steps, final],
+                    "reward": episode_reward(out, ep["target"]),
+                    "messages": messages,
+                    "pattern": [list(x) for x in trace_pattern(out["trace"])],
+                }
         explored.append({"id": ep["id"], "family": ep["family"], "outcomes": [outcomes[tuple(plan)] for plan in plans]})
         if sink is not None:
             sink.write(json.dumps(explored[-1]) + "\n")
@@ -120,23 +145,44 @@ def _finished_lines(path: Path) -> dict[str, dict]:
     return {e["id"]: e for _, e in read_jsonl(path, repair=True)}
 
 
-def explore_support(pipeline, support: list[dict], catalogue, toolkits, *, name: str = "support", interactive: bool = False,
-                    prompt: str = "compact") -> tuple[list[dict], float]:  # fmt: skip
+def explore_support(
+    pipeline: Workspace,
+    support: list[dict],
+    catalogue,
+    toolkits,
+    *,
+    name: str = "support",
+    interactive: bool = False,
+    prompt: str = "compact",
+) -> tuple[list[dict], float]:
     """`explore_plans` on episodes (the support part, or `name="query"` for the held-out part),
     cached under the workdir by content (the episodes and their pools, the plan space, the
     prompt the policy reads, the evidence's models, the data), and the seconds it took (0 when
     cached)."""
     from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
-    from mma_agent.masks import Modality
-    from mma_agent.relevance import relevance_feature
+    from mma_agent.modalities import Modality
+    from mma_agent.models.relevance import relevance_feature
 
     tools = tool_vocabulary(toolkits)
     plans = action_plans(tools, interactive=interactive)
-    shown = [system_prompt(tools.names(interactive=interactive), "weights", 8, tools=tools, style=prompt), request_prompt(1, 2, style=prompt),
-             observation_prompt("o", 1, 8, style=prompt)]  # fmt: skip
-    learned = sorted((m for m in Modality if relevance_feature(m) in catalogue.features), key=relevance_feature)  # the evidence's learned channels
-    key = json_digest([[(e["id"], e["candidates"], e["first_stage_scores"]) for e in support], plans, shown, pipeline.split.fingerprint(),
-                       [relevance_feature(m) for m in learned], [str(pipeline.relevance_path(m)) for m in learned]])  # fmt: skip
+    shown = [
+        system_prompt(tools.names(interactive=interactive), "weights", 8, tools=tools, style=prompt),
+        request_prompt(1, 2, style=prompt),
+        observation_prompt("o", 1, 8, style=prompt),
+    ]
+    learned = sorted(
+        (m for m in Modality if relevance_feature(m) in catalogue.features), key=relevance_feature
+    )  # the evidence's learned channels
+    key = json_digest(
+        [
+            [(e["id"], e["candidates"], e["first_stage_scores"]) for e in support],
+            plans,
+            shown,
+            pipeline.split.fingerprint(),
+            [relevance_feature(m) for m in learned],
+            [str(pipeline.relevance_path(m)) for m in learned],
+        ]
+    )
     path = pipeline.root / "explore" / f"{name}-{key}.json"
     start = time.perf_counter()
     if path.is_file():
@@ -195,7 +241,10 @@ def decision_points(explored: list[dict]) -> list[dict]:
         for o in e["outcomes"]:
             plan = o["plan"]
             for k, action in enumerate(plan):
-                st = states.setdefault(tuple(plan[:k]), {"prompt": o["messages"][: 2 + 2 * k], "pattern": o["pattern"][:k], "values": {}, "continuation": {}})
+                st = states.setdefault(
+                    tuple(plan[:k]),
+                    {"prompt": o["messages"][: 2 + 2 * k], "pattern": o["pattern"][:k], "values": {}, "continuation": {}},
+                )
                 if o["reward"] > st["values"].get(action, -float("inf")):
                     st["values"][action] = o["reward"]
                     st["continuation"][action] = plan[k + 1 :]
@@ -220,7 +269,9 @@ def signature(point: dict) -> tuple:
     return tuple((t, null, w) for (t, null), w in zip(point_pattern(point), words, strict=True))
 
 
-def pooled_values(points: list[dict], tools: ToolVocabulary | None = None, *, interactive: bool = False, min_states: int = 8) -> list[dict]:
+def pooled_values(
+    points: list[dict], tools: ToolVocabulary | None = None, *, interactive: bool = False, min_states: int = 8
+) -> list[dict]:
     """Less noisy action values, and continuations a policy could actually follow.
 
     Each state's value of an action becomes its mean over the states that share the state's
@@ -345,12 +396,28 @@ def lora_config(top_layers: int | None, n_layers: int, r: int = 16):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM", layers_to_transform=list(range(max(0, n_layers - top_layers), n_layers)),
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+    return LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        layers_to_transform=list(range(max(0, n_layers - top_layers), n_layers)),
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
 
 
-def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: int = 60, lr: float = 5e-5, batch_size: int = 4, seed: int = 0,
-              lora_layers: int | None = None, **config_overrides) -> Path:  # fmt: skip
+def train_sft(
+    rows: list[dict],
+    base_model: str,
+    out_dir: Path,
+    *,
+    max_steps: int = 60,
+    lr: float = 5e-5,
+    batch_size: int = 4,
+    seed: int = 0,
+    lora_layers: int | None = None,
+    **config_overrides,
+) -> Path:
     """Fine-tune with TRL's SFTTrainer (LoRA on the top `lora_layers` layers, merged into the
     saved policy, or a full fine-tune); checkpoints, resumes from the last one. Any other
     `SFTConfig` field passes through `config_overrides` (e.g. num_train_epochs with max_steps=-1)."""
@@ -359,18 +426,38 @@ def train_sft(rows: list[dict], base_model: str, out_dir: Path, *, max_steps: in
     from trl import SFTConfig, SFTTrainer
 
     out_dir = Path(out_dir)
-    config = SFTConfig(**{
-        "output_dir": str(out_dir / "checkpoints"), "max_steps": max_steps, "learning_rate": lr, "per_device_train_batch_size": batch_size,
-        "gradient_accumulation_steps": 1, "logging_steps": min(5, max_steps), "save_strategy": "steps", "save_steps": max(1, min(20, max_steps // 2)),
-        "save_total_limit": 2, "report_to": [], "use_cpu": True, "bf16": False, "max_length": 1024, "completion_only_loss": True, "seed": seed,
-        "lr_scheduler_type": "cosine", "warmup_steps": 5,
-        "activation_checkpointing": False,  # TRL's default recomputes activations, and with LoRA makes the backward pass run through every layer (the name transformers 5 gives gradient checkpointing)
-        **config_overrides,
-    })  # fmt: skip
+    config = SFTConfig(
+        **{
+            "output_dir": str(out_dir / "checkpoints"),
+            "max_steps": max_steps,
+            "learning_rate": lr,
+            "per_device_train_batch_size": batch_size,
+            "gradient_accumulation_steps": 1,
+            "logging_steps": min(5, max_steps),
+            "save_strategy": "steps",
+            "save_steps": max(1, min(20, max_steps // 2)),
+            "save_total_limit": 2,
+            "report_to": [],
+            "use_cpu": True,
+            "bf16": False,
+            "max_length": 1024,
+            "completion_only_loss": True,
+            "seed": seed,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 5,
+            "activation_checkpointing": False,  # TRL's default recomputes activations, and with LoRA makes the backward pass run through every layer (the name transformers 5 gives gradient checkpointing)
+            **config_overrides,
+        }
+    )
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=lora_config(lora_layers, model.config.num_hidden_layers))  # fmt: skip
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=lora_config(lora_layers, model.config.num_hidden_layers),
+    )
     return train_and_save(trainer, tok, out_dir, "SFT on best actions", {"train loss (completion tokens)": "loss"})
 
 
@@ -403,4 +490,8 @@ def summarize(best: list[dict]) -> dict[str, float]:
     """Mean best reward and how often each tool comes first in the best plans."""
     rewards = np.array([b["reward"] for b in best])
     first = [json.loads(b["plan"][0])["tool"] for b in best]
-    return {"episodes": len(best), "mean best reward": float(rewards.mean()), **{f"first={s.name}": first.count(s.name) / len(first) for s in tool_vocabulary().automated}}
+    return {
+        "episodes": len(best),
+        "mean best reward": float(rewards.mean()),
+        **{f"first={s.name}": first.count(s.name) / len(first) for s in tool_vocabulary().automated},
+    }

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mma_agent.schema import Dataset
+from mma_agent.data.schema import Dataset
 from mma_agent.util import atomic_save_npy, digest, joined_digest
 
 log = logging.getLogger(__name__)
@@ -129,11 +129,15 @@ def embed_posters(
 def trunk_features(ds: Dataset, model, preprocess, cache_dir: Path, *, batch_size: int = 32, chunk: int = 512) -> np.ndarray:
     """(n_items, d) pooled trunk features of the frozen image tower; NaN rows for items with no
     usable poster. Cached by poster content and trunk identity; resumable."""
-    identity = f"{type(model.visual.trunk).__name__}:{model.visual.trunk.default_cfg.get('architecture', '')}:{trunk_weights_file()}"
-    return embed_posters(ds, model.visual.trunk, preprocess, cache_dir, name="trunk", encoder_identity=identity, batch_size=batch_size, chunk=chunk)
+    identity = (
+        f"{type(model.visual.trunk).__name__}:{model.visual.trunk.default_cfg.get('architecture', '')}:{trunk_weights_file()}"
+    )
+    return embed_posters(
+        ds, model.visual.trunk, preprocess, cache_dir, name="trunk", encoder_identity=identity, batch_size=batch_size, chunk=chunk
+    )
 
 
 def trunk_weights_file() -> str:
-    from mma_agent.poster_clip import trunk_weights_path
+    from mma_agent.models.poster_clip import trunk_weights_path
 
     return Path(trunk_weights_path()).name

@@ -9,7 +9,7 @@ A data set is a folder (see docs/dataset-format.md):
   ``rating`` (optional; 1.0 when absent, i.e. already implicit).
 - ``tags.csv`` or ``.parquet`` (optional): user-applied tags ``user_id``, ``item_id``, ``tag``.
   They are item text, but a tag tells that its user met the item, so tags a user put on their own
-  held-out items are dropped when the split is made (:mod:`mma_agent.splits`).
+  held-out items are dropped when the split is made (:mod:`mma_agent.data.splits`).
 - ``dataset.json`` (optional): ``{"name": ..., "format_version": 1}``.
 
 Ids are strings everywhere in this format, so Amazon ASINs and MovieLens integers fit alike.
@@ -21,8 +21,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mma_agent.movielens import load_movielens_posters
-from mma_agent.schema import FORMAT_VERSION, Dataset, DatasetError, find_table, normalize_interactions, normalize_items, normalize_tags, read_table
+from mma_agent.data.movielens import load_movielens_posters
+from mma_agent.data.schema import (
+    FORMAT_VERSION,
+    Dataset,
+    DatasetError,
+    find_table,
+    normalize_interactions,
+    normalize_items,
+    normalize_tags,
+    read_table,
+)
 
 __all__ = ["Dataset", "DatasetError", "load_dataset", "save_dataset"]
 
@@ -44,7 +53,9 @@ def load_dataset(path: Path | str) -> Dataset:
     ip = find_table(root, "items", required=True)
     items = normalize_items(read_table(ip, what="items", dtype=str), str(ip))
     xp = find_table(root, "interactions", required=True)
-    inter = normalize_interactions(read_table(xp, what="interactions", dtype={"user_id": str, "item_id": str}), str(xp), items["item_id"])
+    inter = normalize_interactions(
+        read_table(xp, what="interactions", dtype={"user_id": str, "item_id": str}), str(xp), items["item_id"]
+    )
     tp = find_table(root, "tags", required=False)
     tags = normalize_tags(read_table(tp, what="tags", dtype=str) if tp else None, str(tp), items["item_id"])
     return Dataset(name=meta.get("name", root.name), root=root, items=items, interactions=inter, tags=tags)

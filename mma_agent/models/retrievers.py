@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from mma_agent.config import RetrieverConfig
-from mma_agent.masks import ModalityView
+from mma_agent.data.masks import ModalityView
 from mma_agent.util import atomic_write
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,15 @@ class ItemKNN(Retriever):
     def arrays(self):
         s, r = self.sim.tocsr(), self.r.tocsr()
         return {
-            "sim_data": s.data, "sim_indices": s.indices, "sim_indptr": s.indptr, "sim_shape": np.array(s.shape),
-            "r_data": r.data, "r_indices": r.indices, "r_indptr": r.indptr, "r_shape": np.array(r.shape),
-        }  # fmt: skip
+            "sim_data": s.data,
+            "sim_indices": s.indices,
+            "sim_indptr": s.indptr,
+            "sim_shape": np.array(s.shape),
+            "r_data": r.data,
+            "r_indices": r.indices,
+            "r_indptr": r.indptr,
+            "r_shape": np.array(r.shape),
+        }
 
 
 def keep_topk_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:

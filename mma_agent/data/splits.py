@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mma_agent.config import DataConfig
-from mma_agent.schema import Dataset, DatasetError
+from mma_agent.data.schema import Dataset, DatasetError
 from mma_agent.util import digest
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,9 @@ def split_dataset(ds: Dataset, config: DataConfig | None = None) -> Split:
     per_user = pos.groupby("user").size()
     small = int((per_user < config.min_positives).sum())
     if small:
-        log.warning("%d user(s) have fewer than %d positives: all kept in train, no evaluation target", small, config.min_positives)
+        log.warning(
+            "%d user(s) have fewer than %d positives: all kept in train, no evaluation target", small, config.min_positives
+        )
 
     # User tags are item text, but a tag a user put on one of their held-out items reveals the
     # interaction; drop those applications before they can reach any text feature.
@@ -142,7 +144,12 @@ def split_dataset(ds: Dataset, config: DataConfig | None = None) -> Split:
     kept = tags[~leak] if len(tags) else tags
     item_tags = [""] * len(item_ids)
     if len(kept):
-        counts = kept.groupby(["item_id", "tag"]).size().reset_index(name="n").sort_values(["item_id", "n", "tag"], ascending=[True, False, True])
+        counts = (
+            kept.groupby(["item_id", "tag"])
+            .size()
+            .reset_index(name="n")
+            .sort_values(["item_id", "n", "tag"], ascending=[True, False, True])
+        )
         for iid, group in counts.groupby("item_id", sort=False):
             item_tags[int(item_index[iid])] = "|".join(group["tag"])
 

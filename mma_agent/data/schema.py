@@ -2,8 +2,8 @@
 
 :class:`Dataset` holds the normalised items, interactions and tags; `read_table` and the
 `normalize_*` functions check a table and say what is wrong, naming the file, the row and the fix
-(:class:`DatasetError`). The loaders (`mma_agent.dataset` for the generic folder format, and
-`mma_agent.movielens` for the MovieLens-posters folder) build on them.
+(:class:`DatasetError`). The loaders (`mma_agent.data.dataset` for the generic folder format, and
+`mma_agent.data.movielens` for the MovieLens-posters folder) build on them.
 """
 
 from __future__ import annotations

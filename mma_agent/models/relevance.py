@@ -123,9 +123,21 @@ def two_tower_of(vecs: np.ndarray) -> TwoTower:
     return TwoTower(v, v)
 
 
-def train_two_tower(features: np.ndarray, train: sp.csr_matrix, validate: Validator, *, dim: int = 64, epochs: int = 30,
-                    batch: int = 1024, lr: float = 3e-3, tau: float = 0.1, keep: tuple[float, float] = (0.3, 1.0),
-                    patience: int = 4, seed: int = 0, desc: str = "two-tower") -> tuple[TwoTower, list[tuple[int, float, float]]]:  # fmt: skip
+def train_two_tower(
+    features: np.ndarray,
+    train: sp.csr_matrix,
+    validate: Validator,
+    *,
+    dim: int = 64,
+    epochs: int = 30,
+    batch: int = 1024,
+    lr: float = 3e-3,
+    tau: float = 0.1,
+    keep: tuple[float, float] = (0.3, 1.0),
+    patience: int = 4,
+    seed: int = 0,
+    desc: str = "two-tower",
+) -> tuple[TwoTower, list[tuple[int, float, float]]]:
     """BPR on (user, train positive, random negative) with the user side the mean of a random
     fraction (uniform in `keep`) of the user's other train positives that have the feature; the
     epoch with the best `validate` score is kept. Returns the model and (epoch, loss, validation) rows."""
@@ -170,7 +182,10 @@ def train_two_tower(features: np.ndarray, train: sp.csr_matrix, validate: Valida
             hist = sp.csr_matrix((np.ones(kept.sum(), np.float32), (rows.row[kept], rows.col[kept])), shape=(len(b), x.shape[0]))
             hist = sp.diags(1.0 / np.maximum(np.asarray(hist.sum(axis=1)).ravel(), 1)) @ hist
             hc = hist.tocoo()
-            mean = torch.sparse_coo_tensor(np.vstack([hc.row, hc.col]), hc.data.astype(np.float32), hc.shape, check_invariants=False) @ x
+            mean = (
+                torch.sparse_coo_tensor(np.vstack([hc.row, hc.col]), hc.data.astype(np.float32), hc.shape, check_invariants=False)
+                @ x
+            )
             u = nn.functional.normalize(tower_u(mean), dim=-1)
             pos = torch.from_numpy(b[:, 1])
             neg = torch.from_numpy(candidates[rng.integers(0, len(candidates), len(b))])
@@ -194,8 +209,13 @@ def train_two_tower(features: np.ndarray, train: sp.csr_matrix, validate: Valida
     return best, curve
 
 
-def fit_ease(train: sp.csr_matrix, validate: Validator, *, lambdas: tuple[float, ...] = (50.0, 200.0, 500.0, 1000.0, 3000.0),
-             topk: int = 200) -> tuple[ItemItem, list[tuple[float, float]]]:  # fmt: skip
+def fit_ease(
+    train: sp.csr_matrix,
+    validate: Validator,
+    *,
+    lambdas: tuple[float, ...] = (50.0, 200.0, 500.0, 1000.0, 3000.0),
+    topk: int = 200,
+) -> tuple[ItemItem, list[tuple[float, float]]]:
     """EASE (B = I - P diagDiv(-1/diag P), P = (X^T X + lambda I)^-1, diag B = 0) for each lambda,
     each row of B kept to its `topk` largest weights; the lambda with the best `validate` score
     is kept. Returns the model and (lambda, validation) rows."""
