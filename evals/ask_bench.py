@@ -25,11 +25,10 @@ ASK_KINDS = ("text", "image", "behaviour")
 def bench_ask(
     pipeline: Workspace, *, families: list[str], pools: int = 100, alpha: float = 0.5, split: str = "valid"
 ) -> dict[str, list[dict]]:
-    from langchain_core.language_models.fake_chat_models import FakeListChatModel
-
     from mma_agent.evals.runner import build_episodes
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.graphs.state import SCORE_TOOL, rerank_request
+    from mma_agent.llm.scripted import ScriptedChatModel
     from mma_agent.metrics import ndcg_at_k
     from mma_agent.toolkits import tool_vocabulary
     from mma_agent.toolkits.base import ASK_COST
@@ -47,6 +46,17 @@ def bench_ask(
         q = json.dumps({"tool": ask.name, "args": {"modality_type": kind, "query": "What do you feel like?"}})
         for how, line in score.items():
             plans[f"ask {kind}, {how}"] = [*gather, q, line]
+    graphs = {
+        name: create_mma_reranker(
+            ScriptedChatModel(responses=plan),
+            catalogue=catalogue,
+            toolkits=kits,
+            variant="interactive",
+            alpha=alpha,
+            backend={"prefill": False},
+        ).compile()
+        for name, plan in plans.items()
+    }
     episodes = build_episodes(pipeline, split, families=families, limit=pools)
     ndcg: dict[tuple[str, str], list[float]] = {}
     answered: dict[tuple[str, str], list[bool]] = {}
@@ -55,15 +65,7 @@ def bench_ask(
     for ep in tqdm(episodes, desc="ask bench", unit="ep"):
         request = rerank_request(ep, with_target=True)
         in_pool.setdefault(ep["family"], []).append(ep["target"] in set(ep["candidates"]))
-        for name, plan in plans.items():
-            graph = create_mma_reranker(
-                FakeListChatModel(responses=plan),
-                catalogue=catalogue,
-                toolkits=kits,
-                variant="interactive",
-                alpha=alpha,
-                prefill=False,
-            ).compile()
+        for name, graph in graphs.items():
             out = graph.invoke(request)
             ndcg.setdefault((ep["family"], name), []).append(ndcg_at_k(out.get("ranking", []), {ep["target"]}, 10))
             null = any(t.get("null") for t in out["trace"] if (t.get("action") or {}).get("tool") == ask.name)

@@ -112,13 +112,14 @@ MUTATIONS: dict[str, Mutation] = {
 def bench_fuzz(pipeline: Workspace, *, requests: int = 10_000, seed: int = 0, pools: int = 100) -> dict[str, list[dict]]:
     from mma_agent.evals.runner import build_episodes
     from mma_agent.graphs.request import valid_pairs
+    from mma_agent.graphs.guard import guard_input
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.graphs.state import rerank_request
 
     catalogue, kits = pipeline.toolkits()
-    graph = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()
+    graph = guard_input(create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile())
     bases = [
-        rerank_request(ep, with_target=False)
+        rerank_request(ep, with_target=False, with_indices=False)
         for ep in build_episodes(pipeline, "test", families=["full"], limit=pools, seed=seed)
     ]
     catalogue_ids = [str(i) for i in pipeline.split.item_ids]

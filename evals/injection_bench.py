@@ -46,11 +46,10 @@ PROMPT = "full"  # the style that shows item and user text to the policy (the co
 
 def _next_action(chat, catalogue, kits, ep: dict, tools) -> str:
     """The model's constrained next action after a scripted analyze_text and ask_user."""
-    from langchain_core.language_models.fake_chat_models import FakeListChatModel
-
     from mma_agent.graphs.policy import Policy, completions
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.graphs.state import SCORE_TOOL, rerank_request
+    from mma_agent.llm.scripted import ScriptedChatModel
 
     plan = [
         json.dumps({"tool": "analyze_text", "args": {}}),
@@ -58,7 +57,12 @@ def _next_action(chat, catalogue, kits, ep: dict, tools) -> str:
         json.dumps({"tool": SCORE_TOOL, "args": {"weights": {}}}),
     ]
     out = create_mma_reranker(
-        FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, variant="interactive", prefill=False, prompt=PROMPT
+        ScriptedChatModel(responses=plan),
+        catalogue=catalogue,
+        toolkits=kits,
+        variant="interactive",
+        backend={"prefill": False},
+        prompt=PROMPT,
     ).compile()
     out = out.invoke(rerank_request(ep, with_target=False))
     steps = [t for t in out["trace"] if (t.get("action") or {}).get("tool") in ("analyze_text", "ask_user")]

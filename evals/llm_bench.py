@@ -52,7 +52,7 @@ def record_policy_calls(pipeline: Workspace, backend: str, out: Path, *, episode
 
     rec = Recording(**model.model_dump())
     catalogue, kits = pipeline.toolkits()
-    graph = create_mma_reranker(rec, catalogue=catalogue, toolkits=kits, timeout=None).compile()
+    graph = create_mma_reranker(rec, catalogue=catalogue, toolkits=kits, backend={"timeout": None}).compile()
     recorded = []
     for req in _requests(pipeline, pipeline.pools("full", "test"), episodes):
         calls.clear()

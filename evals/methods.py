@@ -187,29 +187,18 @@ class AgentMethod(Method):
                 msg = f"{self.name}: no lookup table at {path}; `mma train eval` fits it on the support episodes"
                 raise FileNotFoundError(msg)
             router = LookupRouter.load(path)
-        if self.plan is None:
-            model = env.chat_model(self.model_spec) if self.model_spec else None
-            self.graph = create_mma_reranker(
-                model,
-                catalogue=self.catalogue,
-                toolkits=self.kits,
-                variant=self.variant,
-                alpha=0.0,
-                prefill=self.prefill,
-                router=router,
-            ).compile()
+        if self.plan is not None:  # a scripted plan: one stateless scripted model serves every episode
+            from mma_agent.llm.scripted import ScriptedChatModel
+
+            model, backend = ScriptedChatModel(responses=self.plan), {"prefill": False}
+        else:
+            model, backend = (env.chat_model(self.model_spec) if self.model_spec else None), {"prefill": self.prefill}
+        self.graph = create_mma_reranker(
+            model, catalogue=self.catalogue, toolkits=self.kits, variant=self.variant, backend=backend, router=router
+        ).compile()
 
     def score(self, ep):
-        graph = self.graph
-        if graph is None:  # a scripted plan: a fresh fake model per episode (it keeps a cursor)
-            from langchain_core.language_models.fake_chat_models import FakeListChatModel
-
-            from mma_agent.graphs.reranker import create_mma_reranker
-
-            graph = create_mma_reranker(
-                FakeListChatModel(responses=self.plan), catalogue=self.catalogue, toolkits=self.kits, alpha=0.0, prefill=False
-            ).compile()
-        out = graph.invoke(
+        out = self.graph.invoke(
             rerank_request(ep, with_target=self.variant == "interactive")
         )  # the simulated user answers about the target
         info = trace_stats(out)

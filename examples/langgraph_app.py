@@ -28,13 +28,13 @@ _backend = {"base_url": os.environ["MMA_BASE_URL"]} if "MMA_BASE_URL" in os.envi
 
 # 1. The graph itself (langgraph.json exposes it as "mma_reranker"), and MMA-Interactive ("mma_interactive"):
 #    its questions pause the run (LangGraph interrupt); the server's thread resumes it with the answer.
-graph = create_mma_reranker(_model, catalogue=_catalogue, toolkits=_kits, backend_kwargs=_backend).compile()
+graph = create_mma_reranker(_model, catalogue=_catalogue, toolkits=_kits, backend={"options": _backend}).compile()
 interactive_graph = create_mma_reranker(
     os.environ.get("MMA_INTERACTIVE_MODEL", _model),
     catalogue=_catalogue,
     toolkits=_kits,
     variant="interactive",
-    backend_kwargs=_backend,
+    backend={"options": _backend},
 ).compile()
 
 

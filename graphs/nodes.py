@@ -19,10 +19,9 @@ from mma_agent.graphs.state import (
     SCORE_TOOL,
     TOOLS,
     RerankState,
-    Resolved,
     Variant,
     first_stage_output,
-    validate_request,
+    resolve_request,
 )
 from mma_agent.modalities import Mask
 from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolVocabulary
@@ -34,10 +33,6 @@ def ask_person(modality_type: str, question: str) -> str | None:
 
     answer = interrupt({"question": question, "modality_type": modality_type})
     return answer if isinstance(answer, str) else None
-
-
-def _int_or_none(i) -> int | None:
-    return None if i is None else int(i)
 
 
 class RerankNodes:
@@ -64,54 +59,26 @@ class RerankNodes:
         self.offered = tools.names(interactive=variant != "auto")
 
     def context(self, state: RerankState) -> EpisodeContext:
-        """What the tools of this request may see, from the indices `validate` resolved."""
+        """What the tools of this request may see: the arrays `validate` resolved, under its mask."""
         r = state["resolved"]
-        view = self.catalogue.view(Mask(**(state.get("mask") or {})))
         ask = ask_person if r["target"] is None else None  # evaluation: the simulated user answers about the target
-        first = np.asarray(state["first_stage_scores"], dtype=float)
-        return EpisodeContext(
-            view,
-            np.asarray(r["history"], dtype=np.int64),
-            np.asarray(r["candidates"], dtype=np.int64),
-            r["user"],
-            r["target"],
-            ask,
-            first if len(first) == len(r["candidates"]) else None,
-        )
+        view = self.catalogue.view(Mask.of(r["mask"]))
+        return EpisodeContext(view, r["history"], r["candidates"], r["user"], r["target"], ask, r["first_stage"])
 
     # --- nodes --------------------------------------------------------------------------
     def validate(self, state: RerankState) -> dict:
-        req, problem = validate_request(state, self.catalogue)
-        if req is None:
-            return {**first_stage_output(state, f"invalid request: {problem}", []), "turn": 0}
-        split = self.catalogue.split
-        cands, _ = self.catalogue.resolve(req.candidates)
-        trace = []
-        if req.history is not None:
-            hist, unknown = self.catalogue.resolve(req.history)
-            if unknown:
-                trace.append({"event": "unknown history ids dropped", "ids": unknown})
-        else:
-            hist = self.catalogue.view(Mask(**(req.mask or {}))).history(split.user_index[req.user_id], include_valid=True)
-        target = split.item_index.get(req.target) if req.target else None
-        resolved: Resolved = {
-            "history": [int(i) for i in hist],
-            "candidates": [int(i) for i in cands],
-            "user": _int_or_none(split.user_index.get(req.user_id)),
-            "target": _int_or_none(target),
-        }
+        got = resolve_request(state, self.catalogue)
+        if isinstance(got, str):
+            return {**first_stage_output(state, f"invalid request: {got}", []), "turn": 0}
+        req, resolved, trace = got
         budget = min(req.max_turns or self.max_turns, self.max_turns)
-        checked = {
-            "candidates": req.candidates,
-            "first_stage_scores": req.first_stage_scores,
-            "mask": req.mask,
-        }  # as checked: lists, str ids, floats
+        prompt = self.prompt
         messages = [
-            {"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools, style=self.prompt)},
-            {"role": "user", "content": request_prompt(len(hist), len(cands), style=self.prompt)},
+            {"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools, style=prompt)},
+            {"role": "user", "content": request_prompt(len(resolved["history"]), len(resolved["candidates"]), style=prompt)},
         ]
         return {
-            **checked,
+            "candidates": req.candidates,  # the ids as checked (str); the output ranks these
             "resolved": resolved,
             "messages": messages,
             "evidence": {},
@@ -168,7 +135,7 @@ class RerankNodes:
                 shown = ev.brief
             if ev.null:
                 nulls.append(tool)
-            evidence.update({k: [float(x) for x in v] for k, v in ev.channels.items()})
+            evidence.update({k: np.asarray(v, dtype=np.float64) for k, v in ev.channels.items()})
         trace = [*state["trace"], entry]
         messages = [
             *state.get("messages", []),
@@ -180,8 +147,7 @@ class RerankNodes:
         return {"trace": trace, "evidence": evidence, "nulls": nulls, "messages": messages}
 
     def score(self, state: RerankState) -> dict:
-        cands = state["candidates"]
-        first = np.asarray(state["first_stage_scores"], dtype=float)
+        cands, first = state["candidates"], state["resolved"]["first_stage"]
         args = (state.get("action") or {}).get("args") or {}
         trace = [*state["trace"], {"turn": state["turn"], "action": state.get("action"), "observation": "scored"}]
         if self.scoring == "scores" and isinstance(args.get("scores"), dict):
@@ -189,9 +155,7 @@ class RerankNodes:
             if mma is None:
                 return first_stage_output(state, f"{SCORE_TOOL} gave no valid scores for pool items", trace)
         else:
-            mma = weighted_evidence(
-                {k: np.asarray(v) for k, v in state["evidence"].items()}, self.tools.groups, args.get("weights")
-            )
+            mma = weighted_evidence(state["evidence"], self.tools.groups, args.get("weights"))
             if mma is None:
                 return first_stage_output(state, "no evidence was gathered: every tool answered Null", trace)
         final = fuse(first, mma, self.alpha)

@@ -18,11 +18,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from mma_agent.modalities import MODALITIES
+
 MAX_POOL = 10_000  # candidates per request
 MAX_HISTORY = 10_000  # history items per request
 MAX_ID_CHARS = 256
 MAX_TURNS = 32
-MODALITIES = ("text", "image", "behaviour")
 
 
 def _fail(message: str) -> PydanticCustomError:

@@ -3,25 +3,31 @@
     validate -> policy -> tools -> policy -> ... -> score -> END
                       \\-> score (score_candidates, turn budget spent) / fallback
 
-`validate` checks the request and resolves ids; `policy` asks the LLM (or the fixed rule) for one
-action; `tools` runs it and adds its evidence; `score` turns the evidence into MMA scores and fuses
-them with the first-stage scores: alpha * minmax(first) + (1 - alpha) * minmax(mma). Any failure
-(bad request, backend error or timeout, no valid action in the budget) returns the first-stage
-ranking with `fallback=True` and the reason; nothing raises into the host app.
+`validate` checks the request and resolves it once; `policy` asks the LLM (or the fixed rule) for
+one action; `tools` runs it and adds its evidence; `score` turns the evidence into MMA scores and
+fuses them with the first-stage scores: alpha * minmax(first) + (1 - alpha) * minmax(mma). Any
+failure (bad request, backend error or timeout, no valid action in the budget) returns the
+first-stage ranking with `fallback=True` and the reason; nothing raises into the host app.
 
-Run-scoped dependencies (catalogue, toolkits, model) are bound when the graph is built, so the
-compiled graph needs no extra invoke arguments and mounts unchanged as a subgraph or a tool.
-The pieces: `state` (request/response types, the request check, the fallback), `policy` (the LLM
-call and what it may answer), `nodes` (nodes and routers), `fusion` (evidence -> scores, Eq. 2).
+The factory returns a plain `StateGraph`: compile it with LangGraph's own `compile()` (your
+checkpointer and store), mount it as a subgraph, or wrap it as a tool. LangGraph itself refuses
+an input that is not a mapping (`InvalidUpdateError`) and `None` on a thread with nothing to
+resume (`EmptyInputError`) before any node runs; `guard_input(compiled)` is the one wrapper that
+answers those with the fallback and its reason instead, for apps that pass requests through
+unchecked. Run-scoped dependencies (catalogue, toolkits, model) are bound when the graph is
+built, so the compiled graph needs no extra invoke arguments.
+
+The pieces: `state` (request/response types, the request's resolution, the fallback), `policy`
+(the LLM call and what it may answer), `nodes` (nodes and routers), `fusion` (evidence -> scores,
+Eq. 2); `guard_input` is in `guard`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel, ConfigDict, Field
 
 from mma_agent.graphs.nodes import RerankNodes
 from mma_agent.graphs.policy import Policy, Router, rule_action
@@ -30,36 +36,29 @@ from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, TOOLS, VALIDATE,
 from mma_agent.toolkits.base import Catalogue, Toolkit
 
 
-class RerankerGraph(StateGraph):
-    """The reranker's StateGraph. Compiled, it also answers a request that is not a mapping (a
-    list, a string, None without a checkpoint to resume) with the fallback and a reason, instead
-    of LangGraph raising into the caller before any node runs."""
+class BackendConfig(BaseModel):
+    """How the reranker talks to its LLM backend (ignored by the rule variant)."""
 
-    def compile(self, *args: Any, **kwargs: Any) -> CompiledStateGraph:
-        compiled = super().compile(*args, **kwargs)
-        compiled.__class__ = CompiledReranker
-        return compiled
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-
-class CompiledReranker(CompiledStateGraph):
-    """A compiled reranker graph (see `RerankerGraph`)."""
-
-    def _checked(self, request: Any) -> Any:
-        from langgraph.types import Command
-
-        if isinstance(request, Mapping | Command) or (request is None and self.checkpointer is not None):  # None resumes a thread
-            return request
-        return {
-            "invalid_input": f"request: expected a mapping of the RerankInput fields (user_id, candidates, first_stage_scores, ...), "
-            f"got {type(request).__name__}"
-        }
-
-    def stream(self, input: Any, *args: Any, **kwargs: Any):  # noqa: A002 (LangGraph's parameter name)
-        return super().stream(self._checked(input), *args, **kwargs)
-
-    async def astream(self, input: Any, *args: Any, **kwargs: Any):  # noqa: A002
-        async for chunk in super().astream(self._checked(input), *args, **kwargs):
-            yield chunk
+    timeout: float | None = Field(
+        default=60.0, gt=0, description="Seconds per policy call; past it the reranker falls back (None: no limit)."
+    )
+    prefill: bool | None = Field(
+        default=None,
+        description='Start each reply with \'{"tool": "\' and decode only valid actions (default: on for local '
+        "transformers models). False asks for free-form replies (the ReAct baseline).",
+    )
+    native_tools: bool = Field(
+        default=False,
+        description="Bind the tools (`bind_tools`) and read the model's native tool calls instead of JSON text "
+        "(OpenAI-compatible servers with tools, vLLM with a tool parser).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of a backend string, e.g. {'base_url': 'http://127.0.0.1:8000/v1'} for 'openai:NAME', "
+        "{'cache_dir': ...} for 'transformers:...' (see `mma_agent.llm.resolve_chat_model`).",
+    )
 
 
 def create_mma_reranker(
@@ -71,31 +70,28 @@ def create_mma_reranker(
     alpha: float = 0.5,
     max_turns: int = 8,
     scoring: Literal["weights", "scores"] = "weights",
-    timeout: float | None = 60.0,
-    prefill: bool | None = None,
-    native_tools: bool = False,
-    backend_kwargs: dict[str, Any] | None = None,
-    router: Router | None = None,
     prompt: PromptStyle = "compact",
+    router: Router | None = None,
+    backend: BackendConfig | dict[str, Any] | None = None,
 ) -> StateGraph:
     """The MMA reranker as an uncompiled StateGraph (compile it with your checkpointer, or mount it).
 
     model: a chat model or a backend string ("transformers:smollm2-135m", "openai:NAME", ...);
     ignored (may be None) for variant="rule", the RuleRouter-Fuse control.
-    prefill: start the reply with '{"tool": "' (local transformers models; default: on for them).
-    Valid actions are enforced by default: a local model by prefill and constrained decoding, an
-    `openai:` server by vLLM's structured-outputs choice in each request; prefill=False asks a
-    model for free-form replies (the ReAct baseline).
-    native_tools: for backends with native tool calling (OpenAI-compatible servers with tools,
-    vLLM with a tool parser): `bind_tools` and read the model's tool calls instead of JSON text.
-    router: for variant="rule", the policy without an LLM, (tools, trace) -> action (default:
-    RuleRouter-Fuse's rule; `mma_agent.training.routing.LookupRouter` is the learned lookup control).
+    variant: "auto" (MMA-Auto), "interactive" (MMA-Interactive: it may ask the person, pausing
+    the graph with `interrupt`), "rule" (a policy without an LLM, `router`).
+    alpha: the first stage's share in the fusion (Eq. 2); max_turns: the action budget.
+    scoring: `score_candidates` takes "weights" over the gathered evidence groups, or "scores" per item.
     prompt: "compact" (default) shows the policy each tool in a few words and each observation as
     its strength line; "full" shows whole tool lines and observations (titles, genres, neighbours),
     for models that read them (see graphs/prompts.py). The trace keeps full observations either way.
-    backend_kwargs: options of a backend string, e.g. {"base_url": "http://127.0.0.1:8000/v1"} for
-    "openai:NAME", {"cache_dir": ...} for "transformers:..." (see `mma_agent.llm.resolve_chat_model`).
+    router: for variant="rule", (tools, trace) -> action (default: RuleRouter-Fuse's rule;
+    `mma_agent.training.routing.LookupRouter` is the learned lookup control).
+    backend: a `BackendConfig` (or its fields as a dict): timeout, prefill, native tools, and the
+    backend string's options. Valid actions are enforced by default: a local model by prefill and
+    constrained decoding, an `openai:` server by vLLM's structured-outputs choice in each request.
     """
+    backend = BackendConfig.model_validate(backend or {}) if not isinstance(backend, BackendConfig) else backend
     if variant not in ("auto", "interactive", "rule"):
         msg = f"variant={variant!r}; choose 'auto', 'interactive' or 'rule'"
         raise ValueError(msg)
@@ -111,12 +107,12 @@ def create_mma_reranker(
         from mma_agent.graphs.policy import tool_schemas
         from mma_agent.llm import TransformersChatModel, resolve_chat_model
 
-        model = resolve_chat_model(model, **(backend_kwargs or {}))
-        free_form = prefill is False or native_tools  # no constraint asked for (or tool calls are the format)
-        prefill = isinstance(model, TransformersChatModel) if prefill is None else prefill
-        if native_tools:
+        model = resolve_chat_model(model, **backend.options)
+        free_form = backend.prefill is False or backend.native_tools  # no constraint asked for (or tool calls are the format)
+        prefill = isinstance(model, TransformersChatModel) if backend.prefill is None else backend.prefill
+        if backend.native_tools:
             model = model.bind_tools(tool_schemas(tools, tools.names(interactive=variant == "interactive"), scoring))
-        policy = Policy(model, prefill=bool(prefill), timeout=timeout, constrained=not free_form)
+        policy = Policy(model, prefill=bool(prefill), timeout=backend.timeout, constrained=not free_form)
     nodes = RerankNodes(
         policy,
         catalogue,
@@ -129,7 +125,7 @@ def create_mma_reranker(
         router=router or rule_action,
         prompt=prompt,
     )
-    g = RerankerGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
+    g = StateGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
     g.add_node(VALIDATE, nodes.validate)
     g.add_node(POLICY, nodes.policy)
     g.add_node(TOOLS, nodes.run_tool)

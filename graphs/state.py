@@ -1,7 +1,10 @@
-"""The reranker's request, response and state types, the request check, and the first-stage fallback.
+"""The reranker's request, response and state types, the one place a request is resolved, and
+the first-stage fallback.
 
-A request carries item ids (what an app has); `validate` resolves them to catalogue indices once
-and keeps both in the state, so no later node resolves an id again.
+A request carries item ids (what an app has). `resolve_request` checks it once (the request
+model, then the catalogue) into a :class:`Resolved`: index arrays, the first-stage scores as an
+array and the complete mask. Every later node reads that; evidence stays arrays until `score`
+builds the output.
 """
 
 from __future__ import annotations
@@ -12,12 +15,22 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 
 from mma_agent.graphs.request import RerankRequest, parse_request, valid_pairs
+from mma_agent.modalities import MODALITIES, Mask
 from mma_agent.toolkits.base import Catalogue
 
 VALIDATE, POLICY, TOOLS, SCORE, BUDGET_SPENT = "validate", "policy", "tools", "score", "budget_spent"
 SCORE_TOOL = "score_candidates"  # the graph's own finishing action; every other action is a toolkit's tool
 Variant = Literal["auto", "interactive", "rule"]
 REQUEST_KEYS = ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")
+
+
+class CatalogueIndices(TypedDict, total=False):
+    """Evaluation only: the request's catalogue indices, for a caller that already holds them
+    (checked for length and range; the ids are then not looked up again)."""
+
+    candidates: np.ndarray  # (n,) aligned with the request's candidate ids
+    history: np.ndarray  # (h,) oldest first
+    user: int | None
 
 
 class RerankInput(TypedDict, total=False):
@@ -28,7 +41,8 @@ class RerankInput(TypedDict, total=False):
     max_turns: int  # budget, at most the configured maximum
     mask: dict[str, bool]  # evaluation only: hidden availability of text/image/behaviour
     target: str  # evaluation only: the held-out item the simulated user answers about
-    invalid_input: str  # set by the compiled reranker when the request is not a mapping: why it falls back
+    catalogue_indices: CatalogueIndices  # evaluation only: see CatalogueIndices
+    invalid_input: str  # set by `guard_input` when the request is not a mapping: why it falls back
 
 
 class RerankOutput(TypedDict, total=False):
@@ -61,49 +75,115 @@ class Episode(RerankInput, total=False):
 
 
 class Resolved(TypedDict):
-    """The request's ids as catalogue indices, resolved once by `validate`."""
+    """The request resolved once by `validate`; nodes read it, never the raw request."""
 
-    history: list[int]  # oldest first; ids the catalogue does not know are dropped (and traced)
-    candidates: list[int]  # the pool, in request order
+    candidates: np.ndarray  # (n,) int64 catalogue indices, the pool in request order
+    history: np.ndarray  # (h,) int64, oldest first; ids the catalogue does not know are dropped (and traced)
+    first_stage: np.ndarray  # (n,) float64, aligned with candidates
     user: int | None  # None: a user the catalogue does not know (the request gave a history)
     target: int | None
+    mask: dict[str, bool]  # every modality, True where the episode may see it
 
 
 class RerankState(RerankInput, RerankOutput, total=False):
     resolved: Resolved
-    evidence: dict[str, list[float]]  # channel -> one value per candidate
+    evidence: dict[str, np.ndarray]  # channel -> (n,) float64, one value per candidate
     nulls: list[str]
     action: dict
     turn: int
 
 
-def rerank_request(episode: Episode | Mapping[str, Any], *, with_target: bool = True) -> RerankInput:
-    """The request of an evaluation or training episode (any mapping with the request's keys);
-    `with_target` lets the simulated user of MMA-Interactive answer about the held-out item."""
-    return {k: episode[k] for k in REQUEST_KEYS if k in episode and (with_target or k != "target")}  # type: ignore[return-value]
+def rerank_request(episode: Episode | Mapping[str, Any], *, with_target: bool = True, with_indices: bool = True) -> RerankInput:
+    """The request of an evaluation or training episode (any mapping with the request's keys).
+    `with_target` lets the simulated user of MMA-Interactive answer about the held-out item;
+    `with_indices` hands in the catalogue indices an evaluation episode already holds."""
+    request = {k: episode[k] for k in REQUEST_KEYS if k in episode and (with_target or k != "target")}
+    if with_indices and "cand_idx" in episode:
+        request["catalogue_indices"] = {
+            "candidates": episode["cand_idx"],
+            "history": episode.get("hist_idx"),
+            "user": episode.get("user"),
+        }
+    return request  # type: ignore[return-value]
 
 
-def validate_request(state: Any, catalogue: Catalogue) -> tuple[RerankRequest | None, str | None]:
-    """The checked request, or the first problem with it, naming the field (the request model's
-    checks, then the catalogue's: unknown candidates, an unknown user without a history)."""
+def _int_or_none(i: Any) -> int | None:
+    return None if i is None else int(i)
+
+
+def _given_indices(raw: Any, req: RerankRequest, n_items: int) -> tuple[np.ndarray, np.ndarray | None, Any] | str:
+    """(candidates, history or None, user) from `catalogue_indices`, or the problem with them."""
+    if not isinstance(raw, Mapping):
+        return f"catalogue_indices: expected a mapping, got {type(raw).__name__}"
+    out = []
+    for key, n in (("candidates", len(req.candidates)), ("history", None)):
+        if raw.get(key) is None:
+            out.append(None)
+            continue
+        arr = np.asarray(raw[key])
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or (n is not None and len(arr) != n):
+            return f"catalogue_indices.{key}: need a flat integer array" + (f" of {n}, one per candidate" if n else "")
+        if arr.size and (arr.min() < 0 or arr.max() >= n_items):
+            return f"catalogue_indices.{key}: indices outside the catalogue's {n_items} items"
+        out.append(arr.astype(np.int64))
+    if out[0] is None:
+        return "catalogue_indices.candidates: missing; pass one index per candidate"
+    return out[0], out[1], raw.get("user")
+
+
+def resolve_request(state: Mapping[str, Any], catalogue: Catalogue) -> tuple[RerankRequest, Resolved, list[dict]] | str:
+    """The request checked and resolved once: (the checked request, its indices, trace events),
+    or the first problem, naming the field (the request model's checks, then the catalogue's:
+    unknown candidates, an unknown user without a history)."""
     if state.get("invalid_input"):
-        return None, str(state["invalid_input"])
+        return str(state["invalid_input"])
     req, problem = parse_request(state)
     if req is None:
-        return None, problem
-    _, unknown = catalogue.resolve(req.candidates)
-    if unknown:
-        return None, f"candidates: unknown item id(s) {unknown[:5]}; every candidate must be in the catalogue"
-    if req.history is None and req.user_id not in catalogue.split.user_index:
-        return None, f"user_id: unknown user {req.user_id!r} and no history given; pass `history` (item ids the user liked)"
-    return req, None
+        return str(problem)
+    split, trace = catalogue.split, []
+    given = state.get("catalogue_indices")
+    if given is not None:
+        got = _given_indices(given, req, len(split.item_ids))
+        if isinstance(got, str):
+            return got
+        cands, hist, user = got
+    else:
+        cands, unknown = catalogue.resolve(req.candidates)
+        if unknown:
+            return f"candidates: unknown item id(s) {unknown[:5]}; every candidate must be in the catalogue"
+        hist, user = None, split.user_index.get(req.user_id)
+    mask = {m: True for m in MODALITIES} | (req.mask or {})
+    if hist is None and req.history is not None:
+        hist, unknown = catalogue.resolve(req.history)
+        if unknown:
+            trace.append({"event": "unknown history ids dropped", "ids": unknown})
+    elif hist is None:
+        if req.user_id not in split.user_index:
+            return f"user_id: unknown user {req.user_id!r} and no history given; pass `history` (item ids the user liked)"
+        hist = catalogue.view(Mask.of(mask)).history(split.user_index[req.user_id], include_valid=True)
+    resolved: Resolved = {
+        "candidates": np.asarray(cands, dtype=np.int64),
+        "history": np.asarray(hist, dtype=np.int64),
+        "first_stage": np.asarray(req.first_stage_scores, dtype=np.float64),
+        "user": _int_or_none(user),
+        "target": _int_or_none(split.item_index.get(req.target) if req.target else None),
+        "mask": mask,
+    }
+    return req, resolved, trace
 
 
 def first_stage_output(state: Any, reason: str, trace: list[dict] | None = None) -> RerankOutput:
-    """The fallback, with its reason: exactly the first-stage order of the valid part of the pool
-    (every candidate, for a valid request; see `valid_pairs` otherwise)."""
+    """The fallback, with its reason: exactly the first-stage order of the pool (stable on ties).
+    A resolved request's pool is already checked; a request that failed its check ranks its
+    valid part (see `valid_pairs`)."""
     state = state if isinstance(state, dict) else {}
-    ranking, scores = valid_pairs(state.get("candidates"), state.get("first_stage_scores"))
+    resolved = state.get("resolved")
+    if resolved is not None:
+        order = np.argsort(-resolved["first_stage"], kind="stable")
+        ranking = [state["candidates"][i] for i in order]
+        scores = [float(resolved["first_stage"][i]) for i in order]
+    else:
+        ranking, scores = valid_pairs(state.get("candidates"), state.get("first_stage_scores"))
     return {
         "ranking": ranking,
         "scores": scores,

@@ -6,6 +6,8 @@ family without importing each other.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -16,6 +18,9 @@ class Modality(StrEnum):
     TEXT = "text"
     IMAGE = "image"
     BEHAVIOUR = "behaviour"
+
+
+MODALITIES: tuple[str, ...] = tuple(m.value for m in Modality)  # the names a request's mask may use
 
 
 @dataclass(frozen=True)
@@ -29,11 +34,22 @@ class Mask:
     def available(self, modality: Modality | str) -> bool:
         return bool(getattr(self, Modality(modality).value))
 
+    @classmethod
+    def of(cls, available: Mapping[str, bool] | None) -> Mask:
+        """The mask of a mapping from some modalities to availability (the rest available): one
+        shared instance per pattern, so resolving a request's mask costs a lookup."""
+        return _mask_of(tuple(bool((available or {}).get(m.value, True)) for m in Modality))
+
     def to_dict(self) -> dict[str, bool]:
         return {"text": self.text, "image": self.image, "behaviour": self.behaviour}
 
     def __str__(self) -> str:
         return "".join(m.value[0].upper() if self.available(m) else "-" for m in Modality)
+
+
+@functools.cache
+def _mask_of(flags: tuple[bool, bool, bool]) -> Mask:
+    return Mask(*flags)
 
 
 TASK_FAMILIES: dict[str, Mask] = {

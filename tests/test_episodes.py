@@ -382,7 +382,11 @@ def test_forked_exploration_scores_each_plan_as_a_plain_run_does(explored):
     out = explore_plans(eps[:1], catalogue, kits, plans=plans)[0]["outcomes"]
     for o in out[::3]:
         alone = create_mma_reranker(
-            FakeListChatModel(responses=o["plan"]), catalogue=catalogue, toolkits=kits, prefill=False, variant="interactive"
+            FakeListChatModel(responses=o["plan"]),
+            catalogue=catalogue,
+            toolkits=kits,
+            backend={"prefill": False},
+            variant="interactive",
         )
         run = alone.compile().invoke(eps[0])
         assert o["reward"] == pytest.approx(episode_reward(run, eps[0]["target"])) and [list(x) for x in o["pattern"]] == [

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from mma_agent.graphs.request import parse_request, valid_pairs  # noqa: E402
+from mma_agent.graphs.guard import guard_input  # noqa: E402
 from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
 from mma_agent.util import minmax  # noqa: E402
 
@@ -20,14 +21,19 @@ KNOWN = [f"m{i}" for i in range(40)]
 
 
 @pytest.fixture(scope="module")
-def rule(tmp_path_factory):
+def tiny_kits(tmp_path_factory):
     from mma_agent.data.dataset import load_dataset
     from mma_agent.data.splits import split_dataset
     from mma_agent.toolkits import prepare_toolkits
     from tests.conftest import write_tiny_dataset
 
     split = split_dataset(load_dataset(write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny")))
-    catalogue, kits = prepare_toolkits(split, tmp_path_factory.mktemp("cache"), image_model=None)
+    return prepare_toolkits(split, tmp_path_factory.mktemp("cache"), image_model=None)
+
+
+@pytest.fixture(scope="module")
+def rule(tiny_kits):
+    catalogue, kits = tiny_kits
     return create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()
 
 
@@ -146,10 +152,61 @@ def test_no_request_raises_and_every_fallback_is_the_first_stage_order(rule, req
         assert sorted(ranking) == sorted(request["candidates"]) and all(math.isfinite(s) for s in out["scores"])
 
 
-@pytest.mark.parametrize("request_", [None, [], ["u0"], "u0", 7, 3.5, b"x", ("m0",), {"m0", "m3"}, np.arange(3)])
-def test_a_request_that_is_not_a_mapping_falls_back_with_its_reason(rule, request_):
+@pytest.mark.parametrize("request_", [[], ["u0"], "u0", 7, 3.5, b"x", ("m0",), {"m0", "m3"}, np.arange(3)])
+def test_a_guarded_request_that_is_not_a_mapping_falls_back_with_its_reason(rule, request_):
     import asyncio
 
-    for out in (rule.invoke(request_), asyncio.run(rule.ainvoke(request_)), rule.batch([request_])[0]):
+    guarded = guard_input(rule)
+    for out in (guarded.invoke(request_), asyncio.run(guarded.ainvoke(request_)), guarded.batch([request_])[0]):
         assert out["fallback"] and out["ranking"] == [] and "expected a mapping of the RerankInput fields" in out["reason"]
         assert type(request_).__name__ in out["reason"]
+    chunks = list(guarded.stream(request_, stream_mode="values"))
+    assert chunks[-1]["fallback"] and "expected a mapping" in chunks[-1]["reason"]
+
+
+def test_the_factory_is_plain_langgraph(rule):
+    """No class swapping: `.compile()` is LangGraph's own, and LangGraph's own error answers a
+    non-mapping input on the plain graph (the guard is the one documented wrapper)."""
+    from langgraph.errors import InvalidUpdateError
+    from langgraph.graph.state import CompiledStateGraph
+
+    assert type(rule) is CompiledStateGraph
+    with pytest.raises(InvalidUpdateError):
+        rule.invoke(["m0"])
+
+
+def test_none_on_a_thread_with_nothing_to_resume_falls_back(tiny_kits):
+    """The reproduction: None on a new thread raised EmptyInputError, through invoke and abatch."""
+    import asyncio
+
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    catalogue, kits = tiny_kits
+    graph = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule")
+    saved = guard_input(graph.compile(checkpointer=InMemorySaver()))
+    new = {"configurable": {"thread_id": "new"}}
+    out = saved.invoke(None, new)
+    assert out["fallback"] and "thread 'new' has nothing to resume" in out["reason"]
+    outs = asyncio.run(saved.abatch([None, None], [new, {"configurable": {"thread_id": "other"}}]))
+    assert all(o["fallback"] and "nothing to resume" in o["reason"] for o in outs)
+    assert "no checkpointer" in guard_input(graph.compile()).invoke(None)["reason"]
+    done = saved.invoke(_req(), {"configurable": {"thread_id": "done"}})  # a finished thread has nothing to resume either
+    assert not done["fallback"]
+    assert "nothing to resume" in saved.invoke(None, {"configurable": {"thread_id": "done"}})["reason"]
+
+
+def test_catalogue_indices_given_rank_as_the_ids_do(rule, tiny_kits):
+    """Evaluation hands in the indices it holds; the ranking is the one the ids give."""
+    by_ids = rule.invoke(_req())
+    index = tiny_kits[0].split.item_index
+    given = rule.invoke(_req(catalogue_indices={"candidates": np.array([index["m0"], index["m3"], index["m6"]])}))
+    assert given["ranking"] == by_ids["ranking"] and given["mma_scores"] == by_ids["mma_scores"]
+    for bad, needle in [
+        ({"candidates": np.array([0, 3])}, "one per candidate"),
+        ({"candidates": np.array([0, 3, 10_000])}, "outside the catalogue"),
+        ({"candidates": np.array([0.5, 1.0, 2.0])}, "integer array"),
+        ({"history": np.array([1])}, "catalogue_indices.candidates: missing"),
+        ([0, 3, 6], "expected a mapping"),
+    ]:
+        out = rule.invoke(_req(catalogue_indices=bad))
+        assert out["fallback"] and needle in out["reason"] and out["ranking"] == ["m3", "m6", "m0"]

@@ -141,7 +141,7 @@ class _Slow(FakeListChatModel):
 )
 def test_backend_faults_fall_back_to_first_stage(env, model, needle):
     _, catalogue, kits = env
-    out = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, timeout=0.5).compile().invoke(_request())
+    out = create_mma_reranker(model, catalogue=catalogue, toolkits=kits, backend={"timeout": 0.5}).compile().invoke(_request())
     assert out["fallback"] and needle in out["reason"] and out["ranking"] == _request()["candidates"][::-1]
 
 
@@ -280,7 +280,7 @@ def test_native_tool_calling_backends(env):
     )
     _, catalogue, kits = env
     out = (
-        create_mma_reranker(ToolModel(messages=replies), catalogue=catalogue, toolkits=kits, native_tools=True)
+        create_mma_reranker(ToolModel(messages=replies), catalogue=catalogue, toolkits=kits, backend={"native_tools": True})
         .compile()
         .invoke(_request())
     )
@@ -338,7 +338,10 @@ def test_backend_string_takes_its_options_through_the_factory(env):
     pytest.importorskip("langchain_openai")
     _, catalogue, kits = env
     graph = create_mma_reranker(
-        "openai:any-model", catalogue=catalogue, toolkits=kits, backend_kwargs={"base_url": "http://127.0.0.1:9/v1"}, timeout=10
+        "openai:any-model",
+        catalogue=catalogue,
+        toolkits=kits,
+        backend={"options": {"base_url": "http://127.0.0.1:9/v1"}, "timeout": 10},
     )
     out = graph.compile().invoke(_request())
     assert out["fallback"] and "LLM backend failed" in out["reason"] and out["ranking"] == _request()["candidates"][::-1]
@@ -373,7 +376,7 @@ def test_compact_prompts_show_the_strength_line_and_the_trace_keeps_the_whole_ob
     plan = ['{"tool": "analyze_text", "args": {}}', SCORE]
     outs = {
         style: create_mma_reranker(
-            FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, prefill=False, prompt=style
+            FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, backend={"prefill": False}, prompt=style
         )
         .compile()
         .invoke(_request())

@@ -140,13 +140,17 @@ def test_a_toy_toolkit_is_offered_everywhere(env):
         json.dumps({"tool": "score_candidates", "args": {"weights": {"toy": 1}}}),
     ]
     out = (
-        create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, alpha=0.0, prefill=False)
+        create_mma_reranker(
+            FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, alpha=0.0, backend={"prefill": False}
+        )
         .compile()
         .invoke(_request())
     )
     assert "- count_items: toy evidence" in out["messages"][0]["content"]  # the compact prompt: its brief line
     full = (
-        create_mma_reranker(FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, prefill=False, prompt="full")
+        create_mma_reranker(
+            FakeListChatModel(responses=plan), catalogue=catalogue, toolkits=kits, backend={"prefill": False}, prompt="full"
+        )
         .compile()
         .invoke(_request())
     )

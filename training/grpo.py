@@ -78,9 +78,8 @@ class EnvironmentReward:
         self.calls = 0
 
     def play(self, episode_id: str, prefix: list[str], action: str, continuations: dict[str, list[str]]) -> tuple[float, dict]:
-        from langchain_core.language_models.fake_chat_models import FakeListChatModel
-
         from mma_agent.graphs.reranker import create_mma_reranker
+        from mma_agent.llm.scripted import ScriptedChatModel
 
         ep = self.episodes[episode_id]
         key = canonical(action)
@@ -89,7 +88,11 @@ class EnvironmentReward:
             rest = []
         plan = [*prefix, action, *rest]
         graph = create_mma_reranker(
-            FakeListChatModel(responses=plan), catalogue=self.catalogue, toolkits=self.toolkits, alpha=self.alpha, prefill=False
+            ScriptedChatModel(responses=plan),
+            catalogue=self.catalogue,
+            toolkits=self.toolkits,
+            alpha=self.alpha,
+            backend={"prefill": False},
         ).compile()
         out = graph.invoke(rerank_request(ep))
         self.calls += 1

@@ -80,11 +80,11 @@ def explore_plans(
     Plans that share their steps before scoring share one run: the graph runs the steps once
     with a checkpointer, then each scoring action forks the checkpoint before the score node
     (LangGraph time travel), so every reward still comes from the graph's own score node."""
-    from langchain_core.language_models.fake_chat_models import FakeListChatModel
     from langgraph.checkpoint.memory import InMemorySaver
 
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.graphs.state import POLICY, SCORE
+    from mma_agent.llm.scripted import ScriptedChatModel
     from mma_agent.training.routing import trace_pattern
 
     plans = plans or action_plans()
@@ -92,6 +92,19 @@ def explore_plans(
     for plan in plans:
         runs.setdefault(tuple(plan[:-1]), []).append(plan[-1])
     tools = tool_vocabulary(toolkits)
+    saver = InMemorySaver()  # one graph per run of steps, compiled once; each episode's thread is dropped after it
+    graphs = {
+        steps: create_mma_reranker(
+            ScriptedChatModel(responses=[*steps, finals[0]]),
+            catalogue=catalogue,
+            toolkits=toolkits,
+            alpha=alpha,
+            backend={"prefill": False},
+            prompt=prompt,
+            variant="interactive" if any(not tools.get(json.loads(a)["tool"]).automated for a in steps) else "auto",
+        ).compile(checkpointer=saver)
+        for steps, finals in runs.items()
+    }
     done = _finished_lines(resume) if resume is not None else {}
     sink = resume.open("a") if resume is not None else None
     explored = []
@@ -101,18 +114,9 @@ def explore_plans(
             continue
         request = rerank_request(ep)
         outcomes = {}
-        for steps, finals in runs.items():
-            interactive = any(not tools.get(json.loads(a)["tool"]).automated for a in steps)
-            graph = create_mma_reranker(
-                FakeListChatModel(responses=[*steps, finals[0]]),
-                catalogue=catalogue,
-                toolkits=toolkits,
-                alpha=alpha,
-                prefill=False,
-                prompt=prompt,
-                variant="interactive" if interactive else "auto",
-            ).compile(checkpointer=InMemorySaver())
-            config = {"configurable": {"thread_id": ep["id"]}}
+        for k, (steps, finals) in enumerate(runs.items()):
+            graph = graphs[steps]
+            config = {"configurable": {"thread_id": f"{ep['id']}#{k}"}}
             first = graph.invoke(request, config)
             before_score = next(s for s in graph.get_state_history(config) if s.next == (SCORE,))
             for final in finals:
@@ -128,6 +132,7 @@ def explore_plans(
                     "messages": messages,
                     "pattern": [list(x) for x in trace_pattern(out["trace"])],
                 }
+            saver.delete_thread(config["configurable"]["thread_id"])
         explored.append({"id": ep["id"], "family": ep["family"], "outcomes": [outcomes[tuple(plan)] for plan in plans]})
         if sink is not None:
             sink.write(json.dumps(explored[-1]) + "\n")
