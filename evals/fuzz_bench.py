@@ -111,8 +111,8 @@ MUTATIONS: dict[str, Mutation] = {
 
 def bench_fuzz(pipeline: Workspace, *, requests: int = 10_000, seed: int = 0, pools: int = 100) -> dict[str, list[dict]]:
     from mma_agent.evals.runner import build_episodes
-    from mma_agent.graphs.request import valid_pairs
     from mma_agent.graphs.guard import guard_input
+    from mma_agent.graphs.request import valid_pairs
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.graphs.state import rerank_request
 

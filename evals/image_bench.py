@@ -147,7 +147,7 @@ def bench_image(pipeline: Workspace, folder: Path, *, n_throughput: int = 64, se
     # 4. throughput, end to end
     from PIL import Image
 
-    from mma_agent.models.image_features import load_rgb
+    from mma_agent.data.dataset import load_rgb
 
     paths = [ds.image_path(ds.items.at[int(i), "image"]) for i in held[:n_throughput]]
     start = time.perf_counter()

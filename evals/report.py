@@ -12,21 +12,35 @@ user-blind probes.
 from __future__ import annotations
 
 import warnings
-from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Literal, get_args
 
 import numpy as np
 
-from mma_agent.modalities import OOMA_FAMILIES, TASK_FAMILIES
+from mma_agent.modalities import OOMA_FAMILIES
 
 from .methods import LOOKUP
+from .results import (
+    FAMILIES,
+    MIN_PAIRED,
+    NOT_METHODS,
+    OWN_ABLATIONS,
+    AlphaPools,
+    Key,
+    Results,
+    family_means,
+)
 from .store import ResultStore
+from .tables import (
+    coverage,
+    evidence_comparisons,
+    evidence_tables,
+    family_tables,
+    method_table,
+    policy_comparisons,
+    routing_table,
+    significance,
+)
 
-OWN_ABLATIONS = ("evidence", "weight menu", "agent")  # our own evidence rows and controls: not baselines to beat
-
-FAMILIES = (*OOMA_FAMILIES, *(f for f in TASK_FAMILIES if f not in OOMA_FAMILIES))  # table order: OOMA first
-NOT_METHODS = ("protocol probe", "ceiling")  # groups that are rows of every table but never compared as methods
 NOTES = [
     "- Regenerate with `bash scripts/eval.sh` (after `scripts/main.sh` and `scripts/train.sh`); the raw store stays under `.mma/`.",
     "- Protocol v2: per task family, each user's top-100 over the whole catalogue from a first stage that reads only the family's "
@@ -47,426 +61,6 @@ NOTES = [
     "seeds, with the standard deviation of the OOMA mean); every other method is deterministic here and ran once. The tests are "
     "paired Wilcoxon signed-rank tests over episodes, with Cliff's delta as the effect size.",
 ]
-
-
-def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:
-    """P(a > b) - P(a < b) over all pairs (a dominance effect size in [-1, 1])."""
-    a, b = np.asarray(a, float)[:, None], np.asarray(b, float)[None, :]
-    return float((a > b).mean() - (a < b).mean())
-
-
-def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided paired Wilcoxon signed-rank p-value (1.0 when every pair is tied)."""
-    from scipy.stats import wilcoxon
-
-    d = np.asarray(a, float) - np.asarray(b, float)
-    if not np.any(d != 0):
-        return 1.0
-    return float(wilcoxon(a, b, zero_method="wilcox").pvalue)
-
-
-Key = tuple[str, int]  # (family, pool)
-# Where each method's alpha is chosen: on every validation pool it ran ("own"), or only on those
-# every fused method ran ("paired"): then an LLM row run on a subset and a row run everywhere pick
-# their alphas from the same episodes.
-AlphaPools = Literal["own", "paired"]
-ALPHA_POOLS: tuple[str, ...] = get_args(AlphaPools)
-MIN_PAIRED = 20  # fewer paired episodes than this make no test or table
-
-
-class Results:
-    """Per-episode metrics of a run at each method's validation-chosen alpha."""
-
-    def __init__(self, rows: list[dict], meta: dict, *, alpha_on: AlphaPools = "own") -> None:
-        if alpha_on not in ALPHA_POOLS:
-            msg = f"alpha_on={alpha_on!r}; choose one of {ALPHA_POOLS}"
-            raise ValueError(msg)
-        self.meta, self.alpha_on = meta, alpha_on
-        self.by_method: dict[str, list[dict]] = defaultdict(list)
-        for r in rows:
-            self.by_method[r["method"]].append(r)
-        self.methods = list(self.by_method)
-        self._test: dict[tuple, dict[Key, float]] = {}
-        self.alpha: dict[tuple[str, str], str] = {}
-        shared = None  # "paired": the validation pools every fused method ran
-        if alpha_on == "paired":
-            ran = [
-                {(r["family"], r["pool"]) for r in rs if r["split"] == "valid"}
-                for m, rs in self.by_method.items()
-                if meta.get("fused", {}).get(m, True)
-            ]
-            shared = set.intersection(*[k for k in ran if k]) if any(ran) else set()
-        self.valid_pools = shared
-        for m, rs in self.by_method.items():
-            valid = defaultdict(list)
-            for r in rs:
-                if r["split"] == "valid" and (shared is None or (r["family"], r["pool"]) in shared):
-                    valid[r["family"]].append(r)
-            for family in {r["family"] for r in rs}:
-                if not meta.get("fused", {}).get(m, True):
-                    self.alpha[m, family] = "0.0"
-                    continue
-                if not valid[family]:
-                    self.alpha[m, family] = "0.5"
-                    continue
-                alphas = list(valid[family][0]["metrics"])
-                means = {a: np.mean([r["metrics"][a]["ndcg@10"] for r in valid[family]]) for a in alphas}
-                best = max(means.values())
-                self.alpha[m, family] = max((a for a in alphas if means[a] >= best - 1e-12), key=float)
-
-    def test(self, method: str, metric: str = "ndcg@10", seed: int | None = None) -> dict[Key, float]:
-        """(family, pool) -> metric on test at the chosen alpha (the mean over seeds, or one seed's)."""
-        if (method, metric, seed) not in self._test:
-            acc: dict[Key, list[float]] = defaultdict(list)
-            alone = not self.meta.get("fused", {}).get(method, True)
-            for r in self.by_method[method]:
-                if r["split"] == "test" and (seed is None or r["seed"] == seed):
-                    # a probe that could not score an episode has no number there (not the first stage's)
-                    v = (
-                        np.nan
-                        if alone and r["status"] != "ok" and metric != "recall@100"
-                        else r["metrics"][self.alpha[method, r["family"]]][metric]
-                    )
-                    acc[r["family"], r["pool"]].append(v)
-            self._test[method, metric, seed] = {k: float(np.mean(v)) for k, v in acc.items()}
-        return self._test[method, metric, seed]
-
-    def recall(self, keys: list[Key]) -> dict[Key, float]:
-        """Recall@100 of these pools: identical for every method, read off one that ran them all."""
-        return self.test(next(m for m in self.methods if set(keys) <= set(self.test(m, "recall@100"))), "recall@100")
-
-    def seeds(self, method: str) -> list[int]:
-        return sorted({r["seed"] for r in self.by_method[method]})
-
-    def test_rows(self, method: str) -> list[dict]:
-        return [r for r in self.by_method[method] if r["split"] == "test"]
-
-
-def _mean(values: dict[Key, float], keys: list[Key]) -> float | None:
-    vals = [values[k] for k in keys if k in values and np.isfinite(values[k])]
-    return float(np.mean(vals)) if vals else None
-
-
-def _family_means(values: dict[Key, float], keys: list[Key]) -> dict[str, float | None]:
-    out = {f: _mean(values, [k for k in keys if k[0] == f]) for f in FAMILIES}
-    ooma = [out[f] for f in OOMA_FAMILIES]
-    out["OOMA"] = float(np.mean(ooma)) if all(v is not None for v in ooma) else None
-    return out
-
-
-def _round(row: dict) -> dict:
-    return {k: (round(v, 4) if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()}
-
-
-def ceiling_row(res: Results, keys: list[Key]) -> dict:
-    """Recall@100 of the pools per family: the ceiling every method shares."""
-    means = _family_means(res.recall(keys), keys)
-    return _round(
-        {"method": "Ceiling: Recall@100 of the pools", "group": "ceiling", **{c: means[c] for c in ("OOMA", *FAMILIES)}}
-    )
-
-
-def method_table(res: Results, methods: list[str], keys: list[Key], probe_best: dict[str, float]) -> list[dict]:
-    """The headline columns: NDCG@10 per family and OOMA, the full family's other metrics, whether
-    the method beats the best probe, and its cost and failures."""
-    rows = [ceiling_row(res, keys)]
-    groups = res.meta.get("groups", {})
-    for m in methods:
-        ks = [k for k in keys if k in res.test(m)]
-        if not ks:
-            continue
-        n10 = _family_means(res.test(m), ks)
-        full = [k for k in ks if k[0] == "full"]
-        hit = [k for k in full if res.test(m, "recall@100")[k] > 0]
-        row: dict[str, Any] = {"method": m, "group": groups.get(m, ""), "OOMA": n10["OOMA"], **{f: n10[f] for f in FAMILIES}}
-        row["full H@10"] = _mean(res.test(m, "hr@10"), full)
-        row["full N@20"] = _mean(res.test(m, "ndcg@20"), full)
-        row["full N@10 (pools with a relevant)"] = _mean(res.test(m), hit)
-        if groups.get(m) in NOT_METHODS:
-            row["> best probe (OOMA/full)"] = ""
-        else:
-            row["> best probe (OOMA/full)"] = "/".join(
-                "" if n10[c] is None or c not in probe_best else ("yes" if n10[c] > probe_best[c] + 1e-12 else "NO")
-                for c in ("OOMA", "full")
-            )
-        seeds = res.seeds(m)
-        in_ks = set(ks)
-        trs = [r for r in res.test_rows(m) if (r["family"], r["pool"]) in in_ks and r["seed"] == seeds[0]]
-        row["fallback"] = f"{100 * np.mean([r['status'] == 'fallback' for r in trs]):.0f}%" if trs else ""
-        row["errors"] = sum(r["status"] == "error" for r in trs)
-        row["ms/ep"] = f"{1000 * np.mean([r['seconds'] for r in trs]):.0f}" if trs else ""
-        row["episodes"] = len(ks)
-        row["alpha (text/image/behaviour-only; full)"] = (
-            " ".join(res.alpha.get((m, f), "-") for f in OOMA_FAMILIES) + f"; {res.alpha.get((m, 'full'), '-')}"
-        )
-        row["valid eps (alpha)"] = sum(r["split"] == "valid" and r["seed"] == seeds[0] for r in res.by_method[m])
-        if len(seeds) > 1:  # the spread of the OOMA mean over seeds
-            per_seed = [_family_means(res.test(m, "ndcg@10", seed=sd), ks)["OOMA"] for sd in seeds]
-            row["seeds (OOMA sd)"] = f"{len(seeds)} ({np.std([v for v in per_seed if v is not None]):.4f})"
-        else:
-            row["seeds (OOMA sd)"] = "1"
-        rows.append(_round(row))
-    return rows
-
-
-def family_tables(res: Results, methods: list[str], keys: list[Key]) -> list[tuple[str, list[dict]]]:
-    """Per family: NDCG@10, HR@10, NDCG@20, NDCG@10 over the pools holding a relevant item, with the ceiling in the title."""
-    out = []
-    first_stage = res.meta.get("first_stage", {})
-    for f in FAMILIES:
-        fk = [k for k in keys if k[0] == f]
-        if not fk:
-            continue
-        rec = res.recall(fk)
-        hit = [k for k in fk if rec[k] > 0]
-        rows = []
-        for m in methods:
-            ks = [k for k in fk if k in res.test(m)]
-            if not ks:
-                continue
-            hk = [k for k in hit if k in res.test(m)]
-            status = [r["status"] for r in res.test_rows(m) if r["family"] == f and r["seed"] == res.seeds(m)[0]]
-            rows.append(
-                _round(
-                    {
-                        "method": m,
-                        "N@10": _mean(res.test(m), ks),
-                        "H@10": _mean(res.test(m, "hr@10"), ks),
-                        "N@20": _mean(res.test(m, "ndcg@20"), ks),
-                        "N@10 (pools with a relevant)": _mean(res.test(m), hk),
-                        "alpha": res.alpha.get((m, f), ""),
-                        "fallback": f"{100 * np.mean([s == 'fallback' for s in status]):.0f}%" if status else "",
-                        "episodes": len(ks),
-                    }
-                )
-            )
-        title = (
-            f"### {f}: first stage {first_stage.get(f, '?')}; {len(fk)} test pools; Recall@100 (ceiling) {_mean(rec, fk):.4f}; "
-            f"{100 * len(hit) / len(fk):.1f}% of pools hold a relevant item"
-        )
-        out.append((title, rows))
-    return out
-
-
-def routing_table(res: Results, methods: list[str]) -> list[dict]:
-    rows = []
-    for m in methods:
-        trs = [r for r in res.test_rows(m) if "calls" in r["info"]]
-        if not trs:
-            continue
-        by = defaultdict(list)
-        for r in trs:
-            by[r["family"]].append(r)
-        for fam, rs in [*sorted(by.items(), key=lambda kv: FAMILIES.index(kv[0])), ("all", trs)]:
-            calls = sum(r["info"]["calls"] for r in rs)
-            first = Counter(r["info"]["first_action"] for r in rs).most_common(1)[0]
-            rows.append(
-                {
-                    "method": m,
-                    "family": fam,
-                    "episodes": len(rs),
-                    "failed calls": f"{100 * sum(r['info']['failed'] for r in rs) / max(calls, 1):.1f}%",
-                    "invalid/ep": f"{np.mean([r['info']['invalid'] for r in rs]):.2f}",
-                    "turns/ep": f"{np.mean([r['info']['turns'] for r in rs]):.2f}",
-                    "ask_user/ep": f"{np.mean([r['info'].get('ask_user', 0) for r in rs]):.2f}",
-                    "fallback": f"{100 * np.mean([r['info']['fallback'] for r in rs]):.0f}%",
-                    "first action": f"{first[0]} ({100 * first[1] / len(rs):.0f}%)",
-                }
-            )
-    return rows
-
-
-def compare(res: Results, a: str, b: str, keys: list[Key], label: str) -> dict:
-    va, vb = res.test(a), res.test(b)
-    ks = [k for k in keys if k in va and k in vb]
-    if not ks:
-        return {"comparison": f"{a} vs {b}", "scope": label, "episodes": 0}
-    x, y = np.array([va[k] for k in ks]), np.array([vb[k] for k in ks])
-    return {
-        "comparison": f"{a} vs {b}",
-        "scope": label,
-        "episodes": len(ks),
-        "NDCG@10 A": round(float(x.mean()), 4),
-        "NDCG@10 B": round(float(y.mean()), 4),
-        "rel. diff": f"{100 * (x.mean() - y.mean()) / y.mean():+.1f}%" if y.mean() > 0 else "",
-        "A better/worse/tied": f"{(x > y).sum()}/{(x < y).sum()}/{(x == y).sum()}",
-        "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}",
-        "Cliff's delta": round(cliffs_delta(x, y), 3),
-    }
-
-
-def significance(res: Results, mma: str | None, keys: list[Key], baselines: list[str], scope: str, done: set) -> list[dict]:
-    """MMA-Auto against the strongest baseline, RuleRouter-Fuse, its zero-shot policy, the LLM
-    listwise and ReAct rows, and Interactive against Auto, on the OOMA episodes pooled and on the
-    full family (each pair once, in the widest scope both cover: `done` carries the pairs made);
-    paired on the episodes both ran."""
-    if mma is None:
-        return []
-    out = []
-    llm_rows = [m for m in res.methods if m.startswith(("LLM listwise", "ReAct"))]
-    for label, ks in (
-        ("OOMA (text/image/behaviour-only pooled)", [k for k in keys if k[0] in OOMA_FAMILIES]),
-        ("full family", [k for k in keys if k[0] == "full"]),
-    ):
-        if not ks:
-            continue
-        covered = lambda m, ks=ks: m in res.methods and set(ks) <= set(res.test(m))  # noqa: E731
-        pairs = []
-        usable = [m for m in baselines if covered(m)]
-        if usable:
-            strongest = max(usable, key=lambda m, ks=ks: np.mean([res.test(m)[k] for k in ks]))
-            pairs.append((mma, strongest))
-        pairs += [
-            (mma, "RuleRouter-Fuse"),
-            ("MMA-Interactive", mma),
-            *((mma, m) for m in res.methods if m.startswith("MMA-Auto") and m != mma),
-        ]
-        for a, b in pairs:
-            if a != b and covered(a) and covered(b) and (a, b, label) not in done:
-                done.add((a, b, label))
-                out.append(compare(res, a, b, ks, f"{label}, {scope}"))
-        for b in llm_rows if covered(mma) else []:  # listwise and ReAct may cover less: paired on what both ran
-            both = [k for k in ks if k in res.test(mma) and k in res.test(b)]
-            if len(both) >= MIN_PAIRED and (mma, b, label) not in done:
-                done.add((mma, b, label))
-                out.append(
-                    compare(
-                        res,
-                        mma,
-                        b,
-                        both,
-                        f"{label}, {scope}" + ("" if len(both) == len(ks) else f" ({len(both)} episodes both ran)"),
-                    )
-                )
-    return out
-
-
-def policy_comparisons(res: Results, keys: list[Key], baselines: list[str]) -> list[dict]:
-    """Per scope (OOMA pooled, then every family), on the episodes the MMA rows ran: each trained
-    MMA-Auto row (the zero-shot one when none is trained) against RuleRouter-Fuse, the lookup
-    control, MMA-Auto zero-shot and the strongest baseline there, and MMA-Interactive against
-    each of them (paired tests)."""
-    autos = [m for m in res.methods if m.startswith("MMA-Auto")]
-    zero = [m for m in autos if "zero-shot" in m]
-    trained = [m for m in autos if m not in zero] or zero
-    out = []
-    scopes = [("OOMA", [k for k in keys if k[0] in OOMA_FAMILIES]), *((f, [k for k in keys if k[0] == f]) for f in FAMILIES)]
-    for label, ks in scopes:
-        covered = lambda m, ks=ks: m in res.methods and bool(ks) and set(ks) <= set(res.test(m))  # noqa: E731
-        usable = [m for m in baselines if covered(m)]
-        strongest = [max(usable, key=lambda m, ks=ks: np.mean([res.test(m)[k] for k in ks]))] if usable else []
-        for mma in trained:
-            for a, b in [*((mma, b) for b in ("RuleRouter-Fuse", LOOKUP, *zero, *strongest)), ("MMA-Interactive", mma)]:
-                if a != b and covered(a) and covered(b):
-                    out.append(compare(res, a, b, ks, label))
-    return out
-
-
-def coverage(res: Results, llm: list[str], all_keys: list[Key]) -> str:
-    """Which LLM methods ran on every test pool and on how many per family otherwise, in words."""
-    full, part = [], []
-    for m in llm:
-        ks = set(res.test(m))
-        if ks >= set(all_keys):
-            full.append(m)
-            continue
-        per = Counter(f for f, _ in ks)
-        part.append(f"{m} on {', '.join(f'{per[f]} {f}' for f in FAMILIES if per[f])} test pools")
-    out = "Methods without an LLM ran on every pool"
-    out += f", and so did {', '.join(full)}." if full else "."
-    if part:
-        out += (
-            " The LLM methods that could not cover every pool on these CPUs ran on one seeded subset (nested, the same pools for each): "
-            + "; ".join(part)
-            + "."
-        )
-    return out
-
-
-def valid_mean(res: Results, method: str, family: str) -> float | None:
-    """Validation NDCG@10 of a method on a family at its chosen alpha."""
-    vs = [
-        r["metrics"][res.alpha[method, family]]["ndcg@10"]
-        for r in res.by_method[method]
-        if r["split"] == "valid" and r["family"] == family
-    ]
-    return float(np.mean(vs)) if vs else None
-
-
-EVIDENCE_FAMILY = {
-    "text": "text-only",
-    "image": "image-only",
-    "graph": "behaviour-only",
-}  # each group's own single-modality family
-
-
-def evidence_tables(res: Results, keys: list[Key]) -> list[tuple[str, list[dict]]]:
-    """The evidence tables (issue #14): per family, the first stage, each tool's zero-shot and
-    learned channel alone, RuleRouter-Fuse on zero-shot and on learned evidence, the weight-menu
-    entry best on this family's validation, MARGO- and MAGNET-style, and the best probe; each
-    method against the first stage on the same test episodes (paired Wilcoxon, Cliff's delta).
-    Empty when the run holds no evidence rows."""
-    groups = res.meta.get("groups", {})
-    channels = [m for m in res.methods if groups.get(m) == "evidence"]
-    if not channels:
-        return []
-    first = next(m for m in res.methods if groups.get(m) == "first stage" and m.startswith("First stage"))
-    menu = [m for m in res.methods if groups.get(m) == "weight menu"]
-    named = [m for m in ("RuleRouter-Fuse (zero-shot evidence)", "RuleRouter-Fuse") if m in res.methods]
-    trained = [m for m in res.methods if groups.get(m) == "trained multimodal"]
-    probes = [m for m in res.methods if groups.get(m) == "protocol probe"]
-    out = []
-    for f in FAMILIES:
-        fk = [k for k in keys if k[0] == f]
-        if not fk:
-            continue
-        best_menu = max((m for m in menu if valid_mean(res, m, f) is not None), key=lambda m: valid_mean(res, m, f), default=None)
-        probe = max(probes, key=lambda m: _mean(res.test(m), [k for k in fk if k in res.test(m)]) or 0, default=None)
-        rows = []
-        for m in [first, *channels, *named, *([best_menu] if best_menu else []), *trained, *([probe] if probe else [])]:
-            ks = [k for k in fk if k in res.test(m)]
-            if not ks:
-                continue
-            x = np.array([res.test(m)[k] for k in ks])
-            y = np.array([res.test(first)[k] for k in ks])
-            label = f"{m} (best menu entry on validation)" if m == best_menu else m
-            row = {
-                "row": label,
-                "N@10": round(float(x.mean()), 4),
-                "alpha": res.alpha.get((m, f), ""),
-                "valid N@10": round(valid_mean(res, m, f) or 0, 4),
-            }
-            if m != first and groups.get(m) != "protocol probe":
-                row.update(
-                    {
-                        "vs first stage": f"{x.mean() - y.mean():+.4f}",
-                        "better/worse": f"{(x > y).sum()}/{(x < y).sum()}",
-                        "Wilcoxon p": f"{wilcoxon_p(x, y):.3g}",
-                        "Cliff's delta": round(cliffs_delta(x, y), 3),
-                    }
-                )
-            rows.append(row)
-        rec = res.recall(fk)
-        out.append((f"### {f}: {len(fk)} test pools; Recall@100 (ceiling) {_mean(rec, fk):.4f}", rows))
-    return out
-
-
-def evidence_comparisons(res: Results, keys: list[Key]) -> list[dict]:
-    """The targets of issue #14, each a paired test on the same episodes: each learned channel
-    against the MARGO-style model on its own single-modality family, and RuleRouter-Fuse over the
-    learned evidence against the zero-shot one and against the first stage on every family."""
-    groups = res.meta.get("groups", {})
-    margo = next((m for m in res.methods if m.startswith("MARGO")), None)
-    first = next((m for m in res.methods if groups.get(m) == "first stage" and m.startswith("First stage")), None)
-    out = []
-    for g, f in EVIDENCE_FAMILY.items():
-        learned = f"Evidence: {g} learned channel"
-        if margo and learned in res.methods:
-            out.append(compare(res, learned, margo, [k for k in keys if k[0] == f], f))
-    for a, b in (("RuleRouter-Fuse", "RuleRouter-Fuse (zero-shot evidence)"), ("RuleRouter-Fuse", first)):
-        if a in res.methods and b in res.methods:
-            out += [compare(res, a, b, [k for k in keys if k[0] == f], f) for f in FAMILIES if any(k[0] == f for k in keys)]
-    return out
 
 
 def build_report(
@@ -495,7 +89,7 @@ def build_report(
     probes = [m for m in order if groups.get(m) == "protocol probe"]
 
     def probe_best(keys: list[Key]) -> dict[str, float]:
-        means = [_family_means(res.test(m), keys) for m in probes if set(keys) <= test_keys[m]]
+        means = [family_means(res.test(m), keys) for m in probes if set(keys) <= test_keys[m]]
         return {c: max(v[c] for v in means) for c in ("OOMA", *FAMILIES) if means and all(v[c] is not None for v in means)}
 
     main = method_table(res, whole, all_keys, probe_best(all_keys))
@@ -622,14 +216,14 @@ def _plots(
     groups = res.meta.get("groups", {})
     cols = ["OOMA", *FAMILIES]
     names, rows_of, grid = ["Ceiling: Recall@100"], ["ceiling"], []
-    rec = _family_means(res.recall(all_keys), all_keys)
+    rec = family_means(res.recall(all_keys), all_keys)
     grid.append([rec[c] for c in cols])
     test_keys = {m: set(res.test(m)) for m in order}
     for m in order:
         keys = all_keys if test_keys[m] >= set(all_keys) else subset_keys
         if not keys or not test_keys[m] >= set(keys):  # a row on fewer episodes than its peers is left to the tables
             continue
-        v = _family_means(res.test(m), keys)
+        v = family_means(res.test(m), keys)
         names.append(m + ("" if keys is all_keys else f" (subset, {len(keys)} eps)"))
         rows_of.append(m)
         grid.append([v[c] for c in cols])

@@ -35,7 +35,7 @@ from mma_agent.modalities import TASK_FAMILIES, family_mask
 from mma_agent.toolkits.workspace import Workspace
 from mma_agent.util import minmax
 
-from .methods import EvalEnv, Method
+from .environment import EvalEnv, Method
 from .store import ResultStore, RunMismatchError
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from mma_agent.data.pools import (
 )
 from mma_agent.data.schema import Dataset
 from mma_agent.data.splits import Split, split_dataset
-from mma_agent.metrics import batch_metrics, ndcg_at_k, topk_indices
+from mma_agent.metrics import ndcg_at_k
 from mma_agent.modalities import TASK_FAMILIES, Modality, family_mask
-from mma_agent.models.retrievers import RETRIEVERS, Retriever, create_retriever, load_retriever
+from mma_agent.models.retrievers import RETRIEVERS, Retriever, create_retriever, full_sort_metrics, load_retriever
 from mma_agent.util import atomic_write_text, digest, json_digest
 
 if TYPE_CHECKING:
@@ -45,27 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RELEVANCE_FAMILY = {Modality.TEXT: "text-only", Modality.IMAGE: "image-only", Modality.BEHAVIOUR: "behaviour-only"}
 # each learned channel is chosen on the validation pools of its modality's own family
-
-
-def full_sort_metrics(retriever: Retriever, split: Split, target: str = "valid", ks: tuple[int, ...] = (20,)) -> dict[str, float]:
-    """Rank the whole catalogue per user, train items (and validation items when `target` is test)
-    excluded, against the user's positives in `target`."""
-    df = split.frame(target)
-    users = np.unique(df["user"].to_numpy())
-    excluded = split.matrix("train")
-    if target == "test":
-        excluded = excluded + split.matrix("valid")
-    relevant = split.matrix(target)
-    kmax = max(ks)
-    hits = np.zeros((len(users), kmax), dtype=bool)
-    for lo in range(0, len(users), 512):
-        b = users[lo : lo + 512]
-        s = retriever.score(b).astype(np.float32)
-        s[excluded[b].nonzero()] = -np.inf
-        top = topk_indices(s, kmax)
-        hits[lo : lo + len(b)] = np.asarray(relevant[b[:, None], top].todense(), dtype=bool)
-    n_rel = np.asarray(relevant[users].sum(axis=1)).ravel()
-    return {"users": len(users), **batch_metrics(hits, n_rel, ks)}
 
 
 @dataclass
@@ -149,54 +128,9 @@ class Pipeline:
 
     # --- statistics ------------------------------------------------------------------------
     def stats(self, check_images: bool = False) -> dict[str, dict[str, int | float]]:
-        ds, sp_ = self.dataset, self.split
-        items = ds.items
-        rated = items["item_id"].isin(set(ds.interactions["item_id"]))
-        counts = {
-            "users": sp_.stats["users"],
-            "items": len(items),
-            "rated items": int(rated.sum()),
-            **{k: sp_.stats[k] for k in ("interactions", "positives", "train", "valid", "test")},
-        }
-        counts["cold valid targets (item not in train)"] = sp_.cold_targets("valid")
-        counts["cold test targets (item not in train)"] = sp_.cold_targets("test")
-        counts["users without positives (skipped)"] = sp_.stats["users_without_positives"]
-        counts["users below min positives (train only)"] = sp_.stats["users_below_min_positives"]
-        counts["tag applications dropped as leaks"] = sp_.stats["tags_dropped_as_leaks"]
-        tags = np.array([bool(t) for t in sp_.item_tags])
-        fields = {
-            "no genres": items["genres"].eq(""),
-            "no user tags": ~tags,
-            "no overview": items["overview"].eq(""),
-            "no tagline": items["tagline"].eq(""),
-            "no keywords": items["keywords"].eq(""),
-            "no poster": items["image"].eq(""),
-        }
-        if check_images:
-            from mma_agent.models.image_features import load_rgb
+        from mma_agent.data.stats import dataset_stats
 
-            bad = np.zeros(len(items), dtype=bool)
-            for i, img in enumerate(items["image"]):
-                if img:
-                    try:
-                        load_rgb(ds.image_path(img), (8, 8))
-                    except ValueError as err:
-                        bad[i] = True
-                        log.warning("%s", err)
-            fields["unreadable poster"] = bad
-        item_pos = {iid: i for i, iid in enumerate(items["item_id"])}
-        item_pos = np.array([item_pos[i] for i in ds.interactions["item_id"]])
-        missing = {}
-        for name, m in fields.items():
-            m = np.asarray(m)
-            r = rated.to_numpy()
-            missing[name] = {
-                "all items": int(m.sum()),
-                "rated items": int(m[r].sum()),
-                "% of rated items": f"{100 * m[r].mean():.1f}%",
-                "% of ratings": f"{100 * m[item_pos].mean():.1f}%",
-            }
-        return {"counts": counts, "missingness": missing}
+        return dataset_stats(self.dataset, self.split, check_images=check_images)
 
     # --- retrievers ------------------------------------------------------------------------
     def retriever_path(self, name: str) -> Path:

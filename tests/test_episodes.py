@@ -144,7 +144,7 @@ def test_a_killed_recording_process_resumes(env, tmp_path):
 
 
 def test_action_plans_cover_tool_subsets_and_scoring():
-    from mma_agent.training.sft import action_plans
+    from mma_agent.training.explore import action_plans
 
     plans = action_plans()
     assert len(plans) == 96  # ordered: 3 singletons x 2 + 6 pairs x 5 + 6 triples x 10 (the weight menu over the gathered groups)
@@ -155,7 +155,8 @@ def test_action_plans_cover_tool_subsets_and_scoring():
 def test_best_plans_and_sft_rows(env):
     p, _ = env
     from mma_agent.toolkits import prepare_toolkits
-    from mma_agent.training.sft import best_plans, sft_examples
+    from mma_agent.training.decisions import sft_examples
+    from mma_agent.training.explore import best_plans
 
     catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
     eps = [e for e in sample_episodes(p, per_family=1, seed=0)][:3]
@@ -172,7 +173,7 @@ def test_best_plans_and_sft_rows(env):
 def explored(env):
     p, _ = env
     from mma_agent.toolkits import prepare_toolkits
-    from mma_agent.training.sft import explore_plans
+    from mma_agent.training.explore import explore_plans
 
     catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
     eps = [e for e in sample_episodes(p, per_family=1, seed=0) if e["family"] in ("full", "image-only", "text-only")]
@@ -180,7 +181,7 @@ def explored(env):
 
 
 def test_decision_points_value_every_action_from_every_state(explored):
-    from mma_agent.training.sft import best_action, decision_points, decision_sft_rows
+    from mma_agent.training.decisions import best_action, decision_points, decision_sft_rows
 
     eps, _, _, ex = explored
     points = decision_points(ex)
@@ -209,8 +210,8 @@ def test_decision_points_value_every_action_from_every_state(explored):
 
 
 def test_preference_pairs_prefer_the_higher_value_action(explored):
+    from mma_agent.training.decisions import decision_points
     from mma_agent.training.preference import preference_pairs
-    from mma_agent.training.sft import decision_points
 
     points = decision_points(explored[3])
     pairs = preference_pairs(points, margin=0.01)
@@ -223,8 +224,8 @@ def test_preference_pairs_prefer_the_higher_value_action(explored):
 
 
 def test_environment_reward_replays_actions_in_the_real_graph(explored):
+    from mma_agent.training.decisions import decision_points
     from mma_agent.training.grpo import EnvironmentReward, grpo_rows
-    from mma_agent.training.sft import decision_points
 
     eps, catalogue, kits, ex = explored
     points = decision_points(ex)
@@ -265,9 +266,9 @@ def _smollm2(tmp_path):
 @pytest.mark.slow
 def test_train_dpo_and_grpo_run_and_save_loadable_policies(explored, tmp_path):
     from mma_agent.llm import resolve_chat_model
+    from mma_agent.training.decisions import decision_points
     from mma_agent.training.grpo import EnvironmentReward, grpo_rows, train_grpo
     from mma_agent.training.preference import preference_pairs, train_dpo
-    from mma_agent.training.sft import decision_points
 
     base = _smollm2(tmp_path)
     eps, catalogue, kits, ex = explored
@@ -372,8 +373,8 @@ def test_forked_exploration_scores_each_plan_as_a_plain_run_does(explored):
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
     from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.training.explore import action_plans, explore_plans
     from mma_agent.training.rewards import episode_reward
-    from mma_agent.training.sft import action_plans, explore_plans
 
     eps, catalogue, kits, _ = explored
     plans = [p for p in action_plans(interactive=True) if len(p) == 3 and '"ask_user"' in p[1]][
@@ -400,7 +401,7 @@ def test_exploration_resumes_after_a_kill(explored, tmp_path):
     kill cut short, and explores only the rest (same results as one uninterrupted run)."""
     import json
 
-    from mma_agent.training.sft import explore_plans
+    from mma_agent.training.explore import explore_plans
 
     eps, catalogue, kits, whole = explored
     parts = tmp_path / "explore" / "support.parts.jsonl"

@@ -12,8 +12,11 @@ import pytest
 
 pytest.importorskip("sentence_transformers")
 
-from mma_agent.evals.methods import FIRST_STAGE, PROBES, EvalEnv, Method, build_methods, scores_from_output  # noqa: E402
-from mma_agent.evals.report import build_report, cliffs_delta, wilcoxon_p  # noqa: E402
+from mma_agent.evals.baselines import scores_from_output  # noqa: E402
+from mma_agent.evals.environment import EvalEnv, Method  # noqa: E402
+from mma_agent.evals.methods import FIRST_STAGE, PROBES, build_methods  # noqa: E402
+from mma_agent.evals.report import build_report
+from mma_agent.evals.results import cliffs_delta, wilcoxon_p  # noqa: E402
 from mma_agent.evals.runner import ALPHAS, build_episodes, fused_metrics, run_eval  # noqa: E402
 from mma_agent.evals.store import ResultStore, RunMismatchError  # noqa: E402
 from mma_agent.modalities import OOMA_FAMILIES  # noqa: E402
@@ -368,7 +371,7 @@ def test_killed_run_resumes_to_the_same_numbers(tiny, tmp_path):
 
 
 def test_imputations_on_a_hand_computed_case():
-    from mma_agent.evals.methods import CompletionFusion
+    from mma_agent.evals.baselines import CompletionFusion
 
     anchor = np.eye(4, dtype=np.float32)[[0, 0, 0, 1, 1, 1]] + 1e-3 * np.arange(6, dtype=np.float32)[:, None]
     target = np.arange(12, dtype=np.float32).reshape(6, 2)
@@ -383,7 +386,7 @@ def test_imputations_on_a_hand_computed_case():
 def test_alpha_on_paired_pools_chooses_from_the_episodes_every_method_ran():
     """A row run on every pool and a row run on a subset pick their alphas from the same
     validation episodes with alpha_on="paired" (own: each from all it ran)."""
-    from mma_agent.evals.report import Results
+    from mma_agent.evals.results import Results
 
     def row(method, pool, split, by_alpha):
         return {

@@ -12,8 +12,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from mma_agent.graphs.request import parse_request, valid_pairs  # noqa: E402
 from mma_agent.graphs.guard import guard_input  # noqa: E402
+from mma_agent.graphs.request import parse_request, valid_pairs  # noqa: E402
 from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
 from mma_agent.util import minmax  # noqa: E402
 

@@ -4,8 +4,7 @@ import pytest
 from mma_agent.config import RetrieverConfig
 from mma_agent.data.masks import ModalityView
 from mma_agent.modalities import family_mask
-from mma_agent.models.retrievers import RETRIEVERS, create_retriever, load_retriever
-from mma_agent.pipeline import full_sort_metrics
+from mma_agent.models.retrievers import RETRIEVERS, create_retriever, full_sort_metrics, load_retriever
 
 
 def test_popularity_counts_train(tiny_split):

@@ -110,7 +110,7 @@ def _observed(point: dict, words: list[str]) -> dict:
 
 
 def test_pooled_values_average_what_the_policy_observed_and_back_up_its_own_choices():
-    from mma_agent.training.sft import pooled_values, signature
+    from mma_agent.training.decisions import pooled_values, signature
 
     def episode(i, word, text_only, equal):  # a start state and the state after a text call that answered
         root = {**_point("full", [], [], {TEXT: 9.9, GRAPH: 0.3}), "id": f"e{i}"}  # hindsight values of tool calls are not used
@@ -141,7 +141,7 @@ def test_pooled_values_average_what_the_policy_observed_and_back_up_its_own_choi
 
 
 def test_balanced_rows_draw_every_depth_and_every_class():
-    from mma_agent.training.sft import decision_sft_rows
+    from mma_agent.training.decisions import decision_sft_rows
 
     start = [_point("full", [], [], {TEXT: 0.2, GRAPH: 0.1})] * 50
     deep = [_point("full", [TEXT], [False], {TEXT_ONLY: 0.3, GRAPH: 0.1})] * 40 + [
@@ -156,7 +156,7 @@ def test_balanced_rows_draw_every_depth_and_every_class():
 
 
 def test_interactive_plans_ask_once_then_score_over_the_answer():
-    from mma_agent.training.sft import action_plans
+    from mma_agent.training.explore import action_plans
 
     tools = tool_vocabulary()
     auto, inter = action_plans(tools), action_plans(tools, interactive=True)

@@ -20,8 +20,8 @@ from mma_agent.graphs.policy import completions, tool_schemas  # noqa: E402
 from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
 from mma_agent.toolkits import tool_vocabulary  # noqa: E402
 from mma_agent.toolkits.base import EpisodeContext, Evidence, Toolkit, ToolSpec, ToolVocabulary  # noqa: E402
+from mma_agent.training.explore import action_plans  # noqa: E402
 from mma_agent.training.rewards import action_costs, episode_reward  # noqa: E402
-from mma_agent.training.sft import action_plans  # noqa: E402
 
 
 class CountArgs(BaseModel):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mma_agent.training.sft import best_action, lora_config, train_and_save
+from mma_agent.training.decisions import best_action
+from mma_agent.training.sft import lora_config, train_and_save
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The **lookup control** is the honest question of whether the LLM adds anything: a table from the
 availability pattern a policy has observed (which tools it called, in order, and which answered
 Null) to the action with the best mean value over the support episodes' explored states
-(`sft.decision_points`: the value of an action is the best Eq. 3 reward of any plan continuing
+(`decisions.decision_points`: the value of an action is the best Eq. 3 reward of any plan continuing
 with it). It routes through the reranker graph like RuleRouter-Fuse (`create_mma_reranker(...,
 variant="rule", router=table)`); a pattern it never saw falls back to RuleRouter-Fuse's rule.
 
@@ -38,7 +38,7 @@ def trace_pattern(trace: Sequence[dict]) -> Pattern:
 
 
 def point_pattern(point: dict) -> Pattern:
-    """The availability pattern at an explored state (`sft.decision_points`' "pattern")."""
+    """The availability pattern at an explored state (`decisions.decision_points`' "pattern")."""
     return tuple((str(t), bool(null)) for t, null in point["pattern"])
 
 

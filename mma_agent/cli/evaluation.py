@@ -91,7 +91,7 @@ def cmd_eval_report(args) -> None:
 
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Adds this group's commands to the `mma` parser."""
-    from mma_agent.evals.report import ALPHA_POOLS
+    from mma_agent.evals.results import ALPHA_POOLS
     from mma_agent.modalities import TASK_FAMILIES
 
     ev = sub.add_parser("eval", help="evaluation graphs: methods x task families, resumable, with a report").add_subparsers(

@@ -71,7 +71,8 @@ def _trl_overrides(pairs: list[str] | None) -> dict:
 
 def _support_points(args):
     """Explored decision points of the support episodes (cached on disk by content)."""
-    from mma_agent.training.sft import decision_points, explore_support
+    from mma_agent.training.decisions import decision_points
+    from mma_agent.training.explore import explore_support
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     support = [e for e in episodes if e["part"] == "support"]
@@ -80,9 +81,9 @@ def _support_points(args):
 
 
 def _labelled(args, points: list[dict], kits) -> list[dict]:
-    """The explored states with the labels --labels asks for (pooled: `sft.pooled_values`)."""
+    """The explored states with the labels --labels asks for (pooled: `decisions.pooled_values`)."""
     from mma_agent.toolkits import tool_vocabulary
-    from mma_agent.training.sft import pooled_values
+    from mma_agent.training.decisions import pooled_values
 
     return pooled_values(points, tool_vocabulary(kits), interactive=args.interactive) if args.labels == "pooled" else points
 
@@ -110,7 +111,9 @@ def _base(args, p, *stages: str) -> str:
 
 
 def cmd_train_sft(args) -> None:
-    from mma_agent.training.sft import best_of, decision_sft_rows, sft_examples, summarize, train_sft
+    from mma_agent.training.decisions import decision_sft_rows, sft_examples
+    from mma_agent.training.explore import best_of, summarize
+    from mma_agent.training.sft import train_sft
 
     p, _, kits, support, explored, points, took = _support_points(args)
     best = best_of(explored)
@@ -201,9 +204,10 @@ def cmd_train_eval(args) -> None:
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.llm import named_backend, resolve_chat_model
     from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.training.decisions import decision_points, pooled_values
     from mma_agent.training.evaluate import evaluate_policies
+    from mma_agent.training.explore import explore_support
     from mma_agent.training.routing import LookupRouter, llm_policy, router_policy, routing_diagnostic, sample_states
-    from mma_agent.training.sft import decision_points, explore_support, pooled_values
 
     p, catalogue, kits, episodes = _episodes_and_kits(args)
     parts = {part: [e for e in episodes if e["part"] == part] for part in ("support", "query")}

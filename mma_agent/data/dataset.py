@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from mma_agent.data.movielens import load_movielens_posters
 from mma_agent.data.schema import (
     FORMAT_VERSION,
@@ -75,3 +77,19 @@ def save_dataset(ds: Dataset, out: Path | str, *, image_root: Path | None = None
         ds.tags.to_parquet(out / "tags.parquet", index=False)
     (out / "dataset.json").write_text(json.dumps({"name": ds.name, "format_version": FORMAT_VERSION}, indent=2))
     return out
+
+
+def load_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image to (H, W, 3) uint8 RGB; grayscale/CMYK/palette images are converted.
+    Raises ValueError naming the file when it is missing, truncated or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None:
+                im = im.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        msg = f"cannot decode image {path}: {err}; replace or remove the file"
+        raise ValueError(msg) from err

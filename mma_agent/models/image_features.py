@@ -14,26 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mma_agent.data.dataset import load_rgb
 from mma_agent.data.schema import Dataset
 from mma_agent.util import atomic_save_npy, digest, joined_digest
 
 log = logging.getLogger(__name__)
-
-
-def load_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image to (H, W, 3) uint8 RGB; grayscale/CMYK/palette images are converted.
-    Raises ValueError naming the file when it is missing, truncated or not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None:
-                im = im.resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        msg = f"cannot decode image {path}: {err}; replace or remove the file"
-        raise ValueError(msg) from err
 
 
 def thumbnail_features(ds: Dataset, cache_dir: Path, *, width: int = 12, height: int = 16) -> np.ndarray:

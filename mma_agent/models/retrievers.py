@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from mma_agent.config import RetrieverConfig
 from mma_agent.data.masks import ModalityView
+from mma_agent.data.splits import Split
+from mma_agent.metrics import batch_metrics, topk_indices
 from mma_agent.util import atomic_write
 
 log = logging.getLogger(__name__)
@@ -274,3 +276,24 @@ def load_retriever(path: Path) -> Retriever:
     else:
         r.user_vecs, r.item_vecs, r.curve = arrays["user_vecs"], arrays["item_vecs"], arrays["curve"]
     return r
+
+
+def full_sort_metrics(retriever: Retriever, split: Split, target: str = "valid", ks: tuple[int, ...] = (20,)) -> dict[str, float]:
+    """Rank the whole catalogue per user, train items (and validation items when `target` is test)
+    excluded, against the user's positives in `target`."""
+    df = split.frame(target)
+    users = np.unique(df["user"].to_numpy())
+    excluded = split.matrix("train")
+    if target == "test":
+        excluded = excluded + split.matrix("valid")
+    relevant = split.matrix(target)
+    kmax = max(ks)
+    hits = np.zeros((len(users), kmax), dtype=bool)
+    for lo in range(0, len(users), 512):
+        b = users[lo : lo + 512]
+        s = retriever.score(b).astype(np.float32)
+        s[excluded[b].nonzero()] = -np.inf
+        top = topk_indices(s, kmax)
+        hits[lo : lo + len(b)] = np.asarray(relevant[b[:, None], top].todense(), dtype=bool)
+    n_rel = np.asarray(relevant[users].sum(axis=1)).ravel()
+    return {"users": len(users), **batch_metrics(hits, n_rel, ks)}
