@@ -116,3 +116,55 @@ def random_smollm2(folder: Path) -> Path:
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder / "tiny")
     AutoTokenizer.from_pretrained(src).save_pretrained(folder / "tiny")
     return folder / "tiny"
+
+
+class HashingEncoder:
+    """A text encoder for tests of graph wiring without sentence-transformers: each word hashed
+    into one of `dim` signed buckets (crc32, stable across runs), the sum unit-normed."""
+
+    def __init__(self, dim: int = 256) -> None:
+        self.dim = dim
+
+    def encode(self, texts: list[str], **_: object) -> np.ndarray:
+        import re
+        import zlib
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                h = zlib.crc32(word.encode())
+                out[row, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
+        norm = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norm == 0, 1.0, norm)
+
+
+def fake_toolkits(split, cache_dir: Path, *, clarify: bool = True):
+    """The built-in toolkits over `split` with the text encoder swapped for `HashingEncoder` (no
+    image toolkit): the graph's tests run where sentence-transformers is not installed. The
+    evidence is real arithmetic over real item text; only the encoder is a stand-in."""
+    from mma_agent.toolkits.base import Catalogue
+    from mma_agent.toolkits.clarify import ClarifyToolkit
+    from mma_agent.toolkits.graph import GraphToolkit
+    from mma_agent.toolkits.text import TextToolkit
+
+    class HashedTextToolkit(TextToolkit):
+        def identity(self) -> str:
+            return "hashing-encoder:256"
+
+        @property
+        def encoder(self):
+            return HashingEncoder()
+
+    catalogue = Catalogue(split)
+    kits = {"text": HashedTextToolkit(), "graph": GraphToolkit()}
+    for kit in kits.values():
+        catalogue = kit.prepare(catalogue, Path(cache_dir))
+    if clarify:
+        kits["clarify"] = ClarifyToolkit(kits["text"], None)
+    return catalogue, kits
+
+
+@pytest.fixture
+def tiny_kits(tiny_split, tmp_path: Path):
+    """(catalogue, toolkits) over the tiny data set, without the text encoder (`fake_toolkits`)."""
+    return fake_toolkits(tiny_split, tmp_path / "cache")

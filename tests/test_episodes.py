@@ -10,8 +10,6 @@ import textwrap
 
 import pytest
 
-pytest.importorskip("sentence_transformers")
-
 from mma_agent.training.episodes import EpisodeFileError, read_episodes, record_episodes, sample_episodes, train_targets  # noqa: E402
 
 
@@ -20,8 +18,7 @@ def env(tmp_path_factory):
     from mma_agent.config import PipelineConfig
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.pipeline import Pipeline
-    from mma_agent.toolkits import prepare_toolkits
-    from tests.conftest import write_tiny_dataset
+    from tests.conftest import fake_toolkits, write_tiny_dataset
 
     root = write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny", n_users=21)
     work = tmp_path_factory.mktemp("w")
@@ -34,7 +31,7 @@ def env(tmp_path_factory):
         }
     )
     p = Pipeline(cfg)
-    catalogue, kits = prepare_toolkits(p.split, work / "cache", image_model=None)
+    catalogue, kits = fake_toolkits(p.split, work / "cache")
     reranker = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()
     return p, reranker
 
@@ -107,6 +104,7 @@ def test_malformed_line_names_its_number(tmp_path):
 @pytest.mark.slow
 def test_a_killed_recording_process_resumes(env, tmp_path):
     """A real SIGKILL of the recording process, then a resume: every episode exactly once."""
+    pytest.importorskip("sentence_transformers")
     p, _ = env
     script = tmp_path / "rec.py"
     cfg = tmp_path / "cfg.json"
@@ -154,11 +152,11 @@ def test_action_plans_cover_tool_subsets_and_scoring():
 
 def test_best_plans_and_sft_rows(env):
     p, _ = env
-    from mma_agent.toolkits import prepare_toolkits
     from mma_agent.training.decisions import sft_examples
     from mma_agent.training.explore import best_plans
+    from tests.conftest import fake_toolkits
 
-    catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
+    catalogue, kits = fake_toolkits(p.split, p.root / "cache")
     eps = [e for e in sample_episodes(p, per_family=1, seed=0)][:3]
     best = best_plans(eps, catalogue, kits)
     for b, e in zip(best, eps):
@@ -172,10 +170,10 @@ def test_best_plans_and_sft_rows(env):
 @pytest.fixture(scope="module")
 def explored(env):
     p, _ = env
-    from mma_agent.toolkits import prepare_toolkits
     from mma_agent.training.explore import explore_plans
+    from tests.conftest import fake_toolkits
 
-    catalogue, kits = prepare_toolkits(p.split, p.root / "cache", image_model=None)
+    catalogue, kits = fake_toolkits(p.split, p.root / "cache")
     eps = [e for e in sample_episodes(p, per_family=1, seed=0) if e["family"] in ("full", "image-only", "text-only")]
     return eps, catalogue, kits, explore_plans(eps, catalogue, kits)
 

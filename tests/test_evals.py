@@ -10,8 +10,6 @@ import textwrap
 import numpy as np
 import pytest
 
-pytest.importorskip("sentence_transformers")
-
 from mma_agent.evals.baselines import scores_from_output  # noqa: E402
 from mma_agent.evals.environment import EvalEnv, Method  # noqa: E402
 from mma_agent.evals.methods import FIRST_STAGE, PROBES, build_methods  # noqa: E402
@@ -39,7 +37,7 @@ CHEAP = [
 def _setup(root, work):
     from mma_agent.config import PipelineConfig
     from mma_agent.pipeline import Pipeline
-    from mma_agent.toolkits import prepare_toolkits
+    from tests.conftest import fake_toolkits
 
     cfg = PipelineConfig.model_validate(
         {
@@ -51,7 +49,7 @@ def _setup(root, work):
         }
     )
     p = Pipeline(cfg)
-    catalogue, kits = prepare_toolkits(p.split, work / "cache", image_model=None)
+    catalogue, kits = fake_toolkits(p.split, work / "cache")
     return p, EvalEnv(p, catalogue, kits)
 
 
@@ -141,9 +139,10 @@ def test_an_llm_method_extends_from_the_seeded_subset_to_every_pool(tiny, tmp_pa
 
 
 def test_an_llm_row_on_fewer_episodes_gets_its_own_paired_table(tiny, tmp_path, monkeypatch):
-    from mma_agent.evals import report
+    from mma_agent.evals import report, tables
 
-    monkeypatch.setattr(report, "MIN_PAIRED", 10)  # the tiny data set has 21 users
+    for module in (report, tables):  # the tiny data set has 21 users
+        monkeypatch.setattr(module, "MIN_PAIRED", 10)
     _, _, p, env = tiny
     store = tmp_path / "n.sqlite"
     run_eval(

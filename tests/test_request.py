@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-pytest.importorskip("sentence_transformers")
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -24,11 +23,10 @@ KNOWN = [f"m{i}" for i in range(40)]
 def tiny_kits(tmp_path_factory):
     from mma_agent.data.dataset import load_dataset
     from mma_agent.data.splits import split_dataset
-    from mma_agent.toolkits import prepare_toolkits
-    from tests.conftest import write_tiny_dataset
+    from tests.conftest import fake_toolkits, write_tiny_dataset
 
     split = split_dataset(load_dataset(write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny")))
-    return prepare_toolkits(split, tmp_path_factory.mktemp("cache"), image_model=None)
+    return fake_toolkits(split, tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-pytest.importorskip("sentence_transformers")
-
 from mma_agent.graphs.fusion import fuse  # noqa: E402
 from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
 from mma_agent.util import minmax  # noqa: E402
@@ -25,12 +23,11 @@ SCORE = '{"tool": "score_candidates", "args": {"weights": {"text": 1, "graph": 1
 def env(tmp_path_factory):
     from mma_agent.data.dataset import load_dataset
     from mma_agent.data.splits import split_dataset
-    from mma_agent.toolkits import prepare_toolkits
-    from tests.conftest import write_tiny_dataset
+    from tests.conftest import fake_toolkits, write_tiny_dataset
 
     root = write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny")
     split = split_dataset(load_dataset(root))
-    catalogue, kits = prepare_toolkits(split, tmp_path_factory.mktemp("cache"), image_model=None)
+    catalogue, kits = fake_toolkits(split, tmp_path_factory.mktemp("cache"))
     return root, catalogue, kits
 
 
@@ -191,6 +188,7 @@ def test_as_tool_and_subgraph(env):
 
 def test_interrupt_and_resume_across_processes(env, tmp_path):
     pytest.importorskip("langgraph.checkpoint.sqlite")
+    pytest.importorskip("sentence_transformers")  # the example builds the real toolkits in its own processes
     root = env[0]
     app = Path(__file__).resolve().parents[1] / "examples" / "interactive_app.py"
     ask = json.dumps({"tool": "ask_user", "args": {"modality_type": "text", "query": "Which genres tonight?"}})

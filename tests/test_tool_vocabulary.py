@@ -14,8 +14,6 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from pydantic import BaseModel
 
-pytest.importorskip("sentence_transformers")
-
 from mma_agent.graphs.policy import completions, tool_schemas  # noqa: E402
 from mma_agent.graphs.reranker import create_mma_reranker  # noqa: E402
 from mma_agent.toolkits import tool_vocabulary  # noqa: E402
@@ -59,11 +57,10 @@ class ToyToolkit(Toolkit):
 def env(tmp_path_factory):
     from mma_agent.data.dataset import load_dataset
     from mma_agent.data.splits import split_dataset
-    from mma_agent.toolkits import prepare_toolkits
-    from tests.conftest import write_tiny_dataset
+    from tests.conftest import fake_toolkits, write_tiny_dataset
 
     split = split_dataset(load_dataset(write_tiny_dataset(tmp_path_factory.mktemp("d") / "tiny")))
-    catalogue, kits = prepare_toolkits(split, tmp_path_factory.mktemp("cache"), image_model=None)
+    catalogue, kits = fake_toolkits(split, tmp_path_factory.mktemp("cache"))
     return catalogue, {**kits, "toy": ToyToolkit()}
 
 
