@@ -108,3 +108,21 @@ def test_heads_hold_out_items_by_id_alone():
     np.testing.assert_array_equal(held, heldout_items(ids, 0.2))  # deterministic
     assert set(ids[heldout_items(ids[:100], 0.2)]) == set(ids[held]) & set(ids[:100])  # each id decides for itself
     assert len(heldout_items(ids, 0.0)) == 0
+
+
+def test_clip_training_does_not_depend_on_what_ran_before_in_the_process(tiny_root, tmp_path):
+    """A fresh machine trains the retrievers before the poster CLIP in one process; the heads'
+    random init must not depend on that (it did: image-only figures moved between machines)."""
+    from mma_agent.config import PipelineConfig
+    from mma_agent.pipeline import Pipeline
+    from mma_agent.training.clip import train_poster_clip
+
+    config = ClipTrainConfig(embed_dim=16, image_size=64, context_length=32, epochs=2, batch_size=16)
+    weights = []
+    for run, noise in (("a", 0), ("b", 10_000)):
+        torch.randn(noise)  # what other training in the same process would have drawn
+        p = Pipeline(PipelineConfig.model_validate({"data": {"path": str(tiny_root)}, "workdir": str(tmp_path / run)}))
+        folder = train_poster_clip(p, config)
+        weights.append(torch.load(folder / "open_clip_pytorch_model.bin", map_location="cpu", weights_only=True))
+    heads = [k for k in weights[0] if k.startswith(("visual.head", "text.proj", "logit_scale"))]
+    assert heads and all(torch.equal(weights[0][k], weights[1][k]) for k in heads)

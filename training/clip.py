@@ -149,6 +149,10 @@ def train_poster_clip(pipeline: Workspace, config: ClipTrainConfig | None = None
     if (folder / "open_clip_pytorch_model.bin").is_file() and not retrain:
         return folder
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    # The heads' random init comes from torch's global generator: seed it here, or the init (and
+    # every figure downstream of the poster CLIP) depends on what else ran in this process first
+    # (a fresh machine trains the retrievers before the CLIP in the same process).
+    torch.manual_seed(config.seed)
     model, preprocess = build_untrained(
         folder, embed_dim=config.embed_dim, image_size=config.image_size, context_length=config.context_length
     )
