@@ -3,33 +3,45 @@ add the compiled reranker as a node of a parent graph whose state has the Rerank
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
+
+IDS = {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}
 
 
 class RerankToolArgs(BaseModel):
-    candidates: list[str] = Field(description="Candidate item ids from the first-stage retriever.")
-    first_stage_scores: list[float] = Field(description="One first-stage score per candidate.")
-    history: list[str] | None = Field(default=None, description="Item ids the user liked, oldest first.")
-    user_id: str | None = Field(default=None, description="A known user id (its history is used if history is omitted).")
+    """What a host agent may pass. The schema says what to send; validation accepts anything, on
+    purpose: the reranker's own request model checks the call, and a bad call comes back as the
+    tool's result (the first-stage order and the reason), never as an exception in the host agent."""
+
+    candidates: Annotated[Any, WithJsonSchema(IDS)] = Field(
+        default=None, description="Candidate item ids from the first-stage retriever."
+    )
+    first_stage_scores: Annotated[Any, WithJsonSchema({"type": "array", "items": {"type": "number"}})] = Field(
+        default=None, description="One first-stage score per candidate."
+    )
+    history: Annotated[Any, WithJsonSchema(IDS)] = Field(default=None, description="Item ids the user liked, oldest first.")
+    user_id: Annotated[Any, WithJsonSchema({"type": "string"})] = Field(
+        default=None, description="A known user id (its history is used if history is omitted)."
+    )
 
 
 def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k: int = 10):
-    """A LangChain tool over a compiled reranker: returns the top_k item ids and whether it fell back."""
+    """A LangChain tool over a compiled reranker: returns the top_k item ids and whether it fell
+    back (with the reason). It takes what the request model takes; it never raises."""
     from langchain_core.tools import StructuredTool
 
-    def run(
-        candidates: list[str], first_stage_scores: list[float], history: list[str] | None = None, user_id: str | None = None
-    ) -> str:
-        request: dict[str, Any] = {"candidates": candidates, "first_stage_scores": first_stage_scores}
-        if history is not None:
-            request["history"] = history
-        if user_id is not None:
-            request["user_id"] = user_id
-        out = reranker.invoke(request)
+    def run(**call: Any) -> str:
+        request = {k: v for k, v in call.items() if v is not None}
+        try:
+            out = reranker.invoke(request)
+        except Exception as err:  # the reranker answers every mapping; anything else is reported, not raised
+            return f"Could not rerank ({type(err).__name__}: {err}); keep the first-stage order."
         head = ", ".join(out["ranking"][:top_k])
-        return f"Top {top_k}: {head}" + (f" (first-stage order: {out['reason']})" if out["fallback"] else "")
+        return f"Top {min(top_k, len(out['ranking']))}: {head}" + (
+            f" (first-stage order: {out['reason']})" if out["fallback"] else ""
+        )
 
     return StructuredTool.from_function(
         func=run,

@@ -27,12 +27,12 @@ from mma_agent.modalities import Mask
 from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolVocabulary
 
 
-def ask_person(modality_type: str, question: str) -> str | None:
-    """In an app, a question pauses the graph (LangGraph `interrupt`); resuming returns the answer."""
+def ask_person(modality_type: str, question: str) -> object:
+    """In an app, a question pauses the graph (LangGraph `interrupt`); resuming returns the answer,
+    whatever the app sent: `ask_user` checks and caps it before any work (`clarify.checked_answer`)."""
     from langgraph.types import interrupt
 
-    answer = interrupt({"question": question, "modality_type": modality_type})
-    return answer if isinstance(answer, str) else None
+    return interrupt({"question": question, "modality_type": modality_type})
 
 
 class RerankNodes:

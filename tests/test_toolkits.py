@@ -172,24 +172,27 @@ def test_ask_user_answers_from_the_target(setup):
 
 
 def test_an_answer_that_names_items_is_behaviour_evidence_where_text_and_image_are_masked(setup):
-    from mma_agent.toolkits.clarify import named_items
+    from mma_agent.toolkits.clarify import answer_items, checked_answer, named_items
 
     split, catalogue, kits = setup
     ctx = _ctx(split, catalogue, "behaviour-only")
     ev = kits["clarify"].call("ask_user", ctx, modality_type="behaviour", query="Which films do you like?")
     assert not ev.null and "fans of" in ev.observation and set(ev.channels) == {"ask_behaviour"}
     graph = catalogue.features["graph"][1]
-    named = named_items(ctx, kits["clarify"].simulated_answer(ctx, "behaviour"))
-    assert len(named) and set(named) <= set(graph.co[ctx.target].indices)  # the target's co-liked items, by id
+    answer, _ = checked_answer(kits["clarify"].simulated_answer(ctx, "behaviour"))
+    named = answer_items(ctx, answer)
+    assert len(named) and set(named) <= set(graph.co[ctx.target].indices)  # the target's co-liked items, passed as ids
     np.testing.assert_allclose(
         ev.channels["ask_behaviour"], truncated_ppr(graph, named)[ctx.candidates]
     )  # no learned model here: PageRank
-    # ids outside parentheses; a year inside a label's parentheses is not an id; titles only when text is visible
+    # words name items by title only, and only where text is visible; ids come beside the words
     text = catalogue.view(family_mask("full"))
     full_ctx = EpisodeContext(text, ctx.history, ctx.candidates, ctx.user)
-    assert named_items(ctx, "m3 (Action film 3 (m5)) and m7").tolist() == [3, 7]
-    assert named_items(full_ctx, "I loved Comedy film 1, and m2").tolist() == [1, 2]
+    assert named_items(ctx, "m3 and m7").tolist() == []
+    assert named_items(full_ctx, "I loved Comedy film 1, and m2").tolist() == [catalogue.split.item_index["m1"]]
     assert named_items(ctx, "I loved Comedy film 1").tolist() == []
+    given, _ = checked_answer({"text": "these", "items": ["m3", "m7", "nope"]})
+    assert answer_items(ctx, given).tolist() == sorted(catalogue.split.item_index[i] for i in ("m3", "m7"))
 
 
 def test_truncated_ppr_tracks_exact_pagerank(setup):

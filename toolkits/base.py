@@ -189,14 +189,20 @@ class EpisodeContext:
 
 QUOTES = ("\u00ab", "\u00bb")  # « »: text from items or users, shown to the policy as data (the system prompt says so)
 QUOTE_LIMIT = 60
+# What an action is made of (graphs/policy.py, llm/actions.py): JSON braces, brackets and double
+# quotes, <tool_call> tags, code fences, and tool names (snake_case). Inside quoted data each
+# becomes a look-alike that no parser or constrained completion accepts, whatever the words say.
+NEUTRAL = str.maketrans({"{": "(", "}": ")", "[": "(", "]": ")", '"': "'", "<": "\u2039", ">": "\u203a", "`": "'", "_": " "})
 
 
 def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
     """Text that comes from items or users, as the policy sees it: one line, without the quote
-    marks themselves or control characters, at most `limit` characters, inside « ». It is data,
-    never an instruction; and constrained decoding keeps the actions to the tool vocabulary
-    whatever it says."""
-    clean = "".join(" " if (ch in QUOTES or not ch.isprintable()) else ch for ch in str(text))
+    marks themselves or control characters, with every action-shaped span neutralised (no JSON
+    structure, tags, fences or tool names survive, see NEUTRAL), at most `limit` characters,
+    inside « ». It is data, never an instruction: no span of it can be an action, and constrained
+    decoding keeps the actions to the tool vocabulary whatever it says."""
+    text = str(text)[: 4 * limit + 16]  # the work is bounded by the cap, not by the text's length
+    clean = "".join(" " if (ch in QUOTES or not ch.isprintable()) else ch for ch in text).translate(NEUTRAL)
     clean = " ".join(clean.split())
     if len(clean) > limit:
         clean = clean[: limit - 1].rstrip() + "\u2026"

@@ -14,18 +14,55 @@ This is an upper-bound diagnostic, not a deployable advantage: the simulated use
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from mma_agent.modalities import Modality
-from mma_agent.toolkits.base import ASK_COST, QUOTES, EpisodeContext, Evidence, Toolkit, ToolSpec, quote, strength, top_candidates
+from mma_agent.toolkits.base import ASK_COST, EpisodeContext, Evidence, Toolkit, ToolSpec, quote, strength, top_candidates
 from mma_agent.toolkits.graph import truncated_ppr
 from mma_agent.toolkits.image import ImageToolkit
 from mma_agent.toolkits.text import TextToolkit
+
+MAX_ANSWER_CHARS = 1_000  # longer answers are cut before any work (a 1 MB answer cost 13 s of CPU in title matching)
+MAX_ANSWER_ITEMS = 20
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A person's answer as the tools read it: their words, and the item ids an app passed
+    deliberately beside them (never read out of the words)."""
+
+    text: str
+    items: tuple[str, ...] = ()
+    note: str | None = None  # what the check changed (a cut), for the observation
+
+
+def checked_answer(answer: object) -> tuple[Answer | None, str | None]:
+    """An answer checked before any work: a string, or a mapping {"text": str, "items": [ids]}
+    (ids an app passes on purpose, at most MAX_ANSWER_ITEMS). (the Answer, None), or (None, why
+    it is no answer). Words longer than MAX_ANSWER_CHARS are cut there (the note says so);
+    characters that are not valid Unicode (lone surrogates) are replaced."""
+    items: tuple[str, ...] = ()
+    if isinstance(answer, Mapping):
+        raw_items = answer.get("items") or []
+        if not isinstance(raw_items, list | tuple) or not all(isinstance(i, str | int) for i in raw_items):
+            return None, "the answer's items must be a list of item ids"
+        items = tuple(str(i) for i in raw_items[:MAX_ANSWER_ITEMS])
+        answer = answer.get("text", "")
+    if not isinstance(answer, str):
+        return None, f"the answer is {type(answer).__name__}, not text"
+    note = None
+    if len(answer) > MAX_ANSWER_CHARS:
+        answer, note = answer[:MAX_ANSWER_CHARS], f"the answer was cut to its first {MAX_ANSWER_CHARS} characters"
+    answer = answer.encode("utf-8", "replace").decode("utf-8")
+    if not answer.strip() and not items:
+        return None, "the answer is empty"
+    return Answer(answer, items, note), None
 
 
 class AskUserArgs(BaseModel):
@@ -62,7 +99,7 @@ class ClarifyToolkit(Toolkit):
         super().__init__()
         self.text, self.image, self.answer_fn = text, image, answer_fn
 
-    def simulated_answer(self, ctx: EpisodeContext, modality_type: str) -> str | None:
+    def simulated_answer(self, ctx: EpisodeContext, modality_type: str) -> str | dict | None:
         t, view = ctx.target, ctx.view
         if t is None:
             return None
@@ -83,7 +120,8 @@ class ClarifyToolkit(Toolkit):
             if graph is not None and graph.co[t].nnz:
                 row = graph.co[t]
                 nb = row.indices[np.argsort(-row.data, kind="stable")[:3]]
-                return "Something that fans of " + "; ".join(ctx.label(int(j)) for j in nb) + " also like."
+                words = "Something that fans of " + "; ".join(ctx.label(int(j)) for j in nb) + " also like."
+                return {"text": words, "items": [ctx.item_id(int(j)) for j in nb]}  # the harness holds the ids: it passes them
         return None
 
     def ask_user(self, ctx: EpisodeContext, modality_type: str, query: str) -> Evidence:
@@ -94,21 +132,25 @@ class ClarifyToolkit(Toolkit):
             answer = ctx.ask(modality_type, query)
         else:
             answer = self.simulated_answer(ctx, modality_type)
-        if not answer or not answer.strip():
+        if answer is None:
             return Evidence.none(spec.name, "the user does not know")
-        channels = self.answer_evidence(ctx, answer)
+        checked, why = checked_answer(answer)
+        if checked is None:
+            return Evidence.none(spec.name, f"the user does not know ({why})")
+        said = quote(checked.text, 200) + (f" ({checked.note})" if checked.note else "")
+        channels = self.answer_evidence(ctx, checked)
         if not channels:
-            return Evidence(spec.name, f"User: {quote(answer, 200)} (no visible modality to match it against)", {}, True)
+            return Evidence(spec.name, f"User: {said} (no visible modality to match it against)", {}, True)
         ((name, score),) = channels.items()
         return Evidence(
             spec.name,
-            f"User: {quote(answer, 200)} Best matches: {top_candidates(ctx, score)}.",
+            f"User: {said} Best matches: {top_candidates(ctx, score)}.",
             channels,
             summary=f"The user answered. {strength(ctx, score, None)}",
         )
 
-    def answer_evidence(self, ctx: EpisodeContext, answer: str) -> dict[str, np.ndarray]:
-        named = named_items(ctx, answer)
+    def answer_evidence(self, ctx: EpisodeContext, answer: Answer) -> dict[str, np.ndarray]:
+        named = answer_items(ctx, answer)
         if len(named) and ctx.view.mask.behaviour:
             from mma_agent.models.relevance import relevance_feature
 
@@ -120,25 +162,77 @@ class ClarifyToolkit(Toolkit):
                 return {self.spec("ask_user").channel("behaviour"): score}
         text_emb = ctx.view.feature("text")
         if text_emb is not None and self.text is not None:
-            a = self.text.embed([answer])[0]
+            a = self.text.embed([answer.text])[0]
             return {self.spec("ask_user").channel("text"): np.nan_to_num(text_emb[ctx.candidates]) @ a}
         img = ctx.view.feature("image")
         if img is not None and self.image is not None:
-            a = self.image.encode_text([answer])[0]
+            a = self.image.encode_text([answer.text])[0]
             return {self.spec("ask_user").channel("image"): np.nan_to_num(img[ctx.candidates]) @ a}
         return {}
 
 
-def named_items(ctx: EpisodeContext, answer: str) -> np.ndarray:
-    """Catalogue items an answer names: item ids outside quotes and parentheses (an item's label is
-    "id «title»", and a title's words or year are not ids), and, when text is visible, titles it
-    contains verbatim."""
-    index = ctx.view.item_index
-    bare = re.sub(f"{QUOTES[0]}[^{QUOTES[1]}]*{QUOTES[1]}", " ", answer)
-    while re.search(r"\([^()]*\)", bare):
-        bare = re.sub(r"\([^()]*\)", " ", bare)
-    found = [index[t] for t in re.findall(r"[\w.:-]+", bare) if t in index]
+def title_forms(title: str) -> list[str]:
+    """The ways a person writes a catalogue title, normalised (`normalise_words`): without its
+    year, with a trailing article moved to the front ("Matrix, The (1999)" -> "the matrix"), and
+    each alternative title in parentheses ("Seven (a.k.a. Se7en) (1995)")."""
+    import re
+
+    base = re.sub(r"\s*\(\d{4}(?:[-\u2013]\d{0,4})?\)\s*$", "", title.strip())
+    alts = re.findall(r"\(([^()]*)\)", base)
+    base = re.sub(r"\s*\([^()]*\)", "", base).strip()
+    out = []
+    for t in [base, *(re.sub(r"^(a\.k\.a\.|aka)\s+", "", a, flags=re.I) for a in alts)]:
+        m = re.match(r"^(.*), (The|A|An|Les|Le|La|L'|Il|Das|Der|Die|El)$", t)
+        t = f"{m.group(2)} {m.group(1)}" if m else t
+        if normalise_words(t):
+            out.append(normalise_words(t))
+    return out
+
+
+def normalise_words(text: str) -> str:
+    """Lower-case words (letters and digits) separated by single spaces."""
+    import re
+
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+@functools.lru_cache(maxsize=4)
+def _title_index(titles: tuple[str, ...]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """(multi-word title form -> items, single-word title form as written -> items)."""
+    multi: dict[str, list[int]] = {}
+    single: dict[str, list[int]] = {}
+    for i, title in enumerate(titles):
+        for form in title_forms(title):
+            if " " in form and len(form) > 3:
+                multi.setdefault(form, []).append(i)
+            elif len(form) > 3:
+                single.setdefault(form, []).append(i)
+    return multi, single
+
+
+def named_items(ctx: EpisodeContext, text: str) -> np.ndarray:
+    """Catalogue items a person's words name, when text is visible: titles matched as titles, on
+    word boundaries, without the year ("like Blade Runner", "Apollo 13", "2001: A Space Odyssey").
+    A title of one word counts only capitalised and not as the text's first word ("Heat", not "the
+    heat"). A number is never taken for an item id ("a movie from 1995" names nothing): an app
+    that holds ids passes them in the request's fields, not in words."""
+    import re
+
     titles = ctx.view.item_titles()
-    if titles is not None:
-        found += [i for i, title in enumerate(titles) if len(title) > 3 and title in answer]
+    if titles is None or not text:
+        return np.array([], dtype=np.int64)
+    multi, single = _title_index(tuple(titles))
+    words = f" {normalise_words(text)} "
+    found = [i for form, items in multi.items() if f" {form} " in words for i in items]
+    written = re.findall(r"\w+", text)
+    capitalised = {w.lower() for k, w in enumerate(written) if k > 0 and w[:1].isupper()}
+    found += [i for form, items in single.items() if form in capitalised for i in items]
     return np.array(sorted(set(found)), dtype=np.int64)
+
+
+def answer_items(ctx: EpisodeContext, answer: Answer) -> np.ndarray:
+    """The items an answer names: titles in its words (`named_items`), and the ids passed beside
+    them that the catalogue knows."""
+    index = ctx.view.item_index
+    given = [index[i] for i in answer.items if i in index]
+    return np.array(sorted({*named_items(ctx, answer.text).tolist(), *given}), dtype=np.int64)
