@@ -88,3 +88,21 @@ def test_a_served_model_is_held_to_the_valid_actions(server, tmp_path):
     out = graph.invoke({"user_id": "u0", "candidates": cands, "first_stage_scores": [float(i) for i in range(len(cands))]})
     assert not out["fallback"] and out["usage"]["llm_calls"] >= 2, out["reason"]
     assert not [t for t in out["trace"] if t.get("invalid")] and out["trace"][-1]["action"]["tool"] == "score_candidates"
+
+
+@pytest.mark.slow
+def test_max_tokens_holds_under_a_choice_and_reserved_tokens_are_refused(server):
+    """The reproductions: `max_tokens: 1` was ignored under a choice list (4,096 characters came
+    back), and a choice list of the tokenizer's own special tokens answered an empty content."""
+    import httpx
+
+    msgs = [{"role": "user", "content": "Pick."}]
+    r = httpx.post(
+        f"{server}/chat/completions", json={"messages": msgs, "max_tokens": 1, "guided_choice": ["w" * 1000]}, timeout=120
+    )
+    choice = r.json()["choices"][0]
+    assert r.status_code == 200 and 0 < len(choice["message"]["content"]) < 20 and choice["finish_reason"] == "length"
+    r = httpx.post(
+        f"{server}/chat/completions", json={"messages": msgs, "guided_choice": ["<|im_end|>", "<|endoftext|>"]}, timeout=120
+    )
+    assert r.status_code == 400 and "reserves" in r.json()["error"]["message"]

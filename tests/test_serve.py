@@ -118,3 +118,101 @@ def test_the_structured_outputs_choice_reaches_a_model_that_can_keep_to_it():
     ):
         r = c.post("/v1/chat/completions", json={"messages": msgs, **bad})
         assert r.status_code == 400 and where in r.json()["error"]["message"], r.text
+
+
+class _Reserved(FakeListChatModel):
+    def reserved_tokens(self) -> list[str]:
+        return ["<|im_end|>", "<|endoftext|>"]
+
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (
+            b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}',
+            "messages.0.content",
+        ),  # a lone surrogate: was a plain-text 500
+        (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', "not UTF-8"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "guided_choice": ["ok", "\\udfff"]}', "guided_choice.1"),
+    ],
+)
+def test_every_malformed_encoding_is_a_400(body, needle):
+    r = _client().post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and needle in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("choice", "needle"),
+    [
+        (["a"] * 257, "at most 256"),
+        (["w" * 1025], "at most 1024 characters"),
+        (["w" * 1000] * 40, "at most 32768 in all"),
+        (["<|im_end|>", "<|endoftext|>"], "tokens the model's tokenizer reserves"),
+    ],
+)
+def test_choice_lists_are_validated_and_bounded(choice, needle):
+    r = _client(_Reserved(responses=["x"])).post("/v1/chat/completions", json={"messages": MSGS, "guided_choice": choice})
+    assert r.status_code == 400 and needle in r.json()["error"]["message"]
+
+
+@pytest.fixture
+def live():
+    """`mma serve`'s server on a real socket, with short timeouts, in a thread."""
+    import threading
+
+    from mma_agent.llm.serve import serve
+
+    ready = threading.Event()
+    server, sock = serve(
+        _Counting(responses=["ok"] * 100), "test-model", port=0, header_timeout=0.5, body_timeout=0.5, max_connections=8,
+        on_ready=lambda port: ready.set(),
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    thread.join(30)
+
+
+def _closed_within(s, seconds: float) -> bool:
+    s.settimeout(seconds)
+    try:
+        return s.recv(65536) == b""
+    except TimeoutError:
+        return False
+
+
+def test_ready_means_accepting_and_slow_clients_are_cut(live, caplog):
+    import logging
+    import socket
+    import time
+
+    port = live
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:  # ready: it accepts at once
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200 OK" in s.recv(65536)
+    half = socket.create_connection(("127.0.0.1", port), timeout=2)
+    half.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # headers never finish
+    assert _closed_within(half, 3)
+    slow = socket.create_connection(("127.0.0.1", port), timeout=2)
+    slow.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{"
+    )
+    slow.settimeout(3)
+    assert b"408" in slow.recv(65536)
+    with caplog.at_level(logging.INFO):
+        gone = socket.create_connection(("127.0.0.1", port), timeout=2)
+        gone.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        gone.close()  # goes away mid-body
+        time.sleep(0.3)
+    assert "Exception in ASGI application" not in caplog.text
+    many = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(12)]  # past the cap of 8
+    closed = sum(_closed_within(s, 2) for s in many)
+    assert closed >= 4
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:  # still answers
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200 OK" in s.recv(65536)

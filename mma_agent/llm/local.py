@@ -200,6 +200,12 @@ class TransformersChatModel(BaseChatModel):
         self._load()
         return int(getattr(self._model.config, "max_position_embeddings", 0) or 0)
 
+    def reserved_tokens(self) -> list[str]:
+        """The tokens the tokenizer reserves (chat markers, end of text): no reply can contain them,
+        so a choice that holds one can never be answered (`mma serve` refuses it)."""
+        self._load()
+        return list(self._tokenizer.all_special_tokens)
+
     def count_prompt_tokens(self, messages: list[BaseMessage]) -> int:
         """Tokens of the chat-templated prompt `invoke` would feed the model (loads the tokenizer)."""
         self._load()
@@ -313,8 +319,12 @@ class TransformersChatModel(BaseChatModel):
         start = time.perf_counter()
         allowed = kwargs.get("allowed_completions")
         cancel = kwargs.get("cancel")  # a threading.Event: set when the caller stops waiting, decoding stops at the next token
+        finish = "stop"
         if allowed and not sample and self.fast_constrained:
             new = self._constrained_greedy(ids["input_ids"][0].tolist(), allowed, cancel)
+            limit = kwargs.get("max_new_tokens")
+            if limit is not None and len(new) > limit:  # a caller's max_tokens caps a chosen completion too (as in vLLM)
+                new, finish = new[:limit], "length"
         else:
             constrain = {"prefix_allowed_tokens_fn": self._trie_fn(allowed, ids["input_ids"].shape[1])} if allowed else {}
             if cancel is not None:
@@ -342,6 +352,6 @@ class TransformersChatModel(BaseChatModel):
         msg = AIMessage(
             content=text,
             usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
-            response_metadata={"model": self.model_path, "seconds": time.perf_counter() - start},
+            response_metadata={"model": self.model_path, "seconds": time.perf_counter() - start, "finish_reason": finish},
         )
         return ChatResult(generations=[ChatGeneration(message=msg)])
