@@ -1,10 +1,12 @@
-"""`mma bench serve`: `mma serve` with the embedded model under concurrent clients, and what each
-malformed request gets back.
+"""`mma bench serve`: `mma serve` with the embedded model under concurrent clients, what each
+malformed request gets back, and what abusive clients cost it.
 
 The server runs in this process on a free loopback port (uvicorn in a thread); `clients` threads
 send `requests` chat requests (a reranker-sized prompt, a few new tokens) over real HTTP. Reported:
-status codes, connection errors, and latency p50/p99; then one request per malformed case with
-its status code, and whether the server still answers afterwards.
+status codes, connection errors, and latency p50/p99; then one request per malformed case
+(bodies, encodings, choice lists) with its status code, and whether the server still answers
+afterwards; then the abuse: clients that send half their headers, half their bodies, or go away
+mid-body, all at once, with the server's open connections and `/v1/models` sampled every second.
 """
 
 from __future__ import annotations
@@ -27,6 +29,30 @@ MALFORMED: dict[str, tuple[dict, bytes]] = {
     "64 MiB body": ({}, b"x" * (64 << 20)),
     "Content-Length -1": ({"content-length": "-1"}, b"{}"),
     "Content-Length 2000000000": ({"content-length": "2000000000"}, b"{}"),
+    "lone surrogate in a message": ({}, b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}'),
+    "body not UTF-8": ({}, b'{"messages": [{"role": "user", "content": "caf\xe9"}]}'),
+    "300 choices": (
+        {},
+        b'{"messages": [{"role": "user", "content": "x"}], "guided_choice": [' + b",".join(b'"a"' for _ in range(300)) + b"]}",
+    ),
+    "a 5,000-character choice": (
+        {},
+        b'{"messages": [{"role": "user", "content": "x"}], "guided_choice": ["' + b"w" * 5000 + b'"]}',
+    ),
+    "1,024 choices of 1,000 characters": (
+        {},
+        b'{"messages": [{"role": "user", "content": "x"}], "guided_choice": ['
+        + b",".join(b'"' + b"w" * 1000 + b'"' for _ in range(1024))
+        + b"]}",
+    ),
+    "choices of reserved tokens": (
+        {},
+        b'{"messages": [{"role": "user", "content": "x"}], "guided_choice": ["<|im_end|>", "<|endoftext|>"]}',
+    ),
+    "max_tokens 1 under a 1,000-character choice": (
+        {},
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "guided_choice": ["' + b"w" * 1000 + b'"]}',
+    ),
 }
 
 
@@ -63,20 +89,83 @@ def _raw_post(port: int, path: str, headers: dict[str, str], body: bytes, timeou
         return "connection closed without an answer", ""
     status = raw.split(b"\r\n", 1)[0].split(b" ")[1].decode()
     try:
-        message = json.loads(raw.split(b"\r\n\r\n", 1)[1]).get("error", {}).get("message", "")
+        answer = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+        message = answer.get("error", {}).get("message", "")
+        if not message and answer.get("choices"):
+            c = answer["choices"][0]
+            message = f"{len(c['message']['content'])} characters, finish_reason {c['finish_reason']}"
     except ValueError:
         message = ""
     return status, message[:90]
 
 
+def _abuse(server, port: int, *, half_headers: int = 50, half_bodies: int = 20, gone: int = 20, seconds: int = 40) -> list[dict]:
+    """Clients that hold connections open (half-sent headers, half-sent bodies) and clients that go
+    away mid-body, all at once; every second: the server's open connections, and whether
+    `/v1/models` answers and how fast."""
+    import socket
+
+    import httpx
+
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+    body_head = head + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    held = []
+    for _ in range(half_headers):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(head)
+        held.append(s)
+    for _ in range(half_bodies):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(body_head)
+        held.append(s)
+    for _ in range(gone):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(body_head)
+    rows, start = [], time.perf_counter()
+    for second in range(seconds + 1):
+        while time.perf_counter() - start < second:
+            time.sleep(0.05)
+        t = time.perf_counter()
+        try:
+            ok = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if second % 5 == 0 or second == 1:
+            rows.append(
+                {
+                    "s": second,
+                    "open connections (server)": len(server.server_state.connections),
+                    "/v1/models": f"{'200' if ok else 'NO'} in {1000 * (time.perf_counter() - t):.0f} ms",
+                }
+            )
+    for s in held:
+        s.close()
+    return rows
+
+
 def bench_serve(
-    serve, model_spec: str, cache_dir, *, clients: int = 50, requests: int = 200, max_tokens: int = 8
+    serve, model_spec: str, cache_dir, *, clients: int = 50, requests: int = 200, max_tokens: int = 8, abuse_seconds: int = 40
 ) -> dict[str, list[dict]]:
     """`serve` is `mma_agent.llm.serve.serve` (passed in by the CLI: the server sits above this layer)."""
+    import logging
+
     import httpx
 
     from mma_agent.llm import resolve_chat_model
 
+    class _Count(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines, self.tracebacks = 0, 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines += 1
+            self.tracebacks += record.exc_info is not None or "Exception in ASGI application" in record.getMessage()
+
+    counter = _Count()
+    for name in ("mma_agent.llm.serve", "uvicorn.error"):
+        logging.getLogger(name).addHandler(counter)
+        logging.getLogger(name).setLevel(logging.INFO)
     model = resolve_chat_model(model_spec, cache_dir=cache_dir)
     server, sock = serve(model, model_spec, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -130,9 +219,15 @@ def bench_serve(
         status, message = _raw_post(port, "/v1/chat/completions", headers, body)
         alive = httpx.get(url.replace("/chat/completions", "/models"), timeout=30).status_code == 200
         cases.append({"case": name, "status": status, "message": message, "server still answers": "yes" if alive else "NO"})
+    counter.lines = counter.tracebacks = 0
+    abuse = _abuse(server, port, seconds=abuse_seconds)
+    logged = [{"log lines": counter.lines, "tracebacks": counter.tracebacks}]
     server.should_exit = True
     thread.join(timeout=60)
     return {
         f"mma serve ({model_spec}) under {clients} concurrent clients, {max_tokens} new tokens per request": load,
         "Malformed requests (one each)": cases,
+        "Abuse: 50 clients with half-sent headers, 20 with half-sent bodies, 20 that go away mid-body, all at once "
+        "(header deadline 10 s, body deadline 30 s)": abuse,
+        "What the abuse wrote to the log": logged,
     }

@@ -182,3 +182,16 @@ def test_the_rerank_tool_takes_integer_ids_and_ranks(tiny_kits):
     bad = tool.invoke({"candidates": ["m0"]})
     assert "first_stage_scores" in bad and "first-stage order" in bad
     assert np.isfinite(len(out))
+
+
+def test_no_attack_of_the_benchmark_survives_quoting_as_an_action():
+    """The injection benchmark's own attack texts (one file, evals/attacks.py), at every cap the
+    prompts use: none parses as an action once quoted."""
+    from mma_agent.evals.attacks import ATTACKS
+
+    for attack in ATTACKS:
+        text = attack.text.format(title="Toy Story (1995)", id="1")
+        for limit in (30, 60, 160, 200):
+            with pytest.raises(ActionError):
+                parse_action(quote(text, limit))
+            assert "score_candidates" not in quote(text, limit)

@@ -38,7 +38,18 @@ def cmd_bench_injection(args) -> None:
     from mma_agent.evals.injection_bench import bench_injection
 
     p = _pipeline(args)
-    _print_tables(bench_injection(p, args.model, requests=args.requests, seed=args.seed))
+    options = {"dtype": args.dtype} if args.dtype else None
+    for defence in (False, True) if args.before else (True,):
+        tables = bench_injection(
+            p,
+            args.model,
+            requests=args.requests,
+            seed=args.seed,
+            styles=tuple(args.styles),
+            defence=defence,
+            backend_options=options,
+        )
+        _print_tables(tables)
 
 
 def cmd_bench_fuzz(args) -> None:
@@ -162,8 +173,13 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "injection", parents=[common], help="can text from items or users steer the agent? (test pools, the embedded model)"
     )
     bj.add_argument("--model", default="transformers:smollm2-135m")
-    bj.add_argument("--requests", type=int, default=30, help="full-family test pools")
+    bj.add_argument("--requests", type=int, default=4, help="full-family test pools (each runs every site x attack x style)")
     bj.add_argument("--seed", type=int, default=0)
+    bj.add_argument("--styles", nargs="+", default=["compact", "full"], choices=PROMPT_STYLES, help="prompt styles to attack")
+    bj.add_argument("--before", action="store_true", help="also run with the quoting's neutralisation off (the 'before' table)")
+    bj.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], help="the local model's dtype (float32 is faster on CPUs without bf16)"
+    )
     bj.set_defaults(func=cmd_bench_injection)
     bf = bench.add_parser(
         "fuzz", parents=[common], help="malformed and valid requests against the compiled reranker: what reaches the caller"
