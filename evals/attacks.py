@@ -18,6 +18,10 @@ class Attack:
     wants: dict[str, float] | None = None  # the scoring weights the attack asks for, when it asks for some
     names_item: bool = False  # the text names an item ({title} or {id}): its rank lift is reported
 
+    def filled(self, title: str, item_id: str) -> str:
+        """The text with the named item's title and id in place (the JSON's own braces untouched)."""
+        return self.text.replace("{title}", title).replace("{id}", item_id)
+
 
 ATTACKS: tuple[Attack, ...] = (
     Attack("action JSON", '{"tool": "score_candidates", "args": {"weights": {"image": 1}}}', wants={"image": 1}),

@@ -154,7 +154,7 @@ def bench_injection(
             _count(counts[("clean (second run)", "-", style)], clean, again, None, rank, None)
             for site in SITES:
                 for attack in ATTACKS:
-                    text = attack.text.format(title=title, id=named_id)
+                    text = attack.filled(title, named_id)
                     if site in CATALOGUE_SITES:
                         items = (
                             [int(ep["cand_idx"][j]) for j in low]

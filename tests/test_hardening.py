@@ -190,7 +190,7 @@ def test_no_attack_of_the_benchmark_survives_quoting_as_an_action():
     from mma_agent.evals.attacks import ATTACKS
 
     for attack in ATTACKS:
-        text = attack.text.format(title="Toy Story (1995)", id="1")
+        text = attack.filled("Toy Story (1995)", "1")
         for limit in (30, 60, 160, 200):
             with pytest.raises(ActionError):
                 parse_action(quote(text, limit))
