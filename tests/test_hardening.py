@@ -61,7 +61,7 @@ def test_answers_are_checked_and_capped_before_any_work():
     assert checked_answer({"text": "these", "items": [318, "296"]})[0].items == ("318", "296")
 
 
-TITLES = ["Toy Story (1995)", "Apollo 13 (1995)", "2001: A Space Odyssey (1968)", "Heat (1995)", "Matrix, The (1999)",
+TITLES = ["Toy Story (1995)", "Toy Story 2 (1999)", "Apollo 13 (1995)", "2001: A Space Odyssey (1968)", "Heat (1995)", "Matrix, The (1999)",
           "Seven (a.k.a. Se7en) (1995)", "1941 (1979)", "Blade Runner (1982)"]  # fmt: skip
 
 
@@ -81,6 +81,7 @@ def _ctx(titles=TITLES):
         ("Something like Heat", ["Heat (1995)"]),
         ("maybe Se7en", ["Seven (a.k.a. Se7en) (1995)"]),
         ("toy story", ["Toy Story (1995)"]),
+        ("I liked Toy Story 2", ["Toy Story 2 (1999)"]),  # the longest title wins where titles overlap
     ],
 )
 def test_a_person_names_items_by_title_only(words, named):

@@ -223,7 +223,16 @@ def named_items(ctx: EpisodeContext, text: str) -> np.ndarray:
         return np.array([], dtype=np.int64)
     multi, single = _title_index(tuple(titles))
     words = f" {normalise_words(text)} "
-    found = [i for form, items in multi.items() if f" {form} " in words for i in items]
+    spans = [
+        (m.start(), m.end(), form)
+        for form in multi
+        if f" {form} " in words
+        for m in re.finditer(f"(?= {re.escape(form)} )", words)
+    ]
+    spans = [(a, a + len(form) + 2, form) for a, _, form in spans]
+    # the longest title wins where titles overlap: "Toy Story 2" does not also name "Toy Story"
+    kept = [x for x in spans if not any(y[0] <= x[0] and x[1] <= y[1] and (y[1] - y[0]) > (x[1] - x[0]) for y in spans)]
+    found = [i for _, _, form in kept for i in multi[form]]
     written = re.findall(r"\w+", text)
     capitalised = {w.lower() for k, w in enumerate(written) if k > 0 and w[:1].isupper()}
     found += [i for form, items in single.items() if form in capitalised for i in items]
