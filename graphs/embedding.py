@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 IDS = {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}
 
@@ -25,6 +26,10 @@ class RerankToolArgs(BaseModel):
     user_id: Annotated[Any, WithJsonSchema({"type": "string"})] = Field(
         default=None, description="A known user id (its history is used if history is omitted)."
     )
+    query: Annotated[Any, WithJsonSchema({"type": "string"})] = Field(
+        default=None, description="What the person asked for, in their words (optional), e.g. 'something dark like Blade Runner'."
+    )
+    unknown_keys: SkipJsonSchema[Any] = None  # filled by the tool, not by a caller: keys of the call no field reads
 
 
 def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k: int = 10):
@@ -39,11 +44,21 @@ def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k:
         except Exception as err:  # the reranker answers every mapping; anything else is reported, not raised
             return f"Could not rerank ({type(err).__name__}: {err}); keep the first-stage order."
         head = ", ".join(out["ranking"][:top_k])
-        return f"Top {min(top_k, len(out['ranking']))}: {head}" + (
-            f" (first-stage order: {out['reason']})" if out["fallback"] else ""
-        )
+        fell = f" (first-stage order: {out['reason']})" if out["fallback"] else ""
+        note = "".join(f" Warning: {w}." for w in out.get("warnings") or [])
+        return f"Top {min(top_k, len(out['ranking']))}: {head}{fell}{note}"
 
-    return StructuredTool.from_function(
+    class RerankTool(StructuredTool):
+        def _parse_input(self, tool_input: str | dict, tool_call_id: str | None) -> str | dict[str, Any]:
+            """The fields as LangChain parses them, and the keys no field reads (which it would drop
+            in silence: a typo such as `max_turn`), for the result's warning."""
+            parsed = super()._parse_input(tool_input, tool_call_id)
+            unknown = (
+                sorted(str(k) for k in tool_input if k not in RerankToolArgs.model_fields) if isinstance(tool_input, dict) else []
+            )
+            return {**parsed, "unknown_keys": unknown} if unknown and isinstance(parsed, dict) else parsed
+
+    return RerankTool.from_function(
         func=run,
         name=name,
         args_schema=RerankToolArgs,

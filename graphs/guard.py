@@ -59,13 +59,14 @@ class GuardedReranker:
         return bool((await self.graph.aget_state(config)).next)
 
     def checked(self, request: Any, config: Mapping[str, Any] | None = None) -> Any:
-        """The input the compiled graph runs on: the request itself, or one that falls back with the reason."""
+        """The input the compiled graph runs on: the request itself (with the keys no field reads
+        named, so the output can warn about them), or one that falls back with the reason."""
         problem = self._problem(request, config, self._has_pending(request, config))
-        return request if problem is None else {"invalid_input": problem}
+        return with_unknown_keys(request) if problem is None else {"invalid_input": problem}
 
     async def achecked(self, request: Any, config: Mapping[str, Any] | None = None) -> Any:
         problem = self._problem(request, config, await self._ahas_pending(request, config))
-        return request if problem is None else {"invalid_input": problem}
+        return with_unknown_keys(request) if problem is None else {"invalid_input": problem}
 
     def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:  # noqa: A002 (LangGraph's parameter name)
         return self.graph.invoke(self.checked(input, config), config, **kwargs)
@@ -92,6 +93,17 @@ class GuardedReranker:
         configs = config if isinstance(config, list) else [config] * len(inputs)
         checked = [await self.achecked(i, c) for i, c in zip(inputs, configs, strict=True)]
         return await self.graph.abatch(checked, config, **kwargs)
+
+
+def with_unknown_keys(request: Any) -> Any:
+    """A request mapping with `unknown_keys` naming the keys that no RerankInput field reads
+    (LangGraph would drop them before any node runs: the output's `warnings` names them instead)."""
+    from mma_agent.graphs.state import RerankInput
+
+    if not isinstance(request, Mapping):
+        return request
+    unknown = sorted(str(k) for k in request if k not in RerankInput.__annotations__)
+    return {**request, "unknown_keys": unknown} if unknown else request
 
 
 def guard_input(graph: Any) -> GuardedReranker:

@@ -12,6 +12,7 @@ from langgraph.graph import END
 from mma_agent.graphs.fusion import fuse, scores_per_item, weighted_evidence
 from mma_agent.graphs.policy import Policy, Router, completions, rule_action
 from mma_agent.graphs.prompts import PromptStyle, observation_prompt, request_prompt, system_prompt
+from mma_agent.graphs.request import request_warnings
 from mma_agent.graphs.state import (
     BUDGET_SPENT,
     POLICY,
@@ -75,11 +76,15 @@ class RerankNodes:
         prompt = self.prompt
         messages = [
             {"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools, style=prompt)},
-            {"role": "user", "content": request_prompt(len(resolved["history"]), len(resolved["candidates"]), style=prompt)},
+            {
+                "role": "user",
+                "content": request_prompt(len(resolved["history"]), len(resolved["candidates"]), resolved["query"], style=prompt),
+            },
         ]
         return {
             "candidates": req.candidates,  # the ids as checked (str); the output ranks these
             "resolved": resolved,
+            "warnings": request_warnings(state),
             "messages": messages,
             "evidence": {},
             "nulls": [],

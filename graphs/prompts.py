@@ -67,10 +67,18 @@ def system_prompt(
     return "\n".join(lines)
 
 
-def request_prompt(n_history: int, n_candidates: int, *, style: PromptStyle = "compact") -> str:
+QUERY_LIMIT = 200  # characters of the person's request the policy reads (quoted)
+
+
+def request_prompt(n_history: int, n_candidates: int, query: str | None = None, *, style: PromptStyle = "compact") -> str:
+    """The episode's opening: the history's and the pool's sizes, and the person's request when
+    there is one, quoted as data (without one, exactly the prompt of a reranker that takes none)."""
+    from mma_agent.toolkits.base import quote
+
+    asks = f" Request: {quote(query, QUERY_LIMIT)}." if query else ""
     if style == "compact":
-        return f"History: {n_history} items. Pool: {n_candidates} candidates."
-    return f"The user liked {n_history} items. The pool has {n_candidates} candidates. Choose your first action."
+        return f"History: {n_history} items. Pool: {n_candidates} candidates.{asks}"
+    return f"The user liked {n_history} items. The pool has {n_candidates} candidates.{asks} Choose your first action."
 
 
 def observation_prompt(observation: str, turn: int, max_turns: int, *, style: PromptStyle = "compact") -> str:

@@ -24,6 +24,7 @@ MAX_POOL = 10_000  # candidates per request
 MAX_HISTORY = 10_000  # history items per request
 MAX_ID_CHARS = 256
 MAX_TURNS = 32
+MAX_QUERY_CHARS = 500  # the person's request; longer is cut there (and the output says so)
 
 
 def _fail(message: str) -> PydanticCustomError:
@@ -94,6 +95,18 @@ class RerankRequest(BaseModel):
     max_turns: int | None = None
     mask: dict[str, bool] | None = None
     target: str | None = None
+    query: str | None = None
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _query(cls, v: Any) -> str | None:
+        """The person's words: text (valid Unicode), cut to MAX_QUERY_CHARS; blank is no query."""
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise _fail(f"{type(v).__name__} is not text; pass the person's request as a string (or leave it out)")
+        v = v.encode("utf-8", "replace").decode("utf-8")[:MAX_QUERY_CHARS]
+        return v if v.strip() else None
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -153,6 +166,21 @@ class RerankRequest(BaseModel):
                 f"first_stage_scores: need one score per candidate ({len(self.candidates)}), got {len(self.first_stage_scores)}"
             )
         return self
+
+
+def request_warnings(raw: Any) -> list[str]:
+    """What the request model let through but the caller should see: keys it does not know
+    (`unknown_keys`, which `guard_input` and the rerank tool fill in: LangGraph drops a key the
+    input schema lacks before any node runs, so a typo such as `max_turn` would pass in silence),
+    and a query cut at its cap."""
+    out = []
+    unknown = sorted({str(k) for k in raw.get("unknown_keys") or ()}) if isinstance(raw, dict) else []
+    if unknown:
+        out.append(f"unknown request key(s) {unknown} ignored; the request keys are {sorted(RerankRequest.model_fields)}")
+    given = raw.get("query") if isinstance(raw, dict) else None
+    if isinstance(given, str) and len(given) > MAX_QUERY_CHARS:
+        out.append(f"query: {len(given)} characters, cut to the first {MAX_QUERY_CHARS}")
+    return out
 
 
 def parse_request(raw: Any) -> tuple[RerankRequest | None, str | None]:

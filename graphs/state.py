@@ -14,14 +14,14 @@ from typing import Any, Literal, TypedDict
 
 import numpy as np
 
-from mma_agent.graphs.request import RerankRequest, parse_request, valid_pairs
+from mma_agent.graphs.request import RerankRequest, parse_request, request_warnings, valid_pairs
 from mma_agent.modalities import MODALITIES, Mask
 from mma_agent.toolkits.base import Catalogue
 
 VALIDATE, POLICY, TOOLS, SCORE, BUDGET_SPENT = "validate", "policy", "tools", "score", "budget_spent"
 SCORE_TOOL = "score_candidates"  # the graph's own finishing action; every other action is a toolkit's tool
 Variant = Literal["auto", "interactive", "rule"]
-REQUEST_KEYS = ("user_id", "history", "candidates", "first_stage_scores", "mask", "target")
+REQUEST_KEYS = ("user_id", "history", "candidates", "first_stage_scores", "mask", "target", "query")
 
 
 class CatalogueIndices(TypedDict, total=False):
@@ -41,12 +41,15 @@ class RerankInput(TypedDict, total=False):
     max_turns: int  # budget, at most the configured maximum
     mask: dict[str, bool]  # evaluation only: hidden availability of text/image/behaviour
     target: str  # evaluation only: the held-out item the simulated user answers about
+    query: str  # the person's request in their words (optional; data, never an instruction; capped)
     catalogue_indices: CatalogueIndices  # evaluation only: see CatalogueIndices
     invalid_input: str  # set by `guard_input` when the request is not a mapping: why it falls back
+    unknown_keys: list[str]  # set by `guard_input` and the rerank tool: keys the request had that no field reads
 
 
 class RerankOutput(TypedDict, total=False):
     ranking: list[str]
+    warnings: list[str]  # what the request had that was ignored or cut (unknown keys, an over-long query)
     scores: list[float]  # fused, aligned with `ranking`
     mma_scores: dict[str, float]
     fallback: bool
@@ -83,6 +86,7 @@ class Resolved(TypedDict):
     user: int | None  # None: a user the catalogue does not know (the request gave a history)
     target: int | None
     mask: dict[str, bool]  # every modality, True where the episode may see it
+    query: str | None  # the person's words, checked (see RerankRequest.query)
 
 
 class RerankState(RerankInput, RerankOutput, total=False):
@@ -168,6 +172,7 @@ def resolve_request(state: Mapping[str, Any], catalogue: Catalogue) -> tuple[Rer
         "user": _int_or_none(user),
         "target": _int_or_none(split.item_index.get(req.target) if req.target else None),
         "mask": mask,
+        "query": req.query,
     }
     return req, resolved, trace
 
@@ -187,6 +192,7 @@ def first_stage_output(state: Any, reason: str, trace: list[dict] | None = None)
     return {
         "ranking": ranking,
         "scores": scores,
+        "warnings": request_warnings(state),
         "mma_scores": {},
         "fallback": True,
         "reason": reason,
