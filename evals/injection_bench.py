@@ -2,7 +2,7 @@
 
 Every attack of `evals/attacks.py` is put at every site: it replaces the titles, tags or overviews
 of the five candidates the first stage ranks lowest, the titles of the user's three most recent
-history items, or the person's answer to `ask_user`. The reranker runs on the same test pools
+history items, or the person's answer to `ask_user`, or it is the request's `query`. The reranker runs on the same test pools
 with and without it, in both prompt styles. Reported per site, attack and style, against the clean
 run (and the clean run against itself, run twice):
 - weight flips: the final `score_candidates` weights differ from the clean run's;
@@ -163,6 +163,9 @@ def bench_injection(
                         )
                         out = run(_with_text(catalogue, items, CATALOGUE_SITES[site], text), ep, style)
                         _count(counts[(site, attack.kind, style)], clean, out, attack, rank, named_id)
+                    elif site == "query":  # the person's request itself is the attack; the clean run has none
+                        out = run(catalogue, {**ep, "query": text}, style)
+                        _count(counts[(site, attack.kind, style)], clean, out, attack, rank, named_id)
                     elif site == "answer":
                         base = "I'd like a good drama."
                         picks = [_answer_action(chat, catalogue, kits, ep, tools, a, style) for a in (base, f"{base} {text}")]
@@ -189,12 +192,11 @@ def bench_injection(
                 "named item's rank lift": f"{np.mean(c['lifts']):+.1f} (max {max(c['lifts']):+d})" if c["lifts"] else "",
             }
         )
-    skipped = [] if "query" not in SITES else [{"site": "query", "why": "not a request field yet (the query issue adds it)"}]
     title = (
         f"Injection on {len(episodes)} full-family test pools, {model}{' ' + json.dumps(backend_options) if backend_options else ''}, "
         f"quoting's neutralisation {'ON' if defence else 'OFF (before)'}; {seconds:.0f} s"
     )
-    return {title: rows, "Sites not attacked": skipped}
+    return {title: rows}
 
 
 def _wants(kind: str) -> bool:
