@@ -25,7 +25,7 @@ from mma_agent.graphs.state import (
     resolve_request,
 )
 from mma_agent.modalities import Mask
-from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolVocabulary
+from mma_agent.toolkits.base import Catalogue, EpisodeContext, Evidence, Toolkit, ToolVocabulary, request_parts
 
 
 def ask_person(modality_type: str, question: str) -> object:
@@ -55,16 +55,22 @@ class RerankNodes:
     ) -> None:
         self.policy_model, self.catalogue, self.kits, self.tools, self.router = policy, catalogue, toolkits, tools, router
         self.variant, self.alpha, self.max_turns, self.scoring, self.prompt = variant, alpha, max_turns, scoring, prompt
+
+    def vocabulary(self, state: RerankState) -> ToolVocabulary:
+        """The tools of this request: with the request tools when it has words (`for_request`)."""
+        return self.tools.for_request(state["resolved"]["query"])
+
+    def offered(self, vocab: ToolVocabulary) -> list[str]:
         # MMA-Auto is offered the automated tools; MMA-Interactive also asks; a router (the rule
         # variant) may take any tool (RuleRouter-Fuse never asks; an interactive lookup table does)
-        self.offered = tools.names(interactive=variant != "auto")
+        return vocab.names(interactive=self.variant != "auto")
 
     def context(self, state: RerankState) -> EpisodeContext:
         """What the tools of this request may see: the arrays `validate` resolved, under its mask."""
         r = state["resolved"]
         ask = ask_person if r["target"] is None else None  # evaluation: the simulated user answers about the target
         view = self.catalogue.view(Mask.of(r["mask"]))
-        return EpisodeContext(view, r["history"], r["candidates"], r["user"], r["target"], ask, r["first_stage"])
+        return EpisodeContext(view, r["history"], r["candidates"], r["user"], r["target"], ask, r["first_stage"], r["query"])
 
     # --- nodes --------------------------------------------------------------------------
     def validate(self, state: RerankState) -> dict:
@@ -74,8 +80,9 @@ class RerankNodes:
         req, resolved, trace = got
         budget = min(req.max_turns or self.max_turns, self.max_turns)
         prompt = self.prompt
+        vocab = self.tools.for_request(resolved["query"])
         messages = [
-            {"role": "system", "content": system_prompt(self.offered, self.scoring, budget, tools=self.tools, style=prompt)},
+            {"role": "system", "content": system_prompt(self.offered(vocab), self.scoring, budget, tools=vocab, style=prompt)},
             {
                 "role": "user",
                 "content": request_prompt(len(resolved["history"]), len(resolved["candidates"]), resolved["query"], style=prompt),
@@ -98,10 +105,12 @@ class RerankNodes:
 
     def policy(self, state: RerankState) -> dict:
         turn = state["turn"] + 1
+        vocab = self.vocabulary(state)
         if self.variant == "rule":
-            return {"action": self.router(self.tools, state["trace"]), "turn": turn}
+            return {"action": self.router(vocab, state["trace"]), "turn": turn}
         try:
-            allowed = completions(self.tools, self.offered, state["trace"], last_turn=turn >= state["max_turns"])
+            parts = request_parts(state["resolved"]["query"])
+            allowed = completions(vocab, self.offered(vocab), state["trace"], last_turn=turn >= state["max_turns"], parts=parts)
             reply, meta = self.policy_model.ask(state["messages"], allowed)
         except Exception as err:  # backend failure or timeout: the first-stage ranking, with the reason
             kind = "timed out" if isinstance(err, concurrent.futures.TimeoutError) else f"failed ({type(err).__name__}: {err})"
@@ -120,12 +129,11 @@ class RerankNodes:
         entry: dict[str, Any] = {"turn": turn, "action": {"tool": tool, "args": args}}
         shown = None  # what the policy reads: the observation, or in the compact style the evidence's summary
         evidence, nulls = dict(state["evidence"]), list(state["nulls"])
+        offered = self.offered(self.vocabulary(state))
         if tool is None:
             entry.update(invalid=action["invalid"], observation=f"Invalid action ({action['error']}).")
-        elif tool not in self.offered:
-            entry.update(
-                invalid="unknown_tool", observation=f"Unknown tool {tool!r}. Tools: {', '.join(self.offered)}, {SCORE_TOOL}."
-            )
+        elif tool not in offered:
+            entry.update(invalid="unknown_tool", observation=f"Unknown tool {tool!r}. Tools: {', '.join(offered)}, {SCORE_TOOL}.")
         elif tool in nulls:
             entry.update(invalid="repeated_null", observation=f"{tool} already answered Null; it will not change.")
         else:
@@ -160,7 +168,7 @@ class RerankNodes:
             if mma is None:
                 return first_stage_output(state, f"{SCORE_TOOL} gave no valid scores for pool items", trace)
         else:
-            mma = weighted_evidence(state["evidence"], self.tools.groups, args.get("weights"))
+            mma = weighted_evidence(state["evidence"], self.vocabulary(state).groups, args.get("weights"))
             if mma is None:
                 return first_stage_output(state, "no evidence was gathered: every tool answered Null", trace)
         final = fuse(first, mma, self.alpha)

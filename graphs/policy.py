@@ -66,10 +66,21 @@ def gathered_groups(tools: ToolVocabulary, trace: list[dict]) -> list[str]:
     ]
 
 
-def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *, last_turn: bool = False) -> list[str]:
+def arg_options(spec, parts: list[str]) -> tuple[dict, ...]:
+    """The argument sets constrained decoding may complete for a tool: its templates, or for a tool
+    that reads the request, each part of the request (`request_parts`) as that argument."""
+    if spec.reads_request is None:
+        return spec.arg_templates
+    return tuple({spec.reads_request: p} for p in parts) or spec.arg_templates
+
+
+def completions(
+    tools: ToolVocabulary, offered: list[str], trace: list[dict], *, last_turn: bool = False, parts: list[str] | None = None
+) -> list[str]:
     """Valid continuations of PREFILL for constrained local models: each offered tool not called
     yet with each of its argument templates, and score_candidates with an entry of the weight
-    menu over the groups gathered so far. On the last turn only scoring is valid (a tool call
+    menu over the groups gathered so far; a tool that reads the request completes its argument
+    with each of the request's `parts`. On the last turn only scoring is valid (a tool call
     there could only end in the budget fallback). While nothing has been gathered and an
     automated tool is still untried, scoring is not offered: it could only fall back to the
     first stage, which the reranker does only when every modality it can read is missing."""
@@ -77,7 +88,9 @@ def completions(tools: ToolVocabulary, offered: list[str], trace: list[dict], *,
     out = (
         []
         if last_turn
-        else [f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in tools.get(t).arg_templates]
+        else [
+            f'{t}", "args": {json.dumps(a)}}}' for t in offered if t not in called for a in arg_options(tools.get(t), parts or [])
+        ]
     )
     gathered = gathered_groups(tools, trace)
     if not gathered and any(s.name not in called for s in tools.automated if s.name in offered) and not last_turn:

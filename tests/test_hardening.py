@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from mma_agent.llm.actions import ActionError, parse_action
 from mma_agent.toolkits.base import QUOTES, quote
-from mma_agent.toolkits.clarify import MAX_ANSWER_CHARS, checked_answer, named_items, title_forms
+from mma_agent.toolkits.clarify import MAX_ANSWER_CHARS, checked_answer
+from mma_agent.toolkits.titles import named_items, title_forms
 
 ACTION = '{"tool": "score_candidates", "args": {"weights": {"ask": 1}}}'
 

@@ -78,3 +78,40 @@ def test_keys_no_field_reads_are_named_in_the_output(graphs, tiny_kits):
     said = tool.invoke({**_request(max_turn=2), "query": "something funny"})
     assert said.startswith("Top 10:") and "Warning: unknown request key(s) ['max_turn']" in said
     assert "query" in tool.args and "unknown_keys" not in tool.tool_call_schema.model_json_schema()["properties"]
+
+
+def test_the_request_tools_read_the_words_the_policy_chooses_under_the_mask(tiny_kits):
+    from mma_agent.graphs.policy import completions
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.toolkits.base import request_parts
+
+    catalogue, kits = tiny_kits
+    query = "something scary, like Horror film 3"
+    vocab = tool_vocabulary(kits).for_request(query)
+    menu = completions(vocab, vocab.names(interactive=False), [], parts=request_parts(query))
+    assert (
+        'match_text", "args": {"words": "something scary"}}' in menu
+        and 'follow_titles", "args": {"words": "like Horror film 3"}}' in menu
+    )
+    plan = [json.dumps({"tool": "match_text", "args": {"words": "something scary"}}),
+            json.dumps({"tool": "follow_titles", "args": {"words": "like Horror film 3"}}),
+            json.dumps({"tool": "score_candidates", "args": {"weights": {"text_request": 0.75, "graph_request": 0.25}}})]  # fmt: skip
+    graph = create_mma_reranker(ScriptedChatModel(responses=plan), catalogue=catalogue, toolkits=kits, backend={"prefill": False})
+    out = graph.compile().invoke(_request(query=query))
+    steps = {t["action"]["tool"]: t for t in out["trace"] if t.get("action")}
+    assert not steps["match_text"]["null"] and not steps["follow_titles"]["null"] and not out["fallback"]
+    assert "Horror film 3" in steps["follow_titles"]["observation"]
+    hidden = create_mma_reranker(
+        ScriptedChatModel(responses=plan), catalogue=catalogue, toolkits=kits, backend={"prefill": False}
+    )
+    masked = hidden.compile().invoke(_request(query=query, mask={"text": False, "behaviour": False}))
+    nulls = {t["action"]["tool"]: t.get("null") for t in masked["trace"] if t.get("action")}
+    assert nulls["match_text"] and nulls["follow_titles"]  # a hidden modality answers Null whatever the words say
+
+
+def test_the_rule_router_reads_the_request_only_when_there_is_one(tiny_kits):
+    catalogue, kits = tiny_kits
+    rule = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()
+    called = [t["action"]["tool"] for t in rule.invoke(_request())["trace"] if t.get("action")]
+    asked = [t["action"]["tool"] for t in rule.invoke(_request(query="a scary film"))["trace"] if t.get("action")]
+    assert "match_text" not in called and {"match_text", "follow_titles"} <= set(asked)

@@ -70,17 +70,32 @@ def _request():
 
 
 def test_builtin_vocabulary_is_what_the_reranker_always_offered():
+    """Without request words, the vocabulary a reranker offers is exactly the one it offered before
+    it read requests; the request tools count only for a request that has words."""
     tools = tool_vocabulary()
-    assert [s.name for s in tools.specs] == ["analyze_text", "analyze_image", "retrieve_graph", "ask_user"]
+    assert [s.name for s in tools.specs] == [
+        "analyze_text", "match_text", "analyze_image", "match_poster", "retrieve_graph", "follow_titles", "ask_user"
+    ]  # fmt: skip
     assert tools.names(interactive=False) == ["analyze_text", "analyze_image", "retrieve_graph"]
+    asked = tools.for_request("something dark")
+    assert asked.names(interactive=False) == [
+        "analyze_text",
+        "match_text",
+        "analyze_image",
+        "match_poster",
+        "retrieve_graph",
+        "follow_titles",
+    ]
+    assert list(asked.groups) == ["text", "text_request", "image", "image_request", "graph", "graph_request", "ask"]
+    assert tools.for_request(None) == tools and tools.for_request("   ") == tools
     assert tools.groups == {
         "text": ("text_learned", "text_max", "text_mean"),
         "image": ("image_learned", "image_max", "image_mean"),
         "graph": ("graph_learned", "graph_ppr", "graph_co"),
         "ask": ("ask_behaviour", "ask_text", "ask_image"),
     }
-    assert [tools.owner(s.name) for s in tools.specs] == ["text", "image", "graph", "clarify"]
-    assert [s.cost for s in tools.specs] == [0.02, 0.02, 0.02, 0.10]
+    assert [tools.owner(s.name) for s in tools.specs] == ["text", "text", "image", "image", "graph", "graph", "clarify"]
+    assert [s.cost for s in tools.specs] == [0.02] * 6 + [0.10]
     assert len(action_plans()) == 96
 
 

@@ -146,11 +146,13 @@ def test_langchain_tools_carry_the_evidence(setup):
 
     split, catalogue, kits = setup
     ctx = _ctx(split, catalogue, "text-only")
-    (tool,) = kits["text"].tools(ctx)
-    assert tool.name == "analyze_text" and "item_ids" in tool.args
+    tools = {t.name: t for t in kits["text"].tools(ctx)}
+    assert sorted(tools) == ["analyze_text", "match_text"] and "words" in tools["match_text"].args
+    tool = tools["analyze_text"]
+    assert "item_ids" in tool.args
     msg = tool.invoke({"name": "analyze_text", "args": {}, "id": "1", "type": "tool_call"})
     assert isinstance(msg, ToolMessage) and msg.artifact.channels["text_max"].shape == ctx.candidates.shape
-    (tool,) = kits["graph"].tools(ctx)
+    tool = next(t for t in kits["graph"].tools(ctx) if t.name == "retrieve_graph")
     assert tool.invoke({"name": "retrieve_graph", "args": {}, "id": "2", "type": "tool_call"}).content.startswith("Null")
 
 
@@ -172,7 +174,8 @@ def test_ask_user_answers_from_the_target(setup):
 
 
 def test_an_answer_that_names_items_is_behaviour_evidence_where_text_and_image_are_masked(setup):
-    from mma_agent.toolkits.clarify import answer_items, checked_answer, named_items
+    from mma_agent.toolkits.clarify import answer_items, checked_answer
+    from mma_agent.toolkits.titles import named_items
 
     split, catalogue, kits = setup
     ctx = _ctx(split, catalogue, "behaviour-only")

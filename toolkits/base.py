@@ -15,6 +15,7 @@ observation that names the problem, and are counted in :attr:`Toolkit.errors`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mma_agent.data.masks import ModalityView
 from mma_agent.data.splits import Split
@@ -56,6 +57,10 @@ class ToolSpec:
     automated: bool = True  # False: it needs a person (ask_user): MMA-Interactive only, never in the rule order or the plan space
     arg_templates: tuple[dict, ...] = ({},)  # the argument sets constrained decoding may complete
     brief: str = ""  # its line in the compact system prompt (default: "<name>: <group> evidence")
+    # The argument that takes words of the person's request: such a tool is offered only to a
+    # request that has one (`ToolVocabulary.for_request`), and constrained decoding completes the
+    # argument with each part of it (`request_parts`).
+    reads_request: str | None = None
 
     @property
     def brief_line(self) -> str:
@@ -89,10 +94,15 @@ class ToolSpec:
 
 @dataclass(frozen=True)
 class ToolVocabulary:
-    """The tools one reranker offers, in order, each with the key of the toolkit that runs it."""
+    """The tools one reranker offers, in order, each with the key of the toolkit that runs it.
+
+    Tools that read the person's request (`ToolSpec.reads_request`) count only in the vocabulary
+    of a request that has one (`for_request`): without it, the offered tools, their evidence
+    groups and the weight menu are those of a reranker that takes no request words."""
 
     specs: tuple[ToolSpec, ...]
     owners: tuple[str, ...]  # toolkit key per spec
+    with_request: bool = False  # the request has words: its tools count
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.specs]
@@ -100,6 +110,14 @@ class ToolVocabulary:
         if dup:
             msg = f"tool name(s) {dup} are declared by more than one toolkit; give each tool its own name"
             raise ValueError(msg)
+
+    def for_request(self, query: str | None) -> ToolVocabulary:
+        """The vocabulary of one request: with its request tools when it has words."""
+        has = bool(query and query.strip())
+        return self if has == self.with_request else dataclasses.replace(self, with_request=has)
+
+    def _counts(self, spec: ToolSpec) -> bool:
+        return self.with_request or spec.reads_request is None
 
     @classmethod
     def of(cls, toolkits: Iterable[tuple[str, type[Toolkit] | Toolkit]]) -> ToolVocabulary:
@@ -115,11 +133,11 @@ class ToolVocabulary:
 
     def names(self, *, interactive: bool = True) -> list[str]:
         """Tool names offered to a policy; a non-interactive one is offered only the automated tools."""
-        return [s.name for s in self.specs if s.automated or interactive]
+        return [s.name for s in self.specs if (s.automated or interactive) and self._counts(s)]
 
     @property
     def automated(self) -> tuple[ToolSpec, ...]:
-        return tuple(s for s in self.specs if s.automated)
+        return tuple(s for s in self.specs if s.automated and self._counts(s))
 
     def weight_menu(self, gathered: Iterable[str] | None = None) -> list[dict[str, float]]:
         """The fixed scoring weights a policy may choose (constrained decoding and training's plan
@@ -136,6 +154,8 @@ class ToolVocabulary:
         """Evidence group -> its channel names, in declaration order (tools may share a group)."""
         out: dict[str, tuple[str, ...]] = {}
         for s in self.specs:
+            if not self._counts(s):
+                continue
             out[s.group] = (*out.get(s.group, ()), *(c for c in s.channel_names if c not in out.get(s.group, ())))
         return out
 
@@ -172,6 +192,7 @@ class EpisodeContext:
     target: int | None = None  # evaluation only: the held-out item the simulated user answers about
     ask: Callable[[str, str], str | None] | None = None  # an app's way to ask a person (modality_type, question) -> answer
     first_stage: np.ndarray | None = None  # (n,) the first-stage scores of the pool, aligned with `candidates`
+    query: str | None = None  # the person's request in their words (checked and capped), if the request has one
 
     def item_id(self, i: int) -> str:
         return str(self.view.item_ids[i])
@@ -285,6 +306,42 @@ class Toolkit:
 
             out.append(spec.as_tool(run))
         return out
+
+
+class RequestWordsArgs(BaseModel):
+    """The arguments of a tool that reads the person's request (`ToolSpec.reads_request="words"`)."""
+
+    words: str | None = Field(
+        default=None, max_length=200, description="Words of the person's request to match (default: the whole request)."
+    )
+
+
+def request_words(ctx: EpisodeContext, words: str | None) -> str | None:
+    """The words a request tool reads: those the policy chose, else the whole request; None without any."""
+    text = words if isinstance(words, str) and words.strip() else ctx.query
+    return text if text and text.strip() else None
+
+
+REQUEST_PARTS = 4  # the request itself, then at most this many of its parts, as arguments a policy may choose
+
+
+def request_parts(query: str | None) -> list[str]:
+    """What a policy may pass a request tool: the whole request, then its parts (split at commas,
+    semicolons, "but", "and", "with", "like"), each of two words or more, in order, deduplicated.
+    "something dark, like Blade Runner but from the 1990s" -> the whole, "something dark",
+    "like Blade Runner", "from the 1990s"."""
+    import re
+
+    if not query or not query.strip():
+        return []
+    whole = " ".join(query.split())
+    pieces = re.split(r"\s*[,;]\s*|\s+(?=(?:but|and|with|like)\b)", whole, flags=re.IGNORECASE)
+    pieces = [re.sub(r"^(?:but|and)\s+", "", p, flags=re.IGNORECASE).strip() for p in pieces]
+    out = [whole]
+    for p in pieces:
+        if len(p.split()) >= 2 and p not in out and len(out) <= REQUEST_PARTS:
+            out.append(p)
+    return out
 
 
 def learned_channel(ctx: EpisodeContext, modality: Modality) -> np.ndarray | None:

@@ -14,7 +14,6 @@ This is an upper-bound diagnostic, not a deployable advantage: the simulated use
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -22,11 +21,10 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mma_agent.modalities import Modality
 from mma_agent.toolkits.base import ASK_COST, EpisodeContext, Evidence, Toolkit, ToolSpec, quote, strength, top_candidates
-from mma_agent.toolkits.graph import truncated_ppr
 from mma_agent.toolkits.image import ImageToolkit
 from mma_agent.toolkits.text import TextToolkit
+from mma_agent.toolkits.titles import named_items
 
 MAX_ANSWER_CHARS = 1_000  # longer answers are cut before any work (a 1 MB answer cost 13 s of CPU in title matching)
 MAX_ANSWER_ITEMS = 20
@@ -150,93 +148,19 @@ class ClarifyToolkit(Toolkit):
         )
 
     def answer_evidence(self, ctx: EpisodeContext, answer: Answer) -> dict[str, np.ndarray]:
-        named = answer_items(ctx, answer)
-        if len(named) and ctx.view.mask.behaviour:
-            from mma_agent.models.relevance import relevance_feature
+        """The items the answer names, through the behaviour evidence they seed; else its words
+        against each candidate's text; else against each poster."""
+        from mma_agent.toolkits.graph import GraphToolkit
 
-            model = ctx.view.feature(relevance_feature(Modality.BEHAVIOUR))
-            score = model.score(named, ctx.candidates) if model is not None else None
-            if score is None and ctx.view.feature("graph") is not None:
-                score = truncated_ppr(ctx.view.feature("graph"), named)[ctx.candidates]
-            if score is not None and np.ptp(score) > 0:
-                return {self.spec("ask_user").channel("behaviour"): score}
-        text_emb = ctx.view.feature("text")
-        if text_emb is not None and self.text is not None:
-            a = self.text.embed([answer.text])[0]
-            return {self.spec("ask_user").channel("text"): np.nan_to_num(text_emb[ctx.candidates]) @ a}
-        img = ctx.view.feature("image")
-        if img is not None and self.image is not None:
-            a = self.image.encode_text([answer.text])[0]
-            return {self.spec("ask_user").channel("image"): np.nan_to_num(img[ctx.candidates]) @ a}
+        spec = self.spec("ask_user")
+        score = GraphToolkit().seeded(ctx, answer_items(ctx, answer))
+        if score is not None:
+            return {spec.channel("behaviour"): score}
+        if self.text is not None and (sim := self.text.words_similarity(ctx, answer.text)) is not None:
+            return {spec.channel("text"): sim}
+        if self.image is not None and (sim := self.image.words_similarity(ctx, answer.text)) is not None:
+            return {spec.channel("image"): sim}
         return {}
-
-
-def title_forms(title: str) -> list[str]:
-    """The ways a person writes a catalogue title, normalised (`normalise_words`): without its
-    year, with a trailing article moved to the front ("Matrix, The (1999)" -> "the matrix"), and
-    each alternative title in parentheses ("Seven (a.k.a. Se7en) (1995)")."""
-    import re
-
-    base = re.sub(r"\s*\(\d{4}(?:[-\u2013]\d{0,4})?\)\s*$", "", title.strip())
-    alts = re.findall(r"\(([^()]*)\)", base)
-    base = re.sub(r"\s*\([^()]*\)", "", base).strip()
-    out = []
-    for t in [base, *(re.sub(r"^(a\.k\.a\.|aka)\s+", "", a, flags=re.I) for a in alts)]:
-        m = re.match(r"^(.*), (The|A|An|Les|Le|La|L'|Il|Das|Der|Die|El)$", t)
-        t = f"{m.group(2)} {m.group(1)}" if m else t
-        if normalise_words(t):
-            out.append(normalise_words(t))
-    return out
-
-
-def normalise_words(text: str) -> str:
-    """Lower-case words (letters and digits) separated by single spaces."""
-    import re
-
-    return " ".join(re.findall(r"\w+", text.lower()))
-
-
-@functools.lru_cache(maxsize=4)
-def _title_index(titles: tuple[str, ...]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """(multi-word title form -> items, single-word title form as written -> items)."""
-    multi: dict[str, list[int]] = {}
-    single: dict[str, list[int]] = {}
-    for i, title in enumerate(titles):
-        for form in title_forms(title):
-            if " " in form and len(form) > 3:
-                multi.setdefault(form, []).append(i)
-            elif len(form) > 3:
-                single.setdefault(form, []).append(i)
-    return multi, single
-
-
-def named_items(ctx: EpisodeContext, text: str) -> np.ndarray:
-    """Catalogue items a person's words name, when text is visible: titles matched as titles, on
-    word boundaries, without the year ("like Blade Runner", "Apollo 13", "2001: A Space Odyssey").
-    A title of one word counts only capitalised and not as the text's first word ("Heat", not "the
-    heat"). A number is never taken for an item id ("a movie from 1995" names nothing): an app
-    that holds ids passes them in the request's fields, not in words."""
-    import re
-
-    titles = ctx.view.item_titles()
-    if titles is None or not text:
-        return np.array([], dtype=np.int64)
-    multi, single = _title_index(tuple(titles))
-    words = f" {normalise_words(text)} "
-    spans = [
-        (m.start(), m.end(), form)
-        for form in multi
-        if f" {form} " in words
-        for m in re.finditer(f"(?= {re.escape(form)} )", words)
-    ]
-    spans = [(a, a + len(form) + 2, form) for a, _, form in spans]
-    # the longest title wins where titles overlap: "Toy Story 2" does not also name "Toy Story"
-    kept = [x for x in spans if not any(y[0] <= x[0] and x[1] <= y[1] and (y[1] - y[0]) > (x[1] - x[0]) for y in spans)]
-    found = [i for _, _, form in kept for i in multi[form]]
-    written = re.findall(r"\w+", text)
-    capitalised = {w.lower() for k, w in enumerate(written) if k > 0 and w[:1].isupper()}
-    found += [i for form, items in single.items() if form in capitalised for i in items]
-    return np.array(sorted(set(found)), dtype=np.int64)
 
 
 def answer_items(ctx: EpisodeContext, answer: Answer) -> np.ndarray:

@@ -33,10 +33,12 @@ from mma_agent.toolkits.base import (
     Catalogue,
     EpisodeContext,
     Evidence,
+    RequestWordsArgs,
     Toolkit,
     ToolSpec,
     group_score,
     learned_channel,
+    request_words,
     strength,
     top_candidates,
 )
@@ -109,6 +111,17 @@ class GraphToolkit(Toolkit):
             group="graph",
             channels=(LEARNED, "ppr", "co"),  # the learned one alone when prepared (see the module docstring)
         ),
+        ToolSpec(
+            name="follow_titles",
+            args=RequestWordsArgs,
+            description="Request evidence: the items the person's request names by title seed the behaviour evidence (what "
+            "people who liked them also liked). Null when the words name no title, titles are not visible, or behaviour is unavailable.",
+            prompt='follow_titles {"words": "..."}: request evidence, what fans of the titles the request names also liked.',
+            brief='follow_titles {"words": ...}: fans of titles the request names',
+            group="graph_request",
+            channels=("seeded",),
+            reads_request="words",
+        ),
     )
 
     def __init__(self, *, neighbours: int = 50, alpha: float = 0.15, steps: int = 3) -> None:
@@ -118,6 +131,38 @@ class GraphToolkit(Toolkit):
     def prepare(self, catalogue: Catalogue, cache_dir: Path) -> Catalogue:
         interactions = catalogue.view(family_mask("behaviour-only")).interactions()
         return catalogue.with_features(graph=(Modality.BEHAVIOUR, build_item_graph(interactions, self.neighbours)))
+
+    def seeded(self, ctx: EpisodeContext, items: np.ndarray) -> np.ndarray | None:
+        """What people who liked `items` went on to like, over the pool: the learned behaviour
+        relevance seeded with them when prepared, else PageRank from them; None when behaviour is not
+        visible or the score does not separate the candidates."""
+        from mma_agent.models.relevance import relevance_feature
+
+        if len(items) == 0 or not ctx.view.mask.behaviour:
+            return None
+        model = ctx.view.feature(relevance_feature(Modality.BEHAVIOUR))
+        score = model.score(items, ctx.candidates) if model is not None else None
+        if score is None and ctx.view.feature("graph") is not None:
+            score = truncated_ppr(ctx.view.feature("graph"), items, self.alpha, self.steps)[ctx.candidates]
+        return score if score is not None and np.ptp(score) > 0 else None
+
+    def follow_titles(self, ctx: EpisodeContext, words: str | None = None) -> Evidence:
+        from mma_agent.toolkits.titles import named_items
+
+        spec = self.spec("follow_titles")
+        words = request_words(ctx, words)
+        if words is None:
+            return Evidence.none(spec.name, "the request has no words to match")
+        named = named_items(ctx, words)
+        if len(named) == 0:
+            return Evidence.none(spec.name, "the words name no catalogue title (or titles are not visible)")
+        score = self.seeded(ctx, named)
+        if score is None:
+            return Evidence.none(spec.name, "the named items lead nowhere in the pool")
+        summary = strength(ctx, score, None)
+        names = "; ".join(ctx.label(int(i)) for i in named[:3])
+        observation = f"Fans of {names} also like: {top_candidates(ctx, score)}. {summary}"
+        return Evidence(spec.name, observation, {spec.channel("seeded"): score}, summary=summary)
 
     def retrieve_graph(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
         spec = self.spec("retrieve_graph")

@@ -21,12 +21,16 @@ from mma_agent.toolkits.base import (
     EmbeddingCache,
     EpisodeContext,
     Evidence,
+    RequestWordsArgs,
     Toolkit,
     ToolSpec,
     cosine_to_history,
     group_score,
     learned_channel,
+    quote,
+    request_words,
     strength,
+    top_candidates,
 )
 from mma_agent.util import joined_digest, l2_normalize
 
@@ -97,6 +101,17 @@ class ImageToolkit(Toolkit):
             group="image",
             channels=(LEARNED, "max", "mean"),  # the learned one is absent when no model was prepared
         ),
+        ToolSpec(
+            name="match_poster",
+            args=RequestWordsArgs,
+            description="Request evidence: how well each candidate's poster matches words of the person's request (the poster "
+            "CLIP's text tower). Null without request words or when images are unavailable.",
+            prompt='match_poster {"words": "..."}: request evidence, how candidates\' posters match words of the request.',
+            brief='match_poster {"words": ...}: request words against posters',
+            group="image_request",
+            channels=("sim",),
+            reads_request="words",
+        ),
     )
 
     def __init__(
@@ -155,6 +170,25 @@ class ImageToolkit(Toolkit):
 
         with torch.no_grad():
             return l2_normalize(self._model.encode_text(self._tokenizer(texts)).float().numpy())
+
+    def words_similarity(self, ctx: EpisodeContext, words: str) -> np.ndarray | None:
+        """Each candidate's poster against `words` (CLIP cosine); None when images are not visible."""
+        img = ctx.view.feature("image")
+        if img is None:
+            return None
+        return np.nan_to_num(img[ctx.candidates]) @ self.encode_text([words])[0]
+
+    def match_poster(self, ctx: EpisodeContext, words: str | None = None) -> Evidence:
+        spec = self.spec("match_poster")
+        words = request_words(ctx, words)
+        if words is None:
+            return Evidence.none(spec.name, "the request has no words to match")
+        sim = self.words_similarity(ctx, words)
+        if sim is None:
+            return Evidence.none(spec.name, "no image embeddings were prepared for this catalogue")
+        summary = strength(ctx, sim, None)
+        observation = f"Request words {quote(words, 80)}: best poster matches: {top_candidates(ctx, sim)}. {summary}"
+        return Evidence(spec.name, observation, {spec.channel("sim"): sim}, summary=summary)
 
     def top_tags(self, vec: np.ndarray, k: int = 5) -> list[str]:
         s = self.tag_emb @ vec

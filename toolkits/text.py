@@ -21,12 +21,14 @@ from mma_agent.toolkits.base import (
     EmbeddingCache,
     EpisodeContext,
     Evidence,
+    RequestWordsArgs,
     Toolkit,
     ToolSpec,
     cosine_to_history,
     group_score,
     learned_channel,
     quote,
+    request_words,
     strength,
     top_candidates,
 )
@@ -62,6 +64,17 @@ class TextToolkit(Toolkit):
             prompt='analyze_text {"item_ids": [...optional]}: text evidence, how candidates\' titles, genres and plots match the history.',
             group="text",
             channels=(LEARNED, "max", "mean"),  # the learned one is absent when no model was prepared
+        ),
+        ToolSpec(
+            name="match_text",
+            args=RequestWordsArgs,
+            description="Request evidence: how well each candidate's text (title, genres, tags, plot) matches words of the "
+            "person's request (MiniLM). Null without request words or when item text is unavailable.",
+            prompt='match_text {"words": "..."}: request evidence, how candidates\' text matches words of the request.',
+            brief='match_text {"words": ...}: request words against item text',
+            group="text_request",
+            channels=("sim",),
+            reads_request="words",
         ),
     )
 
@@ -101,6 +114,25 @@ class TextToolkit(Toolkit):
         key = {"texts": joined_digest(texts, terminated=True), "encoder": self.identity()}
         emb = EmbeddingCache(cache_dir).get_or_build("text-minilm", key, lambda: self.embed(texts))
         return catalogue.with_features(text=(Modality.TEXT, emb))
+
+    def words_similarity(self, ctx: EpisodeContext, words: str) -> np.ndarray | None:
+        """Each candidate's text against `words` (MiniLM cosine); None when item text is not visible."""
+        emb = ctx.view.feature("text")
+        if emb is None:
+            return None
+        return np.nan_to_num(emb[ctx.candidates]) @ self.embed([words])[0]
+
+    def match_text(self, ctx: EpisodeContext, words: str | None = None) -> Evidence:
+        spec = self.spec("match_text")
+        words = request_words(ctx, words)
+        if words is None:
+            return Evidence.none(spec.name, "the request has no words to match")
+        sim = self.words_similarity(ctx, words)
+        if sim is None:
+            return Evidence.none(spec.name, "no text embeddings were prepared for this catalogue")
+        summary = strength(ctx, sim, None)
+        observation = f"Request words {quote(words, 80)}: best text matches: {top_candidates(ctx, sim)}. {summary}"
+        return Evidence(spec.name, observation, {spec.channel("sim"): sim}, summary=summary)
 
     def analyze_text(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
         spec = self.spec("analyze_text")
