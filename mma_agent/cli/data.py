@@ -93,6 +93,16 @@ def cmd_pipeline(args) -> None:
     print(f"\npipeline finished in {time.perf_counter() - start:.1f} s")
 
 
+def cmd_queries(args) -> None:
+    from mma_agent.training.queries import build_query_sets
+
+    p = _pipeline(args)
+    _, rows, skipped = build_query_sets(p, families=args.families, seed=args.seed, min_items=args.min_items)
+    print(format_table(rows, f"Query episodes (facets fit at least {args.min_items} items; saved under {p.root / 'queries'})"))
+    for what, why in skipped.items():
+        print(f"skipped {what}: {why}")
+
+
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Adds this group's commands to the `mma` parser."""
     from mma_agent.modalities import TASK_FAMILIES
@@ -105,6 +115,14 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     cv = data.add_parser("convert", parents=[common], help="write the data set in the generic format")
     cv.add_argument("--out", type=Path, required=True)
     cv.set_defaults(func=cmd_data_convert)
+
+    qs = sub.add_parser(
+        "queries", parents=[common], help="query episodes beside the pools: facet queries and the users' own tags"
+    )
+    qs.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), default=["full", "cold-user", "no-text", "no-image"])
+    qs.add_argument("--seed", type=int, default=0)
+    qs.add_argument("--min-items", type=int, default=30, help="a facet must fit at least this many catalogue items")
+    qs.set_defaults(func=cmd_queries)
 
     rt = sub.add_parser("retrieve", parents=[common], help="train and evaluate the first-stage retrievers")
     rt.add_argument("--only", nargs="+", choices=sorted(RETRIEVERS), help="a subset of retrievers")
