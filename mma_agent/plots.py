@@ -34,3 +34,34 @@ def line_plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def bar_plot(groups: dict[str, dict[str, float]], path: Path, *, ylabel: str, title: str = "") -> Path | None:
+    """Grouped bars: one group per outer key, one bar per inner key (the same inner keys in each)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed, so no plot at %s (pip install 'mma-agent[plots]')", path)
+        return None
+    import numpy as np
+
+    names = list(dict.fromkeys(k for bars in groups.values() for k in bars))
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    for i, name in enumerate(names):
+        ax.bar(x + i * width, [bars.get(name, np.nan) for bars in groups.values()], width, label=name)
+    ax.set_xticks(x + width * (len(names) - 1) / 2, list(groups), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

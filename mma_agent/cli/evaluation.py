@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mma_agent.cli.common import _pipeline
+from mma_agent.cli.common import _pipeline, _print_tables
 from mma_agent.util import format_table
 
 
@@ -89,6 +89,18 @@ def cmd_eval_report(args) -> None:
     print(f"\nreport: {args.out / 'report.md'}")
 
 
+def cmd_eval_queries(args) -> None:
+    from mma_agent.evals.query_eval import query_report
+    from mma_agent.training.queries import build_query_sets
+
+    p = _pipeline(args)
+    sets, _, _ = build_query_sets(p, families=args.families, seed=args.seed, min_items=args.min_items)
+    if args.limit:
+        sets = {k: v[: args.limit] for k, v in sets.items()}
+    _print_tables(query_report(p, sets, args.out, seed=args.seed, min_items=args.min_items))
+    print(f"\nreport: {args.out / 'report.md'}")
+
+
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Adds this group's commands to the `mma` parser."""
     from mma_agent.evals.results import ALPHA_POOLS
@@ -128,6 +140,16 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )
     er.add_argument("--fresh", action="store_true", help="drop the selected methods' stored episodes first and run them again")
     er.set_defaults(func=cmd_eval_run)
+    eq = ev.add_parser(
+        "queries", parents=[common], help="query episodes: what reading the request buys, with probes and ceilings"
+    )
+    eq.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), default=["full", "cold-user", "no-text", "no-image"])
+    eq.add_argument("--seed", type=int, default=0)
+    eq.add_argument("--min-items", type=int, default=30)
+    eq.add_argument("--limit", type=int, help="episodes per query set (default: all)")
+    eq.add_argument("--out", type=Path, default=Path("evals/results/query"))
+    eq.set_defaults(func=cmd_eval_queries)
+
     ep = ev.add_parser("report", parents=[common], help="Markdown report with tables, tests, diagnostics and plots")
     ep.add_argument("run", help="run name or .sqlite path")
     ep.add_argument("--out", type=Path, default=Path("evals/results"))
