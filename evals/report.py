@@ -54,7 +54,8 @@ NOTES = [
     "modality) never look at the user's history; they read every modality in every family. A method that does not beat the best "
     "probe of a family has shown nothing there (`> best probe`).",
     "- Retriever rows re-score the pool with a CF model, so they fall back wherever behaviour is masked.",
-    "- Completion rows impute the masked modalities of the episode's items from a bank of the other catalogue items (zero, bank mean, mean of the 10 nearest bank items in a visible modality, or 10 rounds of feature "
+    "- Completion rows impute the masked modalities of the episode's items from a bank of the other catalogue items (zero, "
+    "bank mean, mean of the 10 nearest bank items in a visible modality, or 10 rounds of feature "
     "propagation over that kNN graph), then average text, image and LightGCN-embedding similarity to the history. Unlike the agent, "
     "they read the masked modality of other items.",
     "- Seeds: the trained MARGO- and MAGNET-style rows are trained and evaluated with five seeds (their numbers are the mean over "

@@ -13,7 +13,8 @@ def test_data_stats_on_generic_format(tiny_root, tmp_path, capsys):
 def test_pipeline_end_to_end_on_tiny_data(tiny_root, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\n    cold-user: image+text\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
+        "retrievers:\n  epochs: 4\n  eval_every: 2\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\n"
+        "    cold-user: image+text\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
     )
     args = ["pipeline", "--config", str(cfg), "--data", str(tiny_root), "--workdir", str(tmp_path / "w")]
     assert main(args) == 0
@@ -118,7 +119,8 @@ def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkey
     monkeypatch.setattr(grpo, "train_grpo", fake_trainer("grpo"))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
+        "retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\n  first_stage:\n    full: behaviour\n"
+        "image:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
     )
     common = [
         "--config",

@@ -32,9 +32,14 @@ pipeline = Pipeline(PipelineConfig.model_validate(cfg))
 catalogue, kits = pipeline.toolkits(image=False)
 plan = [json.dumps({"tool": "ask_user", "args": {"modality_type": "text", "query": "What do you feel like?"}}),
         json.dumps({"tool": "score_candidates", "args": {"weights": {}}})]
-graph = create_mma_reranker(FakeListChatModel(responses=plan * 100), catalogue=catalogue, toolkits=kits, variant="interactive", backend={"prefill": False}).compile()
+graph = create_mma_reranker(
+    FakeListChatModel(responses=plan * 100), catalogue=catalogue, toolkits=kits, variant="interactive", backend={"prefill": False}
+).compile()
 """
-CONFIG = "retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\nrelevance:\n  epochs: 2\nimage:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
+CONFIG = (
+    "retrievers:\n  epochs: 2\n  eval_every: 1\n  dim: 8\npools:\n  size: 10\nrelevance:\n  epochs: 2\n"
+    "image:\n  kind: thumbnail\n  width: 4\n  height: 4\n"
+)
 
 
 def _free_port() -> int:

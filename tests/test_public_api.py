@@ -24,7 +24,10 @@ def test_all_is_pinned():
 
 
 def test_import_is_light():
-    code = "import sys, mma_agent, mma_agent.graphs, mma_agent.toolkits, mma_agent.training, mma_agent.evals; print(sorted(m for m in ('torch', 'pandas', 'transformers', 'open_clip') if m in sys.modules))"
+    code = (
+        "import sys, mma_agent, mma_agent.graphs, mma_agent.toolkits, mma_agent.training, mma_agent.evals; "
+        "print(sorted(m for m in ('torch', 'pandas', 'transformers', 'open_clip') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 

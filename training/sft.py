@@ -74,7 +74,9 @@ def train_sft(
             "seed": seed,
             "lr_scheduler_type": "cosine",
             "warmup_steps": 5,
-            "activation_checkpointing": False,  # TRL's default recomputes activations, and with LoRA makes the backward pass run through every layer (the name transformers 5 gives gradient checkpointing)
+            # TRL's default recomputes activations, and with LoRA makes the backward pass run through
+            # every layer (activation_checkpointing: the name transformers 5 gives gradient checkpointing)
+            "activation_checkpointing": False,
             **config_overrides,
         }
     )
