@@ -127,7 +127,8 @@ class ChannelRow(Method):
         self.name = f"Evidence: {spec.group} {'learned' if learned else 'zero-shot'} channel"
 
     def score(self, ep):
-        from mma_agent.toolkits.base import LEARNED, group_score
+        from mma_agent.toolkits.base import LEARNED
+        from mma_agent.toolkits.evidence import group_score
 
         ev = self.env.evidence(ep, learned=self.learned)
         chans = [ev[c] for c in self.spec.channel_names if c in ev and (c == self.spec.channel(LEARNED)) == self.learned]

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.toolkits.workspace import Workspace
+from mma_agent.training.queries import MIN_ITEMS, facet_queries, leaks, real_tag_queries
 
 ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 HISTORY_GROUPS = ("text", "image", "graph")
@@ -223,3 +224,55 @@ def _write(out_dir, tables, plot, format_table, atomic_write_text) -> None:
     text += "".join("\n" + format_table(rows, title) + "\n" for title, rows in tables.items())
     atomic_write_text(out_dir / "report.md", text)
     bar_plot(plot, out_dir / "by-family.png", ylabel="NDCG@10", title="Query episodes (test)")
+
+
+def build_query_sets(
+    pipeline: Workspace,
+    *,
+    families: list[str],
+    splits: tuple[str, ...] = ("valid", "test"),
+    seed: int = 0,
+    min_items: int = MIN_ITEMS,
+) -> tuple[dict[str, list[dict]], list[dict], dict[str, str]]:
+    """Facet and real-tag query episodes of every pool of `families` on `splits`, saved as JSONL under
+    the workdir (`queries/<split>-<kind>-seed<seed>-n<min_items>.jsonl`, rebuilt only when missing).
+    Returns the episodes by file stem, a summary table, and what was skipped and why."""
+    import json
+
+    from mma_agent.evals.runner import build_episodes
+    from mma_agent.util import atomic_write_text
+
+    folder = pipeline.root / "queries"
+    out, rows, skipped = {}, [], {}
+    for split in splits:
+        episodes = build_episodes(pipeline, split, families=families)
+        full = [e for e in episodes if e["family"] == "full"]  # the user's own tags: once per user, on the full pool
+        for kind in ("facet", "real-tags"):
+            stem = f"{split}-{kind}-seed{seed}-n{min_items}"
+            path = folder / f"{stem}.jsonl"
+            if path.is_file():
+                eps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            else:
+                if kind == "facet":
+                    made = facet_queries(pipeline, episodes, seed=seed, min_items=min_items)
+                else:
+                    made = real_tag_queries(pipeline, full)
+                skipped.update(made.skipped)
+                eps = made.episodes
+                text = "".join(
+                    json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in e.items()}) + "\n" for e in eps
+                )
+                atomic_write_text(path, text)
+            out[stem] = eps
+            rows.append(
+                {
+                    "split": split,
+                    "queries": kind,
+                    "episodes": len(eps),
+                    "users": len({e["user_id"] for e in eps}),
+                    "source in pool": f"{np.mean([e['source_in_pool'] for e in eps]):.0%}" if eps else "",
+                    "leaks": sum(bool(leaks(pipeline, e)) for e in eps),
+                    "kinds": ", ".join(f"{k} {n}" for k, n in Counter(e["query_kind"] for e in eps).most_common(6)),
+                }
+            )
+    return out, rows, skipped

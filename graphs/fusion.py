@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mma_agent.toolkits.base import group_score
+from mma_agent.toolkits.evidence import group_score
 from mma_agent.util import minmax
 
 

@@ -11,7 +11,8 @@ from mma_agent.data.dataset import load_dataset  # noqa: E402
 from mma_agent.data.splits import split_dataset  # noqa: E402
 from mma_agent.modalities import TASK_FAMILIES, family_mask  # noqa: E402
 from mma_agent.toolkits import prepare_toolkits  # noqa: E402
-from mma_agent.toolkits.base import EmbeddingCache, EpisodeContext  # noqa: E402
+from mma_agent.toolkits.base import EpisodeContext  # noqa: E402
+from mma_agent.toolkits.evidence import EmbeddingCache  # noqa: E402
 from mma_agent.toolkits.graph import exact_ppr, truncated_ppr  # noqa: E402
 
 TOOLS = {"text": "analyze_text", "image": "analyze_image", "graph": "retrieve_graph"}

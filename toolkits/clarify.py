@@ -21,7 +21,8 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mma_agent.toolkits.base import ASK_COST, EpisodeContext, Evidence, Toolkit, ToolSpec, quote, strength, top_candidates
+from mma_agent.toolkits.base import ASK_COST, EpisodeContext, Evidence, Toolkit, ToolSpec, quote
+from mma_agent.toolkits.evidence import strength, top_candidates
 from mma_agent.toolkits.image import ImageToolkit
 from mma_agent.toolkits.text import TextToolkit
 from mma_agent.toolkits.titles import named_items

@@ -36,12 +36,9 @@ from mma_agent.toolkits.base import (
     RequestWordsArgs,
     Toolkit,
     ToolSpec,
-    group_score,
-    learned_channel,
     request_words,
-    strength,
-    top_candidates,
 )
+from mma_agent.toolkits.evidence import group_score, learned_channel, strength, top_candidates
 
 
 class RetrieveGraphArgs(BaseModel):

@@ -18,20 +18,15 @@ from mma_agent.modalities import Modality
 from mma_agent.toolkits.base import (
     LEARNED,
     Catalogue,
-    EmbeddingCache,
     EpisodeContext,
     Evidence,
     RequestWordsArgs,
     Toolkit,
     ToolSpec,
-    cosine_to_history,
-    group_score,
-    learned_channel,
     quote,
     request_words,
-    strength,
-    top_candidates,
 )
+from mma_agent.toolkits.evidence import EmbeddingCache, cosine_to_history, group_score, learned_channel, strength, top_candidates
 from mma_agent.util import joined_digest
 
 

@@ -67,7 +67,7 @@ def best_action(point: dict) -> str:
 def signature(point: dict) -> tuple:
     """What the policy observed at a state, coarsely: each tool called, whether it answered Null,
     and the word of its strength line (weak / moderate / strong)."""
-    from mma_agent.toolkits.base import strength_word
+    from mma_agent.toolkits.evidence import strength_word
     from mma_agent.training.routing import point_pattern
 
     words = [strength_word(m["content"]) for m in point["prompt"][3::2]]  # the observations after each action

@@ -94,7 +94,7 @@ def cmd_pipeline(args) -> None:
 
 
 def cmd_queries(args) -> None:
-    from mma_agent.training.queries import build_query_sets
+    from mma_agent.evals.query_eval import build_query_sets
 
     p = _pipeline(args)
     _, rows, skipped = build_query_sets(p, families=args.families, seed=args.seed, min_items=args.min_items)

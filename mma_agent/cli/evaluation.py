@@ -90,8 +90,7 @@ def cmd_eval_report(args) -> None:
 
 
 def cmd_eval_queries(args) -> None:
-    from mma_agent.evals.query_eval import query_report
-    from mma_agent.training.queries import build_query_sets
+    from mma_agent.evals.query_eval import build_query_sets, query_report
 
     p = _pipeline(args)
     sets, _, _ = build_query_sets(p, families=args.families, seed=args.seed, min_items=args.min_items)

@@ -1,0 +1,114 @@
+"""Helpers the toolkits share to turn features into evidence: similarity to the history, the learned
+channel, a group's score, the strength line a compact policy routes on, the best candidates, and the
+on-disk embedding cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from mma_agent.modalities import Modality
+from mma_agent.toolkits.base import STRENGTH_WORDS, EpisodeContext
+from mma_agent.util import atomic_save_npy, atomic_write_text, json_digest
+
+log = logging.getLogger(__name__)
+
+
+def learned_channel(ctx: EpisodeContext, modality: Modality) -> np.ndarray | None:
+    """The modality's learned relevance over the pool (see mma_agent/relevance.py); None when no
+    model was prepared, the modality is masked, or the history gives it nothing to go on."""
+    from mma_agent.models.relevance import relevance_feature
+
+    model = ctx.view.feature(relevance_feature(modality))
+    return None if model is None else model.score(ctx.history, ctx.candidates)
+
+
+def group_score(channels: Iterable[np.ndarray]) -> np.ndarray:
+    """An evidence group's score over the pool: the mean of its min-max scaled channels."""
+    from mma_agent.util import minmax
+
+    return np.mean([minmax(v) for v in channels], axis=0)
+
+
+def strength(ctx: EpisodeContext, score: np.ndarray, covered: int | None, k: int = 10) -> str:
+    """One line on how much the evidence says, for a policy to route on: how many history items
+    the modality covers (left out when `covered` is None), how far the top k of the group's score
+    stand out from the pool, and how many of them the first stage also ranks in its top k. Read
+    from the pool and the history only (never the target). It is the evidence's `summary`, all a
+    compact prompt shows of it."""
+    k = min(k, len(score))
+    top = np.argsort(-score, kind="stable")[:k]
+    sd = float(score.std())
+    z = 0.0 if sd == 0 else float((score[top].mean() - score.mean()) / sd)
+    word = "strong" if z >= STRENGTH_WORDS[1] else "moderate" if z >= STRENGTH_WORDS[0] else "weak"
+    line = (
+        f"Strength: {word} ("
+        + ("" if covered is None else f"covers {covered}/{len(ctx.history)} history; ")
+        + f"top {k} z={z:.1f}"
+    )
+    if ctx.first_stage is not None and len(ctx.first_stage) == len(score):
+        agree = len(set(top.tolist()) & set(np.argsort(-ctx.first_stage, kind="stable")[:k].tolist()))
+        line += f"; {agree}/{k} in first stage's top {k}"
+    return line + ")."
+
+
+def strength_word(text: str) -> str | None:
+    """The word of the strength line (`strength`) inside an observation, if it has one."""
+    import re
+
+    m = re.search(r"Strength: (weak|moderate|strong)\b", text)
+    return m.group(1) if m else None
+
+
+def top_candidates(ctx: EpisodeContext, score: np.ndarray, k: int = 5) -> str:
+    order = np.argsort(-score, kind="stable")[:k]
+    return "; ".join(f"{ctx.label(int(ctx.candidates[j]))} {score[j]:.2f}" for j in order)
+
+
+def cosine_to_history(emb: np.ndarray, ctx: EpisodeContext, max_history: int = 100) -> tuple[dict[str, np.ndarray], int, int]:
+    """max and mean cosine of each candidate to the history (rows of `emb` unit-norm; NaN = missing).
+    Returns the channels, how many history items and candidates had no embedding."""
+    hist = ctx.history[-max_history:]
+    h = emb[hist]
+    h = h[~np.isnan(h).any(axis=1)]
+    c = emb[ctx.candidates]
+    missing_c = np.isnan(c).any(axis=1)
+    if len(h) == 0:
+        return {}, len(hist), int(missing_c.sum())
+    sims = np.nan_to_num(c) @ h.T  # (n_candidates, n_history)
+    mx, mean = sims.max(axis=1), sims.mean(axis=1)
+    mx[missing_c], mean[missing_c] = 0.0, 0.0  # no embedding: no evidence for or against
+    return {"max": mx, "mean": mean}, len(hist) - len(h), int(missing_c.sum())
+
+
+class EmbeddingCache:
+    """Arrays keyed by data content and encoder identity, written atomically (temp file + rename)
+    under a file lock, so processes can share one cache folder. A key that does not match the
+    metadata written beside the array means a stale cache: it is rebuilt, never used."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def get_or_build(self, name: str, key: dict[str, str], build: Callable[[], np.ndarray]) -> np.ndarray:
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tag = json_digest(key)
+        path, meta = self.root / f"{name}-{tag}.npy", self.root / f"{name}-{tag}.json"
+        with FileLock(str(path) + ".lock"):
+            if path.is_file() and meta.is_file():
+                stored = json.loads(meta.read_text())
+                if stored.get("key") == key:
+                    arr = np.load(path)
+                    if list(arr.shape) == stored.get("shape"):
+                        return arr
+                log.warning("cache %s is stale or damaged; rebuilding", path)
+            arr = np.asarray(build())
+            atomic_save_npy(path, arr)
+            atomic_write_text(meta, json.dumps({"key": key, "shape": list(arr.shape)}))
+        return arr
