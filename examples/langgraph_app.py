@@ -24,17 +24,17 @@ _pipeline = Pipeline(PipelineConfig.model_validate(_base))
 _split = _pipeline.split
 _catalogue, _kits = _pipeline.toolkits(image=os.environ.get("MMA_IMAGE", "1") != "0")
 _model = os.environ.get("MMA_MODEL", "transformers:smollm2-135m")
-_backend = {"base_url": os.environ["MMA_BASE_URL"]} if "MMA_BASE_URL" in os.environ else None
+_backend = {"options": {"base_url": os.environ["MMA_BASE_URL"]}} if "MMA_BASE_URL" in os.environ else None
 
 # 1. The graph itself (langgraph.json exposes it as "mma_reranker"), and MMA-Interactive ("mma_interactive"):
 #    its questions pause the run (LangGraph interrupt); the server's thread resumes it with the answer.
-graph = create_mma_reranker(_model, catalogue=_catalogue, toolkits=_kits, backend={"options": _backend}).compile()
+graph = create_mma_reranker(_model, catalogue=_catalogue, toolkits=_kits, backend=_backend).compile()
 interactive_graph = create_mma_reranker(
     os.environ.get("MMA_INTERACTIVE_MODEL", _model),
     catalogue=_catalogue,
     toolkits=_kits,
     variant="interactive",
-    backend={"options": _backend},
+    backend=_backend,
 ).compile()
 
 
