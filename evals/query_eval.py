@@ -104,6 +104,8 @@ def score_table(pipeline: Workspace, episodes: list[dict], menu: list[dict]) -> 
             grid.append(row)
             grid_a.append(row_a)
             grid_b.append(row_b)
+        history = weighted_evidence(channels, {g: c for g, c in groups.items() if g in HISTORY_GROUPS}, {})  # RuleRouter-Fuse
+        out["history"].append([_ndcg(first if history is None else fuse(first, history, a), cands, set(rel)) for a in ALPHAS])
         probe = weighted_evidence(channels, {g: c for g, c in groups.items() if g.endswith("_request")}, {})
         rule = weighted_evidence(channels, groups, facet_rule(ep["query"]))
         out["grid"].append(grid)
@@ -146,9 +148,8 @@ def query_report(
             it = np.array([family in ("all", e["family"]) for e in test])
             if not it.any() or not iv.any():
                 continue
-            equal_hist = [i for i, w in enumerate(menu) if w == {}]
             e_fix, a_fix = _best(sv["grid"][iv])
-            a_hist = int(np.nanargmax(np.nanmean(sv["grid"][iv][:, equal_hist[0], :], axis=0)))
+            a_hist = int(np.nanargmax(np.nanmean(sv["history"][iv], axis=0)))
             a_rule = int(np.nanargmax(np.nanmean(sv["rule"][iv], axis=0)))
             fixed = st["grid"][it][:, e_fix, a_fix]
             by_type = np.empty(it.sum())
@@ -181,7 +182,7 @@ def query_report(
             cols = {
                 "Ceiling: Recall@100": st["recall100"][it],
                 "First stage": st["first"][it],
-                "History only (RuleRouter-Fuse's equal weights)": st["grid"][it][:, equal_hist[0], a_hist],
+                "History only (RuleRouter-Fuse's equal weights)": st["history"][it][:, a_hist],
                 "Query-only probe (user-blind, not fused)": st["probe"][it],
                 "Facet rule (keyword routing)": st["rule"][it][:, a_rule],
                 "Fixed fusion of query and history (chosen on validation)": fixed,
