@@ -58,7 +58,7 @@ class RerankNodes:
 
     def vocabulary(self, state: RerankState) -> ToolVocabulary:
         """The tools of this request: with the request tools when it has words (`for_request`)."""
-        return self.tools.for_request(state["resolved"]["query"])
+        return self.tools.for_request(state["resolved"].get("query"))
 
     def offered(self, vocab: ToolVocabulary) -> list[str]:
         # MMA-Auto is offered the automated tools; MMA-Interactive also asks; a router (the rule
@@ -70,7 +70,7 @@ class RerankNodes:
         r = state["resolved"]
         ask = ask_person if r["target"] is None else None  # evaluation: the simulated user answers about the target
         view = self.catalogue.view(Mask.of(r["mask"]))
-        return EpisodeContext(view, r["history"], r["candidates"], r["user"], r["target"], ask, r["first_stage"], r["query"])
+        return EpisodeContext(view, r["history"], r["candidates"], r["user"], r["target"], ask, r["first_stage"], r.get("query"))
 
     # --- nodes --------------------------------------------------------------------------
     def validate(self, state: RerankState) -> dict:
@@ -109,7 +109,7 @@ class RerankNodes:
         if self.variant == "rule":
             return {"action": self.router(vocab, state["trace"]), "turn": turn}
         try:
-            parts = request_parts(state["resolved"]["query"])
+            parts = request_parts(state["resolved"].get("query"))
             allowed = completions(vocab, self.offered(vocab), state["trace"], last_turn=turn >= state["max_turns"], parts=parts)
             reply, meta = self.policy_model.ask(state["messages"], allowed)
         except Exception as err:  # backend failure or timeout: the first-stage ranking, with the reason
