@@ -33,7 +33,6 @@ from mma_agent.data.pools import (
 )
 from mma_agent.data.schema import Dataset
 from mma_agent.data.splits import Split, split_dataset
-from mma_agent.metrics import ndcg_at_k
 from mma_agent.modalities import TASK_FAMILIES, Modality, family_mask
 from mma_agent.models.retrievers import RETRIEVERS, Retriever, create_retriever, full_sort_metrics, load_retriever
 from mma_agent.util import atomic_write_text, digest, json_digest
@@ -192,74 +191,30 @@ class Pipeline:
         """The learned relevance channel of one modality's toolkit (from disk when present) and,
         when it was trained now, its report (validation curve, wall time). Trained on the train
         split's positives, chosen on the validation pools of the modality's own family."""
-        from mma_agent.models.relevance import fit_ease, load_relevance, train_two_tower, two_tower_of
+        from mma_agent.models.relevance import fit_channel, load_relevance, pool_validator
 
         modality = Modality(modality)
         path = self.relevance_path(modality)
         if path.is_file() and not retrain:
             return load_relevance(path), None
-        c = self.config.relevance
-        validate = self._channel_validator(RELEVANCE_FAMILY[modality])
-        start = time.perf_counter()
-        if modality == Modality.BEHAVIOUR:
-            ease, curve = fit_ease(self.split.matrix("train"), validate, lambdas=c.ease_lambdas, topk=c.ease_topk)
-            lightgcn = two_tower_of(self.retriever("lightgcn")[0].item_vecs)
-            lightgcn_valid = validate(lightgcn)
-            use_ease = max(s for _, s in curve) >= lightgcn_valid
-            model = ease if use_ease else lightgcn
-            report = {
-                "model": "EASE" if use_ease else "LightGCN item vectors",
-                "curve": {"EASE lambda": curve},
-                "LightGCN": lightgcn_valid,
-            }
-        else:
-            catalogue, _ = self.toolkits(image=modality == Modality.IMAGE, clarify=False, learned=False)
-            features = catalogue.view(family_mask("full")).feature(str(modality))
-            model, curve = train_two_tower(
-                features,
-                self.split.matrix("train"),
-                validate,
-                dim=c.dim,
-                epochs=c.epochs,
-                batch=c.batch_size,
-                lr=c.lr,
-                tau=c.tau,
-                keep=c.keep,
-                patience=c.patience,
-                seed=c.seed,
-                desc=f"{modality} relevance",
-            )
-            report = {
-                "model": "two-tower BPR",
-                "curve": {"epoch": [(e, v) for e, _, v in curve]},
-                "loss": [(e, loss) for e, loss, _ in curve],
-            }
-        report.update(seconds=time.perf_counter() - start, valid=validate(model), family=RELEVANCE_FAMILY[modality])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        model.save(path)
-        atomic_write_text(path.with_suffix(".json"), json.dumps(report, indent=1))
-        return model, report
-
-    def _channel_validator(self, family: str):
-        """Validation NDCG@10 of a relevance model alone on the family's validation pools
-        (NoFirstStageError, naming why, when the family has none)."""
+        family = RELEVANCE_FAMILY[modality]
         pools = self.pools(family, "valid")
         if len(pools) == 0:
             msg = f"family {family!r} has no validation pools to choose a learned channel on"
             raise NoFirstStageError(msg)
         view = self.view("full")
-        histories = [view.history(int(u)) for u in pools.users]
-
-        def validate(model: Relevance) -> float:
-            out = []
-            for p, hist in enumerate(histories):
-                cands = pools.candidates[p]
-                s = model.score(hist, cands)
-                ranking = cands if s is None else cands[np.argsort(-s, kind="stable")]
-                out.append(ndcg_at_k(ranking.tolist(), set(pools.relevant(p).tolist()), 10))
-            return float(np.mean(out))
-
-        return validate
+        validate = pool_validator(pools, [view.history(int(u)) for u in pools.users])
+        if modality == Modality.BEHAVIOUR:
+            inputs = {"lightgcn_item_vecs": self.retriever("lightgcn")[0].item_vecs}
+        else:
+            catalogue, _ = self.toolkits(image=modality == Modality.IMAGE, clarify=False, learned=False)
+            inputs = {"features": catalogue.view(family_mask("full")).feature(str(modality))}
+        model, report = fit_channel(modality, self.split.matrix("train"), validate, self.config.relevance, **inputs)
+        report["family"] = family
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+        atomic_write_text(path.with_suffix(".json"), json.dumps(report, indent=1))
+        return model, report
 
     def train_relevance(self, modalities: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
         """`mma relevance`: each toolkit's learned channel (trained now or loaded), a row per

@@ -241,3 +241,62 @@ def fit_ease(
         if score > best_score:
             best, best_score = model, score
     return best, curve
+
+
+def pool_validator(pools, histories: list[np.ndarray]):
+    """Validation NDCG@10 of a relevance model alone on a family's validation pools (each pool's
+    candidates ranked by the model's score from its user's history; no score: first-stage order)."""
+    from mma_agent.metrics import ndcg_at_k
+
+    def validate(model: Relevance) -> float:
+        out = []
+        for p, hist in enumerate(histories):
+            cands = pools.candidates[p]
+            s = model.score(hist, cands)
+            ranking = cands if s is None else cands[np.argsort(-s, kind="stable")]
+            out.append(ndcg_at_k(ranking.tolist(), set(pools.relevant(p).tolist()), 10))
+        return float(np.mean(out))
+
+    return validate
+
+
+def fit_channel(modality: str, train, validate, config, *, features=None, lightgcn_item_vecs=None) -> tuple[Relevance, dict]:
+    """One modality's learned channel and its report: for behaviour, EASE over the lambdas of the
+    config or LightGCN's item vectors, whichever validates better; for text and image, the two-tower
+    model over `features` (`config`: the pipeline's RelevanceConfig)."""
+    import time
+
+    start = time.perf_counter()
+    if str(modality) == "behaviour":
+        ease, curve = fit_ease(train, validate, lambdas=config.ease_lambdas, topk=config.ease_topk)
+        lightgcn = two_tower_of(lightgcn_item_vecs)
+        lightgcn_valid = validate(lightgcn)
+        use_ease = max(s for _, s in curve) >= lightgcn_valid
+        model = ease if use_ease else lightgcn
+        report = {
+            "model": "EASE" if use_ease else "LightGCN item vectors",
+            "curve": {"EASE lambda": curve},
+            "LightGCN": lightgcn_valid,
+        }
+    else:
+        model, curve = train_two_tower(
+            features,
+            train,
+            validate,
+            dim=config.dim,
+            epochs=config.epochs,
+            batch=config.batch_size,
+            lr=config.lr,
+            tau=config.tau,
+            keep=config.keep,
+            patience=config.patience,
+            seed=config.seed,
+            desc=f"{modality} relevance",
+        )
+        report = {
+            "model": "two-tower BPR",
+            "curve": {"epoch": [(e, v) for e, _, v in curve]},
+            "loss": [(e, loss) for e, loss, _ in curve],
+        }
+    report.update(seconds=time.perf_counter() - start, valid=validate(model))
+    return model, report
