@@ -118,7 +118,7 @@ def single_tool_plan(spec: ToolSpec) -> list[str]:
 
 class ChannelRow(Method):
     """One evidence tool's channels alone, no policy: its zero-shot channels or its learned one
-    (mma_agent/relevance.py), called directly on the episode (what the tool's group weighs)."""
+    (mma_agent/models/relevance.py), called directly on the episode (what the tool's group weighs)."""
 
     group = "evidence"
 

@@ -135,7 +135,7 @@ class ImageFeatureConfig(_Config):
 
 
 class RelevanceConfig(_Config):
-    """The learned relevance channel of each evidence toolkit (`mma relevance`, see mma_agent/relevance.py)."""
+    """The learned relevance channel of each evidence toolkit (`mma relevance`, see mma_agent/models/relevance.py)."""
 
     dim: int = Field(default=64, ge=1, description="Text and image: the projection size of the user and item towers.")
     epochs: int = Field(default=40, ge=1, description="Text and image: most BPR epochs (one triple per train positive each).")

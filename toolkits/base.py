@@ -37,7 +37,7 @@ EVIDENCE_COST = 0.02  # Eq. 3: each call of an automated evidence tool
 ASK_COST = 0.10  # Eq. 3: each question to the user (worth it only when it moves the ranking more)
 STRENGTH_WORDS = (1.6, 1.9)  # z of a group's top 10 over the pool: below is weak, between moderate, above strong (about the
 # tertiles of text, image and graph evidence together on 300 full-family validation pools of MovieLens-posters)
-LEARNED = "learned"  # the channel part of a tool's learned relevance (mma_agent/relevance.py): channel "<group>_learned"
+LEARNED = "learned"  # the channel part of a tool's learned relevance (mma_agent/models/relevance.py): channel "<group>_learned"
 MIXTURES = (0.75, 0.25)  # the first group's share in each two-group entry of the weight menu
 
 

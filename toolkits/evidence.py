@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def learned_channel(ctx: EpisodeContext, modality: Modality) -> np.ndarray | None:
-    """The modality's learned relevance over the pool (see mma_agent/relevance.py); None when no
+    """The modality's learned relevance over the pool (see mma_agent/models/relevance.py); None when no
     model was prepared, the modality is masked, or the history gives it nothing to go on."""
     from mma_agent.models.relevance import relevance_feature
 

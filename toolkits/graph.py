@@ -7,7 +7,7 @@ precomputed transition matrix (milliseconds, and `ppr_agreement` measures how cl
 exact `networkx.pagerank` with the same personalisation), and summed co-interaction counts with
 the history. Behaviour masked (a cold user) or an empty history: Null.
 
-With a learned behaviour relevance prepared (EASE, see mma_agent/relevance.py) the tool's evidence
+With a learned behaviour relevance prepared (EASE, see mma_agent/models/relevance.py) the tool's evidence
 is that channel alone, and PageRank and the co-counts only shape the observation: on the
 validation pools the graph group scored with the learned channel alone beat the mean of the three
 in every family with behaviour (RuleRouter-Fuse, best alpha, NDCG@10: behaviour-only .0838 vs
