@@ -277,3 +277,104 @@ def build_query_sets(
                 }
             )
     return out, rows, skipped
+
+
+def llm_subset_report(
+    pipeline: Workspace,
+    sets: dict[str, list[dict]],
+    model: str,
+    out_dir,
+    *,
+    per_family: int = 50,
+    seed: int = 0,
+    min_items: int = MIN_ITEMS,
+) -> dict[str, list[dict]]:
+    """MMA-Auto with `model` on a seeded subset of the facet episodes (`per_family` per family and split),
+    paired with the non-LLM rows on the same episodes; every alpha and the fixed fusion chosen on the
+    validation subset. Writes `llm-subset.md` in `out_dir`."""
+    from pathlib import Path
+
+    from mma_agent.evals.results import cliffs_delta, wilcoxon_p
+    from mma_agent.evals.runner import picked_pools
+    from mma_agent.graphs.fusion import fuse
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.graphs.state import rerank_request, trace_stats
+    from mma_agent.llm import resolve_chat_model
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.util import atomic_write_text, format_table
+
+    catalogue, kits = pipeline.toolkits()
+    menu = [w for w in tool_vocabulary(kits).for_request("words").weight_menu() if "ask" not in w]
+    chat = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models")
+    graph = create_mma_reranker(chat, catalogue=catalogue, toolkits=kits).compile()
+    picked = {}
+    for split in ("valid", "test"):
+        eps = sets[f"{split}-facet-seed{seed}-n{min_items}"]
+        by: dict[str, list[dict]] = defaultdict(list)
+        for e in eps:
+            by[e["family"]].append(e)
+        picked[split] = [fam[int(i)] for f, fam in sorted(by.items()) for i in picked_pools(len(fam), per_family, seed)]
+    scores, calls = {}, {}
+    for split, eps in picked.items():
+        table = score_table(pipeline, eps, menu)
+        outs = graph.batch(
+            [rerank_request(e, with_target=False) for e in tqdm(eps, desc=f"MMA-Auto on {split} queries")], {"max_concurrency": 2}
+        )
+        llm = []
+        for e, out in zip(eps, outs, strict=True):
+            first = np.asarray(e["first_stage_scores"], dtype=float)
+            mma = np.array([out["mma_scores"][c] for c in e["candidates"]]) if out.get("mma_scores") else None
+            llm.append(
+                [_ndcg(first if mma is None else fuse(first, mma, a), e["candidates"], set(e["relevant"])) for a in ALPHAS]
+            )
+            for tool, n in trace_stats(out).items():
+                if tool in ("calls", "fallback"):
+                    calls.setdefault((split, tool), []).append(float(n))
+        table["llm"] = np.asarray(llm)
+        request_tools = {s.name for s in tool_vocabulary(kits).specs if s.reads_request}
+        table["request_tools"] = np.array(
+            [sum((t.get("action") or {}).get("tool") in request_tools for t in o["trace"]) for o in outs]
+        )
+        scores[split] = table
+    sv, st = scores["valid"], scores["test"]
+    e_fix, a_fix = _best(sv["grid"])
+    a_llm = int(np.nanargmax(np.nanmean(sv["llm"], axis=0)))
+    a_hist = int(np.nanargmax(np.nanmean(sv["history"], axis=0)))
+    cols = {
+        "First stage": st["first"],
+        "History only": st["history"][:, a_hist],
+        "Query-only probe": st["probe"],
+        "Fixed fusion (chosen on the validation subset)": st["grid"][:, e_fix, a_fix],
+        f"MMA-Auto ({model}), compact prompt": st["llm"][:, a_llm],
+    }
+    rows = [{"row": k, "NDCG@10": f"{np.mean(v):.4f}"} for k, v in cols.items()]
+    mma = cols[f"MMA-Auto ({model}), compact prompt"]
+    tests = []
+    for name in ("Fixed fusion (chosen on the validation subset)", "History only", "Query-only probe"):
+        d = mma - cols[name]
+        tests.append({"MMA-Auto vs": name, "episodes": len(d), "mean diff": f"{np.mean(d):+.4f}",
+                      "better/worse/tied": f"{int((d > 0).sum())}/{int((d < 0).sum())}/{int((d == 0).sum())}",
+                      "Wilcoxon p": f"{wilcoxon_p(mma, cols[name]):.3g}",
+                      "Cliff's delta": f"{cliffs_delta(mma, cols[name]):+.3f}"})  # fmt: skip
+    usage = [
+        {
+            "split": "test",
+            "request-tool calls/ep": f"{st['request_tools'].mean():.2f}",
+            "share of episodes calling one": f"{(st['request_tools'] > 0).mean():.0%}",
+            "tool calls/ep": f"{np.mean(calls[('test', 'calls')]):.1f}",
+            "fallback": f"{np.mean(calls[('test', 'fallback')]):.0%}",
+        }
+    ]
+    tables = {
+        f"Facet queries, LLM subset ({len(picked['test'])} test episodes, {per_family} per family; "
+        f"alphas chosen on {len(picked['valid'])} validation episodes)": rows,
+        "Paired tests of MMA-Auto on the same episodes": tests,
+        "What the policy did": usage,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = f"# MMA-Auto on facet queries (a subset)\n\n{llm_subset_report.__doc__}\n" + "".join(
+        "\n" + format_table(r, t) + "\n" for t, r in tables.items()
+    )
+    atomic_write_text(out_dir / "llm-subset.md", text)
+    return tables

@@ -94,6 +94,14 @@ def cmd_eval_queries(args) -> None:
 
     p = _pipeline(args)
     sets, _, _ = build_query_sets(p, families=args.families, seed=args.seed, min_items=args.min_items)
+    if args.llm:
+        from mma_agent.evals.query_eval import llm_subset_report
+
+        _print_tables(
+            llm_subset_report(p, sets, args.llm, args.out, per_family=args.llm_limit, seed=args.seed, min_items=args.min_items)
+        )
+        print(f"\nreport: {args.out / 'llm-subset.md'}")
+        return
     if args.limit:
         sets = {k: v[: args.limit] for k, v in sets.items()}
     _print_tables(query_report(p, sets, args.out, seed=args.seed, min_items=args.min_items))
@@ -146,6 +154,10 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     eq.add_argument("--seed", type=int, default=0)
     eq.add_argument("--min-items", type=int, default=30)
     eq.add_argument("--limit", type=int, help="episodes per query set (default: all)")
+    eq.add_argument(
+        "--llm", metavar="BACKEND", help="instead: MMA-Auto with this backend on a seeded subset of the facet episodes"
+    )
+    eq.add_argument("--llm-limit", type=int, default=50, help="facet episodes per family and split for --llm")
     eq.add_argument("--out", type=Path, default=Path("evals/results/query"))
     eq.set_defaults(func=cmd_eval_queries)
 
