@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -282,7 +283,7 @@ def build_query_sets(
 def llm_subset_report(
     pipeline: Workspace,
     sets: dict[str, list[dict]],
-    model: str,
+    model: Any,
     out_dir,
     *,
     per_family: int = 50,
@@ -306,6 +307,7 @@ def llm_subset_report(
     catalogue, kits = pipeline.toolkits()
     menu = [w for w in tool_vocabulary(kits).for_request("words").weight_menu() if "ask" not in w]
     chat = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models")
+    label = model if isinstance(model, str) else type(model).__name__
     graph = create_mma_reranker(chat, catalogue=catalogue, toolkits=kits).compile()
     picked = {}
     for split in ("valid", "test"):
@@ -345,10 +347,10 @@ def llm_subset_report(
         "History only": st["history"][:, a_hist],
         "Query-only probe": st["probe"],
         "Fixed fusion (chosen on the validation subset)": st["grid"][:, e_fix, a_fix],
-        f"MMA-Auto ({model}), compact prompt": st["llm"][:, a_llm],
+        f"MMA-Auto ({label}), compact prompt": st["llm"][:, a_llm],
     }
     rows = [{"row": k, "NDCG@10": f"{np.mean(v):.4f}"} for k, v in cols.items()]
-    mma = cols[f"MMA-Auto ({model}), compact prompt"]
+    mma = cols[f"MMA-Auto ({label}), compact prompt"]
     tests = []
     for name in ("Fixed fusion (chosen on the validation subset)", "History only", "Query-only probe"):
         d = mma - cols[name]

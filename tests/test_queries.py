@@ -68,3 +68,25 @@ def test_real_tags_are_the_users_own_words_and_a_data_set_without_tags_skips_the
     finally:
         p.__dict__.pop("dataset")
     assert none.episodes == [] and "no user tags" in none.skipped["real tags"]
+
+
+def test_the_llm_subset_report_pairs_mma_auto_with_the_rows_on_the_same_episodes(tiny, tmp_path):
+    """Wiring only (a scripted policy that reads the request, then scores): the real model's row is
+    `mma eval queries --llm`, in evals/results/query/llm-subset.md."""
+    import json
+
+    from mma_agent.evals.query_eval import llm_subset_report
+    from mma_agent.evals.runner import build_episodes
+    from mma_agent.llm.scripted import ScriptedChatModel
+    from mma_agent.training.queries import facet_queries
+
+    p, _ = tiny
+    sets = {
+        f"{s}-facet-seed0-n3": facet_queries(p, build_episodes(p, s, families=["full"]), min_items=3).episodes
+        for s in ("valid", "test")
+    }
+    plan = [json.dumps({"tool": "match_text", "args": {}}), json.dumps({"tool": "score_candidates", "args": {"weights": {}}})]
+    tables = llm_subset_report(p, sets, ScriptedChatModel(responses=plan), tmp_path, per_family=3, min_items=3)
+    rows, tests, usage = tables.values()
+    assert [r["row"] for r in rows][-1].startswith("MMA-Auto") and all(t["episodes"] == 3 for t in tests)
+    assert usage[0]["share of episodes calling one"] == "100%" and (tmp_path / "llm-subset.md").is_file()
