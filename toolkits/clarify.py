@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from mma_agent.toolkits.base import ASK_COST, EpisodeContext, Evidence, Toolkit, ToolSpec, quote
 from mma_agent.toolkits.evidence import strength, top_candidates
+from mma_agent.toolkits.graph import seeded_behaviour
 from mma_agent.toolkits.image import ImageToolkit
 from mma_agent.toolkits.text import TextToolkit
 from mma_agent.toolkits.titles import named_items
@@ -151,10 +152,8 @@ class ClarifyToolkit(Toolkit):
     def answer_evidence(self, ctx: EpisodeContext, answer: Answer) -> dict[str, np.ndarray]:
         """The items the answer names, through the behaviour evidence they seed; else its words
         against each candidate's text; else against each poster."""
-        from mma_agent.toolkits.graph import GraphToolkit
-
         spec = self.spec("ask_user")
-        score = GraphToolkit().seeded(ctx, answer_items(ctx, answer))
+        score = seeded_behaviour(ctx, answer_items(ctx, answer))
         if score is not None:
             return {spec.channel("behaviour"): score}
         if self.text is not None and (sim := self.text.words_similarity(ctx, answer.text)) is not None:

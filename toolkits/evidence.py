@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mma_agent.modalities import Modality
-from mma_agent.toolkits.base import STRENGTH_WORDS, EpisodeContext
+from mma_agent.toolkits.base import STRENGTH_WORDS, EpisodeContext, Evidence, ToolSpec, quote, request_words
 from mma_agent.util import atomic_save_npy, atomic_write_text, json_digest
 
 log = logging.getLogger(__name__)
@@ -112,3 +112,18 @@ class EmbeddingCache:
             atomic_save_npy(path, arr)
             atomic_write_text(meta, json.dumps({"key": key, "shape": list(arr.shape)}))
         return arr
+
+
+def request_match(ctx: EpisodeContext, spec: ToolSpec, words: str | None, similarity, *, what: str, feature: str) -> Evidence:
+    """The evidence of a tool that matches the request's words against one modality's items:
+    `similarity(ctx, words)` gives the pool's scores, or None when the `feature` (text, image) is not
+    visible; `what` names the items in the observation (text, poster)."""
+    words = request_words(ctx, words)
+    if words is None:
+        return Evidence.none(spec.name, "the request has no words to match")
+    sim = similarity(ctx, words)
+    if sim is None:
+        return Evidence.none(spec.name, f"no {feature} embeddings were prepared for this catalogue")
+    summary = strength(ctx, sim, None)
+    observation = f"Request words {quote(words, 80)}: best {what} matches: {top_candidates(ctx, sim)}. {summary}"
+    return Evidence(spec.name, observation, {spec.channel("sim"): sim}, summary=summary)

@@ -95,6 +95,21 @@ def exact_ppr(graph: ItemGraph, seeds: np.ndarray, alpha: float = 0.15) -> np.nd
     return np.array([pr[i] for i in range(graph.transition.shape[0])])
 
 
+def seeded_behaviour(ctx: EpisodeContext, items: np.ndarray, alpha: float = 0.15, steps: int = 3) -> np.ndarray | None:
+    """What people who liked `items` went on to like, over the pool: the learned behaviour
+    relevance seeded with them when prepared, else PageRank from them; None when behaviour is not
+    visible or the score does not separate the candidates."""
+    from mma_agent.models.relevance import relevance_feature
+
+    if len(items) == 0 or not ctx.view.mask.behaviour:
+        return None
+    model = ctx.view.feature(relevance_feature(Modality.BEHAVIOUR))
+    score = model.score(items, ctx.candidates) if model is not None else None
+    if score is None and ctx.view.feature("graph") is not None:
+        score = truncated_ppr(ctx.view.feature("graph"), items, alpha, steps)[ctx.candidates]
+    return score if score is not None and np.ptp(score) > 0 else None
+
+
 class GraphToolkit(Toolkit):
     name = "graph"
     modality = Modality.BEHAVIOUR
@@ -129,20 +144,6 @@ class GraphToolkit(Toolkit):
         interactions = catalogue.view(family_mask("behaviour-only")).interactions()
         return catalogue.with_features(graph=(Modality.BEHAVIOUR, build_item_graph(interactions, self.neighbours)))
 
-    def seeded(self, ctx: EpisodeContext, items: np.ndarray) -> np.ndarray | None:
-        """What people who liked `items` went on to like, over the pool: the learned behaviour
-        relevance seeded with them when prepared, else PageRank from them; None when behaviour is not
-        visible or the score does not separate the candidates."""
-        from mma_agent.models.relevance import relevance_feature
-
-        if len(items) == 0 or not ctx.view.mask.behaviour:
-            return None
-        model = ctx.view.feature(relevance_feature(Modality.BEHAVIOUR))
-        score = model.score(items, ctx.candidates) if model is not None else None
-        if score is None and ctx.view.feature("graph") is not None:
-            score = truncated_ppr(ctx.view.feature("graph"), items, self.alpha, self.steps)[ctx.candidates]
-        return score if score is not None and np.ptp(score) > 0 else None
-
     def follow_titles(self, ctx: EpisodeContext, words: str | None = None) -> Evidence:
         from mma_agent.toolkits.titles import named_items
 
@@ -153,7 +154,7 @@ class GraphToolkit(Toolkit):
         named = named_items(ctx, words)
         if len(named) == 0:
             return Evidence.none(spec.name, "the words name no catalogue title (or titles are not visible)")
-        score = self.seeded(ctx, named)
+        score = seeded_behaviour(ctx, named, self.alpha, self.steps)
         if score is None:
             return Evidence.none(spec.name, "the named items lead nowhere in the pool")
         summary = strength(ctx, score, None)

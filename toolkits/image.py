@@ -23,10 +23,15 @@ from mma_agent.toolkits.base import (
     RequestWordsArgs,
     Toolkit,
     ToolSpec,
-    quote,
-    request_words,
 )
-from mma_agent.toolkits.evidence import EmbeddingCache, cosine_to_history, group_score, learned_channel, strength, top_candidates
+from mma_agent.toolkits.evidence import (
+    EmbeddingCache,
+    cosine_to_history,
+    group_score,
+    learned_channel,
+    request_match,
+    strength,
+)
 from mma_agent.util import joined_digest, l2_normalize
 
 MOVIE_TAGS: tuple[str, ...] = (
@@ -174,16 +179,7 @@ class ImageToolkit(Toolkit):
         return np.nan_to_num(img[ctx.candidates]) @ self.encode_text([words])[0]
 
     def match_poster(self, ctx: EpisodeContext, words: str | None = None) -> Evidence:
-        spec = self.spec("match_poster")
-        words = request_words(ctx, words)
-        if words is None:
-            return Evidence.none(spec.name, "the request has no words to match")
-        sim = self.words_similarity(ctx, words)
-        if sim is None:
-            return Evidence.none(spec.name, "no image embeddings were prepared for this catalogue")
-        summary = strength(ctx, sim, None)
-        observation = f"Request words {quote(words, 80)}: best poster matches: {top_candidates(ctx, sim)}. {summary}"
-        return Evidence(spec.name, observation, {spec.channel("sim"): sim}, summary=summary)
+        return request_match(ctx, self.spec("match_poster"), words, self.words_similarity, what="poster", feature="image")
 
     def top_tags(self, vec: np.ndarray, k: int = 5) -> list[str]:
         s = self.tag_emb @ vec

@@ -24,9 +24,16 @@ from mma_agent.toolkits.base import (
     Toolkit,
     ToolSpec,
     quote,
-    request_words,
 )
-from mma_agent.toolkits.evidence import EmbeddingCache, cosine_to_history, group_score, learned_channel, strength, top_candidates
+from mma_agent.toolkits.evidence import (
+    EmbeddingCache,
+    cosine_to_history,
+    group_score,
+    learned_channel,
+    request_match,
+    strength,
+    top_candidates,
+)
 from mma_agent.util import joined_digest
 
 
@@ -118,16 +125,7 @@ class TextToolkit(Toolkit):
         return np.nan_to_num(emb[ctx.candidates]) @ self.embed([words])[0]
 
     def match_text(self, ctx: EpisodeContext, words: str | None = None) -> Evidence:
-        spec = self.spec("match_text")
-        words = request_words(ctx, words)
-        if words is None:
-            return Evidence.none(spec.name, "the request has no words to match")
-        sim = self.words_similarity(ctx, words)
-        if sim is None:
-            return Evidence.none(spec.name, "no text embeddings were prepared for this catalogue")
-        summary = strength(ctx, sim, None)
-        observation = f"Request words {quote(words, 80)}: best text matches: {top_candidates(ctx, sim)}. {summary}"
-        return Evidence(spec.name, observation, {spec.channel("sim"): sim}, summary=summary)
+        return request_match(ctx, self.spec("match_text"), words, self.words_similarity, what="text", feature="text")
 
     def analyze_text(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
         spec = self.spec("analyze_text")
