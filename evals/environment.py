@@ -39,24 +39,10 @@ class EvalEnv:
         """Every automated tool's channels on the episode, each tool called once through its toolkit
         under the episode's mask (`learned=False`: the toolkits without their learned channels,
         i.e. zero-shot evidence only), cached for the rows that read them."""
-        from mma_agent.toolkits.base import EpisodeContext
-
         key = (ep["split"], ep["family"], ep["pool"], learned)
         if key not in self._evidence:
             catalogue, kits = (self.catalogue, self.kits) if learned else self.pipeline.toolkits(learned=False)
-            tools = tool_vocabulary(kits)
-            ctx = EpisodeContext(
-                catalogue.view(Mask(**ep["mask"])),
-                np.asarray(ep["hist_idx"], dtype=np.int64),
-                np.asarray(ep["cand_idx"], dtype=np.int64),
-                ep["user"],
-                first_stage=np.asarray(ep["first_stage_scores"], dtype=float),
-            )
-            channels = {}
-            for spec in tools.automated:
-                kit = kits.get(tools.owner(spec.name))
-                if kit is not None:
-                    channels.update(kit.call(spec.name, ctx).channels)
+            channels = episode_channels(catalogue, kits, tool_vocabulary(kits), ep)
             self._evidence[key] = channels
         return self._evidence[key]
 
@@ -86,3 +72,24 @@ class Method:
 
     def score(self, ep: dict) -> tuple[np.ndarray | None, dict]:
         raise NotImplementedError
+
+
+def episode_channels(catalogue, kits: dict, tools, ep: dict, *, query: str | None = None) -> dict[str, np.ndarray]:
+    """Every automated tool of `tools` called once on an evaluation episode, through its toolkit,
+    under the episode's mask (request tools read `query`): the channels, as the tools return them."""
+    from mma_agent.toolkits.base import EpisodeContext
+
+    ctx = EpisodeContext(
+        catalogue.view(Mask(**ep["mask"])),
+        np.asarray(ep["hist_idx"], dtype=np.int64),
+        np.asarray(ep["cand_idx"], dtype=np.int64),
+        ep["user"],
+        first_stage=np.asarray(ep["first_stage_scores"], dtype=float),
+        query=query,
+    )
+    channels: dict[str, np.ndarray] = {}
+    for spec in tools.automated:
+        kit = kits.get(tools.owner(spec.name))
+        if kit is not None:
+            channels.update(kit.call(spec.name, ctx).channels)
+    return channels

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mma_agent.evals.environment import episode_channels
 from mma_agent.toolkits.workspace import Workspace
 from mma_agent.training.queries import MIN_ITEMS, facet_queries, leaks, real_tag_queries
 
@@ -45,27 +46,6 @@ def facet_rule(query: str) -> dict[str, float]:
     else:
         tool = "text_request"
     return {tool: 0.5, **{g: 0.5 / len(HISTORY_GROUPS) for g in HISTORY_GROUPS}}
-
-
-def _episode_groups(catalogue, kits, vocab, ep: dict) -> dict[str, np.ndarray]:
-    """Every automated tool's channels on the episode (request tools reading the whole request)."""
-    from mma_agent.modalities import Mask
-    from mma_agent.toolkits.base import EpisodeContext
-
-    ctx = EpisodeContext(
-        catalogue.view(Mask.of(ep["mask"])),
-        np.asarray(ep["hist_idx"], dtype=np.int64),
-        np.asarray(ep["cand_idx"], dtype=np.int64),
-        ep["user"],
-        first_stage=np.asarray(ep["first_stage_scores"], dtype=float),
-        query=ep["query"],
-    )
-    channels: dict[str, np.ndarray] = {}
-    for spec in vocab.automated:
-        kit = kits.get(vocab.owner(spec.name))
-        if kit is not None:
-            channels.update({k: np.asarray(v, dtype=np.float64) for k, v in kit.call(spec.name, ctx).channels.items()})
-    return channels
 
 
 def _ndcg(scores: np.ndarray, candidates: list[str], relevant: set[str]) -> float:
@@ -87,7 +67,9 @@ def score_table(pipeline: Workspace, episodes: list[dict], menu: list[dict]) -> 
     rng = np.random.default_rng(0)
     out = defaultdict(list)
     for ep in tqdm(episodes, desc="query episodes", unit="ep"):
-        channels = _episode_groups(catalogue, kits, vocab, ep)
+        channels = {
+            k: np.asarray(v, dtype=np.float64) for k, v in episode_channels(catalogue, kits, vocab, ep, query=ep["query"]).items()
+        }
         first = np.asarray(ep["first_stage_scores"], dtype=float)
         rel = list(ep["relevant"])
         perm = rng.permutation(len(rel))
