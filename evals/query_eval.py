@@ -324,6 +324,7 @@ def llm_subset_report(
     e_fix, a_fix = _best(sv["grid"])
     a_llm = int(np.nanargmax(np.nanmean(sv["llm"], axis=0)))
     a_hist = int(np.nanargmax(np.nanmean(sv["history"], axis=0)))
+    ceiling = {"Ceiling: Recall@100 of the pools": st["recall100"]}
     cols = {
         "First stage": st["first"],
         "History only": st["history"][:, a_hist],
@@ -331,7 +332,7 @@ def llm_subset_report(
         "Fixed fusion (chosen on the validation subset)": st["grid"][:, e_fix, a_fix],
         f"MMA-Auto ({label}), compact prompt": st["llm"][:, a_llm],
     }
-    rows = [{"row": k, "NDCG@10": f"{np.mean(v):.4f}"} for k, v in cols.items()]
+    rows = [{"row": k, "NDCG@10": f"{np.mean(v):.4f}"} for k, v in (ceiling | cols).items()]
     mma = cols[f"MMA-Auto ({label}), compact prompt"]
     tests = []
     for name in ("Fixed fusion (chosen on the validation subset)", "History only", "Query-only probe"):

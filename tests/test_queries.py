@@ -89,4 +89,5 @@ def test_the_llm_subset_report_pairs_mma_auto_with_the_rows_on_the_same_episodes
     tables = llm_subset_report(p, sets, ScriptedChatModel(responses=plan), tmp_path, per_family=3, min_items=3)
     rows, tests, usage = tables.values()
     assert [r["row"] for r in rows][-1].startswith("MMA-Auto") and all(t["episodes"] == 3 for t in tests)
+    assert rows[0]["row"].startswith("Ceiling: Recall@100")
     assert usage[0]["share of episodes calling one"] == "100%" and (tmp_path / "llm-subset.md").is_file()
