@@ -34,19 +34,36 @@ class RerankToolArgs(BaseModel):
 
 def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k: int = 10):
     """A LangChain tool over a compiled reranker: returns the top_k item ids and whether it fell
-    back (with the reason). It takes what the request model takes; it never raises."""
+    back (with the reason). It takes what the request model takes; it never raises, except
+    LangGraph's interrupt: MMA-Interactive's question reaches the host agent's caller, and
+    `Command(resume=answer)` finishes the ranking. `ainvoke` awaits the reranker's async path."""
     from langchain_core.tools import StructuredTool
+    from langgraph.errors import GraphBubbleUp
 
-    def run(**call: Any) -> str:
-        request = {k: v for k, v in call.items() if v is not None}
-        try:
-            out = reranker.invoke(request)
-        except Exception as err:  # the reranker answers every mapping; anything else is reported, not raised
-            return f"Could not rerank ({type(err).__name__}: {err}); keep the first-stage order."
+    def answer(out: dict) -> str:
         head = ", ".join(out["ranking"][:top_k])
         fell = f" (first-stage order: {out['reason']})" if out["fallback"] else ""
         note = "".join(f" Warning: {w}." for w in out.get("warnings") or [])
         return f"Top {min(top_k, len(out['ranking']))}: {head}{fell}{note}"
+
+    def failed(err: Exception) -> str:
+        return f"Could not rerank ({type(err).__name__}: {err}); keep the first-stage order."
+
+    def run(**call: Any) -> str:
+        try:
+            return answer(reranker.invoke({k: v for k, v in call.items() if v is not None}))
+        except GraphBubbleUp:  # MMA-Interactive's question pauses the host agent's graph (interrupt); not a failure
+            raise
+        except Exception as err:  # the reranker answers every mapping; anything else is reported, not raised
+            return failed(err)
+
+    async def arun(**call: Any) -> str:
+        try:
+            return answer(await reranker.ainvoke({k: v for k, v in call.items() if v is not None}))
+        except GraphBubbleUp:
+            raise
+        except Exception as err:
+            return failed(err)
 
     class RerankTool(StructuredTool):
         def _parse_input(self, tool_input: str | dict, tool_call_id: str | None) -> str | dict[str, Any]:
@@ -60,6 +77,7 @@ def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k:
 
     return RerankTool.from_function(
         func=run,
+        coroutine=arun,
         name=name,
         args_schema=RerankToolArgs,
         description="Rerank recommendation candidates for a user with multimodal evidence (text, posters, behaviour); works when some are missing.",

@@ -7,9 +7,11 @@ completions of constrained decoding are derived here.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,45 @@ from mma_agent.llm.actions import ActionError, parse_action
 from mma_agent.toolkits.base import ToolVocabulary
 
 PREFILL = '{"tool": "'  # local models start every reply here; a completion continues it
+BACKEND_ATTEMPTS = 3  # tries of one policy call on a transient backend error (the policy node's RetryPolicy)
+RETRY_INTERVAL = 0.25  # seconds before the second try, doubling after
+
+
+class BackendError(Exception):
+    """A policy call that failed (the cause is chained); `attempts_note` says how often it was tried."""
+
+    def __init__(self, message: str, attempts_note: str = "") -> None:
+        super().__init__(message)
+        self.attempts_note = attempts_note
+
+
+class TransientBackendError(BackendError):
+    """A failure worth another try within the timeout: the policy node's `RetryPolicy` retries it."""
+
+
+def is_transient(err: BaseException) -> bool:
+    """A connection refused or reset, an HTTP 5xx or 429 (openai and httpx errors, read by their
+    class names and status so neither is imported). A timeout is not: its time is spent."""
+    names = {c.__name__ for c in type(err).__mro__}
+    if isinstance(err, TimeoutError) or names & {"APITimeoutError", "TimeoutException"}:
+        return False
+    status = getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    return isinstance(err, ConnectionError) or bool(names & {"APIConnectionError", "TransportError"})
+
+
+def backend_retry_policy():
+    """LangGraph's node `RetryPolicy` for the policy node: transient errors only, bounded."""
+    from langgraph.types import RetryPolicy
+
+    return RetryPolicy(
+        max_attempts=BACKEND_ATTEMPTS,
+        initial_interval=RETRY_INTERVAL,
+        backoff_factor=2.0,
+        jitter=False,
+        retry_on=TransientBackendError,
+    )
 
 
 class ScoreWeightsArgs(BaseModel):
@@ -123,12 +164,10 @@ class Policy:
             else None
         )
 
-    def ask(self, messages: list[dict], allowed: list[str] | None = None) -> tuple[str, dict]:
-        """The model's reply to the conversation, and its usage metadata (native tool calls under
-        "tool_calls"). Raises on backend failure; a concurrent.futures.TimeoutError past `timeout`."""
+    def _request(self, messages: list[dict], allowed: list[str] | None) -> tuple[list, dict, threading.Event]:
+        """The langchain messages, the invoke kwargs that constrain the reply, and a cancel event."""
         from langchain_core.messages import convert_to_messages
 
-        lc = convert_to_messages(messages)
         if self.prefill:  # a local model: the prefill, then constrained decoding over its continuations
             kwargs = {"prefill": PREFILL, "allowed_completions": allowed, "stop_strings": ["\n"]}
         elif self.constrained and allowed:  # a served model: the whole action lines, as the server's structured-outputs choice
@@ -137,21 +176,63 @@ class Policy:
             kwargs = choice_kwargs(self.model, [PREFILL + c for c in allowed])
         else:
             kwargs = {}
+        cancel = threading.Event()
+        if self.timeout is not None and getattr(self.model, "supports_cancel", False):
+            kwargs["cancel"] = cancel
+        return convert_to_messages(messages), kwargs, cancel
+
+    def ask(self, messages: list[dict], allowed: list[str] | None = None, *, timeout: float | None = None) -> tuple[str, dict]:
+        """The model's reply to the conversation, and its usage metadata (native tool calls under
+        "tool_calls"). Raises on backend failure; a TimeoutError past `timeout` (default the
+        policy's own; a retry passes what is left of it)."""
+        lc, kwargs, cancel = self._request(messages, allowed)
+        t0 = time.perf_counter()
         if self._pool is None:
-            out = self.model.invoke(lc, **kwargs)
-        else:
-            cancel = threading.Event()
-            if getattr(self.model, "supports_cancel", False):
-                kwargs["cancel"] = cancel
-            future = self._pool.submit(self.model.invoke, lc, **kwargs)
-            try:
-                out = future.result(timeout=self.timeout)
-            except concurrent.futures.TimeoutError:
-                future.cancel()  # still queued: never starts; running: told to stop
-                cancel.set()
-                raise
+            return self._reply(self.model.invoke(lc, **kwargs), t0)
+        future = self._pool.submit(self.model.invoke, lc, **kwargs)
+        try:
+            return self._reply(future.result(timeout=timeout or self.timeout), t0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # still queued: never starts; running: told to stop
+            cancel.set()
+            raise
+
+    async def aask(
+        self, messages: list[dict], allowed: list[str] | None = None, *, timeout: float | None = None
+    ) -> tuple[str, dict]:
+        """`ask` through the chat model's async API (an `openai:` backend awaits its HTTP call;
+        a model without one runs in the event loop's executor), cancelled past the timeout."""
+        lc, kwargs, cancel = self._request(messages, allowed)
+        t0 = time.perf_counter()
+        try:
+            out = await asyncio.wait_for(self.model.ainvoke(lc, **kwargs), timeout or self.timeout)
+        except TimeoutError:
+            cancel.set()
+            raise
+        return self._reply(out, t0)
+
+    def time_left(self, info: Any) -> float | None:
+        """Seconds left of the timeout since the first try of this call (LangGraph's execution info)."""
+        first = getattr(info, "node_first_attempt_time", None)
+        if self.timeout is None or first is None:
+            return self.timeout
+        return self.timeout - (time.time() - first)
+
+    def error(self, err: Exception, info: Any) -> BackendError:
+        """What a failed call raises in the policy node: a `TransientBackendError` (tried again by
+        the node's RetryPolicy) while tries and time are left, else a final `BackendError`."""
+        attempt = getattr(info, "node_attempt", 1) or 1
+        left = self.time_left(info)
+        wait = RETRY_INTERVAL * 2 ** (attempt - 1)
+        if is_transient(err) and attempt < BACKEND_ATTEMPTS and (left is None or left > wait):
+            return TransientBackendError(f"try {attempt}: {type(err).__name__}: {err}")
+        return BackendError(f"{type(err).__name__}: {err}", f"after {attempt} tries" if attempt > 1 else "")
+
+    @staticmethod
+    def _reply(out: Any, t0: float) -> tuple[str, dict]:
+        """(reply text, usage metadata); "seconds" is the backend's own figure, else the call's wall time."""
         meta = dict(getattr(out, "usage_metadata", None) or {})
-        meta["seconds"] = float((getattr(out, "response_metadata", None) or {}).get("seconds", 0.0))
+        meta["seconds"] = float((getattr(out, "response_metadata", None) or {}).get("seconds", 0.0)) or time.perf_counter() - t0
         if getattr(out, "tool_calls", None):
             meta["tool_calls"] = [{"name": c["name"], "args": c.get("args", {})} for c in out.tool_calls]
             if not out.content:

@@ -14,8 +14,16 @@ checkpointer and store), mount it as a subgraph, or wrap it as a tool. LangGraph
 an input that is not a mapping (`InvalidUpdateError`) and `None` on a thread with nothing to
 resume (`EmptyInputError`) before any node runs; `guard_input(compiled)` is the one wrapper that
 answers those with the fallback and its reason instead, for apps that pass requests through
-unchecked. Run-scoped dependencies (catalogue, toolkits, model) are bound when the graph is
-built, so the compiled graph needs no extra invoke arguments.
+unchecked. Run-scoped dependencies (catalogue, toolkits, model, settings) are one
+`RerankContext`, LangGraph's `context_schema`: the factory builds it and the nodes use it when a
+run brings none, so the compiled graph needs no extra invoke arguments; `invoke(request,
+context=RerankContext(...))` swaps it for one run.
+
+The policy node has a sync and an async body: `ainvoke`/`abatch`/`astream` await the chat model's
+async API (an `openai:` backend's HTTP calls), `invoke`/`batch` call it on the policy's threads.
+A transient backend error (connection refused or reset, HTTP 5xx or 429) is tried again by the
+node's LangGraph `RetryPolicy` while tries and the timeout last; the node's error handler turns the
+last error into the fallback. Progress events go to the custom stream (see `nodes.Progress`).
 
 The pieces: `state` (request/response types, the request's resolution, the fallback), `policy`
 (the LLM call and what it may answer), `nodes` (nodes and routers), `fusion` (evidence -> scores,
@@ -24,13 +32,18 @@ Eq. 2); `guard_input` is in `guard`.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any, Literal
 
+from langgraph.errors import NodeError
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
 
-from mma_agent.graphs.nodes import RerankNodes
-from mma_agent.graphs.policy import Policy, Router, rule_action
+from mma_agent.graphs import nodes
+from mma_agent.graphs.nodes import RerankContext, with_context
+from mma_agent.graphs.policy import Policy, Router, backend_retry_policy, rule_action
 from mma_agent.graphs.prompts import PromptStyle, check_style
 from mma_agent.graphs.state import BUDGET_SPENT, POLICY, SCORE, TOOLS, VALIDATE, RerankInput, RerankOutput, RerankState, Variant
 from mma_agent.toolkits.base import Catalogue, Toolkit
@@ -113,11 +126,11 @@ def create_mma_reranker(
         if backend.native_tools:
             model = model.bind_tools(tool_schemas(tools, tools.names(interactive=variant == "interactive"), scoring))
         policy = Policy(model, prefill=bool(prefill), timeout=backend.timeout, constrained=not free_form)
-    nodes = RerankNodes(
-        policy,
+    ctx = RerankContext(
         catalogue,
         toolkits,
         tools,
+        policy,
         variant=variant,
         alpha=alpha,
         max_turns=max_turns,
@@ -125,12 +138,12 @@ def create_mma_reranker(
         router=router or rule_action,
         prompt=prompt,
     )
-    g = StateGraph(RerankState, input_schema=RerankInput, output_schema=RerankOutput)
-    g.add_node(VALIDATE, nodes.validate)
-    g.add_node(POLICY, nodes.policy)
-    g.add_node(TOOLS, nodes.run_tool)
-    g.add_node(SCORE, nodes.score)
-    g.add_node(BUDGET_SPENT, nodes.budget_spent)
+    g = StateGraph(RerankState, context_schema=RerankContext, input_schema=RerankInput, output_schema=RerankOutput)
+    g.add_node(VALIDATE, _bound(nodes.validate, ctx))
+    g.add_node(POLICY, _policy_node(ctx), retry_policy=backend_retry_policy(), error_handler=_bound(nodes.backend_failed, ctx))
+    g.add_node(TOOLS, _bound(nodes.run_tool, ctx))
+    g.add_node(SCORE, _bound(nodes.score, ctx))
+    g.add_node(BUDGET_SPENT, _bound(nodes.budget_spent, ctx))
     g.add_edge(START, VALIDATE)
     g.add_conditional_edges(VALIDATE, nodes.after_validate)
     g.add_conditional_edges(POLICY, nodes.after_policy)
@@ -138,3 +151,33 @@ def create_mma_reranker(
     g.add_edge(SCORE, END)
     g.add_edge(BUDGET_SPENT, END)
     return g
+
+
+def _bound(fn: Callable, default: RerankContext) -> Callable:
+    """A module-level node with the factory's context as the default of its runtime's."""
+    if "error" in inspect.signature(fn).parameters:  # an error handler (LangGraph injects the NodeError)
+
+        def handler(state: RerankState, error: NodeError, runtime: Runtime) -> dict:
+            return fn(state, error, with_context(runtime, default))
+
+        return handler
+
+    def node(state: RerankState, runtime: Runtime) -> dict:
+        return fn(state, with_context(runtime, default))
+
+    node.__name__ = fn.__name__
+    return node
+
+
+def _policy_node(default: RerankContext):
+    """The policy node with a sync and an async body (LangGraph runs one per way of invoking)."""
+    from langchain_core.runnables import RunnableLambda
+    from langgraph.runtime import get_runtime
+
+    def sync(state: RerankState) -> dict:
+        return nodes.policy(state, with_context(get_runtime(), default))
+
+    async def asynchronous(state: RerankState) -> dict:
+        return await nodes.apolicy(state, with_context(get_runtime(), default))
+
+    return RunnableLambda(sync, afunc=asynchronous, name=POLICY)
