@@ -27,7 +27,7 @@ FORMAT = "mma-policy-calls/1"
 def record_policy_calls(pipeline: Workspace, backend: str, out: Path, *, episodes: int = 32) -> dict:
     """Run MMA-Auto with `backend` on the first `episodes` test pools of the full family and write
     its policy calls to `out` (JSON): what `replay` feeds a model."""
-    from mma_agent.evals.rerank_bench import _requests
+    from mma_agent.evals.rerank_bench import pool_requests
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.llm import TransformersChatModel, resolve_chat_model
 
@@ -54,7 +54,7 @@ def record_policy_calls(pipeline: Workspace, backend: str, out: Path, *, episode
     catalogue, kits = pipeline.toolkits()
     graph = create_mma_reranker(rec, catalogue=catalogue, toolkits=kits, backend={"timeout": None}).compile()
     recorded = []
-    for req in _requests(pipeline, pipeline.pools("full", "test"), episodes):
+    for req in pool_requests(pipeline, pipeline.pools("full", "test"), episodes):
         calls.clear()
         graph.invoke(req)
         recorded.append(list(calls))

@@ -12,7 +12,8 @@ import numpy as np
 from mma_agent.toolkits.workspace import Workspace
 
 
-def _requests(pipeline: Workspace, pools, n: int) -> list[dict]:
+def pool_requests(pipeline: Workspace, pools, n: int) -> list[dict]:
+    """Reranker requests of the first `n` pools (user, candidates, first-stage scores)."""
     split = pipeline.split
     return [
         {
@@ -59,7 +60,7 @@ def bench_rerank(
     models = [named(spec) for spec in ([model] if isinstance(model, str) else model)]
     asking = named(interactive) if interactive else models[0]
     pools = pipeline.pools("full", "test")
-    requests = _requests(pipeline, pools, episodes)
+    requests = pool_requests(pipeline, pools, episodes)
     targets = [str(pipeline.split.item_ids[pools.target(p)]) for p in range(len(requests))]
     relevant = [{str(pipeline.split.item_ids[i]) for i in pools.relevant(p)} for p in range(len(requests))]
     rows, speed = [], []

@@ -1,4 +1,5 @@
-"""The reranker for the LangGraph CLI / server (see langgraph.json), and as a subgraph and a tool.
+"""The reranker for the LangGraph CLI / server (see langgraph.json), as a subgraph and a tool, and
+its progress events streamed through the host (run this file).
 
 Environment (read here, in the app, never in the library): MMA_CONFIG (a pipeline YAML, default
 the built-in settings), MMA_DATA (data set folder), MMA_WORKDIR (the workdir `mma pipeline` built,
@@ -63,3 +64,15 @@ host_graph = host.compile()
 
 # 3. As a LangChain tool for a host agent.
 rerank_tool = create_rerank_tool(graph)
+
+if __name__ == "__main__":
+    # 4. Progress while it thinks: the host streams with subgraphs=True, and each policy action and tool
+    #    call of the mounted reranker arrives as a custom event (tool, arguments, Null or evidence, ms).
+    #    Run: python examples/langgraph_app.py (after `bash scripts/main.sh`, which builds the caches).
+    request = {"user_id": str(_split.user_ids[0])}
+    for namespace, mode, chunk in host_graph.stream(request, stream_mode=["custom", "updates"], subgraphs=True):
+        if mode == "custom":
+            print(namespace[-1].split(":")[0], chunk)
+        elif "rerank" in chunk:
+            out = chunk["rerank"]
+            print("ranking", out["ranking"][:10], "fallback" if out["fallback"] else "", out["reason"])

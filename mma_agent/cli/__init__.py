@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if not args.verbose:  # the HTTP clients log every request at INFO: one line per policy call of an openai: backend
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     from pydantic import ValidationError
 
     from mma_agent.data.schema import DatasetError

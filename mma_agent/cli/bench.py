@@ -68,6 +68,12 @@ def cmd_bench_serve(args) -> None:
     )
 
 
+def cmd_bench_async(args) -> None:
+    from mma_agent.evals.async_bench import bench_async
+
+    _print_tables(bench_async(_pipeline(args), serve_model=args.model, requests=args.requests, rounds=args.rounds))
+
+
 def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
@@ -194,6 +200,15 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     bs.add_argument("--clients", type=int, default=50)
     bs.add_argument("--requests", type=int, default=200)
     bs.set_defaults(func=cmd_bench_serve)
+    bas = bench.add_parser(
+        "async",
+        parents=[common],
+        help="the reranker over mma serve via openai:, sync .batch against abatch (requests/s, threads)",
+    )
+    bas.add_argument("--model", default="transformers:smollm2-135m", help="what `mma serve` serves (started here)")
+    bas.add_argument("--requests", type=int, default=32, help="requests sent at once (full-family test pools)")
+    bas.add_argument("--rounds", type=int, default=2, help="alternating rounds of each mode")
+    bas.set_defaults(func=cmd_bench_async)
     blr = bench.add_parser(
         "llm-record", parents=[common], help="record MMA-Auto's policy calls on full-family test pools, for `bench llm`"
     )
