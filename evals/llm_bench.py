@@ -95,7 +95,7 @@ def _replay(model: Any, episodes: list[list[dict]], concurrency: int) -> tuple[f
 
 
 def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeats: int = 1) -> dict[str, list[dict]]:
-    """Each setting ({"device", "batching", "cuda_graphs", "concurrency", optional "label"}) replays
+    """Each setting ({"device", "batching", "cuda_graphs", "concurrency", optional "dtype" and "label"}) replays
     every recorded episode with a `TransformersChatModel` over `model_path`, after two warm-up
     passes over them (model load, graph captures); the best of `repeats` timed passes is reported."""
     import torch
@@ -107,9 +107,11 @@ def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeat
     n_calls = sum(len(ep) for ep in episodes)
     rows, models, first = [], {}, None
     for s in settings:
-        key = (s.get("device"), s.get("batching"), s.get("cuda_graphs", True))
+        key = (s.get("device"), s.get("batching"), s.get("cuda_graphs", True), s.get("dtype", "auto"))
         if key not in models:
-            models[key] = TransformersChatModel(model_path=model_path, device=key[0], batching=key[1], cuda_graphs=key[2])
+            models[key] = TransformersChatModel(
+                model_path=model_path, device=key[0], batching=key[1], cuda_graphs=key[2], dtype=key[3]
+            )
         model = models[key]
         for _ in range(2):  # warm-up: model load, and the shapes this setting's passes take (graph captures)
             _replay(model, episodes, s["concurrency"])
@@ -131,6 +133,7 @@ def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeat
                 "setting": s.get("label")
                 or f"{model.torch_device.type}, batching={bool(batcher)}, concurrency={s['concurrency']}",
                 "device": torch.cuda.get_device_name(model.torch_device) if model.torch_device.type == "cuda" else "cpu",
+                "dtype": model.compute_dtype,
                 "episodes/s": f"{len(episodes) / wall:.2f}",
                 "calls/s": f"{n_calls / wall:.1f}",
                 "call p50 ms": f"{1000 * statistics.median(lat):.1f}",

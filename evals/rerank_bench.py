@@ -88,6 +88,7 @@ def bench_rerank(
         rows.append(
             {
                 "variant": label,
+                "dtype": llm.compute_dtype if isinstance(llm, TransformersChatModel) else ("server's" if llm is not None else ""),
                 "episodes": len(outs),
                 "p50 s": f"{np.percentile(lat, 50):.2f}",
                 "p95 s": f"{np.percentile(lat, 95):.2f}",

@@ -11,7 +11,7 @@
 # Output: the `mma bench llm` table for the CPU and CUDA settings, side by side in one process.
 # Preparing them here (both folders are git-ignored; name them in the device call's carry):
 #   mma bench llm-record --model transformers:<workdir>/train/sft/policy --episodes 32 --out .gpu/policy-calls.json
-#   mkdir -p .gpu/smollm2-arch && cp .mma/models/smollm2-135m-instruct/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .gpu/smollm2-arch/
+#   mkdir -p .gpu/smollm2-arch && cp .mma/models/smollm2-135m-instruct-f32/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .gpu/smollm2-arch/
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
 #     langchain-core langsmith pydantic pydantic-core ... (the versions this venv has, for what the GPU image lacks)
 set -euo pipefail

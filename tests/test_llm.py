@@ -32,7 +32,7 @@ def test_embedded_smollm2_converts_once_and_generates(tmp_path):
     from langchain_core.messages import HumanMessage
 
     m = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path, max_new_tokens=8)
-    folder = tmp_path / "smollm2-135m-instruct"
+    folder = tmp_path / "smollm2-135m-instruct-f32"
     assert (folder / "model.safetensors").is_file()
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     out = m.invoke([HumanMessage("Say hello.")])
@@ -284,3 +284,20 @@ def test_the_batched_pass_chooses_what_token_by_token_decoding_chooses(tmp_path)
     assert stats["rows"] == len(calls) and stats["passes"] <= 4  # queued callers shared passes of up to 4
     with pytest.raises(ValueError, match="longer than the model's context"):
         batched.invoke([HumanMessage("word " * batched.context_length)], prefill='{"tool": "', allowed_completions=menus[0])
+
+
+def test_the_dtype_follows_the_hardware(monkeypatch):
+    """float32 on a CPU without bf16 arithmetic (bfloat16 is emulated there, about 3x slower),
+    bfloat16 where the CPU has it, bf16 or fp16 on CUDA; an explicit dtype wins."""
+    torch = pytest.importorskip("torch")
+    from mma_agent.llm import local
+
+    monkeypatch.setattr(local, "cpu_flags", lambda: {"avx512f", "avx2"})
+    assert local.choose_dtype("cpu") == ("float32", "CPU without bf16 arithmetic")
+    monkeypatch.setattr(local, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert local.choose_dtype("cpu") == ("bfloat16", "CPU with avx512_bf16")
+    monkeypatch.setattr(local, "cpu_flags", lambda: {"fp", "asimd", "bf16"})  # an Arm CPU's Features
+    assert local.choose_dtype("cpu")[0] == "bfloat16"
+    for bf16, want in ((True, "bfloat16"), (False, "float16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert local.choose_dtype("cuda:0")[0] == want

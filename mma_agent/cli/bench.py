@@ -150,6 +150,8 @@ def cmd_bench_llm(args) -> None:
                         "label": f"{device}: {args.concurrency} episodes at a time, batched passes, eager (no CUDA graphs)",
                     }
                 )
+    if args.dtypes:  # each setting in each dtype asked for (the actions of each against the recording)
+        settings = [{**st, "dtype": d, "label": f"{st['label']}, {d}"} for st in settings for d in args.dtypes]
     _print_tables(bench_llm(args.calls, args.model_path, settings, repeats=args.repeats))
 
 
@@ -184,7 +186,9 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     bj.add_argument("--styles", nargs="+", default=["compact", "full"], choices=PROMPT_STYLES, help="prompt styles to attack")
     bj.add_argument("--before", action="store_true", help="also run with the quoting's neutralisation off (the 'before' table)")
     bj.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], help="the local model's dtype (float32 is faster on CPUs without bf16)"
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="the local model's dtype (default: what the hardware computes fastest, see choose_dtype)",
     )
     bj.set_defaults(func=cmd_bench_injection)
     bf = bench.add_parser(
@@ -238,6 +242,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         help="leave out the concurrent rows without batching (calls in lock-step)",
     )
     bl.add_argument("--repeats", type=int, default=1, help="timed passes per setting (the best is reported)")
+    bl.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="run each setting in each dtype (default: auto)",
+    )
     bl.set_defaults(func=cmd_bench_llm)
 
     br = bench.add_parser("rerank", parents=[common], help="episode latency, LLM calls and tokens with the embedded model")

