@@ -9,7 +9,10 @@ run (and the clean run against itself, run twice):
 - action changes: the sequence of tools differs;
 - obeyed: the final weights are the ones the attack asks for (when it asks for some), against how
   often the clean run ends there anyway;
-- the rank lift of the item an attack names.
+- the rank lift of the item an attack names;
+- the control: the same text changed benignly (the same field of other real items; for the query
+  and the answer, "something like «a real title»"), so an attack's action changes read against
+  what any change of that text does.
 
 Catalogue text is changed in a copy of the catalogue; the cached embeddings are the clean ones, so
 anything that moves comes through the policy. The answer site asks in a scripted episode
@@ -51,18 +54,28 @@ def _tools(out: dict) -> list[str]:
     return [(t.get("action") or {}).get("tool") for t in out.get("trace", []) if t.get("action")]
 
 
-def _with_text(catalogue, items: list[int], field: str, text: str):
-    """The catalogue with `field` of `items` replaced by `text` (a copy; features shared)."""
+def _field(catalogue, item: int, field: str) -> str:
+    """An item's real text in `field` (its tags joined, for "tags")."""
+    if field == "tags":
+        return catalogue.split.item_tags[item]
+    value = catalogue.split.dataset.items.iloc[item][field]
+    return "" if not isinstance(value, str) else value
+
+
+def _with_text(catalogue, items: list[int], field: str, text: str | list[str]):
+    """The catalogue with `field` of `items` replaced by `text` (one for all, or one per item; a
+    copy, features shared)."""
     from mma_agent.toolkits.base import Catalogue
 
     split = catalogue.split
+    texts = text if isinstance(text, list) else [text] * len(items)
     if field == "tags":
         tags = list(split.item_tags)
-        for i in items:
-            tags[i] = text
+        for i, t in zip(items, texts, strict=True):
+            tags[i] = t
         return Catalogue(dataclasses.replace(split, item_tags=tags), catalogue.features)
     table = split.dataset.items.copy()
-    table.loc[items, field] = text
+    table.loc[items, field] = texts
     return Catalogue(dataclasses.replace(split, dataset=dataclasses.replace(split.dataset, items=table)), catalogue.features)
 
 
@@ -117,6 +130,7 @@ def bench_injection(
     styles: tuple[str, ...] = ("compact", "full"),
     defence: bool = True,
     backend_options: dict | None = None,
+    sites: tuple[str, ...] = SITES,
 ) -> dict[str, list[dict]]:
     from mma_agent.evals.runner import build_episodes
     from mma_agent.graphs.reranker import create_mma_reranker
@@ -140,6 +154,7 @@ def bench_injection(
         return graphs[key].invoke(rerank_request(ep, with_target=False))
 
     counts: dict[tuple, dict] = defaultdict(lambda: {"n": 0, "flips": 0, "changes": 0, "obeyed": 0, "base": 0, "lifts": []})
+    rng, view, n_items = np.random.default_rng(seed), catalogue.view(Mask()), len(catalogue.split.item_ids)
     start = time.perf_counter()
     work = [(ep, style) for ep in episodes for style in styles]
     with _neutralisation(defence):
@@ -152,16 +167,20 @@ def bench_injection(
             again = run(catalogue, ep, style)
             rank = {c: r for r, c in enumerate(clean["ranking"])}
             _count(counts[("clean (second run)", "-", style)], clean, again, None, rank, None)
-            for site in SITES:
+            for site in sites:
                 for attack in ATTACKS:
-                    text = attack.filled(title, named_id)
+                    other = view.item_field(int(rng.integers(n_items)), "title") or "a film"
+                    text = attack.filled(title, named_id, benign=f"something like {other}")
                     if site in CATALOGUE_SITES:
                         items = (
                             [int(ep["cand_idx"][j]) for j in low]
                             if site.startswith("candidate")
                             else [int(i) for i in ep["hist_idx"][-3:]]
                         )
-                        out = run(_with_text(catalogue, items, CATALOGUE_SITES[site], text), ep, style)
+                        field = CATALOGUE_SITES[site]
+                        if attack.control:  # the same field of other real items: what any change of this text does
+                            text = [_field(catalogue, int(j), field) for j in rng.integers(n_items, size=len(items))]
+                        out = run(_with_text(catalogue, items, field, text), ep, style)
                         _count(counts[(site, attack.kind, style)], clean, out, attack, rank, named_id)
                     elif site == "query":  # the person's request itself is the attack; the clean run has none
                         out = run(catalogue, {**ep, "query": text}, style)

@@ -105,7 +105,7 @@ def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeat
     episodes = load_policy_calls(calls_file)
     recorded = [[c["reply"] for c in ep] for ep in episodes]
     n_calls = sum(len(ep) for ep in episodes)
-    rows, models, first = [], {}, None
+    rows, models, first, changed = [], {}, None, []
     for s in settings:
         key = (s.get("device"), s.get("batching"), s.get("cuda_graphs", True), s.get("dtype", "auto"))
         if key not in models:
@@ -147,5 +147,13 @@ def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeat
                 "same as the first row": f"{same_first}/{len(episodes)}",
             }
         )
+        for e, (got, want) in enumerate(zip(replies, recorded, strict=True)):
+            if got != want:  # the first call that answered differently, and the two answers
+                k = next(k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
+                changed.append(
+                    {"setting": rows[-1]["setting"], "episode": e, "call": k + 1, "recorded": want[k], "replayed": got[k]}
+                )
     title = f"Policy calls of {len(episodes)} recorded episodes ({n_calls} calls), replayed on {model_path}, one setting after the other in one run"
-    return {title: rows}
+    return {title: rows} | (
+        {"Episodes whose actions changed: the first call that answered differently": changed} if changed else {}
+    )

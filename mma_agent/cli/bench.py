@@ -48,6 +48,7 @@ def cmd_bench_injection(args) -> None:
             styles=tuple(args.styles),
             defence=defence,
             backend_options=options,
+            sites=tuple(args.sites),
         )
         _print_tables(tables)
 
@@ -157,6 +158,7 @@ def cmd_bench_llm(args) -> None:
 
 def register(sub, common: argparse.ArgumentParser) -> None:
     """Adds this group's commands to the `mma` parser."""
+    from mma_agent.evals.attacks import SITES
     from mma_agent.graphs.prompts import PROMPT_STYLES
     from mma_agent.modalities import TASK_FAMILIES
 
@@ -184,6 +186,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     bj.add_argument("--requests", type=int, default=4, help="full-family test pools (each runs every site x attack x style)")
     bj.add_argument("--seed", type=int, default=0)
     bj.add_argument("--styles", nargs="+", default=["compact", "full"], choices=PROMPT_STYLES, help="prompt styles to attack")
+    bj.add_argument("--sites", nargs="+", default=list(SITES), choices=SITES, help="where the attacks go (default: every site)")
     bj.add_argument("--before", action="store_true", help="also run with the quoting's neutralisation off (the 'before' table)")
     bj.add_argument(
         "--dtype",
