@@ -75,6 +75,12 @@ def cmd_bench_async(args) -> None:
     _print_tables(bench_async(_pipeline(args), serve_model=args.model, requests=args.requests, rounds=args.rounds))
 
 
+def cmd_bench_profile(args) -> None:
+    from mma_agent.evals.profile_bench import bench_profile
+
+    _print_tables(bench_profile(_pipeline(args), args.model, episodes=args.episodes, rounds=args.rounds))
+
+
 def cmd_bench_rerank(args) -> None:
     from mma_agent.evals.rerank_bench import bench_rerank
 
@@ -216,6 +222,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     bas.add_argument("--requests", type=int, default=32, help="requests sent at once (full-family test pools)")
     bas.add_argument("--rounds", type=int, default=2, help="alternating rounds of each mode")
     bas.set_defaults(func=cmd_bench_async)
+    bp = bench.add_parser("profile", parents=[common], help="where a policy call's time goes, in-process and over mma serve")
+    bp.add_argument("--model", default="transformers:smollm2-135m", help="a transformers: backend (also what mma serve serves)")
+    bp.add_argument("--episodes", type=int, default=20, help="full-family test pools")
+    bp.add_argument("--rounds", type=int, default=2, help="alternating rounds of each mode")
+    bp.set_defaults(func=cmd_bench_profile)
     blr = bench.add_parser(
         "llm-record", parents=[common], help="record MMA-Auto's policy calls on full-family test pools, for `bench llm`"
     )
