@@ -143,6 +143,7 @@ def _serve_instrumented(model: str, workdir: str, out: str) -> None:
     server, sock = serve(
         llm, model, "127.0.0.1", 0, on_ready=lambda port: print(f"serving at http://127.0.0.1:{port}/v1", flush=True)
     )
+
     def reset(*_):
         timers.seconds.clear()
         timers.counts.clear()

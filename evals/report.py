@@ -29,6 +29,7 @@ from .results import (
     Results,
     family_means,
 )
+from .routing import routing_ceiling
 from .store import ResultStore
 from .tables import (
     coverage,
@@ -65,10 +66,11 @@ NOTES = [
 
 
 def build_report(
-    store_path: Path, out_dir: Path, *, title: str = "Evaluation", alpha_on: AlphaPools = "own"
+    store_path: Path, out_dir: Path, *, title: str = "Evaluation", alpha_on: AlphaPools = "own", features: dict | None = None
 ) -> tuple[str, list[dict]]:
     """Write `report.md` and its plot into out_dir; return the Markdown and the main table.
-    alpha_on: see `AlphaPools`."""
+    alpha_on: see `AlphaPools`; features: each episode's router features (`routing.episode_features`),
+    for the routing ceiling's contextual router (without them it is left out)."""
     from mma_agent.util import format_table
 
     store = ResultStore(store_path)
@@ -194,6 +196,16 @@ def build_report(
         for t, rs in evidence:
             md += [format_table(rs, t), ""]
     md += [format_table(routing, "## Routing diagnostics (test)"), ""]
+    ceiling = routing_ceiling(rows, meta, features)
+    if ceiling:
+        md += [
+            format_table(
+                ceiling,
+                "## The routing ceiling: can per-episode routing pay here? (the run's fixed choices: every fused method "
+                "without an LLM at every alpha; see `evals/routing.py`)",
+            ),
+            "",
+        ]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     md += ["", "## How to read this", "", *NOTES, *meta.get("notes", [])]
     text = "\n".join(md) + "\n"

@@ -36,6 +36,7 @@ from mma_agent.toolkits.workspace import Workspace
 from mma_agent.util import minmax
 
 from .environment import EvalEnv, Method
+from .routing import HALVES
 from .store import ResultStore, RunMismatchError
 
 log = logging.getLogger(__name__)
@@ -122,18 +123,33 @@ def subset(episodes: list[dict], limit: Limit, seed: int = 0) -> list[dict]:
     return [ep for ep in episodes if ep["pool"] in keep[ep["family"], ep["n_pools"]]]
 
 
+def relevant_halves(relevant: Collection[str]) -> tuple[set[str], set[str]] | None:
+    """Two halves of an episode's relevant items, the same for every method (seeded by the set
+    itself): the routing ceiling's split-half transfer. None with fewer than two."""
+    import zlib
+
+    rel = sorted(relevant)
+    if len(rel) < 2:
+        return None
+    perm = np.random.default_rng(zlib.crc32("\x1f".join(rel).encode())).permutation(len(rel))
+    return {rel[i] for i in perm[: len(rel) // 2]}, {rel[i] for i in perm[len(rel) // 2 :]}
+
+
 def fused_metrics(
     first: np.ndarray, method: np.ndarray | None, candidates: list[str], relevant: list[str]
 ) -> dict[str, dict[str, float]]:
-    """Eq. 2 at every alpha of the grid; `method=None` is the first-stage ranking at every alpha."""
+    """Eq. 2 at every alpha of the grid; `method=None` is the first-stage ranking at every alpha.
+    Besides `METRICS`, NDCG@10 on each of the relevant items' two halves (`relevant_halves`)."""
     first = np.asarray(first, dtype=float)
     base = minmax(first) if method is None else None
-    rel = set(relevant)
+    rel, halves = set(relevant), relevant_halves(relevant)
     out = {}
     for a in ALPHAS:
         final = base if method is None else fuse(first, np.asarray(method, dtype=float), a)
         ranking = [candidates[i] for i in np.argsort(-final, kind="stable")]
         out[str(a)] = {name: fn(ranking, rel, k) for name, fn, k in METRICS}
+        if halves is not None:
+            out[str(a)] |= {name: ndcg_at_k(ranking, half, 10) for name, half in zip(HALVES, halves, strict=True)}
     return out
 
 

@@ -408,3 +408,46 @@ def test_alpha_on_paired_pools_chooses_from_the_episodes_every_method_ran():
     assert paired.test("everywhere") == {("full", 9): 0.6}
     with pytest.raises(ValueError, match="alpha_on"):
         Results(rows, {}, alpha_on="mine")
+
+
+def test_relevant_halves_are_the_same_for_every_method_and_split_the_set():
+    from mma_agent.evals.runner import relevant_halves
+
+    rel = [f"i{k}" for k in range(7)]
+    a, b = relevant_halves(rel)
+    assert relevant_halves(rel[::-1]) == (a, b) and a | b == set(rel) and not a & b and len(a) == 3
+    assert relevant_halves(["only"]) is None
+    metrics = fused_metrics(np.arange(7.0), np.arange(7.0)[::-1], rel, rel[:2])
+    assert {"ndcg@10 half-a", "ndcg@10 half-b"} <= set(metrics["0.5"])
+
+
+def _row(method, split, pool, values, halves=None):
+    metrics = {}
+    for a, v in values.items():
+        metrics[a] = {"ndcg@10": v}
+        if halves is not None:
+            metrics[a] |= {"ndcg@10 half-a": halves[a][0], "ndcg@10 half-b": halves[a][1]}
+    return {"method": method, "split": split, "family": "full", "pool": pool, "seed": 0, "metrics": metrics}
+
+
+def test_the_routing_ceiling_picks_on_validation_and_reads_test_halves():
+    """Arithmetic on hand-made rows: A is better on validation, B on test; the oracle takes the best
+    per pool; with halves that disagree the split-half transfer falls below the fixed choice."""
+    from mma_agent.evals.routing import routing_ceiling
+
+    rows, rng = [], np.random.default_rng(0)
+    for pool in range(30):
+        rows += [_row("A", "valid", pool, {"0.5": 0.5}), _row("B", "valid", pool, {"0.5": 0.2})]
+        a_test, b_test = (0.3, 0.4) if pool % 2 else (0.6, 0.1)
+        ha, hb = (0.9, 0.0), (0.0, 0.9)  # each half prefers another method: in-hindsight picks do not transfer
+        rows += [_row("A", "test", pool, {"0.5": a_test}, {"0.5": ha}), _row("B", "test", pool, {"0.5": b_test}, {"0.5": hb})]
+    rows.append(_row("Probe: x", "test", 0, {"0.5": 1.0}))
+    meta = {"groups": {"Probe: x": "protocol probe"}, "fused": {"Probe: x": False}, "uses_llm": {}}
+    features = {(s, "full", p): rng.normal(size=5) for s in ("valid", "test") for p in range(30)}
+    (row,) = routing_ceiling(rows, meta, features)
+    assert row["it is"] == "A, alpha 0.5" and row["best fixed choice (chosen on validation)"] == f"{np.mean([0.3, 0.6]):.4f}"
+    assert row["oracle: best choice per pool (hindsight)"] == f"{np.mean([0.4, 0.6]):.4f}"
+    assert row["split-half oracle / fixed, same halves"] == "0.0000 / 0.4500" and row[
+        "halves agree on the best choice"
+    ].startswith("0%")
+    assert row["router follows the fixed choice"] == "100%"  # valid says A on every pool: nothing to route

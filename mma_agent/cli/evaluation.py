@@ -84,7 +84,9 @@ def cmd_eval_report(args) -> None:
     if not path.is_file():
         msg = f"no results store at {path}; run `mma eval run --run {args.run}` first"
         raise FileNotFoundError(msg)
-    _, main = build_report(path, args.out, title=args.title, alpha_on=args.alpha_on)
+    from mma_agent.evals.routing import episode_features
+
+    _, main = build_report(path, args.out, title=args.title, alpha_on=args.alpha_on, features=episode_features(p))
     print(format_table(main, "Main table (test NDCG@10 per family; first row: the Recall@100 ceiling)"))
     print(f"\nreport: {args.out / 'report.md'}")
 
