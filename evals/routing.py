@@ -149,10 +149,12 @@ def routing_ceiling(rows: list[dict], meta: dict, features: dict | None = None, 
             row["router follows the fixed choice"] = f"{np.mean(pick == fixed):.0%}"
         row["oracle: best choice per pool (hindsight)"] = f"{np.mean(np.nanmax(tg, axis=1)):.4f}"
         ha, hb = _grids(rows, methods, family, "test", HALVES[0]), _grids(rows, methods, family, "test", HALVES[1])
-        ok = ~(np.isnan(ha[2]).all(1) | np.isnan(hb[2]).all(1)) if ha is not None and hb is not None else np.zeros(0, bool)
+        # pools where every choice has both halves (a pool with one relevant item has none; a store
+        # whose rows predate the halves has none for those methods)
+        ok = ~(np.isnan(ha[2]).any(1) | np.isnan(hb[2]).any(1)) if ha is not None and hb is not None else np.zeros(0, bool)
         if ok.any():
             a, b = ha[2][ok], hb[2][ok]
-            pa, pb = np.nanargmax(np.nan_to_num(a, nan=-1), 1), np.nanargmax(np.nan_to_num(b, nan=-1), 1)
+            pa, pb = np.argmax(a, 1), np.argmax(b, 1)
             idx = np.arange(len(a))
             transfer = 0.5 * (b[idx, pa] + a[idx, pb])
             fixed_h = 0.5 * (a[:, fixed] + b[:, fixed])
