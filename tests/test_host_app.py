@@ -274,6 +274,7 @@ class FlakyServer:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.mark.parametrize("how", ["503", "reset"])
