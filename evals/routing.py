@@ -21,7 +21,10 @@ from collections import defaultdict
 
 import numpy as np
 
+from mma_agent.toolkits.workspace import Workspace
+
 from .results import NOT_METHODS, cliffs_delta, wilcoxon_p
+from .runner import HALVES, build_episodes
 
 FEATURES = (
     "log history length",
@@ -30,14 +33,11 @@ FEATURES = (
     "pool log popularity",
     "history log popularity",
 )
-HALVES = ("ndcg@10 half-a", "ndcg@10 half-b")
 
 
-def episode_features(pipeline, families=None, splits=("valid", "test")) -> dict[tuple, np.ndarray]:
+def episode_features(pipeline: Workspace, families=None, splits=("valid", "test")) -> dict[tuple, np.ndarray]:
     """(split, family, pool) -> the features a router sees before any answer (`FEATURES`); every
     family with pools by default."""
-    from mma_agent.evals.runner import build_episodes
-
     pop = np.log1p(np.asarray(pipeline.split.matrix("train").sum(axis=0), dtype=float).ravel())
     out = {}
     for split in splits:

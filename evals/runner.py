@@ -36,11 +36,11 @@ from mma_agent.toolkits.workspace import Workspace
 from mma_agent.util import minmax
 
 from .environment import EvalEnv, Method
-from .routing import HALVES
 from .store import ResultStore, RunMismatchError
 
 log = logging.getLogger(__name__)
 ALPHAS = tuple(round(a, 1) for a in np.linspace(0.0, 1.0, 11))
+HALVES = ("ndcg@10 half-a", "ndcg@10 half-b")  # NDCG@10 on each half of the relevant items (`relevant_halves`)
 METRICS = (
     ("ndcg@10", ndcg_at_k, 10),
     ("hr@10", hr_at_k, 10),
