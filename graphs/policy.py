@@ -146,12 +146,14 @@ class Policy:
     honour it, a server that ignores it answers freely and the reply is parsed).
 
     A call past `timeout` is abandoned (the reranker falls back) and never left running unbounded:
-    a backend that supports it (`supports_cancel`, the local transformers model) is told to stop
-    and stops at its next token; any other call finishes on one of at most `max_workers` threads
-    this policy owns (an HTTP backend's own client timeout ends it), so a hung backend can hold
+    a backend that supports it (`supports_cancel`, the local transformers model) runs on the
+    calling thread and is told to stop at the deadline, which it does at its next token; any other
+    call runs on one of at most `max_workers` threads this policy owns and is abandoned at the
+    deadline (an HTTP backend's own client timeout ends it), so a hung backend can hold
     that many threads and no more: further calls wait for a free thread within their timeout.
-    32 workers let a `.batch` of up to 32 episodes reach the model together (a local model on
-    CUDA answers them in shared passes, see `mma_agent.llm.forward_batcher`).
+    32 workers let a `.batch` of up to 32 episodes reach a served model together; a local model
+    runs on the batch's own threads (on CUDA concurrent calls share passes, see
+    `mma_agent.llm.forward_batcher`).
     """
 
     def __init__(
@@ -189,6 +191,8 @@ class Policy:
         t0 = time.perf_counter()
         if self._pool is None:
             return self._reply(self.model.invoke(lc, **kwargs), t0)
+        if "cancel" in kwargs:  # a local model stops itself: it runs here, on the thread that runs the episode
+            return self._reply(self._cancelled_after(timeout or self.timeout, cancel, lc, kwargs), t0)
         future = self._pool.submit(self.model.invoke, lc, **kwargs)
         try:
             return self._reply(future.result(timeout=timeout or self.timeout), t0)
@@ -196,6 +200,23 @@ class Policy:
             future.cancel()  # still queued: never starts; running: told to stop
             cancel.set()
             raise
+
+    def _cancelled_after(self, timeout: float, cancel: threading.Event, lc: list, kwargs: dict) -> Any:
+        """The model's call on this thread, told to stop (`cancel`) once `timeout` passes: it stops
+        at its next token and this raises TimeoutError. On the thread that runs the episode, the
+        model's torch work shares one OpenMP team with the toolkits'; on a thread of its own, two
+        teams contend for the cores (a forward pass took 265 ms instead of 161 ms on two cores)."""
+        from mma_agent.llm import GenerationCancelled
+
+        timer = threading.Timer(timeout, cancel.set)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self.model.invoke(lc, **kwargs)
+        except GenerationCancelled as err:
+            raise concurrent.futures.TimeoutError(str(err)) from err
+        finally:
+            timer.cancel()
 
     async def aask(
         self, messages: list[dict], allowed: list[str] | None = None, *, timeout: float | None = None
