@@ -82,15 +82,18 @@ def bench_async(
     catalogue, kits = pipeline.toolkits(image=with_image)
     reqs = pool_requests(pipeline, pipeline.pools("full", "test"), requests)
     config = {"max_concurrency": len(reqs)}
-    rows, rankings = [], {}
+    rows, rankings, reasons = [], {}, []
     with served(serve_model, str(pipeline.config.workdir)) as url:
         graph = create_mma_reranker(
             f"openai:{serve_model}", catalogue=catalogue, toolkits=kits, backend={"options": {"base_url": url}, "timeout": 600}
         ).compile()
         graph.invoke(reqs[0])  # warm-up: the server's first call, the toolkits' caches
+        loop = (
+            asyncio.new_event_loop()
+        )  # one loop for every abatch round, as in an app (the async HTTP client keeps its connections)
         modes = {
             "sync .batch": lambda: graph.batch(reqs, config=config),
-            "abatch": lambda: asyncio.run(graph.abatch(reqs, config=config)),
+            "abatch": lambda: loop.run_until_complete(graph.abatch(reqs, config=config)),
         }
         for r in range(rounds):
             for mode, run in modes.items():
@@ -99,6 +102,7 @@ def bench_async(
                     outs = run()
                     wall = time.perf_counter() - start
                 rankings.setdefault(mode, [o["ranking"] for o in outs])
+                reasons += [f"{mode}, round {r + 1}: {o['reason']}" for o in outs if o["fallback"]]
                 rows.append(
                     {
                         "mode": mode,
@@ -108,13 +112,15 @@ def bench_async(
                         "wall s": f"{wall:.1f}",
                         "threads before": threads.before,
                         "peak threads": threads.peak,
+                        "threads added at peak": threads.peak - threads.before,
                         "LLM calls": sum(o["usage"].get("llm_calls", 0) for o in outs),
                         "fallbacks": sum(o["fallback"] for o in outs),
                     }
                 )
+        loop.close()
     same = sum(a == b for a, b in zip(rankings["sync .batch"], rankings["abatch"], strict=True))
     title = (
         f"{len(reqs)} requests at once over `mma serve` ({serve_model}) via openai: (test pools, full family, 100 items), "
         f"sync .batch against abatch, alternating, in one run; rankings identical in {same}/{len(reqs)}"
     )
-    return {title: rows}
+    return {title: rows} | ({"Fallbacks, with their reasons": [{"fallback": x} for x in reasons]} if reasons else {})
