@@ -66,9 +66,11 @@ class Progress(TypedDict, total=False):
 class RerankContext:
     """The run-scoped dependencies of one reranker (LangGraph's `context_schema`)."""
 
-    catalogue: Catalogue
-    toolkits: dict[str, Toolkit]
-    tools: ToolVocabulary
+    # empty by default: a LangGraph server builds the context schema from a run's (JSON) context,
+    # which cannot carry these; a context without a catalogue is the factory's (`with_context`)
+    catalogue: Catalogue | None = None
+    toolkits: dict[str, Toolkit] = field(default_factory=dict)
+    tools: ToolVocabulary | None = None
     policy: Policy | None = None  # None: the rule variant (`router` acts)
     variant: Variant = "auto"
     alpha: float = 0.5
@@ -96,8 +98,9 @@ class RerankContext:
 
 def with_context(runtime: Runtime, default: RerankContext) -> Runtime[RerankContext]:
     """The run's runtime, with the reranker's own context when the run brought none of its type
-    (a plain `invoke`, or a parent graph whose context is its own)."""
-    return runtime if isinstance(runtime.context, RerankContext) else runtime.override(context=default)
+    (a plain `invoke`, a parent graph whose context is its own, a LangGraph server's empty one)."""
+    ctx = runtime.context
+    return runtime if isinstance(ctx, RerankContext) and ctx.catalogue is not None else runtime.override(context=default)
 
 
 def ask_person(modality_type: str, question: str) -> object:

@@ -336,4 +336,6 @@ def test_nodes_run_alone_with_a_runtime_and_a_run_may_bring_its_own_context(env)
     graph = create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule").compile()
     first_stage = graph.invoke(_request(), context=replace(ctx, alpha=1.0))  # this run's own context: the first stage only
     assert first_stage["ranking"] == _request()["candidates"][::-1] and not first_stage["fallback"]
-    assert graph.invoke(_request())["ranking"] != first_stage["ranking"]  # the factory's context (alpha 0.5) otherwise
+    default = graph.invoke(_request())["ranking"]
+    assert default != first_stage["ranking"]  # the factory's context (alpha 0.5) otherwise
+    assert graph.invoke(_request(), context=nodes.RerankContext())["ranking"] == default  # an empty one (a server's) too
