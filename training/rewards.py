@@ -12,7 +12,7 @@ reward-function form, reading each completion's reranker output and target from 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mma_agent.metrics import ndcg_at_k
@@ -43,11 +43,14 @@ def action_costs(trace: Sequence[dict], tools: ToolVocabulary | None = None) -> 
     }
 
 
-def episode_reward(output: dict[str, Any], target: str, k: int = 10, tools: ToolVocabulary | None = None) -> float:
-    """Eq. 3 for one reranker output (`ranking`, `trace`) and its held-out target."""
+def episode_reward(
+    output: dict[str, Any], target: str | Collection[str], k: int = 10, tools: ToolVocabulary | None = None
+) -> float:
+    """Eq. 3 for one reranker output (`ranking`, `trace`) and its held-out target (or a set of
+    relevant items: a query episode's held-out positives)."""
     trace = output.get("trace", [])
     calls = Counter(s.cost for s in _valid_calls(trace, tools or tool_vocabulary()))
-    reward = ndcg_at_k(output.get("ranking", []), {target}, k)
+    reward = ndcg_at_k(output.get("ranking", []), {target} if isinstance(target, str) else set(target), k)
     for cost in sorted(calls):  # cheapest first: for the built-in tools, exactly ndcg - 0.02 n_tools - 0.10 n_ask
         reward -= cost * calls[cost]
     return reward - INVALID_COST * sum(bool(s.get("invalid")) for s in trace)

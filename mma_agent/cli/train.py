@@ -110,25 +110,70 @@ def _base(args, p, *stages: str) -> str:
     return str(smollm2_folder(p.config.workdir / "models"))
 
 
+def _request_rows(args):
+    """SFT rows on facet query episodes of the train split (`training.request_policy`), explored once
+    and cached under the workdir by content; prints the labels' table."""
+    from collections import Counter
+
+    from mma_agent.training.request_policy import (
+        explore_request_plans,
+        pooled_request_labels,
+        query_train_episodes,
+        request_kind,
+        request_sft_rows,
+    )
+    from mma_agent.util import atomic_write_text, json_digest
+
+    p = _pipeline(args)
+    catalogue, kits = p.toolkits()
+    episodes = query_train_episodes(p, per_family=args.per_family, seed=args.seed)
+    support = [e for e in episodes if e["part"] == "support"]
+    key = json_digest([[(e["id"], e["query"], e["candidates"], e["relevant"]) for e in support], p.split.fingerprint()])
+    path = p.root / "explore" / f"request-{key}.json"
+    start = time.perf_counter()
+    if path.is_file():
+        explored = json.loads(path.read_text())
+    else:
+        parts = path.with_suffix(".parts.jsonl")
+        explored = explore_request_plans(support, catalogue, kits, resume=parts)
+        atomic_write_text(path, json.dumps(explored))
+        parts.unlink()
+    labels = pooled_request_labels(explored)
+    counts = Counter((e["family"], request_kind(e["kind"]), *labels[e["id"]]) for e in explored)
+    table = [
+        {"family": f, "kind": k, "request tool": r or "(none)", "weights": w, "episodes": n}
+        for (f, k, r, w), n in sorted(counts.items())
+    ]
+    print(
+        format_table(
+            table, f"Pooled labels on {len(support)} support query episodes (explored in {time.perf_counter() - start:.0f} s)"
+        )
+    )
+    return p, request_sft_rows(explored, labels)
+
+
 def cmd_train_sft(args) -> None:
     from mma_agent.training.decisions import decision_sft_rows, sft_examples
     from mma_agent.training.explore import best_of, summarize
     from mma_agent.training.sft import train_sft
 
-    p, _, kits, support, explored, points, took = _support_points(args)
-    best = best_of(explored)
-    print(
-        format_table(
-            [{**summarize(best), "states": len(points), "explore s": f"{took:.1f}"}], "Best action plans on support episodes"
+    if args.request:
+        p, rows = _request_rows(args)
+    else:
+        p, _, kits, support, explored, points, took = _support_points(args)
+        best = best_of(explored)
+        print(
+            format_table(
+                [{**summarize(best), "states": len(points), "explore s": f"{took:.1f}"}], "Best action plans on support episodes"
+            )
         )
-    )
-    rows = (
-        sft_examples(best)
-        if args.rows == "best"
-        else decision_sft_rows(_labelled(args, points, kits), states=args.rows, seed=args.seed)
-    )
+        rows = (
+            sft_examples(best)
+            if args.rows == "best"
+            else decision_sft_rows(_labelled(args, points, kits), states=args.rows, seed=args.seed)
+        )
     base = _base(args, p)
-    out = _stage(args, p, "sft")
+    out = (args.out or p.root / "train" / "sft-request") if args.request else _stage(args, p, "sft")
     start = time.perf_counter()
     final = train_sft(
         rows,
@@ -313,6 +358,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )
     labels_arg(ts)
     lora_arg(ts)
+    ts.add_argument(
+        "--request",
+        action="store_true",
+        help="read the person's request: facet query episodes from the train split, labels pooled by the kind of request "
+        "(training.request_policy; its policy under train/sft-request; --per-family: episodes per family, default 20)",
+    )
     td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
     trainer_args(td, 20, 1e-4, 4)
     td.add_argument("--beta", type=float, default=0.1)

@@ -1,0 +1,230 @@
+"""Training the policy to read the person's request: facet query episodes from the train split,
+the plan space of a request, and action labels pooled by the kind of request.
+
+Episodes. Each user's last `HELD_OUT` train positives are held out together (the history is the
+train positives before them), the family's first stage builds the pool exactly as the
+evaluation's (protocol v2: nothing inserted), and a facet query is made from one of them
+(`training.queries.facet_queries`, the evaluation's generator). Relevance is protocol v2's: all
+of the held-out positives, the query's source among them, never the facet. Validation and test
+stay untouched; the users' own tags (real words) are never trained on.
+
+Plans. The history tools in vocabulary order (what the policy observes: each answers evidence or
+Null under the family's mask), then one request tool reading the whole request or none, then
+scoring with each entry of the weight menu over the groups gathered. Plans that share their
+steps share one run: the score node is forked by LangGraph time travel, as in
+`training.explore`, so every reward comes from the graph's own score node.
+
+Labels. One target's NDCG is a noisy value, and the per-pool best plan does not transfer (the
+split-half oracle of `mma eval queries`), so the labels are pooled: the final weights are the
+entry with the best mean reward over the episodes of the same request kind, availability pattern
+and request tool; the request tool is the one whose pooled best is highest for the kind and
+pattern. A kind with fewer than `min_states` episodes under a pattern pools over every kind
+(the fixed choice). The policy never sees the kind: it has to read it from the words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mma_agent.toolkits.workspace import Workspace
+
+HELD_OUT = 5  # train positives held out per training query episode (the relevant items)
+QUERY_FAMILIES = ("full", "cold-user", "no-text", "no-image")  # the families `mma eval queries` reports
+
+
+def query_train_episodes(
+    pipeline: Workspace,
+    *,
+    per_family: int | None = 100,
+    families: tuple[str, ...] = QUERY_FAMILIES,
+    seed: int = 0,
+    held_out: int = HELD_OUT,
+    min_items: int | None = None,
+) -> list[dict]:
+    """Facet query episodes from the train split: `per_family` users per family (a seeded draw per
+    family; None: every user with enough train positives), split 80/20 into support and query."""
+    from mma_agent.data.pools import NoFirstStageError, Queries
+    from mma_agent.modalities import family_mask
+    from mma_agent.training.queries import MIN_ITEMS, facet_queries
+
+    split = pipeline.split
+    df = split.train.sort_values(["user", "timestamp", "item"], kind="stable")
+    users, hists, rels = [], [], []
+    for u, g in df.groupby("user", sort=True):
+        seq = g["item"].to_numpy()
+        if len(seq) >= held_out + 2:
+            users.append(int(u))
+            hists.append(seq[:-held_out])
+            rels.append(seq[-held_out:])
+    episodes = []
+    for f_idx, family in enumerate(families):  # every family draws from every user, as the evaluation's pools do
+        mine = np.random.default_rng([seed, f_idx]).permutation(len(users))[:per_family]
+        queries = Queries(np.array([users[i] for i in mine], dtype=np.int64), [hists[i] for i in mine], [rels[i] for i in mine])
+        try:
+            pools = pipeline.train_pools(family, queries)
+        except NoFirstStageError:
+            continue
+        row = {int(u): j for j, u in enumerate(pools.users)}
+        base = []
+        for i in mine:
+            if users[i] not in row:
+                continue
+            p = row[users[i]]
+            base.append(
+                {
+                    "id": f"{family}:{split.user_ids[users[i]]}:request",
+                    "family": family,
+                    "mask": family_mask(family).to_dict(),
+                    "user_id": str(split.user_ids[users[i]]),
+                    "history": [str(x) for x in split.item_ids[hists[i]]],
+                    "relevant": [str(x) for x in split.item_ids[rels[i]]],
+                    "candidates": [str(x) for x in split.item_ids[pools.candidates[p]]],
+                    "first_stage_scores": [float(x) for x in pools.scores[p]],
+                }
+            )
+        made = facet_queries(pipeline, base, seed=seed + f_idx, min_items=min_items or MIN_ITEMS).episodes
+        n_support = int(round(0.8 * len(made)))
+        episodes += [{**e, "part": "support" if j < n_support else "query"} for j, e in enumerate(made)]
+    return episodes
+
+
+def _action(tool: str, args: dict) -> str:
+    return json.dumps({"tool": tool, "args": args})
+
+
+def explore_request_plans(
+    episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5, resume: Path | None = None
+) -> list[dict]:
+    """Every plan of the request plan space on every episode through the real graph (a scripted
+    policy). One entry per episode: its id, family, kind, and per request option (a request tool,
+    or "" for none) the conversation before scoring, the pattern observed, and each weight
+    entry's reward (Eq. 3 against the episode's relevant items). `resume`: a JSONL file
+    receiving each finished entry; a rerun explores only the episodes not in it."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from mma_agent.graphs.policy import gathered_groups
+    from mma_agent.graphs.reranker import create_mma_reranker
+    from mma_agent.graphs.state import POLICY, SCORE, SCORE_TOOL, rerank_request
+    from mma_agent.llm.scripted import ScriptedChatModel
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.training.explore import _finished_lines
+    from mma_agent.training.rewards import episode_reward
+    from mma_agent.training.routing import trace_pattern
+
+    tools = tool_vocabulary(toolkits).for_request("words")
+    history = [_action(s.name, {}) for s in tools.automated if s.reads_request is None]
+    options = ["", *(s.name for s in tools.automated if s.reads_request is not None)]
+    equal = _action(SCORE_TOOL, {"weights": {}})
+    saver = InMemorySaver()
+    graphs = {
+        r: create_mma_reranker(
+            ScriptedChatModel(responses=[*history, *([_action(r, {})] if r else []), equal]),
+            catalogue=catalogue,
+            toolkits=toolkits,
+            alpha=alpha,
+            backend={"prefill": False},
+        ).compile(checkpointer=saver)
+        for r in options
+    }
+    done = _finished_lines(resume) if resume is not None else {}
+    sink = resume.open("a") if resume is not None else None
+    explored = []
+    for ep in tqdm(episodes, desc="explore request plans", unit="ep", initial=sum(e["id"] in done for e in episodes)):
+        if ep["id"] in done:
+            explored.append(done[ep["id"]])
+            continue
+        request = rerank_request(ep, with_target=False)
+        runs = {}
+        for r, graph in graphs.items():
+            config = {"configurable": {"thread_id": f"{ep['id']}#{r}"}}
+            first = graph.invoke(request, config)
+            before = next(s for s in graph.get_state_history(config) if s.next == (SCORE,))
+            rewards = {}
+            for w in tools.weight_menu(gathered_groups(tools, first["trace"])):
+                out = (
+                    first
+                    if not w
+                    else graph.invoke(
+                        None,
+                        graph.update_state(
+                            before.config, {"action": {"tool": SCORE_TOOL, "args": {"weights": w}}}, as_node=POLICY
+                        ),
+                    )
+                )
+                rewards[json.dumps(w)] = episode_reward(out, set(ep["relevant"]))
+            runs[r] = {
+                "messages": first["messages"][:-1],
+                "pattern": [list(x) for x in trace_pattern(first["trace"])],
+                "rewards": rewards,
+            }
+            saver.delete_thread(config["configurable"]["thread_id"])
+        explored.append({"id": ep["id"], "family": ep["family"], "kind": ep["query_kind"], "query": ep["query"], "runs": runs})
+        if sink is not None:
+            sink.write(json.dumps(explored[-1]) + "\n")
+            sink.flush()
+    if sink is not None:
+        sink.close()
+    return explored
+
+
+def request_kind(kind: str) -> str:
+    """A query's kind with its facet types in a fixed order ("era+anchor" and "anchor+era" pool together)."""
+    return "+".join(sorted(kind.split("+")))
+
+
+def pooled_request_labels(explored: list[dict], *, min_states: int = 8) -> dict[str, tuple[str, str]]:
+    """Episode id -> (request option, weights JSON): the pooled choice for its kind and availability
+    pattern (see the module's docstring)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for e in explored:
+        pattern = tuple((t, bool(null)) for t, null in e["runs"][""]["pattern"])
+        groups[request_kind(e["kind"]), pattern].append(e)
+        groups["*", pattern].append(e)
+
+    def choice(eps: list[dict]) -> tuple[str, str, float]:
+        best = ("", "{}", -np.inf)
+        for r in eps[0]["runs"]:
+            entries = [w for w in eps[0]["runs"][r]["rewards"] if all(w in e["runs"][r]["rewards"] for e in eps)]
+            for w in entries:
+                v = float(np.mean([e["runs"][r]["rewards"][w] for e in eps]))
+                if v > best[2] + 1e-12:
+                    best = (r, w, v)
+        return best
+
+    cache: dict[tuple, tuple[str, str, float]] = {}
+    labels = {}
+    for e in explored:
+        pattern = tuple((t, bool(null)) for t, null in e["runs"][""]["pattern"])
+        kind = request_kind(e["kind"])
+        key = (kind, pattern) if len(groups[kind, pattern]) >= min_states else ("*", pattern)
+        if key not in cache:
+            cache[key] = choice(groups[key])
+        labels[e["id"]] = cache[key][:2]
+    return labels
+
+
+def request_sft_rows(explored: list[dict], labels: dict[str, tuple[str, str]]) -> list[dict]:
+    """TRL conversational prompt-completion rows along each episode's labelled plan: every action
+    given the conversation before it, the request tool's action reading the whole request in the
+    words constrained decoding completes (`request_parts(query)[0]`)."""
+    from mma_agent.graphs.state import SCORE_TOOL
+    from mma_agent.toolkits.base import request_parts
+
+    rows = []
+    for e in explored:
+        r, w = labels[e["id"]]
+        messages = [dict(m) for m in e["runs"][r]["messages"]]
+        whole = request_parts(e["query"])[0]
+        for m in messages:
+            if m["role"] == "assistant" and r and json.loads(m["content"]).get("tool") == r:
+                m["content"] = _action(r, {"words": whole})
+        messages.append({"role": "assistant", "content": _action(SCORE_TOOL, {"weights": json.loads(w)})})
+        for i, m in enumerate(messages):
+            if m["role"] == "assistant":
+                rows.append({"prompt": messages[:i], "completion": [m]})
+    return rows
