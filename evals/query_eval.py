@@ -1,4 +1,4 @@
-"""`mma eval queries`: what reading the person's request can buy, on query episodes (no LLM rows yet).
+"""`mma eval queries`: what reading the person's request can buy, on query episodes.
 
 On the saved query episodes (`training/queries.py`: facet queries and the users' own tags, beside
 protocol-v2 pools, relevance the user's held-out positives), every automated tool runs once per
@@ -11,10 +11,13 @@ same episodes, NDCG@10, each fused with the first stage at the alpha chosen on v
 - the fixed fusion of query and history evidence: the (weight-menu entry, alpha) chosen on
   validation per family (the non-LLM control);
 - the facet rule: a keyword list routes each request to one request tool, mixed with history;
+- MMA-Auto with each policy asked for (`--llm NAME=BACKEND`), on every test episode, fused at the
+  alpha chosen on the validation episodes it ran (`evals/query_llm.py`, a resumable store);
 - the routing ceiling: the best fixed choice per facet type (chosen on validation: the headroom
   that reading the query can reach), the per-pool hindsight oracle, and its split-half transfer
   (choose on a random half of the pool's relevant items, score on the other half).
-Paired tests: Wilcoxon signed-rank and Cliff's delta against the fixed fusion.
+Paired tests: Wilcoxon signed-rank and Cliff's delta, the fixed fusion against the controls and each
+policy against the fixed fusion, the probe, the facet rule and history only.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -109,10 +111,18 @@ def _best(grid: np.ndarray) -> tuple[int, int]:
 
 
 def query_report(
-    pipeline: Workspace, sets: dict[str, list[dict]], out_dir, *, seed: int = 0, min_items: int = 30
+    pipeline: Workspace,
+    sets: dict[str, list[dict]],
+    out_dir,
+    *,
+    seed: int = 0,
+    min_items: int = 30,
+    llm: dict[str, dict[str, dict]] | None = None,
 ) -> dict[str, list[dict]]:
-    """The tables (and `report.md` and a plot in `out_dir`) from the saved query sets of `mma queries`."""
-    from mma_agent.evals.results import cliffs_delta, wilcoxon_p
+    """The tables (and `report.md` and a plot in `out_dir`) from the saved query sets of `mma queries`.
+    `llm`: policy name -> its records (`evals.query_llm.run_policy`): a row "MMA-Auto (name)" each,
+    fused at the alpha chosen on the validation episodes it ran, with paired tests and what it did."""
+    from mma_agent.evals.query_llm import llm_grid, usage_row
     from mma_agent.toolkits import tool_vocabulary
     from mma_agent.util import atomic_write_text, format_table
 
@@ -124,8 +134,10 @@ def query_report(
         valid = sets[f"valid-{kind}-seed{seed}-n{min_items}"]
         test = sets[f"test-{kind}-seed{seed}-n{min_items}"]
         sv, st = score_table(pipeline, valid, menu), score_table(pipeline, test, menu)
+        llm_v = {n: llm_grid(valid, r, ALPHAS) for n, r in (llm or {}).items()}
+        llm_t = {n: llm_grid(test, r, ALPHAS) for n, r in (llm or {}).items()}
         families = sorted({e["family"] for e in test})
-        rows, tests = [], []
+        rows, tests, joint = [], [], {}  # joint: each column per test episode, at its family's choices
         for family in [*families, "all"]:
             iv = np.array([family in ("all", e["family"]) for e in valid])
             it = np.array([family in ("all", e["family"]) for e in test])
@@ -172,6 +184,14 @@ def query_report(
                 "Best fixed per facet type (chosen on validation)": by_type,
                 "Oracle: best (entry, alpha) per pool, in hindsight": oracle,
             }
+            for name, grid in llm_t.items():
+                ran = iv & ~np.isnan(llm_v[name][:, 0])
+                ran = ran if ran.any() else ~np.isnan(llm_v[name][:, 0])
+                a_llm = int(np.nanargmax(np.nanmean(llm_v[name][ran], axis=0))) if ran.any() else a_fix
+                cols[f"MMA-Auto ({name})"] = grid[it][:, a_llm]
+            if family != "all":
+                for k, v in cols.items():
+                    joint.setdefault(k, np.full(len(test), np.nan))[it] = v
             row = {
                 "family": family,
                 "episodes": int(it.sum()),
@@ -187,14 +207,50 @@ def query_report(
                 "Query-only probe (user-blind, not fused)",
                 "Facet rule (keyword routing)",
             ):
-                d = fixed - cols[name]
-                tests.append({"family": family, "fixed fusion vs": name, "episodes": int(it.sum()), "mean diff": f"{np.mean(d):+.4f}",
-                              "better/worse/tied": f"{int((d > 0).sum())}/{int((d < 0).sum())}/{int((d == 0).sum())}",
-                              "Wilcoxon p": f"{wilcoxon_p(fixed, cols[name]):.3g}", "Cliff's delta": f"{cliffs_delta(fixed, cols[name]):+.3f}"})  # fmt: skip
+                tests.append(_paired(family, "Fixed fusion", fixed, name, cols[name]))
+            for policy in (k for k in cols if k.startswith("MMA-Auto")):
+                for name in (
+                    "Fixed fusion of query and history (chosen on validation)",
+                    "Query-only probe (user-blind, not fused)",
+                    "Facet rule (keyword routing)",
+                    "History only (RuleRouter-Fuse's equal weights)",
+                ):
+                    tests.append(_paired(family, policy, cols[policy], name, cols[name]))
         tables[f"{kind} queries: NDCG@10 per family ({len(test)} test episodes)"] = rows
-        tables[f"{kind} queries: paired tests of the fixed fusion"] = tests
+        tables[f"{kind} queries: paired tests"] = tests
+        if kind == "facet":
+            tables["facet queries: NDCG@10 per facet type (test, every family; a two-facet query counts under both)"] = _by_type(
+                test, joint
+            )
+        if llm:
+            tables[f"{kind} queries: what each policy did (test)"] = [usage_row(n, test, r) for n, r in llm.items()]
     _write(out_dir, tables, plot, format_table, atomic_write_text)
     return tables
+
+
+def _paired(family: str, name: str, a: np.ndarray, other: str, b: np.ndarray) -> dict:
+    """One paired comparison on the same episodes: mean difference, signs, Wilcoxon and Cliff's delta."""
+    from mma_agent.evals.results import cliffs_delta, wilcoxon_p
+
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    a, b = a[ok], b[ok]
+    d = a - b
+    return {"family": family, "row": name, "vs": other, "episodes": int(ok.sum()), "mean diff": f"{np.mean(d):+.4f}",
+            "better/worse/tied": f"{int((d > 0).sum())}/{int((d < 0).sum())}/{int((d == 0).sum())}",
+            "Wilcoxon p": f"{wilcoxon_p(a, b):.3g}", "Cliff's delta": f"{cliffs_delta(a, b):+.3f}"}  # fmt: skip
+
+
+def _by_type(test: list[dict], joint: dict[str, np.ndarray]) -> list[dict]:
+    """Each row's mean per facet type (an episode counts under each type its query carries)."""
+    from mma_agent.training.queries import FACET_TYPES
+
+    kinds = [set(e["query_kind"].split("+")) for e in test]
+    rows = []
+    for t in FACET_TYPES:
+        m = np.array([t in k for k in kinds])
+        if m.any():
+            rows.append({"facet type": t, "episodes": int(m.sum())} | {k: f"{np.nanmean(v[m]):.4f}" for k, v in joint.items()})
+    return rows
 
 
 def _write(out_dir, tables, plot, format_table, atomic_write_text) -> None:
@@ -204,7 +260,7 @@ def _write(out_dir, tables, plot, format_table, atomic_write_text) -> None:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = "# Query episodes: what reading the request buys (no LLM rows yet)\n\n" + (__doc__ or "").split("\n\n", 1)[1] + "\n"
+    text = "# Query episodes: what reading the request buys\n\n" + (__doc__ or "").split("\n\n", 1)[1] + "\n"
     text += "".join("\n" + format_table(rows, title) + "\n" for title, rows in tables.items())
     atomic_write_text(out_dir / "report.md", text)
     bar_plot(plot, out_dir / "by-family.png", ylabel="NDCG@10", title="Query episodes (test)")
@@ -260,106 +316,3 @@ def build_query_sets(
                 }
             )
     return out, rows, skipped
-
-
-def llm_subset_report(
-    pipeline: Workspace,
-    sets: dict[str, list[dict]],
-    model: Any,
-    out_dir,
-    *,
-    per_family: int = 50,
-    seed: int = 0,
-    min_items: int = MIN_ITEMS,
-) -> dict[str, list[dict]]:
-    """MMA-Auto with `model` on a seeded subset of the facet episodes (`per_family` per family and split),
-    paired with the non-LLM rows on the same episodes; every alpha and the fixed fusion chosen on the
-    validation subset. Writes `llm-subset.md` in `out_dir`."""
-    from pathlib import Path
-
-    from mma_agent.evals.results import cliffs_delta, wilcoxon_p
-    from mma_agent.evals.runner import picked_pools
-    from mma_agent.graphs.fusion import fuse
-    from mma_agent.graphs.reranker import create_mma_reranker
-    from mma_agent.graphs.state import rerank_request, trace_stats
-    from mma_agent.llm import resolve_chat_model
-    from mma_agent.toolkits import tool_vocabulary
-    from mma_agent.util import atomic_write_text, format_table
-
-    catalogue, kits = pipeline.toolkits()
-    menu = [w for w in tool_vocabulary(kits).for_request("words").weight_menu() if "ask" not in w]
-    chat = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models")
-    label = model if isinstance(model, str) else type(model).__name__
-    graph = create_mma_reranker(chat, catalogue=catalogue, toolkits=kits).compile()
-    picked = {}
-    for split in ("valid", "test"):
-        eps = sets[f"{split}-facet-seed{seed}-n{min_items}"]
-        by: dict[str, list[dict]] = defaultdict(list)
-        for e in eps:
-            by[e["family"]].append(e)
-        picked[split] = [fam[int(i)] for f, fam in sorted(by.items()) for i in picked_pools(len(fam), per_family, seed)]
-    scores, calls = {}, {}
-    for split, eps in picked.items():
-        table = score_table(pipeline, eps, menu)
-        outs = graph.batch(
-            [rerank_request(e, with_target=False) for e in tqdm(eps, desc=f"MMA-Auto on {split} queries")], {"max_concurrency": 2}
-        )
-        llm = []
-        for e, out in zip(eps, outs, strict=True):
-            first = np.asarray(e["first_stage_scores"], dtype=float)
-            mma = np.array([out["mma_scores"][c] for c in e["candidates"]]) if out.get("mma_scores") else None
-            llm.append(
-                [_ndcg(first if mma is None else fuse(first, mma, a), e["candidates"], set(e["relevant"])) for a in ALPHAS]
-            )
-            for tool, n in trace_stats(out).items():
-                if tool in ("calls", "fallback"):
-                    calls.setdefault((split, tool), []).append(float(n))
-        table["llm"] = np.asarray(llm)
-        request_tools = {s.name for s in tool_vocabulary(kits).specs if s.reads_request}
-        table["request_tools"] = np.array(
-            [sum((t.get("action") or {}).get("tool") in request_tools for t in o["trace"]) for o in outs]
-        )
-        scores[split] = table
-    sv, st = scores["valid"], scores["test"]
-    e_fix, a_fix = _best(sv["grid"])
-    a_llm = int(np.nanargmax(np.nanmean(sv["llm"], axis=0)))
-    a_hist = int(np.nanargmax(np.nanmean(sv["history"], axis=0)))
-    ceiling = {"Ceiling: Recall@100 of the pools": st["recall100"]}
-    cols = {
-        "First stage": st["first"],
-        "History only": st["history"][:, a_hist],
-        "Query-only probe": st["probe"],
-        "Fixed fusion (chosen on the validation subset)": st["grid"][:, e_fix, a_fix],
-        f"MMA-Auto ({label}), compact prompt": st["llm"][:, a_llm],
-    }
-    rows = [{"row": k, "NDCG@10": f"{np.mean(v):.4f}"} for k, v in (ceiling | cols).items()]
-    mma = cols[f"MMA-Auto ({label}), compact prompt"]
-    tests = []
-    for name in ("Fixed fusion (chosen on the validation subset)", "History only", "Query-only probe"):
-        d = mma - cols[name]
-        tests.append({"MMA-Auto vs": name, "episodes": len(d), "mean diff": f"{np.mean(d):+.4f}",
-                      "better/worse/tied": f"{int((d > 0).sum())}/{int((d < 0).sum())}/{int((d == 0).sum())}",
-                      "Wilcoxon p": f"{wilcoxon_p(mma, cols[name]):.3g}",
-                      "Cliff's delta": f"{cliffs_delta(mma, cols[name]):+.3f}"})  # fmt: skip
-    usage = [
-        {
-            "split": "test",
-            "request-tool calls/ep": f"{st['request_tools'].mean():.2f}",
-            "share of episodes calling one": f"{(st['request_tools'] > 0).mean():.0%}",
-            "tool calls/ep": f"{np.mean(calls[('test', 'calls')]):.1f}",
-            "fallback": f"{np.mean(calls[('test', 'fallback')]):.0%}",
-        }
-    ]
-    tables = {
-        f"Facet queries, LLM subset ({len(picked['test'])} test episodes, {per_family} per family; "
-        f"alphas chosen on {len(picked['valid'])} validation episodes)": rows,
-        "Paired tests of MMA-Auto on the same episodes": tests,
-        "What the policy did": usage,
-    }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = f"# MMA-Auto on facet queries (a subset)\n\n{llm_subset_report.__doc__}\n" + "".join(
-        "\n" + format_table(r, t) + "\n" for t, r in tables.items()
-    )
-    atomic_write_text(out_dir / "llm-subset.md", text)
-    return tables

@@ -70,24 +70,87 @@ def test_real_tags_are_the_users_own_words_and_a_data_set_without_tags_skips_the
     assert none.episodes == [] and "no user tags" in none.skipped["real tags"]
 
 
-def test_the_llm_subset_report_pairs_mma_auto_with_the_rows_on_the_same_episodes(tiny, tmp_path):
-    """Wiring only (a scripted policy that reads the request, then scores): the real model's row is
-    `mma eval queries --llm`, in evals/results/query/llm-subset.md."""
+def test_policy_rows_run_into_a_resumable_store_and_pair_with_the_rows_on_the_same_episodes(tiny, tmp_path):
+    """Wiring only (a scripted policy that reads the request, then scores): the real models' rows are
+    `mma eval queries --llm`, in evals/results/query/report.md."""
     import json
 
-    from mma_agent.evals.query_eval import llm_subset_report
+    from mma_agent.evals.query_eval import query_report
+    from mma_agent.evals.query_llm import QueryStoreError, episode_key, read_store, run_policy
     from mma_agent.evals.runner import build_episodes
     from mma_agent.llm.scripted import ScriptedChatModel
-    from mma_agent.training.queries import facet_queries
+    from mma_agent.training.queries import facet_queries, real_tag_queries
 
     p, _ = tiny
-    sets = {
-        f"{s}-facet-seed0-n3": facet_queries(p, build_episodes(p, s, families=["full"]), min_items=3).episodes
-        for s in ("valid", "test")
-    }
+    sets = {}
+    for s in ("valid", "test"):
+        eps = build_episodes(p, s, families=["full"])
+        sets[f"{s}-facet-seed0-n3"] = facet_queries(p, eps, min_items=3).episodes
+        sets[f"{s}-real-tags-seed0-n3"] = real_tag_queries(p, eps).episodes
     plan = [json.dumps({"tool": "match_text", "args": {}}), json.dumps({"tool": "score_candidates", "args": {"weights": {}}})]
-    tables = llm_subset_report(p, sets, ScriptedChatModel(responses=plan), tmp_path, per_family=3, min_items=3)
-    rows, tests, usage = tables.values()
-    assert [r["row"] for r in rows][-1].startswith("MMA-Auto") and all(t["episodes"] == 3 for t in tests)
-    assert rows[0]["row"].startswith("Ceiling: Recall@100")
-    assert usage[0]["share of episodes calling one"] == "100%" and (tmp_path / "llm-subset.md").is_file()
+    model, store = ScriptedChatModel(responses=plan), tmp_path / "llm" / "scripted.jsonl"
+    test = sets["test-facet-seed0-n3"]
+    run_policy(p, test[:2], model, store)  # a run stopped after two episodes ...
+    records = run_policy(p, test, model, store)  # ... resumes: nothing lost or run twice
+    lines = store.read_text().splitlines()
+    assert len(lines) == 1 + len(test) and set(records) == {episode_key(e) for e in test}
+    assert all(r["request_tools"] == 1 and len(r["mma"]) == len(e["candidates"]) for e, r in zip(test, records.values()))
+    run_policy(p, sets["valid-facet-seed0-n3"], model, store)
+    with pytest.raises(QueryStoreError, match="holds episodes of"):
+        read_store(store, {"backend": "transformers:other", "weights": "x"})
+    tables = query_report(p, sets, tmp_path, min_items=3, llm={"scripted": read_store(store)})
+    rows = tables[f"facet queries: NDCG@10 per family ({len(test)} test episodes)"]
+    assert "MMA-Auto (scripted)" in rows[0] and rows[0]["Ceiling: Recall@100"]
+    tests = [t for t in tables["facet queries: paired tests"] if t["row"] == "MMA-Auto (scripted)"]
+    assert {t["vs"] for t in tests} >= {
+        "Fixed fusion of query and history (chosen on validation)",
+        "Query-only probe (user-blind, not fused)",
+    }
+    assert all(t["episodes"] == len(test) for t in tests if t["family"] == "full")
+    usage = tables["facet queries: what each policy did (test)"][0]
+    assert usage["share calling one"] == "100%" and float(usage["p50 s"]) > 0 and (tmp_path / "report.md").is_file()
+
+
+def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrained_decoding_allows(tiny):
+    """The train split's facet query episodes (relevance: the held-out train positives), explored in
+    the request plan space; every SFT completion is one of the policy's valid continuations there."""
+    import json
+
+    from mma_agent.graphs.policy import PREFILL, completions
+    from mma_agent.graphs.state import SCORE_TOOL
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.toolkits.base import request_parts
+    from mma_agent.training.request_policy import (
+        explore_request_plans,
+        pooled_request_labels,
+        query_train_episodes,
+        request_sft_rows,
+    )
+
+    p, _ = tiny
+    episodes = query_train_episodes(p, per_family=6, families=("full", "no-text"), held_out=2, min_items=3)
+    assert episodes and all(e["query_source"] in e["relevant"] and len(e["relevant"]) == 2 for e in episodes)
+    history = {e["user_id"]: set(e["history"]) for e in episodes}
+    assert all(not set(e["relevant"]) & history[e["user_id"]] for e in episodes)
+    catalogue, kits = p.toolkits()
+    explored = explore_request_plans(episodes[:4], catalogue, kits)
+    assert all(set(e["runs"]) == {"", "match_text", "match_poster", "follow_titles"} for e in explored)
+    labels = pooled_request_labels(explored, min_states=2)
+    rows = request_sft_rows(explored, labels)
+    tools = tool_vocabulary(kits)
+    k = 0
+    for e in explored:  # the rows come episode by episode, one per action of its labelled plan
+        run = e["runs"][labels[e["id"]][0]]
+        vocab, parts = tools.for_request(e["query"]), request_parts(e["query"])
+        for step in range(len(run["pattern"]) + 1):
+            row = rows[k + step]
+            trace = [{"action": json.loads(m["content"]), "null": null}
+                     for m, (_, null) in zip([m for m in row["prompt"] if m["role"] == "assistant"], run["pattern"])]  # fmt: skip
+            valid = {
+                json.dumps(json.loads(PREFILL + c))
+                for c in completions(vocab, vocab.names(interactive=False), trace, parts=parts)
+            }
+            assert json.dumps(json.loads(row["completion"][0]["content"])) in valid
+        k += len(run["pattern"]) + 1
+    assert k == len(rows)
+    assert sum(json.loads(r["completion"][0]["content"])["tool"] == SCORE_TOOL for r in rows) == len(explored)

@@ -96,17 +96,31 @@ def cmd_eval_queries(args) -> None:
 
     p = _pipeline(args)
     sets, _, _ = build_query_sets(p, families=args.families, seed=args.seed, min_items=args.min_items)
-    if args.llm:
-        from mma_agent.evals.query_eval import llm_subset_report
-
-        _print_tables(
-            llm_subset_report(p, sets, args.llm, args.out, per_family=args.llm_limit, seed=args.seed, min_items=args.min_items)
-        )
-        print(f"\nreport: {args.out / 'llm-subset.md'}")
-        return
     if args.limit:
         sets = {k: v[: args.limit] for k, v in sets.items()}
-    _print_tables(query_report(p, sets, args.out, seed=args.seed, min_items=args.min_items))
+    llm = {}
+    if args.llm:
+        from mma_agent.evals.query_llm import run_policy
+        from mma_agent.evals.runner import subset
+        from mma_agent.llm import named_backend
+
+        stem = f"seed{args.seed}-n{args.min_items}"
+        valid = (
+            subset(sets[f"valid-facet-{stem}"], args.llm_valid, seed=args.seed) if args.llm_valid else sets[f"valid-facet-{stem}"]
+        )
+        for spec in args.llm:
+            name, backend = named_backend(spec)
+            path = p.root / "queries" / "llm" / f"{name}-{stem}.jsonl"
+            records = {}
+            for label, eps in (
+                ("test facet", sets[f"test-facet-{stem}"]),
+                ("test real tags", sets[f"test-real-tags-{stem}"]),
+                ("validation facet", valid),
+                ("validation real tags", sets[f"valid-real-tags-{stem}"]),
+            ):
+                records = run_policy(p, eps, backend, path, desc=f"MMA-Auto ({name}) on {label}")
+            llm[name] = records
+    _print_tables(query_report(p, sets, args.out, seed=args.seed, min_items=args.min_items, llm=llm))
     print(f"\nreport: {args.out / 'report.md'}")
 
 
@@ -157,9 +171,17 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     eq.add_argument("--min-items", type=int, default=30)
     eq.add_argument("--limit", type=int, help="episodes per query set (default: all)")
     eq.add_argument(
-        "--llm", metavar="BACKEND", help="instead: MMA-Auto with this backend on a seeded subset of the facet episodes"
+        "--llm",
+        nargs="+",
+        metavar="NAME=BACKEND",
+        help="MMA-Auto rows: each policy on every test episode, resumable (<workdir>/<data>/queries/llm/NAME-*.jsonl)",
     )
-    eq.add_argument("--llm-limit", type=int, default=50, help="facet episodes per family and split for --llm")
+    eq.add_argument(
+        "--llm-valid",
+        type=int,
+        default=50,
+        help="validation facet episodes per family that --llm policies run to choose their alpha (0: every one)",
+    )
     eq.add_argument("--out", type=Path, default=Path("evals/results/query"))
     eq.set_defaults(func=cmd_eval_queries)
 
