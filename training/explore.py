@@ -6,6 +6,7 @@ kill.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
@@ -97,13 +98,8 @@ def explore_plans(
         ).compile(checkpointer=saver)
         for steps, finals in runs.items()
     }
-    done = _finished_lines(resume) if resume is not None else {}
-    sink = resume.open("a") if resume is not None else None
-    explored = []
-    for ep in tqdm(episodes, desc="explore action plans", unit="ep", initial=sum(e["id"] in done for e in episodes)):
-        if ep["id"] in done:
-            explored.append(done[ep["id"]])
-            continue
+
+    def explore_one(ep: dict) -> dict:
         request = rerank_request(ep)
         outcomes = {}
         for k, (steps, finals) in enumerate(runs.items()):
@@ -125,12 +121,25 @@ def explore_plans(
                     "pattern": [list(x) for x in trace_pattern(out["trace"])],
                 }
             saver.delete_thread(config["configurable"]["thread_id"])
-        explored.append({"id": ep["id"], "family": ep["family"], "outcomes": [outcomes[tuple(plan)] for plan in plans]})
-        if sink is not None:
-            sink.write(json.dumps(explored[-1]) + "\n")
-            sink.flush()
-    if sink is not None:
-        sink.close()
+        return {"id": ep["id"], "family": ep["family"], "outcomes": [outcomes[tuple(plan)] for plan in plans]}
+
+    return explore_resumably(episodes, explore_one, resume=resume, desc="explore action plans")
+
+
+def explore_resumably(episodes: list[dict], explore_one, *, resume: Path | None, desc: str) -> list[dict]:
+    """`explore_one(ep)` on each episode, in order; `resume`: a JSONL file receiving each finished
+    entry as it finishes, so a rerun explores only the episodes not in it."""
+    done = _finished_lines(resume) if resume is not None else {}
+    explored = []
+    with resume.open("a") if resume is not None else contextlib.nullcontext() as sink:
+        for ep in tqdm(episodes, desc=desc, unit="ep", initial=sum(e["id"] in done for e in episodes)):
+            if ep["id"] in done:
+                explored.append(done[ep["id"]])
+                continue
+            explored.append(explore_one(ep))
+            if sink is not None:
+                sink.write(json.dumps(explored[-1]) + "\n")
+                sink.flush()
     return explored
 
 

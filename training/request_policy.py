@@ -29,7 +29,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mma_agent.toolkits.workspace import Workspace
 
@@ -112,7 +111,7 @@ def explore_request_plans(
     from mma_agent.graphs.state import POLICY, SCORE, SCORE_TOOL, rerank_request
     from mma_agent.llm.scripted import ScriptedChatModel
     from mma_agent.toolkits import tool_vocabulary
-    from mma_agent.training.explore import _finished_lines
+    from mma_agent.training.explore import explore_resumably
     from mma_agent.training.rewards import episode_reward
     from mma_agent.training.routing import trace_pattern
 
@@ -131,13 +130,8 @@ def explore_request_plans(
         ).compile(checkpointer=saver)
         for r in options
     }
-    done = _finished_lines(resume) if resume is not None else {}
-    sink = resume.open("a") if resume is not None else None
-    explored = []
-    for ep in tqdm(episodes, desc="explore request plans", unit="ep", initial=sum(e["id"] in done for e in episodes)):
-        if ep["id"] in done:
-            explored.append(done[ep["id"]])
-            continue
+
+    def explore_one(ep: dict) -> dict:
         request = rerank_request(ep, with_target=False)
         runs = {}
         for r, graph in graphs.items():
@@ -163,13 +157,9 @@ def explore_request_plans(
                 "rewards": rewards,
             }
             saver.delete_thread(config["configurable"]["thread_id"])
-        explored.append({"id": ep["id"], "family": ep["family"], "kind": ep["query_kind"], "query": ep["query"], "runs": runs})
-        if sink is not None:
-            sink.write(json.dumps(explored[-1]) + "\n")
-            sink.flush()
-    if sink is not None:
-        sink.close()
-    return explored
+        return {"id": ep["id"], "family": ep["family"], "kind": ep["query_kind"], "query": ep["query"], "runs": runs}
+
+    return explore_resumably(episodes, explore_one, resume=resume, desc="explore request plans")
 
 
 def request_kind(kind: str) -> str:
