@@ -111,15 +111,9 @@ def cmd_eval_queries(args) -> None:
         for spec in args.llm:
             name, backend = named_backend(spec)
             path = p.root / "queries" / "llm" / f"{name}-{stem}.jsonl"
-            records = {}
-            for label, eps in (
-                ("test facet", sets[f"test-facet-{stem}"]),
-                ("test real tags", sets[f"test-real-tags-{stem}"]),
-                ("validation facet", valid),
-                ("validation real tags", sets[f"valid-real-tags-{stem}"]),
-            ):
-                records = run_policy(p, eps, backend, path, desc=f"MMA-Auto ({name}) on {label}")
-            llm[name] = records
+            # test episodes first, then the validation ones that choose the policy's alpha; one model load
+            eps = [*sets[f"test-facet-{stem}"], *sets[f"test-real-tags-{stem}"], *valid, *sets[f"valid-real-tags-{stem}"]]
+            llm[name] = run_policy(p, eps, backend, path, desc=f"MMA-Auto ({name}) on query episodes")
     _print_tables(query_report(p, sets, args.out, seed=args.seed, min_items=args.min_items, llm=llm))
     print(f"\nreport: {args.out / 'report.md'}")
 
