@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mma_agent.evals.environment import episode_channels
+from mma_agent.metrics import ndcg_of_scores
 from mma_agent.toolkits.workspace import Workspace
 from mma_agent.training.queries import MIN_ITEMS, facet_queries, leaks, real_tag_queries
 
@@ -48,14 +49,6 @@ def facet_rule(query: str) -> dict[str, float]:
     else:
         tool = "text_request"
     return {tool: 0.5, **{g: 0.5 / len(HISTORY_GROUPS) for g in HISTORY_GROUPS}}
-
-
-def ndcg10(scores: np.ndarray, candidates: list[str], relevant: set[str]) -> float:
-    """NDCG@10 of the candidates ranked by `scores` (ties in pool order)."""
-    from mma_agent.metrics import ndcg_at_k
-
-    order = np.argsort(-scores, kind="stable")
-    return ndcg_at_k([candidates[i] for i in order], relevant, 10)
 
 
 def score_table(pipeline: Workspace, episodes: list[dict], menu: list[dict]) -> dict:
@@ -84,22 +77,26 @@ def score_table(pipeline: Workspace, episodes: list[dict], menu: list[dict]) -> 
             row, row_a, row_b = [], [], []
             for alpha in ALPHAS:
                 s = first if mma is None else fuse(first, mma, alpha)
-                row.append(ndcg10(s, cands, set(rel)))
-                row_a.append(ndcg10(s, cands, halves[0]) if halves[0] else np.nan)
-                row_b.append(ndcg10(s, cands, halves[1]) if halves[1] else np.nan)
+                row.append(ndcg_of_scores(s, cands, set(rel)))
+                row_a.append(ndcg_of_scores(s, cands, halves[0]) if halves[0] else np.nan)
+                row_b.append(ndcg_of_scores(s, cands, halves[1]) if halves[1] else np.nan)
             grid.append(row)
             grid_a.append(row_a)
             grid_b.append(row_b)
         history = weighted_evidence(channels, {g: c for g, c in groups.items() if g in HISTORY_GROUPS}, {})  # RuleRouter-Fuse
-        out["history"].append([ndcg10(first if history is None else fuse(first, history, a), cands, set(rel)) for a in ALPHAS])
+        out["history"].append(
+            [ndcg_of_scores(first if history is None else fuse(first, history, a), cands, set(rel)) for a in ALPHAS]
+        )
         probe = weighted_evidence(channels, {g: c for g, c in groups.items() if g.endswith("_request")}, {})
         rule = weighted_evidence(channels, groups, facet_rule(ep["query"]))
         out["grid"].append(grid)
         out["grid_a"].append(grid_a)
         out["grid_b"].append(grid_b)
-        out["first"].append(ndcg10(first, cands, set(rel)))
-        out["probe"].append(ndcg10(probe, cands, set(rel)) if probe is not None else ndcg10(first, cands, set(rel)))
-        out["rule"].append([ndcg10(first if rule is None else fuse(first, rule, a), cands, set(rel)) for a in ALPHAS])
+        out["first"].append(ndcg_of_scores(first, cands, set(rel)))
+        out["probe"].append(
+            ndcg_of_scores(probe, cands, set(rel)) if probe is not None else ndcg_of_scores(first, cands, set(rel))
+        )
+        out["rule"].append([ndcg_of_scores(first if rule is None else fuse(first, rule, a), cands, set(rel)) for a in ALPHAS])
         out["recall100"].append(len(set(cands) & set(rel)) / max(1, min(len(rel), 100)))
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 

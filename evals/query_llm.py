@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mma_agent.metrics import ndcg_of_scores
 from mma_agent.toolkits.workspace import Workspace
 
 
@@ -106,7 +107,6 @@ def run_policy(pipeline: Workspace, episodes: list[dict], model: Any, path: Path
 def llm_grid(episodes: list[dict], records: dict[str, dict], alphas: tuple[float, ...]) -> np.ndarray:
     """NDCG@10 per episode and alpha of the policy's scores fused with the first stage (the first
     stage where it fell back; NaN rows for episodes it has not run)."""
-    from mma_agent.evals.query_eval import ndcg10
     from mma_agent.graphs.fusion import fuse
 
     out = np.full((len(episodes), len(alphas)), np.nan)
@@ -117,7 +117,7 @@ def llm_grid(episodes: list[dict], records: dict[str, dict], alphas: tuple[float
         first = np.asarray(e["first_stage_scores"], dtype=float)
         mma = None if rec["mma"] is None else np.asarray(rec["mma"], dtype=float)
         for j, a in enumerate(alphas):
-            out[i, j] = ndcg10(first if mma is None else fuse(first, mma, a), e["candidates"], set(e["relevant"]))
+            out[i, j] = ndcg_of_scores(first if mma is None else fuse(first, mma, a), e["candidates"], set(e["relevant"]))
     return out
 
 

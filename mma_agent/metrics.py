@@ -41,6 +41,12 @@ def ndcg_at_k(ranking: Sequence, relevant: Iterable, k: int) -> float:
     return dcg / idcg
 
 
+def ndcg_of_scores(scores: np.ndarray, candidates: Sequence, relevant: Iterable, k: int = 10) -> float:
+    """NDCG@k of `candidates` ranked by `scores`, highest first (ties keep pool order)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    return ndcg_at_k([candidates[i] for i in order], relevant, k)
+
+
 def hr_at_k(ranking: Sequence, relevant: Iterable, k: int) -> float:
     """Hit rate@k: 1 if any relevant item is in the top k, else 0."""
     rel = _check(relevant, k)

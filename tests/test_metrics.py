@@ -68,3 +68,15 @@ def test_topk_indices_orders_and_breaks_ties_by_index():
     s = np.array([[0.1, 0.9, 0.5, 0.9, -np.inf]])
     assert topk_indices(s, 3).tolist() == [[1, 3, 2]]
     assert topk_indices(s, 10).shape == (1, 5)
+
+
+def test_ndcg_of_scores_ranks_by_score_and_keeps_pool_order_on_ties():
+    from mma_agent.metrics import ndcg_of_scores
+
+    cands = ["a", "b", "c", "d"]
+    # b scores highest; a and c tie and keep pool order (a before c)
+    scores = np.array([1.0, 2.0, 1.0, 0.0])
+    assert ndcg_of_scores(scores, cands, {"b"}) == pytest.approx(1.0)
+    assert ndcg_of_scores(scores, cands, {"c"}) == pytest.approx(ndcg_at_k(["b", "a", "c", "d"], {"c"}, 10))
+    assert ndcg_of_scores(scores, cands, {"c"}) == pytest.approx(1 / np.log2(4))
+    assert ndcg_of_scores(scores, cands, {"d"}, k=3) == 0.0
