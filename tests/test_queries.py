@@ -112,26 +112,34 @@ def test_policy_rows_run_into_a_resumable_store_and_pair_with_the_rows_on_the_sa
 
 
 def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrained_decoding_allows(tiny):
-    """The train split's facet query episodes (relevance: the held-out train positives), explored in
-    the request plan space; every SFT completion is one of the policy's valid continuations there."""
+    """Validation facet query episodes of the "fit" half of the users (relevance: the held-out
+    validation positives), explored in the request plan space; every SFT completion is one of the
+    policy's valid continuations there."""
     import json
 
+    from mma_agent.evals.query_eval import build_query_sets
     from mma_agent.graphs.policy import PREFILL, completions
     from mma_agent.graphs.state import SCORE_TOOL
     from mma_agent.toolkits import tool_vocabulary
     from mma_agent.toolkits.base import request_parts
+    from mma_agent.training.queries import validation_half
     from mma_agent.training.request_policy import (
         explore_request_plans,
+        fit_episodes,
         pooled_request_labels,
-        query_train_episodes,
         request_sft_rows,
     )
 
     p, _ = tiny
-    episodes = query_train_episodes(p, per_family=6, families=("full", "no-text"), held_out=2, min_items=3)
-    assert episodes and all(e["query_source"] in e["relevant"] and len(e["relevant"]) == 2 for e in episodes)
-    history = {e["user_id"]: set(e["history"]) for e in episodes}
-    assert all(not set(e["relevant"]) & history[e["user_id"]] for e in episodes)
+    sets, _, _ = build_query_sets(p, families=["full", "no-text"], splits=("valid",), min_items=3)
+    valid = sets["valid-facet-seed0-n3"]
+    episodes = fit_episodes(valid, per_family=6)
+    assert episodes and {e["family"] for e in episodes} <= {"full", "no-text"}
+    assert all(e["split"] == "valid" and validation_half(e["user_id"]) == "fit" for e in episodes)
+    assert all(e["query_source"] in e["relevant"] and not set(e["relevant"]) & set(e["history"]) for e in episodes)
+    assert len({e["id"] for e in episodes}) == len(episodes) and {e["part"] for e in episodes} == {"support", "query"}
+    # the other half never teaches: every validation user in it is left out
+    assert {e["user_id"] for e in valid if validation_half(e["user_id"]) == "select"}.isdisjoint(e["user_id"] for e in episodes)
     catalogue, kits = p.toolkits()
     explored = explore_request_plans(episodes[:4], catalogue, kits)
     assert all(set(e["runs"]) == {"", "match_text", "match_poster", "follow_titles"} for e in explored)
@@ -154,3 +162,19 @@ def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrain
         k += len(run["pattern"]) + 1
     assert k == len(rows)
     assert sum(json.loads(r["completion"][0]["content"])["tool"] == SCORE_TOOL for r in rows) == len(explored)
+
+
+def test_validation_halves_split_people_not_episodes_and_draw_reproducibly():
+    from mma_agent.training.queries import VALIDATION_HALVES, validation_draw, validation_half
+
+    eps = [{"split": "valid", "family": f, "pool": i, "user_id": str(i)} for f in ("full", "no-text") for i in range(400)]
+    halves = {validation_half(str(u)) for u in range(400)}
+    assert halves == set(VALIDATION_HALVES)
+    share = sum(validation_half(str(u)) == "fit" for u in range(400)) / 400
+    assert 0.4 < share < 0.6
+    fit, select = validation_draw(eps, "fit", 30), validation_draw(eps, "select", None)
+    assert [len(v) for v in fit.values()] == [30, 30]
+    assert {e["user_id"] for v in fit.values() for e in v}.isdisjoint(e["user_id"] for v in select.values() for e in v)
+    assert validation_draw(eps, "fit", 30) == fit and validation_draw(eps, "fit", 30, seed=1) != fit
+    with pytest.raises(ValueError, match="half must be one of"):
+        validation_draw(eps, "train", 3)

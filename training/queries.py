@@ -12,6 +12,13 @@ of the user's held-out positives in the split; relevance is never defined by the
   the poster's look (its zero-shot tag), a behaviour anchor ("like Heat": a title co-liked with
   the source that is not one of the user's held-out items), an era ("from the 1990s").
 
+Who learns from which episodes. The test split is only ever evaluated. The validation split's
+users fall in two halves by a hash of their id (`validation_half`): a trained policy learns its
+labels from the "fit" half (their held-out items are out of sample for every evidence tool, which
+the train split's are not: the graph and the learned relevance were fitted on them), and the
+alpha of every LLM policy is chosen on the "select" half, so no person's items both teach a
+policy and tune its fusion.
+
 A data set without a field gets no facets of that type (and no real-tag episodes without user
 tags); `QuerySet.skipped` says what was skipped and why. `leaks` checks that no query holds its
 source's title or id.
@@ -20,6 +27,7 @@ source's title or id.
 from __future__ import annotations
 
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -30,6 +38,29 @@ from mma_agent.toolkits.workspace import Workspace
 
 FACET_TYPES = ("genres", "keyword", "look", "anchor", "era")
 MIN_ITEMS = 30  # a facet must fit at least this many catalogue items
+QUERY_FAMILIES = ("full", "cold-user", "no-text", "no-image")  # the task families query episodes are built for
+VALIDATION_HALVES = ("fit", "select")
+
+
+def validation_half(user_id: str) -> str:
+    """The half of the validation users a person falls in (see the module's docstring): "fit" or
+    "select", by a CRC32 of the user id, the same on every machine and for every family."""
+    return VALIDATION_HALVES[zlib.crc32(str(user_id).encode()) % 2]
+
+
+def validation_draw(episodes: list[dict], half: str, per_family: int | None, *, seed: int = 0) -> dict[str, list[dict]]:
+    """Family -> the validation episodes of one half's users, in a seeded order, the first
+    `per_family` of them (None: all)."""
+    if half not in VALIDATION_HALVES:
+        msg = f"half must be one of {VALIDATION_HALVES}, got {half!r}"
+        raise ValueError(msg)
+    mine = [e for e in episodes if e["split"] == "valid" and validation_half(e["user_id"]) == half]
+    out = {}
+    for f_idx, family in enumerate(sorted({e["family"] for e in mine})):
+        of_family = [e for e in mine if e["family"] == family]
+        order = np.random.default_rng([seed, f_idx]).permutation(len(of_family))[:per_family]
+        out[family] = [of_family[i] for i in order]
+    return out
 
 
 @dataclass

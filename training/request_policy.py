@@ -1,12 +1,15 @@
-"""Training the policy to read the person's request: facet query episodes from the train split,
-the plan space of a request, and action labels pooled by the kind of request.
+"""Training the policy to read the person's request: facet query episodes of the validation
+split's "fit" half of the users, the plan space of a request, and action labels pooled by the kind
+of request.
 
-Episodes. Each user's last `HELD_OUT` train positives are held out together (the history is the
-train positives before them), the family's first stage builds the pool exactly as the
-evaluation's (protocol v2: nothing inserted), and a facet query is made from one of them
-(`training.queries.facet_queries`, the evaluation's generator). Relevance is protocol v2's: all
-of the held-out positives, the query's source among them, never the facet. Validation and test
-stay untouched; the users' own tags (real words) are never trained on.
+Episodes. The validation facet query episodes of `mma eval queries` (protocol v2 pools and
+relevance: all of the user's held-out validation positives, the query's source among them, never
+the facet), of the users in the "fit" half (`training.queries.validation_half`), a seeded draw of
+`per_family` per family split 80/20 into support and query. Their held-out items are out of sample
+for every evidence tool: the train split's are not (the graph and the learned relevance were
+fitted on them, so a policy trained there learns that behaviour evidence always wins). The
+"select" half chooses the policy's alpha; the test split is only evaluated; the users' own tags
+(real words) are never trained on.
 
 Plans. The history tools in vocabulary order (what the policy observes: each answers evidence or
 Null under the family's mask), then one request tool reading the whole request or none, then
@@ -30,65 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mma_agent.toolkits.workspace import Workspace
 
-HELD_OUT = 5  # train positives held out per training query episode (the relevant items)
-QUERY_FAMILIES = ("full", "cold-user", "no-text", "no-image")  # the families `mma eval queries` reports
+def fit_episodes(valid_episodes: list[dict], *, per_family: int | None = 100, seed: int = 0) -> list[dict]:
+    """The training episodes among validation facet query episodes: the "fit" half's users, a seeded
+    draw of `per_family` per family (None: all), the first 80% of each draw support, the rest query.
+    Each gets an `id` (split|family|pool) and a `part`."""
+    from mma_agent.training.queries import validation_draw
 
-
-def query_train_episodes(
-    pipeline: Workspace,
-    *,
-    per_family: int | None = 100,
-    families: tuple[str, ...] = QUERY_FAMILIES,
-    seed: int = 0,
-    held_out: int = HELD_OUT,
-    min_items: int | None = None,
-) -> list[dict]:
-    """Facet query episodes from the train split: `per_family` users per family (a seeded draw per
-    family; None: every user with enough train positives), split 80/20 into support and query."""
-    from mma_agent.data.pools import NoFirstStageError, Queries
-    from mma_agent.modalities import family_mask
-    from mma_agent.training.queries import MIN_ITEMS, facet_queries
-
-    split = pipeline.split
-    df = split.train.sort_values(["user", "timestamp", "item"], kind="stable")
-    users, hists, rels = [], [], []
-    for u, g in df.groupby("user", sort=True):
-        seq = g["item"].to_numpy()
-        if len(seq) >= held_out + 2:
-            users.append(int(u))
-            hists.append(seq[:-held_out])
-            rels.append(seq[-held_out:])
     episodes = []
-    for f_idx, family in enumerate(families):  # every family draws from every user, as the evaluation's pools do
-        mine = np.random.default_rng([seed, f_idx]).permutation(len(users))[:per_family]
-        queries = Queries(np.array([users[i] for i in mine], dtype=np.int64), [hists[i] for i in mine], [rels[i] for i in mine])
-        try:
-            pools = pipeline.train_pools(family, queries)
-        except NoFirstStageError:
-            continue
-        row = {int(u): j for j, u in enumerate(pools.users)}
-        base = []
-        for i in mine:
-            if users[i] not in row:
-                continue
-            p = row[users[i]]
-            base.append(
-                {
-                    "id": f"{family}:{split.user_ids[users[i]]}:request",
-                    "family": family,
-                    "mask": family_mask(family).to_dict(),
-                    "user_id": str(split.user_ids[users[i]]),
-                    "history": [str(x) for x in split.item_ids[hists[i]]],
-                    "relevant": [str(x) for x in split.item_ids[rels[i]]],
-                    "candidates": [str(x) for x in split.item_ids[pools.candidates[p]]],
-                    "first_stage_scores": [float(x) for x in pools.scores[p]],
-                }
-            )
-        made = facet_queries(pipeline, base, seed=seed + f_idx, min_items=min_items or MIN_ITEMS).episodes
-        n_support = int(round(0.8 * len(made)))
-        episodes += [{**e, "part": "support" if j < n_support else "query"} for j, e in enumerate(made)]
+    for family, drawn in validation_draw(valid_episodes, "fit", per_family, seed=seed).items():
+        n_support = int(round(0.8 * len(drawn)))
+        episodes += [
+            {**e, "id": f"{e['split']}|{family}|{e['pool']}", "part": "support" if j < n_support else "query"}
+            for j, e in enumerate(drawn)
+        ]
     return episodes
 
 

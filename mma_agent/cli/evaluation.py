@@ -101,13 +101,13 @@ def cmd_eval_queries(args) -> None:
     llm = {}
     if args.llm:
         from mma_agent.evals.query_llm import run_policy
-        from mma_agent.evals.runner import subset
         from mma_agent.llm import named_backend
+        from mma_agent.training.queries import validation_draw
 
         stem = f"seed{args.seed}-n{args.min_items}"
-        valid = (
-            subset(sets[f"valid-facet-{stem}"], args.llm_valid, seed=args.seed) if args.llm_valid else sets[f"valid-facet-{stem}"]
-        )
+        # alpha is chosen on the "select" half of the validation users: a trained policy learnt from the "fit" half
+        drawn = validation_draw(sets[f"valid-facet-{stem}"], "select", args.llm_valid or None, seed=args.seed)
+        valid = [e for of_family in drawn.values() for e in of_family]
         for spec in args.llm:
             name, backend = named_backend(spec)
             path = p.root / "queries" / "llm" / f"{name}-{stem}.jsonl"
@@ -122,6 +122,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     """Adds this group's commands to the `mma` parser."""
     from mma_agent.evals.results import ALPHA_POOLS
     from mma_agent.modalities import TASK_FAMILIES
+    from mma_agent.training.queries import QUERY_FAMILIES
 
     ev = sub.add_parser("eval", help="evaluation graphs: methods x task families, resumable, with a report").add_subparsers(
         dest="eval_command", required=True
@@ -160,7 +161,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     eq = ev.add_parser(
         "queries", parents=[common], help="query episodes: what reading the request buys, with probes and ceilings"
     )
-    eq.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), default=["full", "cold-user", "no-text", "no-image"])
+    eq.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), default=list(QUERY_FAMILIES))
     eq.add_argument("--seed", type=int, default=0)
     eq.add_argument("--min-items", type=int, default=30)
     eq.add_argument("--limit", type=int, help="episodes per query set (default: all)")
@@ -174,7 +175,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "--llm-valid",
         type=int,
         default=50,
-        help="validation facet episodes per family that --llm policies run to choose their alpha (0: every one)",
+        help="validation facet episodes per family, of the users in the 'select' half, that --llm policies run to choose their alpha (0: every one)",
     )
     eq.add_argument("--out", type=Path, default=Path("evals/results/query"))
     eq.set_defaults(func=cmd_eval_queries)

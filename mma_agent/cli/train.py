@@ -111,14 +111,16 @@ def _base(args, p, *stages: str) -> str:
 
 
 def _request_rows(args):
-    """SFT rows on facet query episodes of the train split (`training.request_policy`), explored once
-    and cached under the workdir by content; prints the labels' table."""
+    """SFT rows on the validation facet query episodes of the "fit" half of the users
+    (`training.request_policy`), explored once and cached under the workdir by content; prints the labels' table."""
     from collections import Counter
 
+    from mma_agent.evals.query_eval import build_query_sets
+    from mma_agent.training.queries import MIN_ITEMS, QUERY_FAMILIES
     from mma_agent.training.request_policy import (
         explore_request_plans,
+        fit_episodes,
         pooled_request_labels,
-        query_train_episodes,
         request_kind,
         request_sft_rows,
     )
@@ -126,7 +128,8 @@ def _request_rows(args):
 
     p = _pipeline(args)
     catalogue, kits = p.toolkits()
-    episodes = query_train_episodes(p, per_family=args.per_family, seed=args.seed)
+    sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=args.seed)
+    episodes = fit_episodes(sets[f"valid-facet-seed{args.seed}-n{MIN_ITEMS}"], per_family=args.per_family, seed=args.seed)
     support = [e for e in episodes if e["part"] == "support"]
     key = json_digest([[(e["id"], e["query"], e["candidates"], e["relevant"]) for e in support], p.split.fingerprint()])
     path = p.root / "explore" / f"request-{key}.json"
@@ -361,7 +364,8 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     ts.add_argument(
         "--request",
         action="store_true",
-        help="read the person's request: facet query episodes from the train split, labels pooled by the kind of request "
+        help="read the person's request: validation facet query episodes of the 'fit' half of the users, labels pooled "
+        "by the kind of request "
         "(training.request_policy; its policy under train/sft-request; --per-family: episodes per family, default 20)",
     )
     td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
