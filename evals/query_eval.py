@@ -14,7 +14,9 @@ same episodes, NDCG@10, each fused with the first stage at the alpha chosen on v
 - MMA-Auto with each policy asked for (`--llm NAME=BACKEND`), on every test episode, fused at the
   alpha chosen on the validation episodes it ran (`evals/query_llm.py`, a resumable store);
 - the routing ceiling: the best fixed choice per facet type (chosen on validation: the headroom
-  that reading the query can reach), the per-pool hindsight oracle, and its split-half transfer
+  that reading the query can reach), a contextual non-LLM router (`evals.routing.contextual_pick`:
+  ridge per top-5 validation choice over the pool's router features and what a keyword table reads
+  from the words, `word_flags`), the per-pool hindsight oracle, and its split-half transfer
   (choose on a random half of the pool's relevant items, score on the other half).
 Paired tests: Wilcoxon signed-rank and Cliff's delta, the fixed fusion against the controls and each
 policy against the fixed fusion, the probe, the facet rule and history only.
@@ -34,10 +36,23 @@ from mma_agent.metrics import ndcg_of_scores
 from mma_agent.toolkits.workspace import Workspace
 from mma_agent.training.queries import MIN_ITEMS, facet_queries, leaks, real_tag_queries
 
+MIN_ROUTER_EPISODES = 20  # validation episodes a contextual router needs (5-fold CV)
 ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 HISTORY_GROUPS = ("text", "image", "graph")
 LOOK_WORDS = re.compile(r"\b(poster|looks?|look like|colou?rful|dark|neon|vintage|black and white|cartoon)\b", re.IGNORECASE)
 LIKE = re.compile(r"\blike\s+[A-Z0-9]")
+
+
+ERA = re.compile(r"\b(1[89]|20)\d0s\b|\b(19|20)\d\d\b")
+WORD_FLAGS = ("names a title (like ...)", "look words", "an era or year", "log words")
+
+
+def word_flags(query: str) -> np.ndarray:
+    """What a keyword table reads from a request (`WORD_FLAGS`): the facet rule's cues, an era, its length."""
+    return np.array(
+        [bool(LIKE.search(query)), bool(LOOK_WORDS.search(query)), bool(ERA.search(query)), np.log1p(len(query.split()))],
+        dtype=float,
+    )
 
 
 def facet_rule(query: str) -> dict[str, float]:
@@ -121,17 +136,22 @@ def query_report(
     `llm`: policy name -> its records (`evals.query_llm.run_policy`): a row "MMA-Auto (name)" each,
     fused at the alpha chosen on the validation episodes it ran, with paired tests and what it did."""
     from mma_agent.evals.query_llm import llm_grid, usage_row
+    from mma_agent.evals.routing import contextual_pick, pool_features, popularity
     from mma_agent.toolkits import tool_vocabulary
     from mma_agent.util import atomic_write_text, format_table
 
     menu = tool_vocabulary(pipeline.toolkits()[1]).for_request("words").weight_menu()
     menu = [w for w in menu if "ask" not in w]
+    pop = popularity(pipeline)
     tables: dict[str, list[dict]] = {}
     plot: dict[str, dict[str, float]] = {}
     for kind in ("facet", "real-tags"):
         valid = sets[f"valid-{kind}-seed{seed}-n{min_items}"]
         test = sets[f"test-{kind}-seed{seed}-n{min_items}"]
         sv, st = score_table(pipeline, valid, menu), score_table(pipeline, test, menu)
+        xv, xt = (
+            np.array([np.concatenate([pool_features(e, pop), word_flags(e["query"])]) for e in eps]) for eps in (valid, test)
+        )
         llm_v = {n: llm_grid(valid, r, ALPHAS) for n, r in (llm or {}).items()}
         llm_t = {n: llm_grid(test, r, ALPHAS) for n, r in (llm or {}).items()}
         families = sorted({e["family"] for e in test})
@@ -153,6 +173,11 @@ def query_report(
                 ek, ak = _best(sv["grid"][mask_v]) if mask_v.any() else (e_fix, a_fix)
                 by_type[kinds == k] = st["grid"][it][kinds == k][:, ek, ak]
             oracle = np.nanmax(st["grid"][it].reshape(it.sum(), -1), axis=1)
+            if iv.sum() >= MIN_ROUTER_EPISODES:
+                pick = contextual_pick(xv[iv], sv["grid"][iv].reshape(iv.sum(), -1), xt[it])
+                routed = st["grid"][it].reshape(it.sum(), -1)[np.arange(it.sum()), pick]
+            else:  # too few validation episodes to fit a router: it is the fixed choice
+                routed = fixed
             ga, gb = st["grid_a"][it].reshape(it.sum(), -1), st["grid_b"][it].reshape(it.sum(), -1)
             ok = ~np.isnan(ga).all(axis=1) & ~np.isnan(gb).all(axis=1)
             pick_a, pick_b = (
@@ -180,6 +205,7 @@ def query_report(
                 "Facet rule (keyword routing)": st["rule"][it][:, a_rule],
                 "Fixed fusion of query and history (chosen on validation)": fixed,
                 "Best fixed per facet type (chosen on validation)": by_type,
+                "Contextual router (ridge on pool features and query words, fitted on validation)": routed,
                 "Oracle: best (entry, alpha) per pool, in hindsight": oracle,
             }
             for name, grid in llm_t.items():
@@ -204,6 +230,7 @@ def query_report(
                 "History only (RuleRouter-Fuse's equal weights)",
                 "Query-only probe (user-blind, not fused)",
                 "Facet rule (keyword routing)",
+                "Contextual router (ridge on pool features and query words, fitted on validation)",
             ):
                 tests.append(_paired(family, "Fixed fusion", fixed, name, cols[name]))
             for policy in (k for k in cols if k.startswith("MMA-Auto")):
@@ -211,6 +238,7 @@ def query_report(
                     "Fixed fusion of query and history (chosen on validation)",
                     "Query-only probe (user-blind, not fused)",
                     "Facet rule (keyword routing)",
+                    "Contextual router (ridge on pool features and query words, fitted on validation)",
                     "History only (RuleRouter-Fuse's equal weights)",
                 ):
                     tests.append(_paired(family, policy, cols[policy], name, cols[name]))

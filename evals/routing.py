@@ -35,26 +35,36 @@ FEATURES = (
 )
 
 
+def popularity(pipeline: Workspace) -> np.ndarray:
+    """log(1 + train interactions) of every item: the popularity feature's scale."""
+    return np.log1p(np.asarray(pipeline.split.matrix("train").sum(axis=0), dtype=float).ravel())
+
+
+def pool_features(ep: dict, pop: np.ndarray) -> np.ndarray:
+    """One episode's `FEATURES`: what a router sees of its pool and history before any answer."""
+    s = np.sort(np.asarray(ep["first_stage_scores"], dtype=float))[::-1]
+    sd = float(s.std()) or 1.0
+    hist = np.asarray(ep["hist_idx"], dtype=int)
+    return np.array(
+        [
+            np.log1p(len(hist)),
+            sd,
+            (s[:10].mean() - s[10:].mean()) / sd,
+            float(pop[np.asarray(ep["cand_idx"], dtype=int)].mean()),
+            float(pop[hist].mean()) if len(hist) else 0.0,
+        ]
+    )
+
+
 def episode_features(pipeline: Workspace, families=None, splits=("valid", "test")) -> dict[tuple, np.ndarray]:
     """(split, family, pool) -> the features a router sees before any answer (`FEATURES`); every
     family with pools by default."""
-    pop = np.log1p(np.asarray(pipeline.split.matrix("train").sum(axis=0), dtype=float).ravel())
-    out = {}
-    for split in splits:
-        for ep in build_episodes(pipeline, split, families=families):
-            s = np.sort(np.asarray(ep["first_stage_scores"], dtype=float))[::-1]
-            sd = float(s.std()) or 1.0
-            hist = np.asarray(ep["hist_idx"], dtype=int)
-            out[split, ep["family"], ep["pool"]] = np.array(
-                [
-                    np.log1p(len(hist)),
-                    sd,
-                    (s[:10].mean() - s[10:].mean()) / sd,
-                    float(pop[ep["cand_idx"]].mean()),
-                    float(pop[hist].mean()) if len(hist) else 0.0,
-                ]
-            )
-    return out
+    pop = popularity(pipeline)
+    return {
+        (split, ep["family"], ep["pool"]): pool_features(ep, pop)
+        for split in splits
+        for ep in build_episodes(pipeline, split, families=families)
+    }
 
 
 def fixed_choices(rows: list[dict], meta: dict) -> list[str]:

@@ -3,6 +3,7 @@ users' own tags, and what a data set without a field skips."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 pytest.importorskip("sentence_transformers")
@@ -102,9 +103,12 @@ def test_policy_rows_run_into_a_resumable_store_and_pair_with_the_rows_on_the_sa
     rows = tables[f"facet queries: NDCG@10 per family ({len(test)} test episodes)"]
     assert "MMA-Auto (scripted)" in rows[0] and rows[0]["Ceiling: Recall@100"]
     tests = [t for t in tables["facet queries: paired tests"] if t["row"] == "MMA-Auto (scripted)"]
+    router = "Contextual router (ridge on pool features and query words, fitted on validation)"
+    assert float(rows[0][router]) <= float(rows[0]["Oracle: best (entry, alpha) per pool, in hindsight"])
     assert {t["vs"] for t in tests} >= {
         "Fixed fusion of query and history (chosen on validation)",
         "Query-only probe (user-blind, not fused)",
+        router,
     }
     assert all(t["episodes"] == len(test) for t in tests if t["family"] == "full")
     usage = tables["facet queries: what each policy did (test)"][0]
@@ -178,3 +182,12 @@ def test_validation_halves_split_people_not_episodes_and_draw_reproducibly():
     assert validation_draw(eps, "fit", 30) == fit and validation_draw(eps, "fit", 30, seed=1) != fit
     with pytest.raises(ValueError, match="half must be one of"):
         validation_draw(eps, "train", 3)
+
+
+def test_word_flags_read_what_a_keyword_table_can():
+    from mma_agent.evals.query_eval import WORD_FLAGS, word_flags
+
+    like, look, era, n = word_flags("something dark like Heat, but from the 1990s")
+    assert (like, look, era) == (1.0, 1.0, 1.0) and n == pytest.approx(np.log1p(8))
+    assert list(word_flags("a comedy about friendship")[:3]) == [0.0, 0.0, 0.0]
+    assert word_flags("made in 1995")[2] == 1.0 and len(word_flags("x")) == len(WORD_FLAGS)
