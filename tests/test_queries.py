@@ -146,7 +146,9 @@ def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrain
     assert {e["user_id"] for e in valid if validation_half(e["user_id"]) == "select"}.isdisjoint(e["user_id"] for e in episodes)
     catalogue, kits = p.toolkits()
     explored = explore_request_plans(episodes[:4], catalogue, kits)
-    assert all(set(e["runs"]) == {"", "match_text", "match_poster", "follow_titles"} for e in explored)
+    every = "match_text+match_poster+follow_titles"
+    assert all(set(e["runs"]) == {"", "match_text", "match_poster", "follow_titles", every} for e in explored)
+    assert all(len(e["runs"][every]["messages"]) > len(e["runs"]["match_text"]["messages"]) for e in explored)
     labels = pooled_request_labels(explored, min_states=2)
     rows = request_sft_rows(explored, labels)
     tools = tool_vocabulary(kits)

@@ -12,17 +12,18 @@ fitted on them, so a policy trained there learns that behaviour evidence always 
 (real words) are never trained on.
 
 Plans. The history tools in vocabulary order (what the policy observes: each answers evidence or
-Null under the family's mask), then one request tool reading the whole request or none, then
+Null under the family's mask), then no request tool, one, or all of them, each reading the whole request, then
 scoring with each entry of the weight menu over the groups gathered. Plans that share their
 steps share one run: the score node is forked by LangGraph time travel, as in
 `training.explore`, so every reward comes from the graph's own score node.
 
 Labels. One target's NDCG is a noisy value, and the per-pool best plan does not transfer (the
-split-half oracle of `mma eval queries`), so the labels are pooled: the final weights are the
-entry with the best mean reward over the episodes of the same request kind, availability pattern
-and request tool; the request tool is the one whose pooled best is highest for the kind and
-pattern. A kind with fewer than `min_states` episodes under a pattern pools over every kind
-(the fixed choice). The policy never sees the kind: it has to read it from the words.
+split-half oracle of `mma eval queries`), so the labels are pooled. Each availability pattern
+(what the history tools answered) gets the fixed choice: the (request tool, weight entry) with the
+best mean reward over its episodes. A kind of request gets its own best choice only where that
+transfers: chosen on one half of the kind's episodes it beats the fixed choice on the other half,
+both ways round (at least `min_states` episodes); elsewhere it keeps the fixed choice. The policy
+never sees the kind: it has to read it from the words.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ def fit_episodes(valid_episodes: list[dict], *, per_family: int | None = 100, se
     return episodes
 
 
+def request_options(tools) -> list[str]:
+    """The request part of the plan space: "" (no request tool), each request tool alone, and every
+    request tool ("+"-joined, in vocabulary order: the fixed fusion's choice on most families)."""
+    names = [s.name for s in tools.automated if s.reads_request is not None]
+    return ["", *names, *(["+".join(names)] if len(names) > 1 else [])]
+
+
+def option_tools(option: str) -> list[str]:
+    """The request tools one request option calls, in order."""
+    return option.split("+") if option else []
+
+
 def _action(tool: str, args: dict) -> str:
     return json.dumps({"tool": tool, "args": args})
 
@@ -58,8 +71,8 @@ def explore_request_plans(
     episodes: list[dict], catalogue, toolkits, *, alpha: float = 0.5, resume: Path | None = None
 ) -> list[dict]:
     """Every plan of the request plan space on every episode through the real graph (a scripted
-    policy). One entry per episode: its id, family, kind, and per request option (a request tool,
-    or "" for none) the conversation before scoring, the pattern observed, and each weight
+    policy). One entry per episode: its id, family, kind, and per request option (`request_options`)
+    the conversation before scoring, the pattern observed, and each weight
     entry's reward (Eq. 3 against the episode's relevant items). `resume`: a JSONL file
     receiving each finished entry; a rerun explores only the episodes not in it."""
     from langgraph.checkpoint.memory import InMemorySaver
@@ -75,12 +88,12 @@ def explore_request_plans(
 
     tools = tool_vocabulary(toolkits).for_request("words")
     history = [_action(s.name, {}) for s in tools.automated if s.reads_request is None]
-    options = ["", *(s.name for s in tools.automated if s.reads_request is not None)]
+    options = request_options(tools)
     equal = _action(SCORE_TOOL, {"weights": {}})
     saver = InMemorySaver()
     graphs = {
         r: create_mma_reranker(
-            ScriptedChatModel(responses=[*history, *([_action(r, {})] if r else []), equal]),
+            ScriptedChatModel(responses=[*history, *(_action(t, {}) for t in option_tools(r)), equal]),
             catalogue=catalogue,
             toolkits=toolkits,
             alpha=alpha,
@@ -126,34 +139,49 @@ def request_kind(kind: str) -> str:
 
 
 def pooled_request_labels(explored: list[dict], *, min_states: int = 8) -> dict[str, tuple[str, str]]:
-    """Episode id -> (request option, weights JSON): the pooled choice for its kind and availability
-    pattern (see the module's docstring)."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    """Episode id -> (request option, weights JSON): the pooled choice for its availability pattern,
+    or for its kind and pattern where that choice transfers (see the module's docstring)."""
+    by_pattern: dict[tuple, list[dict]] = defaultdict(list)
     for e in explored:
-        pattern = tuple((t, bool(null)) for t, null in e["runs"][""]["pattern"])
-        groups[request_kind(e["kind"]), pattern].append(e)
-        groups["*", pattern].append(e)
-
-    def choice(eps: list[dict]) -> tuple[str, str, float]:
-        best = ("", "{}", -np.inf)
-        for r in eps[0]["runs"]:
-            entries = [w for w in eps[0]["runs"][r]["rewards"] if all(w in e["runs"][r]["rewards"] for e in eps)]
-            for w in entries:
-                v = float(np.mean([e["runs"][r]["rewards"][w] for e in eps]))
-                if v > best[2] + 1e-12:
-                    best = (r, w, v)
-        return best
-
-    cache: dict[tuple, tuple[str, str, float]] = {}
+        by_pattern[_pattern(e)].append(e)
     labels = {}
-    for e in explored:
-        pattern = tuple((t, bool(null)) for t, null in e["runs"][""]["pattern"])
-        kind = request_kind(e["kind"])
-        key = (kind, pattern) if len(groups[kind, pattern]) >= min_states else ("*", pattern)
-        if key not in cache:
-            cache[key] = choice(groups[key])
-        labels[e["id"]] = cache[key][:2]
+    for eps in by_pattern.values():
+        fixed = _choice(eps)
+        by_kind: dict[str, list[dict]] = defaultdict(list)
+        for e in eps:
+            by_kind[request_kind(e["kind"])].append(e)
+        for kind_eps in by_kind.values():
+            label = fixed
+            if len(kind_eps) >= min_states:
+                half = {e["id"]: i % 2 for i, e in enumerate(sorted(kind_eps, key=lambda e: e["id"]))}
+                a = [e for e in kind_eps if half[e["id"]] == 0]
+                b = [e for e in kind_eps if half[e["id"]] == 1]
+                if _mean(b, _choice(a)) > _mean(b, fixed) and _mean(a, _choice(b)) > _mean(a, fixed):
+                    label = _choice(kind_eps)
+            labels |= dict.fromkeys((e["id"] for e in kind_eps), label)
     return labels
+
+
+def _pattern(e: dict) -> tuple:
+    return tuple((t, bool(null)) for t, null in e["runs"][""]["pattern"])
+
+
+def _mean(eps: list[dict], choice: tuple[str, str]) -> float:
+    """Mean reward of one (request option, weights JSON) over episodes (-inf where one lacks it)."""
+    r, w = choice
+    vals = [e["runs"][r]["rewards"].get(w) for e in eps if r in e["runs"]]
+    return float(np.mean(vals)) if len(vals) == len(eps) and None not in vals else -np.inf
+
+
+def _choice(eps: list[dict]) -> tuple[str, str]:
+    """The (request option, weights JSON) with the best mean reward over `eps`; ties: the first."""
+    best, value = ("", "{}"), -np.inf
+    for r in eps[0]["runs"]:
+        for w in eps[0]["runs"][r]["rewards"]:
+            v = _mean(eps, (r, w))
+            if v > value + 1e-12:
+                best, value = (r, w), v
+    return best
 
 
 def request_sft_rows(explored: list[dict], labels: dict[str, tuple[str, str]]) -> list[dict]:
@@ -169,8 +197,9 @@ def request_sft_rows(explored: list[dict], labels: dict[str, tuple[str, str]]) -
         messages = [dict(m) for m in e["runs"][r]["messages"]]
         whole = request_parts(e["query"])[0]
         for m in messages:
-            if m["role"] == "assistant" and r and json.loads(m["content"]).get("tool") == r:
-                m["content"] = _action(r, {"words": whole})
+            tool = json.loads(m["content"]).get("tool") if m["role"] == "assistant" else None
+            if tool in option_tools(r):
+                m["content"] = _action(tool, {"words": whole})
         messages.append({"role": "assistant", "content": _action(SCORE_TOOL, {"weights": json.loads(w)})})
         for i, m in enumerate(messages):
             if m["role"] == "assistant":

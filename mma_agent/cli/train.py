@@ -116,12 +116,14 @@ def _request_rows(args):
     from collections import Counter
 
     from mma_agent.evals.query_eval import build_query_sets
+    from mma_agent.toolkits import tool_vocabulary
     from mma_agent.training.queries import MIN_ITEMS, QUERY_FAMILIES
     from mma_agent.training.request_policy import (
         explore_request_plans,
         fit_episodes,
         pooled_request_labels,
         request_kind,
+        request_options,
         request_sft_rows,
     )
     from mma_agent.util import atomic_write_text, json_digest
@@ -131,7 +133,8 @@ def _request_rows(args):
     sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=args.seed)
     episodes = fit_episodes(sets[f"valid-facet-seed{args.seed}-n{MIN_ITEMS}"], per_family=args.per_family, seed=args.seed)
     support = [e for e in episodes if e["part"] == "support"]
-    key = json_digest([[(e["id"], e["query"], e["candidates"], e["relevant"]) for e in support], p.split.fingerprint()])
+    options = request_options(tool_vocabulary(kits).for_request("words"))
+    key = json_digest([[(e["id"], e["query"], e["candidates"], e["relevant"]) for e in support], p.split.fingerprint(), options])
     path = p.root / "explore" / f"request-{key}.json"
     start = time.perf_counter()
     if path.is_file():
