@@ -193,3 +193,25 @@ def test_word_flags_read_what_a_keyword_table_can():
     assert (like, look, era) == (1.0, 1.0, 1.0) and n == pytest.approx(np.log1p(8))
     assert list(word_flags("a comedy about friendship")[:3]) == [0.0, 0.0, 0.0]
     assert word_flags("made in 1995")[2] == 1.0 and len(word_flags("x")) == len(WORD_FLAGS)
+
+
+def test_a_kind_gets_its_own_label_only_where_it_transfers_between_halves():
+    """The pattern's fixed choice, unless a kind's best choice wins on each half when chosen on the other."""
+    from mma_agent.training.request_policy import pooled_request_labels
+
+    def ep(i, kind, rewards):  # rewards: option -> reward of the equal weights
+        return {"id": f"{kind}{i}", "kind": kind,
+                "runs": {r: {"pattern": [["match_text", False]], "rewards": {"{}": v}} for r, v in rewards.items()}}  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    # "look": the poster tool is better on every episode; "era": noise around the fixed choice
+    eps = [ep(i, "look", {"": 0.1, "match_poster": 0.3}) for i in range(10)]
+    eps += [ep(i, "era", {"": 0.2, "match_poster": 0.2 + rng.normal(0, 0.05)}) for i in range(40)]
+    eps += [ep(i, "genres", {"": 0.5, "match_poster": 0.0}) for i in range(3)]  # too few for its own label
+    labels = pooled_request_labels(eps, min_states=8)
+    assert {labels[f"look{i}"] for i in range(10)} == {("match_poster", "{}")}
+    fixed = labels["era0"]
+    # the pattern's fixed choice is the poster tool (pooled over every kind); era's own best over all its
+    # episodes is no request tool (mean .197 against .200), which a label without the halves check would take
+    assert fixed == ("match_poster", "{}")
+    assert {labels[f"era{i}"] for i in range(40)} == {fixed} and {labels[f"genres{i}"] for i in range(3)} == {fixed}
