@@ -196,12 +196,14 @@ def test_word_flags_read_what_a_keyword_table_can():
 
 
 def test_a_kind_gets_its_own_label_only_where_it_transfers_between_halves():
-    """The pattern's fixed choice, unless a kind's best choice wins on each half when chosen on the other."""
+    """The pattern's fixed choice, unless a kind's best choice wins on each half when chosen on the other;
+    choices by NDCG@10 (the rewards here carry Eq. 3's tool cost)."""
     from mma_agent.training.request_policy import pooled_request_labels
 
     def ep(i, kind, rewards):  # rewards: option -> reward of the equal weights
         return {"id": f"{kind}{i}", "kind": kind,
-                "runs": {r: {"pattern": [["match_text", False]], "rewards": {"{}": v}} for r, v in rewards.items()}}  # fmt: skip
+                "runs": {r: {"pattern": [["match_text", False]], "rewards": {"{}": v - 0.02 * bool(r)}, "ndcg": {"{}": v}}
+                         for r, v in rewards.items()}}  # fmt: skip
 
     rng = np.random.default_rng(0)
     # "look": the poster tool is better on every episode; "era": noise around the fixed choice

@@ -19,11 +19,15 @@ steps share one run: the score node is forked by LangGraph time travel, as in
 
 Labels. One target's NDCG is a noisy value, and the per-pool best plan does not transfer (the
 split-half oracle of `mma eval queries`), so the labels are pooled. Each availability pattern
-(what the history tools answered) gets the fixed choice: the (request tool, weight entry) with the
-best mean reward over its episodes. A kind of request gets its own best choice only where that
-transfers: chosen on one half of the kind's episodes it beats the fixed choice on the other half,
-both ways round (at least `min_states` episodes); elsewhere it keeps the fixed choice. The policy
-never sees the kind: it has to read it from the words.
+(what the history tools answered) gets the fixed choice: the (request option, weight entry) with
+the best mean NDCG@10 over its episodes, the best mean Eq. 3 reward among ties. A kind of request
+gets its own best choice only where that transfers: chosen on one half of the kind's episodes it
+beats the fixed choice on the other half, both ways round (at least `min_states` episodes);
+elsewhere it keeps the fixed choice. The policy never sees the kind: it has to read it from the words.
+
+Why NDCG@10 and not Eq. 3's reward: Eq. 3 charges 0.02 per tool call, more than reading the
+request adds to NDCG@10 on average here (`evals/results/query/report.md`), so under it the best
+plan never reads the request. Both are stored per plan; `evals/results/query/request-labels.md` shows what each teaches.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def explore_request_plans(
     """Every plan of the request plan space on every episode through the real graph (a scripted
     policy). One entry per episode: its id, family, kind, and per request option (`request_options`)
     the conversation before scoring, the pattern observed, and each weight
-    entry's reward (Eq. 3 against the episode's relevant items). `resume`: a JSONL file
+    entry's reward (Eq. 3 against the episode's relevant items) and NDCG@10. `resume`: a JSONL file
     receiving each finished entry; a rerun explores only the episodes not in it."""
     from langgraph.checkpoint.memory import InMemorySaver
 
@@ -81,6 +85,7 @@ def explore_request_plans(
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.graphs.state import POLICY, SCORE, SCORE_TOOL, rerank_request
     from mma_agent.llm.scripted import ScriptedChatModel
+    from mma_agent.metrics import ndcg_at_k
     from mma_agent.toolkits import tool_vocabulary
     from mma_agent.training.explore import explore_resumably
     from mma_agent.training.rewards import episode_reward
@@ -109,7 +114,7 @@ def explore_request_plans(
             config = {"configurable": {"thread_id": f"{ep['id']}#{r}"}}
             first = graph.invoke(request, config)
             before = next(s for s in graph.get_state_history(config) if s.next == (SCORE,))
-            rewards = {}
+            rewards, ndcg = {}, {}
             for w in tools.weight_menu(gathered_groups(tools, first["trace"])):
                 out = (
                     first
@@ -122,10 +127,12 @@ def explore_request_plans(
                     )
                 )
                 rewards[json.dumps(w)] = episode_reward(out, set(ep["relevant"]))
+                ndcg[json.dumps(w)] = ndcg_at_k(out["ranking"], set(ep["relevant"]), 10)
             runs[r] = {
                 "messages": first["messages"][:-1],
                 "pattern": [list(x) for x in trace_pattern(first["trace"])],
                 "rewards": rewards,
+                "ndcg": ndcg,
             }
             saver.delete_thread(config["configurable"]["thread_id"])
         return {"id": ep["id"], "family": ep["family"], "kind": ep["query_kind"], "query": ep["query"], "runs": runs}
@@ -166,20 +173,24 @@ def _pattern(e: dict) -> tuple:
     return tuple((t, bool(null)) for t, null in e["runs"][""]["pattern"])
 
 
-def _mean(eps: list[dict], choice: tuple[str, str]) -> float:
-    """Mean reward of one (request option, weights JSON) over episodes (-inf where one lacks it)."""
+def _mean(eps: list[dict], choice: tuple[str, str]) -> tuple[float, float]:
+    """Mean NDCG@10 and mean Eq. 3 reward of one (request option, weights JSON) over episodes
+    (-inf where one lacks it)."""
     r, w = choice
-    vals = [e["runs"][r]["rewards"].get(w) for e in eps if r in e["runs"]]
-    return float(np.mean(vals)) if len(vals) == len(eps) and None not in vals else -np.inf
+    runs = [e["runs"][r] for e in eps if r in e["runs"]]
+    if len(runs) < len(eps) or any(w not in run["ndcg"] for run in runs):
+        return -np.inf, -np.inf
+    return float(np.mean([run["ndcg"][w] for run in runs])), float(np.mean([run["rewards"][w] for run in runs]))
 
 
 def _choice(eps: list[dict]) -> tuple[str, str]:
-    """The (request option, weights JSON) with the best mean reward over `eps`; ties: the first."""
-    best, value = ("", "{}"), -np.inf
+    """The (request option, weights JSON) with the best mean NDCG@10 over `eps`, the best mean
+    reward among ties (fewer tool calls); then the first."""
+    best, value = ("", "{}"), (-np.inf, -np.inf)
     for r in eps[0]["runs"]:
-        for w in eps[0]["runs"][r]["rewards"]:
+        for w in eps[0]["runs"][r]["ndcg"]:
             v = _mean(eps, (r, w))
-            if v > value + 1e-12:
+            if (round(v[0], 12), v[1]) > (round(value[0], 12), value[1] + 1e-12):
                 best, value = (r, w), v
     return best
 

@@ -134,7 +134,9 @@ def _request_rows(args):
     episodes = fit_episodes(sets[f"valid-facet-seed{args.seed}-n{MIN_ITEMS}"], per_family=args.per_family, seed=args.seed)
     support = [e for e in episodes if e["part"] == "support"]
     options = request_options(tool_vocabulary(kits).for_request("words"))
-    key = json_digest([[(e["id"], e["query"], e["candidates"], e["relevant"]) for e in support], p.split.fingerprint(), options])
+    key = json_digest(
+        [[(e["id"], e["query"], e["candidates"], e["relevant"]) for e in support], p.split.fingerprint(), options, "ndcg"]
+    )
     path = p.root / "explore" / f"request-{key}.json"
     start = time.perf_counter()
     if path.is_file():
