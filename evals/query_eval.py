@@ -12,7 +12,9 @@ same episodes, NDCG@10, each fused with the first stage at the alpha chosen on v
   validation per family (the non-LLM control);
 - the facet rule: a keyword list routes each request to one request tool, mixed with history;
 - MMA-Auto with each policy asked for (`--llm NAME=BACKEND`), on every test episode, fused at the
-  alpha chosen on the validation episodes it ran (`evals/query_llm.py`, a resumable store);
+  alpha chosen on the validation episodes it ran, of the users in the "select" half (a trained
+  policy learns from the "fit" half: `training.queries.validation_half`; `evals/query_llm.py`, a
+  resumable store);
 - the routing ceiling: the best fixed choice per facet type (chosen on validation: the headroom
   that reading the query can reach), a contextual non-LLM router (`evals.routing.contextual_pick`:
   ridge per top-5 validation choice over the pool's router features and what a keyword table reads
