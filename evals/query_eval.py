@@ -43,10 +43,13 @@ ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 HISTORY_GROUPS = ("text", "image", "graph")
 LOOK_WORDS = re.compile(r"\b(poster|looks?|look like|colou?rful|dark|neon|vintage|black and white|cartoon)\b", re.IGNORECASE)
 LIKE = re.compile(r"\blike\s+[A-Z0-9]")
-
-
 ERA = re.compile(r"\b(1[89]|20)\d0s\b|\b(19|20)\d\d\b")
 WORD_FLAGS = ("names a title (like ...)", "look words", "an era or year", "log words")
+
+
+def query_set_name(split: str, kind: str, *, seed: int = 0, min_items: int = MIN_ITEMS) -> str:
+    """The name of one saved query set (`<split>-<kind>-seed<seed>-n<min_items>`: its JSONL file's stem)."""
+    return f"{split}-{kind}-seed{seed}-n{min_items}"
 
 
 def word_flags(query: str) -> np.ndarray:
@@ -148,8 +151,8 @@ def query_report(
     tables: dict[str, list[dict]] = {}
     plot: dict[str, dict[str, float]] = {}
     for kind in ("facet", "real-tags"):
-        valid = sets[f"valid-{kind}-seed{seed}-n{min_items}"]
-        test = sets[f"test-{kind}-seed{seed}-n{min_items}"]
+        valid = sets[query_set_name("valid", kind, seed=seed, min_items=min_items)]
+        test = sets[query_set_name("test", kind, seed=seed, min_items=min_items)]
         sv, st = score_table(pipeline, valid, menu), score_table(pipeline, test, menu)
         xv, xt = (
             np.array([np.concatenate([pool_features(e, pop), word_flags(e["query"])]) for e in eps]) for eps in (valid, test)
@@ -316,7 +319,7 @@ def build_query_sets(
         episodes = build_episodes(pipeline, split, families=families)
         full = [e for e in episodes if e["family"] == "full"]  # the user's own tags: once per user, on the full pool
         for kind in ("facet", "real-tags"):
-            stem = f"{split}-{kind}-seed{seed}-n{min_items}"
+            stem = query_set_name(split, kind, seed=seed, min_items=min_items)
             path = folder / f"{stem}.jsonl"
             if path.is_file():
                 eps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

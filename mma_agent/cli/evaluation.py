@@ -92,7 +92,7 @@ def cmd_eval_report(args) -> None:
 
 
 def cmd_eval_queries(args) -> None:
-    from mma_agent.evals.query_eval import build_query_sets, query_report
+    from mma_agent.evals.query_eval import build_query_sets, query_report, query_set_name
 
     p = _pipeline(args)
     sets, _, _ = build_query_sets(p, families=args.families, seed=args.seed, min_items=args.min_items)
@@ -104,15 +104,17 @@ def cmd_eval_queries(args) -> None:
         from mma_agent.llm import named_backend
         from mma_agent.training.queries import validation_draw
 
-        stem = f"seed{args.seed}-n{args.min_items}"
+        def of(split: str, kind: str) -> list[dict]:
+            return sets[query_set_name(split, kind, seed=args.seed, min_items=args.min_items)]
+
         # alpha is chosen on the "select" half of the validation users: a trained policy learnt from the "fit" half
-        drawn = validation_draw(sets[f"valid-facet-{stem}"], "select", args.llm_valid or None, seed=args.seed)
+        drawn = validation_draw(of("valid", "facet"), "select", args.llm_valid or None, seed=args.seed)
         valid = [e for of_family in drawn.values() for e in of_family]
         for spec in args.llm:
             name, backend = named_backend(spec)
-            path = p.root / "queries" / "llm" / f"{name}-{stem}.jsonl"
+            path = p.root / "queries" / "llm" / f"{name}-seed{args.seed}-n{args.min_items}.jsonl"
             # test episodes first, then the validation ones that choose the policy's alpha; one model load
-            eps = [*sets[f"test-facet-{stem}"], *sets[f"test-real-tags-{stem}"], *valid, *sets[f"valid-real-tags-{stem}"]]
+            eps = [*of("test", "facet"), *of("test", "real-tags"), *valid, *of("valid", "real-tags")]
             llm[name] = run_policy(p, eps, backend, path, desc=f"MMA-Auto ({name}) on query episodes")
     _print_tables(query_report(p, sets, args.out, seed=args.seed, min_items=args.min_items, llm=llm))
     print(f"\nreport: {args.out / 'report.md'}")

@@ -115,9 +115,9 @@ def _request_rows(args):
     (`training.request_policy`), explored once and cached under the workdir by content; prints the labels' table."""
     from collections import Counter
 
-    from mma_agent.evals.query_eval import build_query_sets
+    from mma_agent.evals.query_eval import build_query_sets, query_set_name
     from mma_agent.toolkits import tool_vocabulary
-    from mma_agent.training.queries import MIN_ITEMS, QUERY_FAMILIES
+    from mma_agent.training.queries import QUERY_FAMILIES
     from mma_agent.training.request_policy import (
         explore_request_plans,
         fit_episodes,
@@ -131,7 +131,7 @@ def _request_rows(args):
     p = _pipeline(args)
     catalogue, kits = p.toolkits()
     sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=args.seed)
-    episodes = fit_episodes(sets[f"valid-facet-seed{args.seed}-n{MIN_ITEMS}"], per_family=args.per_family, seed=args.seed)
+    episodes = fit_episodes(sets[query_set_name("valid", "facet", seed=args.seed)], per_family=args.per_family, seed=args.seed)
     support = [e for e in episodes if e["part"] == "support"]
     options = request_options(tool_vocabulary(kits).for_request("words"))
     key = json_digest(
