@@ -49,7 +49,7 @@ def pool_features(ep: dict, pop: np.ndarray) -> np.ndarray:
         [
             np.log1p(len(hist)),
             sd,
-            (s[:10].mean() - s[10:].mean()) / sd,
+            (s[:10].mean() - s[10:].mean()) / sd if len(s) > 10 else 0.0,  # a pool of 10 or fewer has no gap
             float(pop[np.asarray(ep["cand_idx"], dtype=int)].mean()),
             float(pop[hist].mean()) if len(hist) else 0.0,
         ]

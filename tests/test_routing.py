@@ -167,3 +167,17 @@ def test_interactive_plans_ask_once_then_score_over_the_answer():
         "score_candidates",
     ]
     assert {json.loads(p[0])["args"].get("modality_type") for p in asks if len(p) == 2} == {"text", "image", "behaviour"}
+
+
+def test_pool_features_are_finite_for_a_pool_of_ten_or_fewer():
+    import warnings
+
+    import numpy as np
+
+    from mma_agent.evals.routing import FEATURES, pool_features
+
+    ep = {"first_stage_scores": [3.0, 2.0, 1.0], "hist_idx": [0, 1], "cand_idx": [0, 1, 2]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = pool_features(ep, np.log1p(np.array([5.0, 1.0, 0.0])))
+    assert len(x) == len(FEATURES) and np.isfinite(x).all() and x[2] == 0.0
