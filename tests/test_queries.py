@@ -168,6 +168,13 @@ def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrain
         k += len(run["pattern"]) + 1
     assert k == len(rows)
     assert sum(json.loads(r["completion"][0]["content"])["tool"] == SCORE_TOOL for r in rows) == len(explored)
+    # history_share drops only history-tool rows: every decision row stays, in order
+    history_tools = {s.name for s in tools.automated if s.reads_request is None}
+    decisions = [r for r in rows if json.loads(r["completion"][0]["content"])["tool"] not in history_tools]
+    assert request_sft_rows(explored, labels, history_share=0.0) == decisions
+    assert request_sft_rows(explored, labels, history_share=1.0) == rows
+    with pytest.raises(ValueError, match="history_share"):
+        request_sft_rows(explored, labels, history_share=1.5)
 
 
 def test_validation_halves_split_people_not_episodes_and_draw_reproducibly():

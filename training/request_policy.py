@@ -195,16 +195,27 @@ def _choice(eps: list[dict]) -> tuple[str, str]:
     return best
 
 
-def request_sft_rows(explored: list[dict], labels: dict[str, tuple[str, str]]) -> list[dict]:
+def request_sft_rows(
+    explored: list[dict], labels: dict[str, tuple[str, str]], *, history_share: float = 1.0, seed: int = 0
+) -> list[dict]:
     """TRL conversational prompt-completion rows along each episode's labelled plan: every action
     given the conversation before it, the request tool's action reading the whole request in the
-    words constrained decoding completes (`request_parts(query)[0]`)."""
+    words constrained decoding completes (`request_parts(query)[0]`).
+
+    `history_share`: the share of episodes (a seeded draw) whose history-tool rows are kept. Every
+    labelled plan calls the history tools in the same order, so those rows teach one fixed prefix and
+    are most of the tokens; the rows after them (which request tools, then the weights) are the
+    decisions, and every episode keeps those."""
     from mma_agent.graphs.state import SCORE_TOOL
     from mma_agent.toolkits.base import request_parts
 
+    if not 0.0 <= history_share <= 1.0:
+        raise ValueError(f"history_share must be in [0, 1], got {history_share}")
+    keep_history = np.random.default_rng(seed).random(len(explored)) < history_share
     rows = []
-    for e in explored:
+    for e, with_history in zip(explored, keep_history, strict=True):
         r, w = labels[e["id"]]
+        n_history = len(e["runs"][""]["pattern"])  # the plan without a request tool calls the history tools only
         messages = [dict(m) for m in e["runs"][r]["messages"]]
         whole = request_parts(e["query"])[0]
         for m in messages:
@@ -212,7 +223,8 @@ def request_sft_rows(explored: list[dict], labels: dict[str, tuple[str, str]]) -
             if tool in option_tools(r):
                 m["content"] = _action(tool, {"words": whole})
         messages.append({"role": "assistant", "content": _action(SCORE_TOOL, {"weights": json.loads(w)})})
-        for i, m in enumerate(messages):
-            if m["role"] == "assistant":
-                rows.append({"prompt": messages[:i], "completion": [m]})
+        actions = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        for k, i in enumerate(actions):
+            if with_history or k >= n_history:
+                rows.append({"prompt": messages[:i], "completion": [messages[i]]})
     return rows

@@ -157,7 +157,7 @@ def _request_rows(args):
             table, f"Pooled labels on {len(support)} support query episodes (explored in {time.perf_counter() - start:.0f} s)"
         )
     )
-    return p, request_sft_rows(explored, labels)
+    return p, request_sft_rows(explored, labels, history_share=args.history_share, seed=args.seed)
 
 
 def cmd_train_sft(args) -> None:
@@ -372,6 +372,13 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         help="read the person's request: validation facet query episodes of the 'fit' half of the users, labels pooled "
         "by the kind of request "
         "(training.request_policy; its policy under train/sft-request; --per-family: episodes per family, default 20)",
+    )
+    ts.add_argument(
+        "--history-share",
+        type=float,
+        default=1.0,
+        help="with --request: the share of episodes whose history-tool rows train (a fixed prefix; the request "
+        "and weight decisions of every episode always do)",
     )
     td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
     trainer_args(td, 20, 1e-4, 4)
