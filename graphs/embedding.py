@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, WithJsonSchema
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 IDS = {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}
 
@@ -14,7 +13,11 @@ IDS = {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "intege
 class RerankToolArgs(BaseModel):
     """What a host agent may pass. The schema says what to send; validation accepts anything, on
     purpose: the reranker's own request model checks the call, and a bad call comes back as the
-    tool's result (the first-stage order and the reason), never as an exception in the host agent."""
+    tool's result (the first-stage order and the reason), never as an exception in the host agent.
+    Keys no field names pass through to the request model (which reads its own, such as `max_turns`,
+    and names the rest in the result's warning: a typo such as `max_turn` is seen, not dropped)."""
+
+    model_config = ConfigDict(extra="allow")
 
     candidates: Annotated[Any, WithJsonSchema(IDS)] = Field(
         default=None, description="Candidate item ids from the first-stage retriever."
@@ -29,7 +32,6 @@ class RerankToolArgs(BaseModel):
     query: Annotated[Any, WithJsonSchema({"type": "string"})] = Field(
         default=None, description="What the person asked for, in their words (optional), e.g. 'something dark like Blade Runner'."
     )
-    unknown_keys: SkipJsonSchema[Any] = None  # filled by the tool, not by a caller: keys of the call no field reads
 
 
 def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k: int = 10):
@@ -40,18 +42,24 @@ def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k:
     from langchain_core.tools import StructuredTool
     from langgraph.errors import GraphBubbleUp
 
+    from mma_agent.graphs.guard import with_unknown_keys
+
     def answer(out: dict) -> str:
         head = ", ".join(out["ranking"][:top_k])
         fell = f" (first-stage order: {out['reason']})" if out["fallback"] else ""
         note = "".join(f" Warning: {w}." for w in out.get("warnings") or [])
         return f"Top {min(top_k, len(out['ranking']))}: {head}{fell}{note}"
 
+    def request(call: dict) -> dict:
+        """The call as a request mapping: keys left unset dropped, keys no request field reads named."""
+        return with_unknown_keys({k: v for k, v in call.items() if v is not None})
+
     def failed(err: Exception) -> str:
         return f"Could not rerank ({type(err).__name__}: {err}); keep the first-stage order."
 
     def run(**call: Any) -> str:
         try:
-            return answer(reranker.invoke({k: v for k, v in call.items() if v is not None}))
+            return answer(reranker.invoke(request(call)))
         except GraphBubbleUp:  # MMA-Interactive's question pauses the host agent's graph (interrupt); not a failure
             raise
         except Exception as err:  # the reranker answers every mapping; anything else is reported, not raised
@@ -59,23 +67,13 @@ def create_rerank_tool(reranker: Any, *, name: str = "rerank_candidates", top_k:
 
     async def arun(**call: Any) -> str:
         try:
-            return answer(await reranker.ainvoke({k: v for k, v in call.items() if v is not None}))
+            return answer(await reranker.ainvoke(request(call)))
         except GraphBubbleUp:
             raise
         except Exception as err:
             return failed(err)
 
-    class RerankTool(StructuredTool):
-        def _parse_input(self, tool_input: str | dict, tool_call_id: str | None) -> str | dict[str, Any]:
-            """The fields as LangChain parses them, and the keys no field reads (which it would drop
-            in silence: a typo such as `max_turn`), for the result's warning."""
-            parsed = super()._parse_input(tool_input, tool_call_id)
-            unknown = (
-                sorted(str(k) for k in tool_input if k not in RerankToolArgs.model_fields) if isinstance(tool_input, dict) else []
-            )
-            return {**parsed, "unknown_keys": unknown} if unknown and isinstance(parsed, dict) else parsed
-
-    return RerankTool.from_function(
+    return StructuredTool.from_function(
         func=run,
         coroutine=arun,
         name=name,
