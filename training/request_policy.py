@@ -35,8 +35,12 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mma_agent.toolkits.base import ToolVocabulary
 
 
 def fit_episodes(valid_episodes: list[dict], *, per_family: int | None = 100, seed: int = 0) -> list[dict]:
@@ -196,7 +200,12 @@ def _choice(eps: list[dict]) -> tuple[str, str]:
 
 
 def request_sft_rows(
-    explored: list[dict], labels: dict[str, tuple[str, str]], *, history_share: float = 1.0, seed: int = 0
+    explored: list[dict],
+    labels: dict[str, tuple[str, str]],
+    *,
+    history_share: float = 1.0,
+    seed: int = 0,
+    tools: ToolVocabulary | None = None,
 ) -> list[dict]:
     """TRL conversational prompt-completion rows along each episode's labelled plan: every action
     given the conversation before it, the request tool's action reading the whole request in the
@@ -205,7 +214,12 @@ def request_sft_rows(
     `history_share`: the share of episodes (a seeded draw) whose history-tool rows are kept. Every
     labelled plan calls the history tools in the same order, so those rows teach one fixed prefix and
     are most of the tokens; the rows after them (which request tools, then the weights) are the
-    decisions, and every episode keeps those."""
+    decisions, and every episode keeps those.
+
+    `tools` (the reranker's vocabulary): each row also carries `allowed`, the continuations
+    constrained decoding offers at its state, so SFT puts its loss on the tokens where they differ
+    (`training.sft.choice_token_rows`)."""
+    from mma_agent.graphs.policy import completions
     from mma_agent.graphs.state import SCORE_TOOL
     from mma_agent.toolkits.base import request_parts
 
@@ -224,7 +238,17 @@ def request_sft_rows(
                 m["content"] = _action(tool, {"words": whole})
         messages.append({"role": "assistant", "content": _action(SCORE_TOOL, {"weights": json.loads(w)})})
         actions = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        pattern = e["runs"][r]["pattern"]
         for k, i in enumerate(actions):
-            if with_history or k >= n_history:
-                rows.append({"prompt": messages[:i], "completion": [messages[i]]})
+            if not (with_history or k >= n_history):
+                continue
+            row = {"prompt": messages[:i], "completion": [messages[i]]}
+            if tools is not None:
+                vocab = tools.for_request(e["query"])
+                trace = [
+                    {"action": json.loads(messages[j]["content"]), "null": bool(null)}
+                    for j, (_, null) in zip(actions[:k], pattern, strict=False)
+                ]
+                row["allowed"] = completions(vocab, vocab.names(interactive=False), trace, parts=request_parts(e["query"]))
+            rows.append(row)
     return rows

@@ -35,6 +35,41 @@ def lora_config(top_layers: int | None, n_layers: int, r: int = 16):
     )
 
 
+def choice_token_rows(rows: list[dict], tokenizer) -> list[dict]:
+    """Prompt-completion rows that carry `allowed` (the valid continuations of PREFILL at that
+    state, `graphs.policy.completions`) as TRL pre-tokenized rows (`input_ids`, `completion_mask`)
+    whose loss is on the completion tokens where constrained decoding has a choice: the tokens it
+    forces (the prefill, a tool's argument template, the request words, the brackets, EOS) carry no
+    decision, and in a row of about 500 tokens they outnumber the deciding tokens ten to one.
+    Tokenized as TRL would (the chat template; the prompt with its generation prompt a prefix of the
+    whole), each completion checked against the trie the decoder walks (`llm.local.token_trie`)."""
+    from mma_agent.graphs.policy import PREFILL
+    from mma_agent.llm.local import token_trie
+
+    def ids(messages: list[dict], **kw) -> list[int]:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prefill = tokenizer(PREFILL, add_special_tokens=False)["input_ids"]
+    out = []
+    for row in rows:
+        prompt, whole = ids(row["prompt"], add_generation_prompt=True), ids(row["prompt"] + row["completion"])
+        text = row["completion"][0]["content"]
+        body = [*tokenizer(text.removeprefix(PREFILL), add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        if whole[: len(prompt)] != prompt or whole[len(prompt) : len(prompt) + len(prefill) + len(body)] != prefill + body:
+            msg = f"the chat template does not render {text!r} as the prefill and the completion's tokens; cannot mask by choice"
+            raise ValueError(msg)
+        node, mask = token_trie(tokenizer, row["allowed"]), [0] * (len(prompt) + len(prefill))
+        for tok in body:
+            if tok not in node:
+                msg = f"completion {text!r} is not one of the continuations allowed at its state"
+                raise ValueError(msg)
+            mask.append(int(len(node) > 1))
+            node = node[tok]
+        out.append({"input_ids": whole, "completion_mask": mask + [0] * (len(whole) - len(mask))})
+    return out
+
+
 def train_sft(
     rows: list[dict],
     base_model: str,
@@ -48,7 +83,8 @@ def train_sft(
     **config_overrides,
 ) -> Path:
     """Fine-tune with TRL's SFTTrainer (LoRA on the top `lora_layers` layers, merged into the
-    saved policy, or a full fine-tune); checkpoints, resumes from the last one. Any other
+    saved policy, or a full fine-tune); checkpoints, resumes from the last one. Rows that carry
+    `allowed` train on the tokens where constrained decoding chooses (`choice_token_rows`). Any other
     `SFTConfig` field passes through `config_overrides` (e.g. num_train_epochs with max_steps=-1)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -82,6 +118,8 @@ def train_sft(
     )
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model)
+    if rows and all("allowed" in r for r in rows):  # loss on the tokens where constrained decoding chooses
+        rows = choice_token_rows(rows, tok)
     trainer = SFTTrainer(
         model=model,
         args=config,

@@ -157,7 +157,13 @@ def _request_rows(args):
             table, f"Pooled labels on {len(support)} support query episodes (explored in {time.perf_counter() - start:.0f} s)"
         )
     )
-    return p, request_sft_rows(explored, labels, history_share=args.history_share, seed=args.seed)
+    return p, request_sft_rows(
+        explored,
+        labels,
+        history_share=args.history_share,
+        seed=args.seed,
+        tools=tool_vocabulary(kits) if args.choice_loss else None,
+    )
 
 
 def cmd_train_sft(args) -> None:
@@ -379,6 +385,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         default=1.0,
         help="with --request: the share of episodes whose history-tool rows train (a fixed prefix; the request "
         "and weight decisions of every episode always do)",
+    )
+    ts.add_argument(
+        "--choice-loss",
+        action="store_true",
+        help="with --request: the loss only on the completion tokens where constrained decoding has a choice "
+        "(training.sft.choice_token_rows), not on the tokens it forces",
     )
     td = train.add_parser("dpo", parents=[common], help="DPO on best vs worst action per explored state (TRL)")
     trainer_args(td, 20, 1e-4, 4)

@@ -78,6 +78,19 @@ def cpu_flags() -> set[str]:
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 / AMX-BF16, Arm BF16
 
 
+def token_trie(tokenizer: Any, completions: list[str]) -> dict:
+    """Token trie of `completions` (each tokenized alone, ending in EOS): what constrained decoding
+    may generate after the prompt. A node with one child is a forced token; with more, a choice
+    (training puts its loss on those: `training.sft.choice_token_rows`)."""
+    trie: dict = {}
+    for text in completions:
+        node = trie
+        for tok in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            node = node.setdefault(tok, {})
+        node[tokenizer.eos_token_id] = {}
+    return trie
+
+
 def choose_dtype(device: str) -> tuple[str, str]:
     """The dtype a local model computes in on `device`, and why: bfloat16 on CUDA (float16 where
     it has no bf16), bfloat16 on a CPU with bf16 arithmetic, float32 on any other CPU (where
@@ -248,14 +261,7 @@ class TransformersChatModel(BaseChatModel):
         )
 
     def _trie(self, completions: list[str]) -> dict:
-        """Token trie of `completions`, each ending in EOS."""
-        trie: dict = {}
-        for text in completions:
-            node = trie
-            for tok in self._tokenizer(text, add_special_tokens=False)["input_ids"]:
-                node = node.setdefault(tok, {})
-            node[self._tokenizer.eos_token_id] = {}
-        return trie
+        return token_trie(self._tokenizer, completions)
 
     def _flat_trie(self, completions: list[str]) -> Any:
         """`_trie` laid out for the batched pass, memoised by completion set (a policy offers the
