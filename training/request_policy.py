@@ -231,7 +231,9 @@ def request_sft_rows(
         r, w = labels[e["id"]]
         n_history = len(e["runs"][""]["pattern"])  # the plan without a request tool calls the history tools only
         messages = [dict(m) for m in e["runs"][r]["messages"]]
-        whole = request_parts(e["query"])[0]
+        parts = request_parts(e["query"])
+        whole = parts[0]
+        vocab = tools.for_request(e["query"]) if tools is not None else None
         for m in messages:
             tool = json.loads(m["content"]).get("tool") if m["role"] == "assistant" else None
             if tool in option_tools(r):
@@ -243,12 +245,11 @@ def request_sft_rows(
             if not (with_history or k >= n_history):
                 continue
             row = {"prompt": messages[:i], "completion": [messages[i]]}
-            if tools is not None:
-                vocab = tools.for_request(e["query"])
+            if vocab is not None:
                 trace = [
                     {"action": json.loads(messages[j]["content"]), "null": bool(null)}
                     for j, (_, null) in zip(actions[:k], pattern, strict=False)
                 ]
-                row["allowed"] = completions(vocab, vocab.names(interactive=False), trace, parts=request_parts(e["query"]))
+                row["allowed"] = completions(vocab, vocab.names(interactive=False), trace, parts=parts)
             rows.append(row)
     return rows
