@@ -11,6 +11,9 @@ same episodes, NDCG@10, each fused with the first stage at the alpha chosen on v
 - the fixed fusion of query and history evidence: the (weight-menu entry, alpha) chosen on
   validation per family (the non-LLM control);
 - the facet rule: a keyword list routes each request to one request tool, mixed with history;
+- the label table (`--label-table`): the labels the request policy is trained on
+  (`training.request_policy`, the "fit" half's exploration), run as a lookup table by family and
+  kind of request: what a policy that imitated them perfectly would score;
 - MMA-Auto with each policy asked for (`--llm NAME=BACKEND`), on every test episode, fused at the
   alpha chosen on the validation episodes it ran, of the users in the "select" half (a trained
   policy learns from the "fit" half: `training.queries.validation_half`; `evals/query_llm.py`, a
@@ -36,7 +39,7 @@ from tqdm.auto import tqdm
 from mma_agent.evals.environment import episode_channels
 from mma_agent.metrics import ndcg_of_scores
 from mma_agent.toolkits.workspace import Workspace
-from mma_agent.training.queries import MIN_ITEMS, facet_queries, leaks, real_tag_queries
+from mma_agent.training.queries import MIN_ITEMS, facet_queries, leaks, real_tag_queries, validation_half
 
 MIN_ROUTER_EPISODES = 20  # validation episodes a contextual router needs (5-fold CV)
 ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -44,6 +47,7 @@ HISTORY_GROUPS = ("text", "image", "graph")
 LOOK_WORDS = re.compile(r"\b(poster|looks?|look like|colou?rful|dark|neon|vintage|black and white|cartoon)\b", re.IGNORECASE)
 LIKE = re.compile(r"\blike\s+[A-Z0-9]")
 ERA = re.compile(r"\b(1[89]|20)\d0s\b|\b(19|20)\d\d\b")
+LABEL_ROW = "Label table (SFT's labels per family and kind of request, no LLM)"
 WORD_FLAGS = ("names a title (like ...)", "look words", "an era or year", "log words")
 
 
@@ -71,11 +75,16 @@ def facet_rule(query: str) -> dict[str, float]:
     return {tool: 0.5, **{g: 0.5 / len(HISTORY_GROUPS) for g in HISTORY_GROUPS}}
 
 
-def score_table(pipeline: Workspace, episodes: list[dict], menu: list[dict]) -> dict:
+def score_table(
+    pipeline: Workspace, episodes: list[dict], menu: list[dict], labels: dict[tuple[str, str], tuple[str, str]] | None = None
+) -> dict:
     """Per episode: NDCG@10 of every (menu entry, alpha), of the first stage, of the query-only probe and
-    of the facet rule at each alpha; and on two random halves of the relevant items, for the split-half transfer."""
+    of the facet rule at each alpha; and on two random halves of the relevant items, for the split-half transfer.
+    `labels` (`training.request_policy.label_table`): also the labelled plan's NDCG@10 at each alpha
+    (the history tools, the label's request tools, its weights over the groups they gathered)."""
     from mma_agent.graphs.fusion import fuse, weighted_evidence
     from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.training.request_policy import option_tools, table_label
 
     catalogue, kits = pipeline.toolkits()
     vocab = tool_vocabulary(kits).for_request("words")
@@ -116,6 +125,14 @@ def score_table(pipeline: Workspace, episodes: list[dict], menu: list[dict]) -> 
         out["probe"].append(
             ndcg_of_scores(probe, cands, set(rel)) if probe is not None else ndcg_of_scores(first, cands, set(rel))
         )
+        if labels is not None:
+            option, w = table_label(labels, ep["family"], ep["query_kind"])
+            called = [s for s in vocab.automated if s.reads_request is None or s.name in option_tools(option)]
+            kept = {c: v for c, v in channels.items() if any(c in s.channel_names for s in called)}
+            plan = weighted_evidence(kept, groups, json.loads(w))
+            out["labels"].append(
+                [ndcg_of_scores(first if plan is None else fuse(first, plan, a), cands, set(rel)) for a in ALPHAS]
+            )
         out["rule"].append([ndcg_of_scores(first if rule is None else fuse(first, rule, a), cands, set(rel)) for a in ALPHAS])
         out["recall100"].append(len(set(cands) & set(rel)) / max(1, min(len(rel), 100)))
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
@@ -136,10 +153,13 @@ def query_report(
     seed: int = 0,
     min_items: int = 30,
     llm: dict[str, dict[str, dict]] | None = None,
+    labels: dict[tuple[str, str], tuple[str, str]] | None = None,
 ) -> dict[str, list[dict]]:
     """The tables (and `report.md` and a plot in `out_dir`) from the saved query sets of `mma queries`.
     `llm`: policy name -> its records (`evals.query_llm.run_policy`): a row "MMA-Auto (name)" each,
-    fused at the alpha chosen on the validation episodes it ran, with paired tests and what it did."""
+    fused at the alpha chosen on the validation episodes it ran, with paired tests and what it did.
+    `labels` (`training.request_policy.label_table`): the row LABEL_ROW, the trained policy's
+    imitation target run as a lookup table, with its paired tests."""
     from mma_agent.evals.query_llm import llm_grid, usage_row
     from mma_agent.evals.routing import contextual_pick, pool_features, popularity
     from mma_agent.toolkits import tool_vocabulary
@@ -153,7 +173,7 @@ def query_report(
     for kind in ("facet", "real-tags"):
         valid = sets[query_set_name("valid", kind, seed=seed, min_items=min_items)]
         test = sets[query_set_name("test", kind, seed=seed, min_items=min_items)]
-        sv, st = score_table(pipeline, valid, menu), score_table(pipeline, test, menu)
+        sv, st = score_table(pipeline, valid, menu, labels), score_table(pipeline, test, menu, labels)
         xv, xt = (
             np.array([np.concatenate([pool_features(e, pop), word_flags(e["query"])]) for e in eps]) for eps in (valid, test)
         )
@@ -213,6 +233,11 @@ def query_report(
                 "Contextual router (ridge on pool features and query words, fitted on validation)": routed,
                 "Oracle: best (entry, alpha) per pool, in hindsight": oracle,
             }
+            if labels is not None:
+                # alpha on the "select" half: the "fit" half's episodes taught the labels
+                sel = iv & np.array([validation_half(e["user_id"]) == "select" for e in valid])
+                a_lab = int(np.nanargmax(np.nanmean(sv["labels"][sel if sel.any() else iv], axis=0)))
+                cols[LABEL_ROW] = st["labels"][it][:, a_lab]
             for name, grid in llm_t.items():
                 ran = iv & ~np.isnan(llm_v[name][:, 0])
                 ran = ran if ran.any() else ~np.isnan(llm_v[name][:, 0])
@@ -236,6 +261,7 @@ def query_report(
                 "Query-only probe (user-blind, not fused)",
                 "Facet rule (keyword routing)",
                 "Contextual router (ridge on pool features and query words, fitted on validation)",
+                *([LABEL_ROW] if labels is not None else []),
             ):
                 tests.append(_paired(family, "Fixed fusion", fixed, name, cols[name]))
             for policy in (k for k in cols if k.startswith("MMA-Auto")):
@@ -245,6 +271,7 @@ def query_report(
                     "Facet rule (keyword routing)",
                     "Contextual router (ridge on pool features and query words, fitted on validation)",
                     "History only (RuleRouter-Fuse's equal weights)",
+                    *([LABEL_ROW] if labels is not None else []),
                 ):
                     tests.append(_paired(family, policy, cols[policy], name, cols[name]))
         tables[f"{kind} queries: NDCG@10 per family ({len(test)} test episodes)"] = rows

@@ -116,6 +116,43 @@ def test_policy_rows_run_into_a_resumable_store_and_pair_with_the_rows_on_the_sa
     assert usage["share calling one"] == "100%" and float(usage["p50 s"]) > 0 and (tmp_path / "report.md").is_file()
 
 
+def test_the_label_table_runs_a_labelled_plan_on_episodes_exploration_never_saw(tiny):
+    """The labels as a lookup table (what SFT imitates): the majority label per (family, kind), the
+    family's for an unseen kind; on an episode it gathers the history tools and the label's request
+    tools only, and weighs them as labelled."""
+    from mma_agent.evals.query_eval import LABEL_ROW, query_report, score_table
+    from mma_agent.evals.runner import build_episodes
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.training.queries import facet_queries, real_tag_queries
+    from mma_agent.training.request_policy import ANY_KIND, label_table, table_label
+
+    explored = [{"id": str(i), "family": "full", "kind": k} for i, k in enumerate(["era+look", "look+era", "look", "era+look"])]
+    labels = {"0": ("match_poster", "{}"), "1": ("match_poster", "{}"), "2": ("", "{}"), "3": ("match_text", "{}")}
+    table = label_table(explored, labels)
+    assert table[("full", "era+look")] == ("match_poster", "{}")  # two of three; "look+era" pools with "era+look"
+    assert table[("full", ANY_KIND)] == ("match_poster", "{}") and table_label(table, "full", "genres") == ("match_poster", "{}")
+    assert table_label(table, "no-text", "look") == ("", "{}")
+
+    p, _ = tiny
+    test = facet_queries(p, build_episodes(p, "test", families=["full"]), min_items=3).episodes
+    menu = tool_vocabulary(p.toolkits()[1]).for_request("words").weight_menu()
+    none = score_table(p, test, menu, {("full", ANY_KIND): ("", "{}")})
+    assert np.array_equal(none["labels"], none["history"])  # no request tool, equal weights: the history row
+    every = score_table(p, test, menu, {("full", ANY_KIND): ("match_text+match_poster+follow_titles", "{}")})
+    assert np.array_equal(every["labels"], every["grid"][:, 0, :])  # every tool, equal weights: the menu's first entry
+    poster = score_table(p, test, menu, {("full", ANY_KIND): ("match_poster", '{"image_request": 1}')})
+    assert np.array_equal(poster["labels"], poster["grid"][:, menu.index({"image_request": 1}), :])
+    sets = {}
+    for s in ("valid", "test"):
+        eps = build_episodes(p, s, families=["full"])
+        sets[f"{s}-facet-seed0-n3"] = facet_queries(p, eps, min_items=3).episodes
+        sets[f"{s}-real-tags-seed0-n3"] = real_tag_queries(p, eps).episodes
+    tables = query_report(p, sets, p.config.workdir / "report", min_items=3, labels=table)
+    rows = tables[f"facet queries: NDCG@10 per family ({len(test)} test episodes)"]
+    assert LABEL_ROW in rows[0]
+    assert any(t["vs"] == LABEL_ROW and t["row"] == "Fixed fusion" for t in tables["facet queries: paired tests"])
+
+
 def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrained_decoding_allows(tiny):
     """Validation facet query episodes of the "fit" half of the users (relevance: the held-out
     validation positives), explored in the request plan space; every SFT completion is one of the

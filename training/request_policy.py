@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from mma_agent.toolkits.base import ToolVocabulary
 
 
+ANY_KIND = "*"  # label_table's key for a family's label whatever the kind of request
+
+
 def fit_episodes(valid_episodes: list[dict], *, per_family: int | None = 100, seed: int = 0) -> list[dict]:
     """The training episodes among validation facet query episodes: the "fit" half's users, a seeded
     draw of `per_family` per family (None: all), the first 80% of each draw support, the rest query.
@@ -171,6 +174,26 @@ def pooled_request_labels(explored: list[dict], *, min_states: int = 8) -> dict[
                     label = _choice(kind_eps)
             labels |= dict.fromkeys((e["id"] for e in kind_eps), label)
     return labels
+
+
+def label_table(explored: list[dict], labels: dict[str, tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(family, kind of request) -> the labels' most common (request option, weights JSON) there:
+    the labels as a lookup table, what SFT imitates, to run on episodes no exploration saw
+    (`mma eval queries --label-table`, through `table_label`). (family, ANY_KIND) holds the family's
+    most common label, for kinds the exploration never met. Ties: the first in sorted order."""
+    from collections import Counter
+
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for e in explored:
+        for kind in (request_kind(e["kind"]), ANY_KIND):
+            counts[(e["family"], kind)][labels[e["id"]]] += 1
+    return {key: max(sorted(c), key=lambda label: c[label]) for key, c in sorted(counts.items())}
+
+
+def table_label(table: dict[tuple[str, str], tuple[str, str]], family: str, kind: str) -> tuple[str, str]:
+    """One episode's (request option, weights JSON) from `label_table`: its kind's, else its family's,
+    else no request tool with equal weights."""
+    return table.get((family, request_kind(kind)), table.get((family, ANY_KIND), ("", "{}")))
 
 
 def _pattern(e: dict) -> tuple:

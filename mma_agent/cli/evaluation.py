@@ -116,7 +116,13 @@ def cmd_eval_queries(args) -> None:
             # test episodes first, then the validation ones that choose the policy's alpha; one model load
             eps = [*of("test", "facet"), *of("test", "real-tags"), *valid, *of("valid", "real-tags")]
             llm[name] = run_policy(p, eps, backend, path, desc=f"MMA-Auto ({name}) on query episodes")
-    _print_tables(query_report(p, sets, args.out, seed=args.seed, min_items=args.min_items, llm=llm))
+    labels = None
+    if args.label_table:
+        from mma_agent.cli.train import request_labels
+        from mma_agent.training.request_policy import label_table
+
+        labels = label_table(*request_labels(p, per_family=args.label_table, seed=args.seed))
+    _print_tables(query_report(p, sets, args.out, seed=args.seed, min_items=args.min_items, llm=llm, labels=labels))
     print(f"\nreport: {args.out / 'report.md'}")
 
 
@@ -178,6 +184,13 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         type=int,
         default=50,
         help="validation facet episodes per family, of the users in the 'select' half, that --llm policies run to choose their alpha (0: every one)",
+    )
+    eq.add_argument(
+        "--label-table",
+        type=int,
+        metavar="PER_FAMILY",
+        help="a row for the request policy's labels run as a lookup table (what SFT imitates), from the exploration of "
+        "`mma train sft --request --per-family PER_FAMILY` (cached; explored here if missing)",
     )
     eq.add_argument("--out", type=Path, default=Path("evals/results/query"))
     eq.set_defaults(func=cmd_eval_queries)

@@ -110,9 +110,10 @@ def _base(args, p, *stages: str) -> str:
     return str(smollm2_folder(p.config.workdir / "models"))
 
 
-def _request_rows(args):
-    """SFT rows on the validation facet query episodes of the "fit" half of the users
-    (`training.request_policy`), explored once and cached under the workdir by content; prints the labels' table."""
+def request_labels(p, *, per_family: int, seed: int) -> tuple[list[dict], dict[str, tuple[str, str]]]:
+    """The request policy's labels (`training.request_policy`): the support episodes of the validation
+    facet query episodes of the "fit" half of the users, explored once and cached under the workdir
+    by content, and their pooled labels; prints the labels' table. `mma eval queries --label-table` reads the same."""
     from collections import Counter
 
     from mma_agent.evals.query_eval import build_query_sets, query_set_name
@@ -124,14 +125,12 @@ def _request_rows(args):
         pooled_request_labels,
         request_kind,
         request_options,
-        request_sft_rows,
     )
     from mma_agent.util import atomic_write_text, json_digest
 
-    p = _pipeline(args)
     catalogue, kits = p.toolkits()
-    sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=args.seed)
-    episodes = fit_episodes(sets[query_set_name("valid", "facet", seed=args.seed)], per_family=args.per_family, seed=args.seed)
+    sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=seed)
+    episodes = fit_episodes(sets[query_set_name("valid", "facet", seed=seed)], per_family=per_family, seed=seed)
     support = [e for e in episodes if e["part"] == "support"]
     options = request_options(tool_vocabulary(kits).for_request("words"))
     key = json_digest(
@@ -157,6 +156,17 @@ def _request_rows(args):
             table, f"Pooled labels on {len(support)} support query episodes (explored in {time.perf_counter() - start:.0f} s)"
         )
     )
+    return explored, labels
+
+
+def _request_rows(args):
+    """SFT rows on the request policy's labels (`request_labels`)."""
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.training.request_policy import request_sft_rows
+
+    p = _pipeline(args)
+    explored, labels = request_labels(p, per_family=args.per_family, seed=args.seed)
+    _, kits = p.toolkits()
     return p, request_sft_rows(
         explored,
         labels,
