@@ -281,7 +281,10 @@ def query_report(
                 test, joint
             )
         if llm:
-            tables[f"{kind} queries: what each policy did (test)"] = [usage_row(n, test, r) for n, r in llm.items()]
+            request_tools = {s.name for s in tool_vocabulary(pipeline.toolkits()[1]).specs if s.reads_request}
+            tables[f"{kind} queries: what each policy did (test)"] = [
+                usage_row(n, test, r, labels, request_tools) for n, r in llm.items()
+            ]
     _write(out_dir, tables, plot, format_table, atomic_write_text)
     return tables
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +122,34 @@ def llm_grid(episodes: list[dict], records: dict[str, dict], alphas: tuple[float
     return out
 
 
-def usage_row(name: str, episodes: list[dict], records: dict[str, dict]) -> dict[str, Any]:
-    """What a policy did on these episodes, and its per-episode wall time."""
-    recs = [records[k] for k in map(episode_key, episodes) if k in records]
-    if not recs:
+def usage_row(
+    name: str,
+    episodes: list[dict],
+    records: dict[str, dict],
+    labels: dict[tuple[str, str], tuple[str, str]] | None = None,
+    request_tools: Collection[str] = (),
+) -> dict[str, Any]:
+    """What a policy did on these episodes, and its per-episode wall time. With `labels`
+    (`training.request_policy.label_table`): how often it followed them (`follows_label`)."""
+    from mma_agent.training.request_policy import follows_label, table_label
+
+    ran = [(e, records[episode_key(e)]) for e in episodes if episode_key(e) in records]
+    if not ran:
         return {"policy": name, "episodes": 0}
+    recs = [r for _, r in ran]
     secs = np.array([r["seconds"] for r in recs])
     req = np.array([r["request_tools"] for r in recs])
+    follows = {}
+    if labels is not None:
+        hits = np.array(
+            [
+                follows_label(
+                    [json.loads(a) for a in r["actions"]], table_label(labels, e["family"], e["query_kind"]), request_tools
+                )
+                for e, r in ran
+            ]
+        )
+        follows = {"follows its labels: request tools / and weights": f"{hits[:, 0].mean():.0%} / {hits[:, 1].mean():.0%}"}
     return {
         "policy": name,
         "episodes": len(recs),
@@ -137,4 +159,5 @@ def usage_row(name: str, episodes: list[dict], records: dict[str, dict]) -> dict
         "fallback": f"{np.mean([r['fallback'] for r in recs]):.1%}",
         "p50 s": f"{np.median(secs):.3f}",
         "p90 s": f"{np.quantile(secs, 0.9):.3f}",
+        **follows,
     }

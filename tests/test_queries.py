@@ -114,6 +114,23 @@ def test_policy_rows_run_into_a_resumable_store_and_pair_with_the_rows_on_the_sa
     assert all(t["episodes"] == len(test) for t in tests if t["family"] == "full")
     usage = tables["facet queries: what each policy did (test)"][0]
     assert usage["share calling one"] == "100%" and float(usage["p50 s"]) > 0 and (tmp_path / "report.md").is_file()
+    # against a label table: the scripted plan is match_text's with equal weights, not the poster tool's
+    for label, share in ((("match_text", "{}"), "100% / 100%"), (("match_poster", "{}"), "0% / 0%")):
+        tables = query_report(p, sets, tmp_path, min_items=3, llm={"scripted": records}, labels={("full", "*"): label})
+        assert tables["facet queries: what each policy did (test)"][0]["follows its labels: request tools / and weights"] == share
+
+
+def test_a_plan_follows_its_label_by_its_request_tools_and_its_last_weights():
+    from mma_agent.training.request_policy import follows_label
+
+    tools = {"match_text", "match_poster", "follow_titles"}
+    plan = [{"tool": "match_history_text"}, {"tool": "match_poster"}, {"tool": "match_text"}, {"tool": "match_text"}]
+    score = {"tool": "score_candidates", "args": {"weights": {"text_request": 1}}}
+    assert follows_label([*plan, score], ("match_text+match_poster", '{"text_request": 1}'), tools) == (True, True)
+    assert follows_label([*plan, score], ("match_text+match_poster", "{}"), tools) == (True, False)
+    assert follows_label([*plan, score], ("match_text", '{"text_request": 1}'), tools) == (False, False)
+    assert follows_label(plan, ("match_text+match_poster", "{}"), tools) == (True, False)  # it never scored
+    assert follows_label([{"tool": "score_candidates", "args": {}}], ("", "{}"), tools) == (True, True)
 
 
 def test_the_label_table_runs_a_labelled_plan_on_episodes_exploration_never_saw(tiny):

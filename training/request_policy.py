@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -194,6 +195,18 @@ def table_label(table: dict[tuple[str, str], tuple[str, str]], family: str, kind
     """One episode's (request option, weights JSON) from `label_table`: its kind's, else its family's,
     else no request tool with equal weights."""
     return table.get((family, request_kind(kind)), table.get((family, ANY_KIND), ("", "{}")))
+
+
+def follows_label(actions: list[dict], label: tuple[str, str], request_tools: Collection[str]) -> tuple[bool, bool]:
+    """Whether a policy's actions on one episode follow its (request option, weights JSON) label: the
+    request tools it called, as a set, are the option's; and, with those, its last scoring weights are the label's."""
+    from mma_agent.graphs.state import SCORE_TOOL
+
+    option, w = label
+    same_tools = sorted({a.get("tool") for a in actions if a.get("tool") in request_tools}) == sorted(option_tools(option))
+    scores = [a for a in actions if a.get("tool") == SCORE_TOOL]
+    weights = (scores[-1].get("args") or {}).get("weights", {}) if scores else None
+    return same_tools, same_tools and weights == json.loads(w)
 
 
 def _pattern(e: dict) -> tuple:

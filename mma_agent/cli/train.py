@@ -268,7 +268,63 @@ def cmd_train_grpo(args) -> None:
     )
 
 
+def _request_agreement(args) -> None:
+    """`mma train eval --request`: each policy on the held-out "query" part of the request policy's
+    fit-half episodes (never trained on), against its label from the support part's label table."""
+    from mma_agent.evals.query_eval import build_query_sets, query_set_name
+    from mma_agent.evals.query_llm import episode_key, run_policy, weights_fingerprint
+    from mma_agent.llm import named_backend
+    from mma_agent.toolkits import tool_vocabulary
+    from mma_agent.training.queries import QUERY_FAMILIES
+    from mma_agent.training.request_policy import fit_episodes, follows_label, label_table, table_label
+    from mma_agent.util import json_digest
+
+    p = _pipeline(args)
+    table = label_table(*request_labels(p, per_family=args.per_family, seed=args.seed))
+    sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=args.seed)
+    held = [
+        e
+        for e in fit_episodes(sets[query_set_name("valid", "facet", seed=args.seed)], per_family=args.per_family, seed=args.seed)
+        if e["part"] == "query"
+    ]
+    request_tools = {s.name for s in tool_vocabulary(p.toolkits()[1]).specs if s.reads_request}
+    rows = []
+    for spec in args.policy:
+        name, backend = named_backend(spec)
+        store = p.root / "train" / "agreement" / f"{name}-{json_digest(weights_fingerprint(backend))}.jsonl"
+        records = run_policy(p, held, backend, store, desc=f"{name} on held-out fit-half query episodes")
+        for family in [*sorted({e["family"] for e in held}), "all"]:
+            eps = [e for e in held if family in ("all", e["family"])]
+            hits = [
+                follows_label(
+                    [json.loads(a) for a in records[episode_key(e)]["actions"]],
+                    table_label(table, e["family"], e["query_kind"]),
+                    request_tools,
+                )
+                for e in eps
+            ]
+            rows.append(
+                {
+                    "policy": name,
+                    "family": family,
+                    "episodes": len(eps),
+                    "request tools as labelled": sum(h[0] for h in hits),
+                    "and weights": sum(h[1] for h in hits),
+                }
+            )
+    print(
+        format_table(
+            rows, f"Following the labels on {len(held)} held-out episodes of the fit half (label table of its support part)"
+        )
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"agreement": rows}, indent=1))
+
+
 def cmd_train_eval(args) -> None:
+    if args.request:
+        return _request_agreement(args)
     from mma_agent.graphs.policy import rule_action
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.llm import named_backend, resolve_chat_model
@@ -432,5 +488,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )
     te.add_argument("--seed", type=int, default=0)
     te.add_argument("--out", type=Path, help="also write the rows as JSON")
+    te.add_argument(
+        "--request",
+        action="store_true",
+        help="the request policy: how often each policy follows its labels (request tools, then weights) on the held-out "
+        "part of the fit half's episodes (--per-family as in `mma train sft --request`)",
+    )
     interactive_arg(te)
     te.set_defaults(func=cmd_train_eval)
