@@ -118,7 +118,7 @@ def cmd_eval_queries(args) -> None:
             llm[name] = run_policy(p, eps, backend, path, desc=f"MMA-Auto ({name}) on query episodes")
     labels = None
     if args.label_table:
-        from mma_agent.cli.train import request_labels
+        from mma_agent.cli.request import request_labels
         from mma_agent.training.request_policy import label_table
 
         labels = label_table(*request_labels(p, per_family=args.label_table, seed=args.seed))
