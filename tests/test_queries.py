@@ -298,3 +298,27 @@ def test_a_kind_gets_its_own_label_only_where_it_transfers_between_halves():
     # episodes is no request tool (mean .197 against .200), which a label without the halves check would take
     assert fixed == ("match_poster", "{}")
     assert {labels[f"era{i}"] for i in range(40)} == {fixed} and {labels[f"genres{i}"] for i in range(3)} == {fixed}
+
+
+def test_a_pattern_leaves_the_read_everything_prior_only_where_its_choice_transfers():
+    """Labels start from every request tool with equal weights; a pattern's best (option, weights) over a
+    menu replaces it only where, chosen on either half of the pattern's episodes, it beats the prior on the other."""
+    from mma_agent.training.request_policy import pooled_request_labels
+
+    every = "match_text+match_poster"
+    rng = np.random.default_rng(1)
+
+    def ep(i, tool, ndcg):  # ndcg: (option, weights JSON) -> NDCG@10
+        runs = {r: {"pattern": [[tool, False]], "rewards": {}, "ndcg": {}} for r in ("", "match_text", every)}
+        for (r, w), v in ndcg.items():
+            runs[r]["ndcg"][w], runs[r]["rewards"][w] = v, v
+        return {"id": f"{tool}{i}", "kind": "genres", "runs": runs}
+
+    menu = [(r, w) for r in ("", "match_text", every) for w in ("{}", '{"text": 1.0}', '{"graph": 1.0}')]
+    # pattern 1: every entry is the same value plus noise: some entry wins by chance, the prior stays
+    eps = [ep(i, "graph_neighbours", {c: 0.2 + rng.normal(0, 0.05) for c in menu}) for i in range(60)]
+    # pattern 2: one entry is better on every episode: it transfers and becomes the label
+    eps += [ep(i, "popularity", {c: 0.3 if c == ("match_text", '{"text": 1.0}') else 0.1 for c in menu}) for i in range(20)]
+    labels = pooled_request_labels(eps, min_states=8)
+    assert {labels[f"graph_neighbours{i}"] for i in range(60)} == {(every, "{}")}
+    assert {labels[f"popularity{i}"] for i in range(20)} == {("match_text", '{"text": 1.0}')}

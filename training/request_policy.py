@@ -18,12 +18,17 @@ steps share one run: the score node is forked by LangGraph time travel, as in
 `training.explore`, so every reward comes from the graph's own score node.
 
 Labels. One target's NDCG is a noisy value, and the per-pool best plan does not transfer (the
-split-half oracle of `mma eval queries`), so the labels are pooled. Each availability pattern
-(what the history tools answered) gets the fixed choice: the (request option, weight entry) with
-the best mean NDCG@10 over its episodes, the best mean Eq. 3 reward among ties. A kind of request
-gets its own best choice only where that transfers: chosen on one half of the kind's episodes it
-beats the fixed choice on the other half, both ways round (at least `min_states` episodes);
-elsewhere it keeps the fixed choice. The policy never sees the kind: it has to read it from the words.
+split-half oracle of `mma eval queries`), so the labels are pooled and shrunk towards one plan.
+The prior is the plan that reads everything: every request tool, equal weights (the fixed fusion's
+choice on most families). An availability pattern (what the history tools answered) gets its own
+fixed choice, the (request option, weight entry) with the best mean NDCG@10 over its episodes (the
+best mean Eq. 3 reward among ties), only where that transfers: chosen on one half of the pattern's
+episodes it beats the prior on the other half, both ways round (a paired one-sided Wilcoxon test
+at TRANSFER_P each way: higher means alone pass by chance one time in four). A kind of request gets its own
+choice the same way against its pattern's label (at least `min_states` episodes each); elsewhere
+the label stays. A choice among a menu's many entries on a few hundred episodes that does not
+transfer is noise: measured, the unshrunk labels scored below the fixed fusion in every family
+(`evals/results/query/imitation/report.md`). The policy never sees the kind: it reads it from the words.
 
 Why NDCG@10 and not Eq. 3's reward: Eq. 3 charges 0.02 per tool call, more than reading the
 request adds to NDCG@10 on average here (`evals/results/query/report.md`), so under it the best
@@ -154,27 +159,61 @@ def request_kind(kind: str) -> str:
 
 
 def pooled_request_labels(explored: list[dict], *, min_states: int = 8) -> dict[str, tuple[str, str]]:
-    """Episode id -> (request option, weights JSON): the pooled choice for its availability pattern,
-    or for its kind and pattern where that choice transfers (see the module's docstring)."""
+    """Episode id -> (request option, weights JSON): the prior (every request tool, equal weights),
+    else its availability pattern's choice, else its kind's, each only where it transfers between
+    halves (see the module's docstring)."""
     by_pattern: dict[tuple, list[dict]] = defaultdict(list)
     for e in explored:
         by_pattern[_pattern(e)].append(e)
     labels = {}
     for eps in by_pattern.values():
-        fixed = _choice(eps)
+        prior = (max(eps[0]["runs"], key=lambda r: len(option_tools(r))), "{}")
+        fixed = _transferred(eps, prior, min_states)
         by_kind: dict[str, list[dict]] = defaultdict(list)
         for e in eps:
             by_kind[request_kind(e["kind"])].append(e)
         for kind_eps in by_kind.values():
-            label = fixed
-            if len(kind_eps) >= min_states:
-                half = {e["id"]: i % 2 for i, e in enumerate(sorted(kind_eps, key=lambda e: e["id"]))}
-                a = [e for e in kind_eps if half[e["id"]] == 0]
-                b = [e for e in kind_eps if half[e["id"]] == 1]
-                if _mean(b, _choice(a)) > _mean(b, fixed) and _mean(a, _choice(b)) > _mean(a, fixed):
-                    label = _choice(kind_eps)
-            labels |= dict.fromkeys((e["id"] for e in kind_eps), label)
+            labels |= dict.fromkeys((e["id"] for e in kind_eps), _transferred(kind_eps, fixed, min_states))
     return labels
+
+
+TRANSFER_P = (
+    0.05  # a choice transfers where it beats its baseline on the other half at this one-sided Wilcoxon p, both ways round
+)
+
+
+def _transferred(eps: list[dict], baseline: tuple[str, str], min_states: int) -> tuple[str, str]:
+    """The best choice over `eps` where it transfers, else `baseline`: with at least `min_states`
+    episodes, the choice made on one half (by id) beats the baseline on the other half, both ways
+    round, each by a paired one-sided Wilcoxon test at TRANSFER_P (a mean that is higher by chance
+    passes one half in two; the test, about one in twenty)."""
+    if len(eps) < min_states:
+        return baseline
+    half = {e["id"]: i % 2 for i, e in enumerate(sorted(eps, key=lambda e: e["id"]))}
+    a = [e for e in eps if half[e["id"]] == 0]
+    b = [e for e in eps if half[e["id"]] == 1]
+    return _choice(eps) if _beats(b, _choice(a), baseline) and _beats(a, _choice(b), baseline) else baseline
+
+
+def _beats(eps: list[dict], choice: tuple[str, str], baseline: tuple[str, str]) -> bool:
+    """Whether `choice` scores a higher NDCG@10 than `baseline` on `eps`, paired, one-sided Wilcoxon p < TRANSFER_P."""
+    from scipy.stats import wilcoxon
+
+    mine, theirs = _ndcgs(eps, choice), _ndcgs(eps, baseline)
+    if mine is None or choice == baseline:
+        return False
+    if theirs is None:
+        return True
+    d = mine - theirs
+    return bool(np.any(d != 0)) and float(wilcoxon(d, zero_method="wilcox", alternative="greater").pvalue) < TRANSFER_P
+
+
+def _ndcgs(eps: list[dict], choice: tuple[str, str]) -> np.ndarray | None:
+    """Each episode's NDCG@10 under one (request option, weights JSON), None where one lacks it."""
+    r, w = choice
+    if any(r not in e["runs"] or w not in e["runs"][r]["ndcg"] for e in eps):
+        return None
+    return np.array([e["runs"][r]["ndcg"][w] for e in eps], dtype=float)
 
 
 def label_table(explored: list[dict], labels: dict[str, tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
