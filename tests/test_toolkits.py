@@ -241,3 +241,23 @@ def test_item_text_reaches_the_policy_only_as_quoted_capped_data(setup):
     ev = kits["text"].call("analyze_text", ctx)
     title = catalogue.view(family_mask("full")).item_field(int(ctx.history[-1]), "title")
     assert f"{ctx.item_id(int(ctx.history[-1]))} \u00ab{title}\u00bb" in ev.observation  # the most recent history item, quoted
+
+
+def test_a_local_clip_is_keyed_by_its_content_not_its_place(tmp_path):
+    """The image cache key of a local CLIP folder follows its weights and config: a moved or copied
+    workdir keeps its poster embeddings, changed weights do not."""
+    import shutil
+
+    from mma_agent.toolkits.image import ImageToolkit
+
+    a = tmp_path / "a" / "poster-clip"
+    a.mkdir(parents=True)
+    (a / "open_clip_config.json").write_text('{"model_cfg": {}}')
+    (a / "open_clip_pytorch_model.bin").write_bytes(b"weights")
+    b = tmp_path / "b" / "moved"
+    shutil.copytree(a, b)
+    ident = ImageToolkit(f"local-dir:{a}").identity()
+    assert ident == ImageToolkit(f"local-dir:{b}").identity() and str(a) not in ident
+    (b / "open_clip_pytorch_model.bin").write_bytes(b"retrained")
+    assert ImageToolkit(f"local-dir:{b}").identity() != ident
+    assert ImageToolkit("ViT-B-32", "openai").identity() == "open_clip:ViT-B-32:openai"

@@ -32,7 +32,7 @@ from mma_agent.toolkits.evidence import (
     request_match,
     strength,
 )
-from mma_agent.util import joined_digest, l2_normalize
+from mma_agent.util import digest, joined_digest, l2_normalize
 
 MOVIE_TAGS: tuple[str, ...] = (
     # genres
@@ -123,14 +123,20 @@ class ImageToolkit(Toolkit):
             raise ValueError(msg)
         self.model_name, self.pretrained, self.tags, self.prompt = model_name, pretrained, tuple(tags), prompt
         self.tag_emb: np.ndarray | None = None  # (n_tags, d)
+        self._local_identity: str | None = None
 
     def identity(self) -> str:
-        ident = f"open_clip:{self.model_name}:{self.pretrained}"
-        if self.model_name.startswith("local-dir:"):
-            w = Path(self.model_name.removeprefix("local-dir:")) / "open_clip_pytorch_model.bin"
-            if w.is_file():
-                ident += f":{w.stat().st_size}:{w.stat().st_mtime_ns}"
-        return ident
+        """The encoder's cache key: a hub name as given; a local folder by the content of its
+        weights and config, not its path or mtime (a workdir moved or copied keeps its caches)."""
+        if not self.model_name.startswith("local-dir:"):
+            return f"open_clip:{self.model_name}:{self.pretrained}"
+        if self._local_identity is None:
+            folder = Path(self.model_name.removeprefix("local-dir:"))
+            files = [folder / n for n in ("open_clip_config.json", "open_clip_pytorch_model.bin")]
+            self._local_identity = (
+                f"open_clip:local-dir:{digest(f.read_bytes() if f.is_file() else b'-' for f in files)}:{self.pretrained}"
+            )
+        return self._local_identity
 
     def prepare(self, catalogue: Catalogue, cache_dir: Path) -> Catalogue:
         import torch
