@@ -199,8 +199,10 @@ def _beats(eps: list[dict], choice: tuple[str, str], baseline: tuple[str, str]) 
     """Whether `choice` scores a higher NDCG@10 than `baseline` on `eps`, paired, one-sided Wilcoxon p < TRANSFER_P."""
     from scipy.stats import wilcoxon
 
+    if choice == baseline:
+        return False
     mine, theirs = _ndcgs(eps, choice), _ndcgs(eps, baseline)
-    if mine is None or choice == baseline:
+    if mine is None:
         return False
     if theirs is None:
         return True
@@ -255,11 +257,11 @@ def _pattern(e: dict) -> tuple:
 def _mean(eps: list[dict], choice: tuple[str, str]) -> tuple[float, float]:
     """Mean NDCG@10 and mean Eq. 3 reward of one (request option, weights JSON) over episodes
     (-inf where one lacks it)."""
-    r, w = choice
-    runs = [e["runs"][r] for e in eps if r in e["runs"]]
-    if len(runs) < len(eps) or any(w not in run["ndcg"] for run in runs):
+    ndcg = _ndcgs(eps, choice)
+    if ndcg is None:
         return -np.inf, -np.inf
-    return float(np.mean([run["ndcg"][w] for run in runs])), float(np.mean([run["rewards"][w] for run in runs]))
+    r, w = choice
+    return float(ndcg.mean()), float(np.mean([e["runs"][r]["rewards"][w] for e in eps]))
 
 
 def _choice(eps: list[dict]) -> tuple[str, str]:

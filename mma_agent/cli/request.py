@@ -13,18 +13,28 @@ from mma_agent.cli.common import _pipeline
 from mma_agent.util import format_table
 
 
-def request_labels(p, *, per_family: int, seed: int) -> tuple[list[dict], dict[str, tuple[str, str]]]:
-    """The request policy's labels (`training.request_policy`): the support episodes of the validation
-    facet query episodes of the "fit" half of the users, explored once and cached under the workdir
-    by content, and their pooled labels; prints the labels' table. `mma eval queries --label-table` reads the same."""
+def fit_request_episodes(p, *, per_family: int, seed: int) -> list[dict]:
+    """The request policy's episodes: the validation facet query episodes of the "fit" half of the
+    users, `per_family` per family, each with its `part` (support or query; `training.request_policy.fit_episodes`)."""
+    from mma_agent.evals.query_eval import build_query_sets, query_set_name
+    from mma_agent.training.queries import QUERY_FAMILIES
+    from mma_agent.training.request_policy import fit_episodes
+
+    sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=seed)
+    return fit_episodes(sets[query_set_name("valid", "facet", seed=seed)], per_family=per_family, seed=seed)
+
+
+def request_labels(
+    p, *, per_family: int, seed: int, episodes: list[dict] | None = None
+) -> tuple[list[dict], dict[str, tuple[str, str]]]:
+    """The request policy's labels (`training.request_policy`): the support part of `episodes`
+    (default `fit_request_episodes`), explored once and cached under the workdir by content, and
+    their pooled labels; prints the labels' table. `mma eval queries --label-table` reads the same."""
     from collections import Counter
 
-    from mma_agent.evals.query_eval import build_query_sets, query_set_name
     from mma_agent.toolkits import tool_vocabulary
-    from mma_agent.training.queries import QUERY_FAMILIES
     from mma_agent.training.request_policy import (
         explore_request_plans,
-        fit_episodes,
         pooled_request_labels,
         request_kind,
         request_options,
@@ -32,8 +42,8 @@ def request_labels(p, *, per_family: int, seed: int) -> tuple[list[dict], dict[s
     from mma_agent.util import atomic_write_text, json_digest
 
     catalogue, kits = p.toolkits()
-    sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=seed)
-    episodes = fit_episodes(sets[query_set_name("valid", "facet", seed=seed)], per_family=per_family, seed=seed)
+    if episodes is None:
+        episodes = fit_request_episodes(p, per_family=per_family, seed=seed)
     support = [e for e in episodes if e["part"] == "support"]
     options = request_options(tool_vocabulary(kits).for_request("words"))
     key = json_digest(
@@ -82,22 +92,16 @@ def request_rows(args):
 def request_agreement(args) -> None:
     """`mma train eval --request`: each policy on the held-out "query" part of the request policy's
     fit-half episodes (never trained on), against its label from the support part's label table."""
-    from mma_agent.evals.query_eval import build_query_sets, query_set_name
     from mma_agent.evals.query_llm import episode_key, run_policy, weights_fingerprint
     from mma_agent.llm import named_backend
     from mma_agent.toolkits import tool_vocabulary
-    from mma_agent.training.queries import QUERY_FAMILIES
-    from mma_agent.training.request_policy import fit_episodes, follows_label, label_table, table_label
+    from mma_agent.training.request_policy import follows_label, label_table, table_label
     from mma_agent.util import json_digest
 
     p = _pipeline(args)
-    table = label_table(*request_labels(p, per_family=args.per_family, seed=args.seed))
-    sets, _, _ = build_query_sets(p, families=list(QUERY_FAMILIES), splits=("valid",), seed=args.seed)
-    held = [
-        e
-        for e in fit_episodes(sets[query_set_name("valid", "facet", seed=args.seed)], per_family=args.per_family, seed=args.seed)
-        if e["part"] == "query"
-    ]
+    episodes = fit_request_episodes(p, per_family=args.per_family, seed=args.seed)
+    table = label_table(*request_labels(p, per_family=args.per_family, seed=args.seed, episodes=episodes))
+    held = [e for e in episodes if e["part"] == "query"]
     request_tools = {s.name for s in tool_vocabulary(p.toolkits()[1]).specs if s.reads_request}
     rows = []
     for spec in args.policy:
