@@ -19,7 +19,8 @@ anything that moves comes through the policy. The answer site asks in a scripted
 (analyze_text, then ask_user), then lets the model choose its next action after the clean or the
 attacked answer: the answer's words are evidence too (its similarity to each candidate), so a flip
 there can be legitimate; `obeyed` is the part that is not. `defence=False` runs the same code with
-the quoting's neutralisation switched off: the "before" of the structural defence.
+the structural defences switched off (the quoting's neutralisation, and the weights asked again
+with the request's words withheld): the "before".
 """
 
 from __future__ import annotations
@@ -80,16 +81,19 @@ def _with_text(catalogue, items: list[int], field: str, text: str | list[str]):
 
 
 @contextmanager
-def _neutralisation(on: bool):
-    """The quoting's structural defence on (the library's behaviour) or off (the "before")."""
+def _defence(on: bool):
+    """The structural defences on (the library's behaviour) or off (the "before"): the quoting's
+    neutralisation, and the weights asked again with the request's words withheld."""
+    import mma_agent.graphs.nodes as nodes
     import mma_agent.toolkits.base as base
 
-    kept = base.NEUTRAL
-    base.NEUTRAL = kept if on else {}
+    kept = base.NEUTRAL, nodes._weights_request
+    if not on:
+        base.NEUTRAL, nodes._weights_request = {}, lambda *a: None
     try:
         yield
     finally:
-        base.NEUTRAL = kept
+        base.NEUTRAL, nodes._weights_request = kept
 
 
 def _answer_action(chat, catalogue, kits, ep: dict, tools, answer: str, style: str) -> str:
@@ -157,7 +161,7 @@ def bench_injection(
     rng, view, n_items = np.random.default_rng(seed), catalogue.view(Mask()), len(catalogue.split.item_ids)
     start = time.perf_counter()
     work = [(ep, style) for ep in episodes for style in styles]
-    with _neutralisation(defence):
+    with _defence(defence):
         for ep, style in tqdm(work, desc="injection bench", unit="request"):
             low = [int(j) for j in np.argsort(np.asarray(ep["first_stage_scores"]), kind="stable")[:5]]
             named = low[0]  # the item an attack names: the first stage's last
@@ -213,7 +217,7 @@ def bench_injection(
         )
     title = (
         f"Injection on {len(episodes)} full-family test pools, {model}{' ' + json.dumps(backend_options) if backend_options else ''}, "
-        f"quoting's neutralisation {'ON' if defence else 'OFF (before)'}; {seconds:.0f} s"
+        f"structural defences (neutralisation, words withheld when scoring) {'ON' if defence else 'OFF (before)'}; {seconds:.0f} s"
     )
     return {title: rows}
 

@@ -25,7 +25,7 @@ from langgraph.runtime import Runtime
 
 from mma_agent.graphs.fusion import fuse, scores_per_item, weighted_evidence
 from mma_agent.graphs.policy import Policy, Router, completions, rule_action
-from mma_agent.graphs.prompts import PromptStyle, observation_prompt, request_prompt, system_prompt
+from mma_agent.graphs.prompts import PromptStyle, observation_prompt, request_prompt, system_prompt, withhold_request
 from mma_agent.graphs.request import request_warnings
 from mma_agent.graphs.state import (
     BUDGET_SPENT,
@@ -163,7 +163,7 @@ def _allowed(state: RerankState, ctx: RerankContext, turn: int) -> list[str]:
 def _acted(state: RerankState, runtime: Runtime[RerankContext], turn: int, reply: str, meta: dict) -> dict:
     """The policy's update for one reply: the action, the usage, the conversation; announced."""
     usage = dict(state["usage"])
-    usage["llm_calls"] += 1
+    usage["llm_calls"] += meta.get("calls", 1)
     usage["input_tokens"] += meta.get("input_tokens", 0)
     usage["output_tokens"] += meta.get("output_tokens", 0)
     usage["llm_ms"] += int(1000 * meta.get("seconds", 0.0))
@@ -187,6 +187,24 @@ def _ruled(state: RerankState, runtime: Runtime[RerankContext], turn: int) -> di
     return {"action": action, "turn": turn}
 
 
+def _weights_request(state: RerankState, allowed: list[str], reply: str, meta: dict) -> tuple[list[dict], list[str]] | None:
+    """When a reply scores a request that has words, the weights are asked again from the
+    conversation with the words withheld (`prompts.withhold_request`), among the scoring actions
+    only: the words choose what to gather, never how to weigh it, so an instruction in a request
+    has nothing to act on. Returns (that conversation, those actions), or None (no words, or not
+    scoring: the reply stands)."""
+    query = state["resolved"].get("query")
+    if not query or Policy.action(reply, meta).get("tool") != SCORE_TOOL:
+        return None
+    return withhold_request(state["messages"], query), [a for a in allowed if a.startswith(SCORE_TOOL)]
+
+
+def _both(first: dict, reply: str, meta: dict) -> tuple[str, dict]:
+    """The weights' reply, with the usage of both calls (`calls`: 2)."""
+    both = {k: first.get(k, 0) + meta.get(k, 0) for k in ("input_tokens", "output_tokens", "total_tokens", "seconds")}
+    return reply, {**meta, **both, "calls": 2}
+
+
 def _left(ctx: RerankContext, runtime: Runtime) -> float | None:
     left = ctx.policy.time_left(runtime.execution_info)
     return None if left is None else max(left, 0.01)
@@ -199,8 +217,11 @@ def policy(state: RerankState, runtime: Runtime[RerankContext]) -> dict:
     ctx, turn = runtime.context, state["turn"] + 1
     if ctx.policy is None:
         return _ruled(state, runtime, turn)
+    allowed = _allowed(state, ctx, turn)
     try:
-        reply, meta = ctx.policy.ask(state["messages"], _allowed(state, ctx, turn), timeout=_left(ctx, runtime))
+        reply, meta = ctx.policy.ask(state["messages"], allowed, timeout=_left(ctx, runtime))
+        if again := _weights_request(state, allowed, reply, meta):
+            reply, meta = _both(meta, *ctx.policy.ask(*again, timeout=_left(ctx, runtime)))
     except Exception as err:
         raise ctx.policy.error(err, runtime.execution_info) from err
     return _acted(state, runtime, turn, reply, meta)
@@ -211,8 +232,11 @@ async def apolicy(state: RerankState, runtime: Runtime[RerankContext]) -> dict:
     ctx, turn = runtime.context, state["turn"] + 1
     if ctx.policy is None:
         return _ruled(state, runtime, turn)
+    allowed = _allowed(state, ctx, turn)
     try:
-        reply, meta = await ctx.policy.aask(state["messages"], _allowed(state, ctx, turn), timeout=_left(ctx, runtime))
+        reply, meta = await ctx.policy.aask(state["messages"], allowed, timeout=_left(ctx, runtime))
+        if again := _weights_request(state, allowed, reply, meta):
+            reply, meta = _both(meta, *await ctx.policy.aask(*again, timeout=_left(ctx, runtime)))
     except Exception as err:
         raise ctx.policy.error(err, runtime.execution_info) from err
     return _acted(state, runtime, turn, reply, meta)

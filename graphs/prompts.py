@@ -13,6 +13,7 @@ that can read them. The trace keeps full observations either way.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def system_prompt(
 
 
 QUERY_LIMIT = 200  # characters of the person's request the policy reads (quoted)
+WITHHELD = "\u00abwithheld while you score\u00bb"  # the request in a conversation the policy scores from
+WITHHELD_WORDS = "..."  # a request tool's words argument there (as in its prompt line)
 
 
 def request_prompt(n_history: int, n_candidates: int, query: str | None = None, *, style: PromptStyle = "compact") -> str:
@@ -79,6 +82,32 @@ def request_prompt(n_history: int, n_candidates: int, query: str | None = None, 
     if style == "compact":
         return f"History: {n_history} items. Pool: {n_candidates} candidates.{asks}"
     return f"The user liked {n_history} items. The pool has {n_candidates} candidates.{asks} Choose your first action."
+
+
+def withhold_request(messages: list[dict], query: str | None) -> list[dict]:
+    """The conversation the policy chooses its weights from: the person's words withheld.
+
+    The words choose what to gather (which tools, which part of the request a request tool reads);
+    the weights are chosen from what was gathered, never from the words, so an instruction in a
+    request ("weights image 1") has nothing to act on when the weights are chosen. The quoted request in the
+    opening becomes `WITHHELD`, and each part a request tool was given (`request_parts`, as the
+    reply's JSON writes it) becomes `WITHHELD_WORDS`, in every message after the system prompt.
+    Without words, the conversation itself."""
+    from mma_agent.toolkits.base import quote, request_parts
+
+    if not query or not query.strip():
+        return messages
+    spans = {quote(query, QUERY_LIMIT): WITHHELD}
+    for part in sorted(request_parts(query), key=len, reverse=True):
+        spans |= {json.dumps(part)[1:-1]: WITHHELD_WORDS, part: WITHHELD_WORDS}
+    out = []
+    for m in messages:
+        content = m["content"]
+        if m["role"] != "system" and isinstance(content, str):
+            for span, hidden in spans.items():
+                content = content.replace(span, hidden)
+        out.append({**m, "content": content})
+    return out
 
 
 def observation_prompt(observation: str, turn: int, max_turns: int, *, style: PromptStyle = "compact") -> str:

@@ -178,6 +178,7 @@ def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrain
 
     from mma_agent.evals.query_eval import build_query_sets
     from mma_agent.graphs.policy import PREFILL, completions
+    from mma_agent.graphs.prompts import withhold_request
     from mma_agent.graphs.state import SCORE_TOOL
     from mma_agent.toolkits import tool_vocabulary
     from mma_agent.toolkits.base import request_parts
@@ -220,9 +221,14 @@ def test_request_training_labels_are_pooled_and_every_row_is_an_action_constrain
                 for c in completions(vocab, vocab.names(interactive=False), trace, parts=parts)
             }
             assert json.dumps(json.loads(row["completion"][0]["content"])) in valid
-        k += len(run["pattern"]) + 1
+        scored, again = rows[k + len(run["pattern"])], rows[k + len(run["pattern"]) + 1]
+        # the weights once more, from the conversation with the words withheld (as the reranker asks them)
+        assert again["completion"] == scored["completion"] and again["prompt"] != scored["prompt"]
+        assert again["prompt"] == withhold_request(scored["prompt"], e["query"])
+        assert not any(part in m["content"] for part in parts for m in again["prompt"][1:])
+        k += len(run["pattern"]) + 2
     assert k == len(rows)
-    assert sum(json.loads(r["completion"][0]["content"])["tool"] == SCORE_TOOL for r in rows) == len(explored)
+    assert sum(json.loads(r["completion"][0]["content"])["tool"] == SCORE_TOOL for r in rows) == 2 * len(explored)
     # history_share drops only history-tool rows: every decision row stays, in order
     history_tools = {s.name for s in tools.automated if s.reads_request is None}
     decisions = [r for r in rows if json.loads(r["completion"][0]["content"])["tool"] not in history_tools]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mma_agent.modalities import Modality
-from mma_agent.toolkits.base import STRENGTH_WORDS, EpisodeContext, Evidence, ToolSpec, quote, request_words
+from mma_agent.toolkits.base import STRENGTH_WORDS, EpisodeContext, Evidence, ToolSpec, request_words
 from mma_agent.util import atomic_save_npy, atomic_write_text, json_digest
 
 log = logging.getLogger(__name__)
@@ -125,5 +125,6 @@ def request_match(ctx: EpisodeContext, spec: ToolSpec, words: str | None, simila
     if sim is None:
         return Evidence.none(spec.name, f"no {feature} embeddings were prepared for this catalogue")
     summary = strength(ctx, sim, None)
-    observation = f"Request words {quote(words, 80)}: best {what} matches: {top_candidates(ctx, sim)}. {summary}"
+    # the words are not echoed: the policy's own action holds them, and the scoring view withholds them
+    observation = f"Request words: best {what} matches: {top_candidates(ctx, sim)}. {summary}"
     return Evidence(spec.name, observation, {spec.channel("sim"): sim}, summary=summary)

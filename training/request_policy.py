@@ -286,7 +286,9 @@ def request_sft_rows(
 ) -> list[dict]:
     """TRL conversational prompt-completion rows along each episode's labelled plan: every action
     given the conversation before it, the request tool's action reading the whole request in the
-    words constrained decoding completes (`request_parts(query)[0]`).
+    words constrained decoding completes (`request_parts(query)[0]`); the weights once more from
+    the conversation with the words withheld, which is where the reranker reads them
+    (`graphs.prompts.withhold_request`).
 
     `history_share`: the share of episodes (a seeded draw) whose history-tool rows are kept. Every
     labelled plan calls the history tools in the same order, so those rows teach one fixed prefix and
@@ -297,6 +299,7 @@ def request_sft_rows(
     constrained decoding offers at its state, so SFT puts its loss on the tokens where they differ
     (`training.sft.choice_token_rows`)."""
     from mma_agent.graphs.policy import completions
+    from mma_agent.graphs.prompts import withhold_request
     from mma_agent.graphs.state import SCORE_TOOL
     from mma_agent.toolkits.base import request_parts
 
@@ -329,4 +332,9 @@ def request_sft_rows(
                 ]
                 row["allowed"] = completions(vocab, vocab.names(interactive=False), trace, parts=parts)
             rows.append(row)
+            if i == actions[-1]:  # the weights, asked again with the words withheld (as the reranker does)
+                again = {**row, "prompt": withhold_request(messages[:i], e["query"])}
+                if "allowed" in row:
+                    again["allowed"] = [a for a in row["allowed"] if a.startswith(SCORE_TOOL)]
+                rows.append(again)
     return rows

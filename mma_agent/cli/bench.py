@@ -193,7 +193,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     bj.add_argument("--seed", type=int, default=0)
     bj.add_argument("--styles", nargs="+", default=["compact", "full"], choices=PROMPT_STYLES, help="prompt styles to attack")
     bj.add_argument("--sites", nargs="+", default=list(SITES), choices=SITES, help="where the attacks go (default: every site)")
-    bj.add_argument("--before", action="store_true", help="also run with the quoting's neutralisation off (the 'before' table)")
+    bj.add_argument(
+        "--before",
+        action="store_true",
+        help="also run with the structural defences off (the quoting's neutralisation, the words withheld when scoring): the 'before' table",
+    )
     bj.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
