@@ -24,7 +24,7 @@ from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from mma_agent.graphs.fusion import fuse, scores_per_item, weighted_evidence
-from mma_agent.graphs.policy import Policy, Router, completions, rule_action
+from mma_agent.graphs.policy import Policy, Router, completions, rule_action, scoring_only
 from mma_agent.graphs.prompts import PromptStyle, observation_prompt, request_prompt, system_prompt, withhold_request
 from mma_agent.graphs.request import request_warnings
 from mma_agent.graphs.state import (
@@ -196,7 +196,7 @@ def _weights_request(state: RerankState, allowed: list[str], reply: str, meta: d
     query = state["resolved"].get("query")
     if not query or Policy.action(reply, meta).get("tool") != SCORE_TOOL:
         return None
-    return withhold_request(state["messages"], query), [a for a in allowed if a.startswith(SCORE_TOOL)]
+    return withhold_request(state["messages"], query), scoring_only(allowed)
 
 
 def _both(first: dict, reply: str, meta: dict) -> tuple[str, dict]:

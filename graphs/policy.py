@@ -139,6 +139,12 @@ def completions(
     return out + [f'{SCORE_TOOL}", "args": {{"weights": {json.dumps(w)}}}}}' for w in tools.weight_menu(gathered)]
 
 
+def scoring_only(allowed: list[str]) -> list[str]:
+    """The scoring completions among `allowed` (`completions`): what may be chosen when the
+    weights are asked again with the request's words withheld."""
+    return [a for a in allowed if a.startswith(SCORE_TOOL)]
+
+
 class Policy:
     """Asks a chat model for one action, under a timeout; parses the reply. The valid actions
     are enforced where the backend can: a local model by prefill and constrained decoding, an

@@ -298,7 +298,7 @@ def request_sft_rows(
     `tools` (the reranker's vocabulary): each row also carries `allowed`, the continuations
     constrained decoding offers at its state, so SFT puts its loss on the tokens where they differ
     (`training.sft.choice_token_rows`)."""
-    from mma_agent.graphs.policy import completions
+    from mma_agent.graphs.policy import completions, scoring_only
     from mma_agent.graphs.prompts import withhold_request
     from mma_agent.graphs.state import SCORE_TOOL
     from mma_agent.toolkits.base import request_parts
@@ -335,6 +335,6 @@ def request_sft_rows(
             if i == actions[-1]:  # the weights, asked again with the words withheld (as the reranker does)
                 again = {**row, "prompt": withhold_request(messages[:i], e["query"])}
                 if "allowed" in row:
-                    again["allowed"] = [a for a in row["allowed"] if a.startswith(SCORE_TOOL)]
+                    again["allowed"] = scoring_only(row["allowed"])
                 rows.append(again)
     return rows
