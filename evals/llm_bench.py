@@ -95,7 +95,8 @@ def _replay(model: Any, episodes: list[list[dict]], concurrency: int) -> tuple[f
 
 
 def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeats: int = 1) -> dict[str, list[dict]]:
-    """Each setting ({"device", "batching", "cuda_graphs", "concurrency", optional "dtype" and "label"}) replays
+    """Each setting ({"device", "batching", "cuda_graphs", "concurrency", optional "dtype", "all_logits"
+    (the LM head over every prefilled position) and "label"}) replays
     every recorded episode with a `TransformersChatModel` over `model_path`, after two warm-up
     passes over them (model load, graph captures); the best of `repeats` timed passes is reported."""
     import torch
@@ -105,7 +106,7 @@ def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeat
     episodes = load_policy_calls(calls_file)
     recorded = [[c["reply"] for c in ep] for ep in episodes]
     n_calls = sum(len(ep) for ep in episodes)
-    rows, models, first, changed = [], {}, None, []
+    rows, models, last_only, first, changed = [], {}, {}, None, []
     for s in settings:
         key = (s.get("device"), s.get("batching"), s.get("cuda_graphs", True), s.get("dtype", "auto"))
         if key not in models:
@@ -113,6 +114,9 @@ def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeat
                 model_path=model_path, device=key[0], batching=key[1], cuda_graphs=key[2], dtype=key[3]
             )
         model = models[key]
+        model._load()
+        keep = last_only.setdefault(key, model._last_logits)  # what the model computes by default
+        model._last_logits = {} if s.get("all_logits") else keep
         for _ in range(2):  # warm-up: model load, and the shapes this setting's passes take (graph captures)
             _replay(model, episodes, s["concurrency"])
         batcher, best = model._batcher, None

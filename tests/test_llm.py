@@ -110,9 +110,14 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path, smollm2_m
         [*start, AIMessage('{"tool": "analyze_text", "args": {}}'), HumanMessage(observation_prompt(o, 1, 4))]
         for o in observations
     ]
-    picks = []
+    picks, head_rows = [], []
     for msgs in conversations:
-        out = m.invoke(msgs, prefill='{"tool": "', allowed_completions=completions)
+        m._load()
+        hook = m._model.get_output_embeddings().register_forward_hook(lambda _m, args, _o: head_rows.append(args[0].shape[1]))
+        try:
+            out = m.invoke(msgs, prefill='{"tool": "', allowed_completions=completions)
+        finally:
+            hook.remove()
         chat = [{"role": _ROLES[x.type], "content": x.content} for x in msgs]
         prompt = m._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + '{"tool": "'
         ids = m._tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -131,6 +136,8 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path, smollm2_m
         )
         picks.append(out.content)
     assert all(p[len('{"tool": "') :] in completions for p in picks)
+    # each pass ran the LM head on its last position only, however many tokens it prefilled
+    assert head_rows and set(head_rows) == {1}
     # later prompts found their common prefix (at least the system prompt) in the cache
     ids = m._tokenizer(
         m._tokenizer.apply_chat_template([{"role": "system", "content": start[0].content}], tokenize=False),

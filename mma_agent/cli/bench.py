@@ -110,6 +110,16 @@ def cmd_bench_llm(args) -> None:
 
     settings = []
     for device in args.devices:
+        if args.all_logits:  # the passes as they were before they computed the last position's logits only
+            settings.append(
+                {
+                    "device": device,
+                    "batching": False,
+                    "concurrency": 1,
+                    "all_logits": True,
+                    "label": f"{device}: sequential, prefix KV cache, logits at every position",
+                }
+            )
         settings.append(
             {"device": device, "batching": False, "concurrency": 1, "label": f"{device}: sequential, prefix KV cache"}
         )
@@ -258,6 +268,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "--skip-unbatched-concurrency",
         action="store_true",
         help="leave out the concurrent rows without batching (calls in lock-step)",
+    )
+    bl.add_argument(
+        "--all-logits",
+        action="store_true",
+        help="also run the sequential setting with the LM head over every prefilled position (as before it kept the last only)",
     )
     bl.add_argument("--repeats", type=int, default=1, help="timed passes per setting (the best is reported)")
     bl.add_argument(

@@ -188,6 +188,11 @@ class TransformersChatModel(BaseChatModel):
     # The KV cache's name in the model's forward and output: `cache` in recent transformers 5,
     # `past_key_values` before (a deprecated alias after).
     _cache_kwarg: str = PrivateAttr(default="cache")
+    # The forward's keyword for computing logits at the last positions only (`logits_to_keep`,
+    # {} for a model without it): a pass of the constrained greedy decoding reads the last
+    # position's logits, so the LM head (a fifth of SmolLM2-135M's per-token work) runs once, not
+    # once per prefilled token. `mma bench llm --all-logits` times it against every position's.
+    _last_logits: dict = PrivateAttr(default_factory=dict)
     _tokenizer: Any = PrivateAttr(default=None)
     _prefix_cache: Any = PrivateAttr(default_factory=lambda: PrefixCache())
 
@@ -223,7 +228,9 @@ class TransformersChatModel(BaseChatModel):
                         if self.batching:
                             raise
                         log.info("%s; decoding token by token", err)
-                self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+                params = inspect.signature(model.forward).parameters
+                self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+                self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
                 self._tokenizer, self._model = tokenizer, model
 
     @property
@@ -321,7 +328,10 @@ class TransformersChatModel(BaseChatModel):
             else:
                 with torch.no_grad():
                     res = self._model(
-                        input_ids=torch.tensor([pending], device=self._model.device), **{self._cache_kwarg: cache}, use_cache=True
+                        input_ids=torch.tensor([pending], device=self._model.device),
+                        **{self._cache_kwarg: cache},
+                        **self._last_logits,
+                        use_cache=True,
                     )
                 cache, pending = getattr(res, self._cache_kwarg), []
                 logits = res.logits[0, -1].float()
