@@ -328,3 +328,20 @@ def test_a_pattern_leaves_the_read_everything_prior_only_where_its_choice_transf
     labels = pooled_request_labels(eps, min_states=8)
     assert {labels[f"graph_neighbours{i}"] for i in range(60)} == {(every, "{}")}
     assert {labels[f"popularity{i}"] for i in range(20)} == {("match_text", '{"text": 1.0}')}
+
+
+def test_a_limited_query_run_keeps_every_family():
+    """`mma eval queries --limit N` takes the first N episodes of each family, not of the whole
+    set (whose episodes come family by family: a short run held one family only)."""
+    from mma_agent.cli.evaluation import _first_per_family
+
+    episodes = [{"family": f, "i": i} for f in ("full", "cold-user", "no-text") for i in range(5)]
+    got = _first_per_family(episodes, 2)
+    assert [(e["family"], e["i"]) for e in got] == [
+        ("full", 0),
+        ("full", 1),
+        ("cold-user", 0),
+        ("cold-user", 1),
+        ("no-text", 0),
+        ("no-text", 1),
+    ]

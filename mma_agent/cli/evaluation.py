@@ -91,13 +91,24 @@ def cmd_eval_report(args) -> None:
     print(f"\nreport: {args.out / 'report.md'}")
 
 
+def _first_per_family(episodes: list[dict], limit: int) -> list[dict]:
+    """The first `limit` episodes of each family, in their order."""
+    seen: dict[str, int] = {}
+    out = []
+    for e in episodes:
+        seen[e["family"]] = seen.get(e["family"], 0) + 1
+        if seen[e["family"]] <= limit:
+            out.append(e)
+    return out
+
+
 def cmd_eval_queries(args) -> None:
     from mma_agent.evals.query_eval import build_query_sets, query_report, query_set_name
 
     p = _pipeline(args)
     sets, _, _ = build_query_sets(p, families=args.families, seed=args.seed, min_items=args.min_items)
-    if args.limit:
-        sets = {k: v[: args.limit] for k, v in sets.items()}
+    if args.limit:  # the first `limit` episodes of each family, so a short run still covers every family
+        sets = {k: _first_per_family(v, args.limit) for k, v in sets.items()}
     llm = {}
     if args.llm:
         from mma_agent.evals.query_llm import run_policy
@@ -172,7 +183,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     eq.add_argument("--families", nargs="+", choices=list(TASK_FAMILIES), default=list(QUERY_FAMILIES))
     eq.add_argument("--seed", type=int, default=0)
     eq.add_argument("--min-items", type=int, default=30)
-    eq.add_argument("--limit", type=int, help="episodes per query set (default: all)")
+    eq.add_argument("--limit", type=int, help="episodes per family of each query set (default: all)")
     eq.add_argument(
         "--llm",
         nargs="+",
