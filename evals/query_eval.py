@@ -157,7 +157,8 @@ def query_report(
 ) -> dict[str, list[dict]]:
     """The tables (and `report.md` and a plot in `out_dir`) from the saved query sets of `mma queries`.
     `llm`: policy name -> its records (`evals.query_llm.run_policy`): a row "MMA-Auto (name)" each,
-    fused at the alpha chosen on the validation episodes it ran, with paired tests and what it did.
+    fused at the alpha chosen on the validation episodes it ran, with paired tests (against the
+    baselines, and each policy against those listed before it) and what it did.
     `labels` (`training.request_policy.label_table`): the row LABEL_ROW, the trained policy's
     imitation target run as a lookup table, with its paired tests."""
     from mma_agent.evals.query_llm import llm_grid, usage_row
@@ -274,6 +275,9 @@ def query_report(
                     *([LABEL_ROW] if labels is not None else []),
                 ):
                     tests.append(_paired(family, policy, cols[policy], name, cols[name]))
+            policies = [k for k in cols if k.startswith("MMA-Auto")]
+            for i, later in enumerate(policies):  # policies against each other, on the same episodes
+                tests += [_paired(family, later, cols[later], earlier, cols[earlier]) for earlier in policies[:i]]
         tables[f"{kind} queries: NDCG@10 per family ({len(test)} test episodes)"] = rows
         tables[f"{kind} queries: paired tests"] = tests
         if kind == "facet":

@@ -114,6 +114,10 @@ def test_policy_rows_run_into_a_resumable_store_and_pair_with_the_rows_on_the_sa
     assert all(t["episodes"] == len(test) for t in tests if t["family"] == "full")
     usage = tables["facet queries: what each policy did (test)"][0]
     assert usage["share calling one"] == "100%" and float(usage["p50 s"]) > 0 and (tmp_path / "report.md").is_file()
+    # two policies are paired with each other on the same episodes (the same records: all tied)
+    tables = query_report(p, sets, tmp_path, min_items=3, llm={"scripted": records, "again": records})
+    both = [t for t in tables["facet queries: paired tests"] if t["vs"] == "MMA-Auto (scripted)"]
+    assert both and all(t["row"] == "MMA-Auto (again)" and t["better/worse/tied"].startswith("0/0/") for t in both)
     # against a label table: the scripted plan is match_text's with equal weights, not the poster tool's
     for label, share in ((("match_text", "{}"), "100% / 100%"), (("match_poster", "{}"), "0% / 0%")):
         tables = query_report(p, sets, tmp_path, min_items=3, llm={"scripted": records}, labels={("full", "*"): label})
