@@ -95,7 +95,7 @@ def _replay(model: Any, episodes: list[list[dict]], concurrency: int) -> tuple[f
 
 
 def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeats: int = 1) -> dict[str, list[dict]]:
-    """Each setting ({"device", "batching", "cuda_graphs", "concurrency", optional "dtype", "all_logits"
+    """Each setting ({"device", "batching", "cuda_graphs", "concurrency", optional "dtype", "tree_pass", "all_logits"
     (the LM head over every prefilled position) and "label"}) replays
     every recorded episode with a `TransformersChatModel` over `model_path`, after two warm-up
     passes over them (model load, graph captures); the best of `repeats` timed passes is reported."""
@@ -108,10 +108,10 @@ def bench_llm(calls_file: Path, model_path: str, settings: list[dict], *, repeat
     n_calls = sum(len(ep) for ep in episodes)
     rows, models, last_only, first, changed = [], {}, {}, None, []
     for s in settings:
-        key = (s.get("device"), s.get("batching"), s.get("cuda_graphs", True), s.get("dtype", "auto"))
+        key = (s.get("device"), s.get("batching"), s.get("cuda_graphs", True), s.get("dtype", "auto"), s.get("tree_pass", True))
         if key not in models:
             models[key] = TransformersChatModel(
-                model_path=model_path, device=key[0], batching=key[1], cuda_graphs=key[2], dtype=key[3]
+                model_path=model_path, device=key[0], batching=key[1], cuda_graphs=key[2], dtype=key[3], tree_pass=key[4]
             )
         model = models[key]
         model._load()

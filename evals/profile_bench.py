@@ -73,7 +73,7 @@ class Timers:
         self.wrap(llm, "_trie", PHASES[4])
         self.wrap(llm._prefix_cache, "lookup", PHASES[5])
         self.wrap(llm._prefix_cache, "put", PHASES[5])
-        timers, model = self, llm._model
+        timers, model = self, llm._model.base_model  # the decoder: the tree pass calls it without the LM head
         state = threading.local()
 
         def pre(_m, _args, _kwargs):

@@ -39,12 +39,15 @@ def bench_rerank(
     prompts: tuple[str, ...] = ("full", "compact"),
     interactive: str | None = None,
     base_url: str | None = None,
+    dtypes: tuple[str, ...] = ("auto",),
 ) -> dict[str, list[dict]]:
     """Each model (a backend string, or NAME=BACKEND) with each prompt style, MMA-Interactive with
     `interactive` (NAME=BACKEND; default the first model) in the last style, and RuleRouter-Fuse,
     on the same test pools of the full family, one after the
     other in one process; throughput (sequential, `.batch`, and for a local model masked
-    `generate` without the constrained fast path) for the first model and style."""
+    `generate` without the constrained fast path) for the first model and style. `dtypes`: each
+    local model in each of these ("auto": what the hardware computes fastest, `choose_dtype`;
+    "float32" is what a CPU without bf16 arithmetic computes in)."""
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.graphs.state import trace_stats
     from mma_agent.llm import TransformersChatModel, named_backend, resolve_chat_model
@@ -57,7 +60,12 @@ def bench_rerank(
         served = {"base_url": base_url} if backend.startswith("openai:") else {}  # an OpenAI-compatible server (vLLM, mma serve)
         return name, resolve_chat_model(backend, cache_dir=pipeline.config.workdir / "models", **served)
 
-    models = [named(spec) for spec in ([model] if isinstance(model, str) else model)]
+    models = []
+    for spec in [model] if isinstance(model, str) else model:
+        name, llm = named(spec)
+        for d in dtypes if isinstance(llm, TransformersChatModel) else ("auto",):  # a local model in each dtype asked for
+            local = llm if d == "auto" else type(llm)(**{**llm.model_dump(), "dtype": d})  # its own load and cache
+            models.append((name if d == "auto" else f"{name}, {d}", local))
     asking = named(interactive) if interactive else models[0]
     pools = pipeline.pools("full", "test")
     requests = pool_requests(pipeline, pools, episodes)
@@ -88,7 +96,7 @@ def bench_rerank(
         rows.append(
             {
                 "variant": label,
-                "dtype": llm.compute_dtype if isinstance(llm, TransformersChatModel) else ("server's" if llm is not None else ""),
+                "dtype": llm.dtype_choice if isinstance(llm, TransformersChatModel) else ("server's" if llm is not None else ""),
                 "episodes": len(outs),
                 "p50 s": f"{np.percentile(lat, 50):.2f}",
                 "p95 s": f"{np.percentile(lat, 95):.2f}",

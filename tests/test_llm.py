@@ -81,8 +81,9 @@ def test_prefix_cache_gives_a_private_copy_of_the_longest_common_prefix():
 
 @pytest.mark.slow
 def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path, smollm2_models):
-    """The fast path (forced tokens without a forward pass, prompts' common prefixes from the KV
-    cache) must choose exactly what `generate` with the trie as `prefix_allowed_tokens_fn` does."""
+    """The fast paths (one tree pass per call, and token by token with forced tokens appended
+    without a pass; prompts' common prefixes from the KV cache) must choose exactly what
+    `generate` with the trie as `prefix_allowed_tokens_fn` does."""
     pytest.importorskip("transformers")
     import importlib.util
 
@@ -111,7 +112,8 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path, smollm2_m
         for o in observations
     ]
     picks, head_rows = [], []
-    for msgs in conversations:
+    for msgs, tree in [(c, tree) for tree in (True, False) for c in conversations]:  # one tree pass, then token by token
+        m.tree_pass = tree
         m._load()
         hook = m._model.get_output_embeddings().register_forward_hook(lambda _m, args, _o: head_rows.append(args[0].shape[1]))
         try:
@@ -136,8 +138,9 @@ def test_constrained_greedy_picks_what_masked_generate_picks(tmp_path, smollm2_m
         )
         picks.append(out.content)
     assert all(p[len('{"tool": "') :] in completions for p in picks)
-    # each pass ran the LM head on its last position only, however many tokens it prefilled
-    assert head_rows and set(head_rows) == {1}
+    # token by token, each pass ran the LM head on its last position only, however many tokens it
+    # prefilled (the tree pass computes the head's rows of the choosable tokens only, itself)
+    assert len(head_rows) >= len(conversations) and set(head_rows) == {1}
     # later prompts found their common prefix (at least the system prompt) in the cache
     ids = m._tokenizer(
         m._tokenizer.apply_chat_template([{"role": "system", "content": start[0].content}], tokenize=False),
@@ -224,6 +227,35 @@ def test_a_flat_trie_walks_greedily():
     assert flat.walk({-1: [1.0, 1.0], five: [0.3, 0.3]}, eos) == [5, 6]  # ties: the first, as argmax
     assert flat.walk({-1: [0.0, 0.5], five: [0.0, 0.0]}, eos) == [9]
     assert flat.sees[flat.tokens.index(8)].sum() == 3  # 8 sees 5, 7 and itself
+
+
+def test_the_tree_pass_chooses_in_one_pass_what_token_by_token_decoding_chooses(tmp_path, smollm2_models):
+    """A sequential constrained call is one forward pass over what the prefix KV cache misses and
+    the completion trie (`tree_pass`, the default), and chooses what decoding token by token on the
+    same cache chooses (float32), at the first turn and at a later turn that reuses the cache."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from mma_agent.llm import TransformersChatModel
+    from tests.conftest import random_smollm2
+
+    folder = str(random_smollm2(tmp_path, smollm2_models))
+    tree = TransformersChatModel(model_path=folder, dtype="float32")
+    stepwise = TransformersChatModel(model_path=folder, dtype="float32", tree_pass=False)
+    tree._load()
+    passes, forward = [], tree._model.base_model.forward
+    tree._model.base_model.forward = lambda *a, **k: passes.append(1) or forward(*a, **k)
+    menu = ['analyze_text", "args": {}}', 'analyze_image", "args": {}}', 'retrieve_graph", "args": {}}'] + [
+        f'score_candidates", "args": {{"weights": {w}}}}}' for w in ("{}", '{"text": 1}', '{"text": 1, "graph": 1}')
+    ]
+    got, want = [], []
+    for i in range(6):
+        first = [SystemMessage("You route evidence for a recommender."), HumanMessage(f"Episode {i}: " + "strong. " * i)]
+        for model, out in ((tree, got), (stepwise, want)):
+            reply = model.invoke(first, prefill='{"tool": "', allowed_completions=menu).content
+            later = [*first, AIMessage(reply), HumanMessage(f"Strength: weak {i} (turn 1/8)")]
+            out += [reply, model.invoke(later, prefill='{"tool": "', allowed_completions=menu).content]
+    assert got == want and len(set(want)) > 1
+    assert len(passes) == len(got)  # one pass per call
 
 
 @pytest.mark.slow

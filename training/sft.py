@@ -42,9 +42,9 @@ def choice_token_rows(rows: list[dict], tokenizer) -> list[dict]:
     forces (the prefill, a tool's argument template, the request words, the brackets, EOS) carry no
     decision, and in a row of about 500 tokens they outnumber the deciding tokens ten to one.
     Tokenized as TRL would (the chat template; the prompt with its generation prompt a prefix of the
-    whole), each completion checked against the trie the decoder walks (`llm.local.token_trie`)."""
+    whole), each completion checked against the trie the decoder walks (`llm.decoding.token_trie`)."""
     from mma_agent.graphs.policy import PREFILL
-    from mma_agent.llm.local import token_trie
+    from mma_agent.llm.decoding import token_trie
 
     def ids(messages: list[dict], **kw) -> list[int]:
         text = tokenizer.apply_chat_template(messages, tokenize=False, **kw)

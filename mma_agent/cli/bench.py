@@ -94,6 +94,7 @@ def cmd_bench_rerank(args) -> None:
             prompts=tuple(args.prompts),
             interactive=args.interactive_model,
             base_url=args.base_url,
+            dtypes=tuple(args.dtypes),
         )
     )
 
@@ -117,11 +118,27 @@ def cmd_bench_llm(args) -> None:
                     "batching": False,
                     "concurrency": 1,
                     "all_logits": True,
-                    "label": f"{device}: sequential, prefix KV cache, logits at every position",
+                    "tree_pass": False,
+                    "label": f"{device}: sequential, prefix KV cache, a pass per branching point, logits at every position",
+                }
+            )
+        if args.token_by_token:  # the passes as they were before one tree pass per call
+            settings.append(
+                {
+                    "device": device,
+                    "batching": False,
+                    "concurrency": 1,
+                    "tree_pass": False,
+                    "label": f"{device}: sequential, prefix KV cache, a pass per branching point",
                 }
             )
         settings.append(
-            {"device": device, "batching": False, "concurrency": 1, "label": f"{device}: sequential, prefix KV cache"}
+            {
+                "device": device,
+                "batching": False,
+                "concurrency": 1,
+                "label": f"{device}: sequential, prefix KV cache, one tree pass per call",
+            }
         )
         if not args.skip_unbatched_concurrency:
             settings.append(
@@ -274,6 +291,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run the sequential setting with the LM head over every prefilled position (as before it kept the last only)",
     )
+    bl.add_argument(
+        "--token-by-token",
+        action="store_true",
+        help="also run the sequential setting with a forward pass per branching point (as before the one tree pass per call)",
+    )
     bl.add_argument("--repeats", type=int, default=1, help="timed passes per setting (the best is reported)")
     bl.add_argument(
         "--dtypes",
@@ -300,6 +322,13 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     br.add_argument("--interactive-model", metavar="[NAME=]BACKEND", help="MMA-Interactive's policy (default: the first --model)")
     br.add_argument(
         "--base-url", help="the OpenAI-compatible server of openai: models, e.g. http://127.0.0.1:8000/v1 (vLLM, mma serve)"
+    )
+    br.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["auto", "float32", "bfloat16"],
+        default=["auto"],
+        help="each local model in each dtype (auto: what the hardware computes fastest; float32: a CPU without bf16 arithmetic)",
     )
     br.add_argument("--episodes", type=int, default=20)
     br.add_argument("--concurrency", type=int, default=2)

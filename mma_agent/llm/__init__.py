@@ -9,7 +9,8 @@ package loads no torch: heavy libraries load inside the functions that need them
 """
 
 from mma_agent.llm.backends import BACKENDS, choice_kwargs, named_backend, resolve_chat_model
-from mma_agent.llm.local import GenerationCancelled, PrefixCache, TransformersChatModel, smollm2_folder
+from mma_agent.llm.decoding import PrefixCache
+from mma_agent.llm.local import GenerationCancelled, TransformersChatModel, smollm2_folder
 from mma_agent.llm.vllm_chat import VLLMChatModel
 
 __all__ = [

@@ -75,6 +75,25 @@ class FlatTrie:
         """The nodes with a choice to make (-1 is the root: the first token)."""
         return [n for n, kids in self.children.items() if len(kids) > 1]
 
+    def deciding(self) -> list[int]:
+        """The nodes whose logits some choice needs: each branching node and its ancestors, in
+        breadth-first order (a pass over these alone gives every branching point's logits; the
+        forced tails after the last choice add nothing)."""
+        keep = set()
+        for node in self.branching():
+            while node >= 0 and node not in keep:
+                keep.add(node)
+                node = self.parent[node]
+        return sorted(keep)
+
+    def nodes(self, tokens: list[int]) -> list[int]:
+        """The nodes along the path that spells `tokens` from the root."""
+        out, node = [], -1
+        for tok in tokens:
+            node = next(c for c in self.children[node] if self.tokens[c] == tok)
+            out.append(node)
+        return out
+
     def walk(self, scores: dict[int, Any], eos: int) -> list[int]:
         """The greedy path's tokens (without the final EOS), given each branching node's scores
         over its children (in `children` order; the first maximum wins, as argmax does)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
-import os
 import shutil
 import threading
 import time
@@ -25,6 +24,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
 from mma_agent.extras import require as _require
+from mma_agent.llm.decoding import PrefixCache, token_trie, tree_choice
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,6 @@ def cpu_flags() -> set[str]:
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 / AMX-BF16, Arm BF16
 
 
-def token_trie(tokenizer: Any, completions: list[str]) -> dict:
-    """Token trie of `completions` (each tokenized alone, ending in EOS): what constrained decoding
-    may generate after the prompt. A node with one child is a forced token; with more, a choice
-    (training puts its loss on those: `training.sft.choice_token_rows`)."""
-    trie: dict = {}
-    for text in completions:
-        node = trie
-        for tok in tokenizer(text, add_special_tokens=False)["input_ids"]:
-            node = node.setdefault(tok, {})
-        node[tokenizer.eos_token_id] = {}
-    return trie
-
-
 def choose_dtype(device: str) -> tuple[str, str]:
     """The dtype a local model computes in on `device`, and why: bfloat16 on CUDA (float16 where
     it has no bf16), bfloat16 on a CPU with bf16 arithmetic, float32 on any other CPU (where
@@ -103,45 +90,6 @@ def choose_dtype(device: str) -> tuple[str, str]:
 
 
 _LOAD_LOCK = threading.Lock()
-
-
-class PrefixCache:
-    """The KV caches of the last few prompts, for reuse by any prompt that starts the same way.
-
-    A policy's prompts share the system prompt, and each turn extends the same episode's
-    previous turn, so most of a prompt is usually computed already. `lookup` returns a private
-    copy of the cache with the longest common prefix (cropped to it, and to at most all but the
-    prompt's last token, whose logits are needed); thread-safe.
-    """
-
-    def __init__(self, size: int = 16, min_tokens: int = 8) -> None:
-        self.size, self.min_tokens = size, min_tokens
-        self._entries: list[tuple[list[int], Any]] = []
-        self._lock = threading.Lock()
-
-    def lookup(self, ids: list[int]) -> tuple[Any, int]:
-        import copy
-
-        with self._lock:
-            best, n = None, 0
-            for entry in self._entries:
-                k = len(os.path.commonprefix([entry[0], ids]))
-                if k > n:
-                    best, n = entry, k
-            n = min(n, len(ids) - 1)
-            if best is None or n < self.min_tokens:
-                return None, 0
-            cache = copy.deepcopy(best[1])
-        drop = cache.get_seq_length() - n
-        if drop > 0:
-            cache.crop(-drop)
-        return cache, n
-
-    def put(self, ids: list[int], cache: Any) -> None:
-        if len(ids) < self.min_tokens or cache.get_seq_length() != len(ids):
-            return
-        with self._lock:
-            self._entries = [e for e in self._entries if e[0] != ids][-(self.size - 1) :] + [(ids, cache)]
 
 
 class GenerationCancelled(RuntimeError):
@@ -175,6 +123,9 @@ class TransformersChatModel(BaseChatModel):
     dtype: str = "auto"  # "auto": what the hardware computes fastest (`choose_dtype`); or "float32", "bfloat16", "float16"
     device: str | None = None  # a torch device ("cpu", "cuda", "cuda:1"); None: CUDA when available, else the CPU
     fast_constrained: bool = True  # constrained greedy decoding by `_constrained_greedy` (False: masked `generate`)
+    # Sequential constrained calls as one forward pass each over what the prefix KV cache misses and
+    # the completion trie (tree attention, `decoding.tree_choice`), instead of a pass per branching point.
+    tree_pass: bool = True
     # Constrained calls as one pass each over the prompt and its completion trie, shared by concurrent
     # calls (episodes of a `.batch`) and replayed as CUDA graphs on CUDA (`ForwardBatcher`). None: on
     # CUDA where the model supports it, not on the CPU, where the prefix KV cache serves sequential
@@ -195,6 +146,7 @@ class TransformersChatModel(BaseChatModel):
     _last_logits: dict = PrivateAttr(default_factory=dict)
     _tokenizer: Any = PrivateAttr(default=None)
     _prefix_cache: Any = PrivateAttr(default_factory=lambda: PrefixCache())
+    _dtype_why: str = PrivateAttr(default="")
 
     @property
     def _llm_type(self) -> str:
@@ -215,6 +167,7 @@ class TransformersChatModel(BaseChatModel):
                 tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
                 dtype, why = choose_dtype(device) if self.dtype == "auto" else (self.dtype, "asked for")
                 log.info("%s on %s in %s (%s)", self.model_path, device, dtype, why)
+                self._dtype_why = why
                 model = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype)).to(device)
                 model.eval()
                 if self.batching or (self.batching is None and model.device.type == "cuda"):
@@ -238,6 +191,11 @@ class TransformersChatModel(BaseChatModel):
         """The dtype the model computes in, e.g. "bfloat16" (loads the model)."""
         self._load()
         return str(self._model.dtype).removeprefix("torch.")
+
+    @property
+    def dtype_choice(self) -> str:
+        """The compute dtype and why it was chosen, e.g. "float32 (CPU without bf16 arithmetic)" (loads the model)."""
+        return f"{self.compute_dtype} ({self._dtype_why})"
 
     @property
     def torch_device(self) -> Any:
@@ -315,6 +273,10 @@ class TransformersChatModel(BaseChatModel):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("the caller stopped waiting (a timeout); decoding stopped")
             return self._batcher.choose(prompt, self._flat_trie(completions), eos)
+        if self.tree_pass:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("the caller stopped waiting (a timeout); decoding stopped")
+            return tree_choice(self._model, prompt, self._flat_trie(completions), eos, self._prefix_cache, self._cache_kwarg)
         node, out = self._trie(completions), []
         cache, start = self._prefix_cache.lookup(prompt)
         pending = prompt[start:]
