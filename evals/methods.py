@@ -86,7 +86,7 @@ class AgentMethod(Method):
         if self.lookup:  # the learned non-LLM control, fitted on the support episodes by `mma train eval`
             from mma_agent.training.routing import LookupRouter
 
-            path = env.pipeline.root / "train" / "lookup" / "table.json"
+            path = env.pipeline.train_dir("lookup") / "table.json"
             if not path.is_file():
                 msg = f"{self.name}: no lookup table at {path}; `mma train eval` fits it on the support episodes"
                 raise FileNotFoundError(msg)

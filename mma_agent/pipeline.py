@@ -121,6 +121,23 @@ class Pipeline:
     def _toolkits(self) -> dict[tuple[bool, bool, bool], tuple[Catalogue, dict[str, Toolkit]]]:
         return {}
 
+    # --- the trained policy ----------------------------------------------------------------
+    def train_dir(self, stage: str, *, interactive: bool = False) -> Path:
+        """A training stage's run folder (`sft`, `dpo`, `grpo`, `lookup`; MMA-Interactive's beside it)."""
+        return self.root / "train" / (f"{stage}-interactive" if interactive else stage)
+
+    def policy(self, stage: str = "sft", *, interactive: bool = False) -> str:
+        """The trained policy's backend string, `transformers:<folder>`: the embedded default that
+        `bash scripts/main.sh` trains (`mma train sft`; README, "The embedded policy"). Raises
+        FileNotFoundError, naming the command that trains it, when it is not trained yet."""
+        folder = self.train_dir(stage, interactive=interactive) / "policy"
+        if not (folder / "config.json").is_file():
+            command = f"mma train {stage}" + (" --interactive" if interactive else "")
+            main = "run `bash scripts/main.sh` (it trains it) or " if (stage, interactive) == ("sft", False) else "run "
+            msg = f"no trained policy at {folder}: {main}`{command}`; the zero-shot model is 'transformers:smollm2-135m'"
+            raise FileNotFoundError(msg)
+        return f"transformers:{folder}"
+
     def view(self, family: str = "full") -> ModalityView:
         mask = family_mask(family)
         return ModalityView(self.split, mask, image_embeddings=self.image_embeddings if mask.image else None)

@@ -5,8 +5,8 @@
 # (explorations are cached by content; trainers resume from their newest checkpoint).
 #   MMA_WORKDIR  the workdir (default .mma, as every mma command); any other mma options go after the script's name
 #   PER_FAMILY  episodes per task family (default 20: 16 support + 4 query)
-#   SFT_STEPS, SFT_INTERACTIVE_STEPS, DPO_STEPS, GRPO_STEPS  optimiser steps per stage (default 60 / 60 / 20 / 12;
-#   SFT's loss flattens after about one epoch, 60 steps of 8 rows)
+#   SFT_STEPS, SFT_INTERACTIVE_STEPS, DPO_STEPS, GRPO_STEPS  optimiser steps per stage (default `mma train sft`'s, 24,
+#   which scripts/main.sh trained already / 60 / 20 / 12; 24 steps route as 60 do: evals/results/training-budget.md)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 per_family="${PER_FAMILY:-20}"
 if [ -n "${MMA_WORKDIR:-}" ]; then set -- --workdir "$MMA_WORKDIR" "$@"; fi
@@ -18,7 +18,7 @@ stage() {
   "$@"
   times+=("| $name | $((SECONDS - t0)) s |")
 }
-stage "SFT (explore + train)" mma train sft --per-family "$per_family" --max-steps "${SFT_STEPS:-60}" "$@"
+stage "SFT (explore + train; the policy scripts/main.sh trained is reused)" mma train sft --per-family "$per_family" ${SFT_STEPS:+--max-steps "$SFT_STEPS"} "$@"
 stage "SFT, interactive (explore with ask_user + train)" mma train sft --interactive --per-family "$per_family" --max-steps "${SFT_INTERACTIVE_STEPS:-60}" "$@"
 stage "DPO" mma train dpo --per-family "$per_family" --max-steps "${DPO_STEPS:-20}" "$@"
 stage "GRPO" mma train grpo --per-family "$per_family" --max-steps "${GRPO_STEPS:-12}" "$@"

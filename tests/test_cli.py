@@ -150,6 +150,24 @@ def test_train_commands_chain_their_policies(tiny_root, tmp_path, capsys, monkey
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
+def test_the_embedded_policy_is_the_trained_one_or_a_clear_error(tiny_root, tmp_path):
+    """`Pipeline.policy()` is the SFT policy that the main job trains (where `mma train sft` puts
+    it); before it is trained, an error naming the commands that train it."""
+    from mma_agent.config import PipelineConfig
+    from mma_agent.pipeline import Pipeline
+
+    p = Pipeline(PipelineConfig.model_validate({"data": {"path": str(tiny_root)}, "workdir": str(tmp_path)}))
+    with pytest.raises(FileNotFoundError, match=r"scripts/main\.sh.*mma train sft"):
+        p.policy()
+    with pytest.raises(FileNotFoundError, match="mma train sft --interactive"):
+        p.policy(interactive=True)
+    folder = p.root / "train" / "sft" / "policy"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert p.policy() == f"transformers:{folder}"
+    assert p.train_dir("dpo", interactive=True) == p.root / "train" / "dpo-interactive"
+
+
 @pytest.mark.slow
 def test_bench_llm_replays_recorded_policy_calls(tmp_path, capsys, smollm2_models):
     """`mma bench llm` replays a recording in every setting; the setting that decodes as the

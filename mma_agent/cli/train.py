@@ -11,6 +11,8 @@ from mma_agent.cli.common import _pipeline
 from mma_agent.cli.request import request_agreement, request_rows
 from mma_agent.util import format_table
 
+SFT_STEPS = 24  # `mma train sft`'s default optimiser steps, inside the main job's budget
+
 
 def cmd_train_record(args) -> None:
     from collections import defaultdict
@@ -95,7 +97,7 @@ def _stage(args, p, stage: str) -> Path:
 
 
 def _train_dir(args, p, stage: str) -> Path:
-    return p.root / "train" / (f"{stage}-interactive" if args.interactive else stage)
+    return p.train_dir(stage, interactive=args.interactive)
 
 
 def _base(args, p, *stages: str) -> str:
@@ -309,7 +311,10 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     ts = train.add_parser(
         "sft", parents=[common], help="SFT on the best action at every explored state of the support episodes (TRL)"
     )
-    trainer_args(ts, 60, 5e-4, 8)
+    # 24 steps of 8 rows: the main job's budget (about 6 minutes on two cores). Measured: the policy
+    # it trains routes as the 60-step one and as the lookup control on every held-out state and query
+    # episode (evals/results/training-budget.md)
+    trainer_args(ts, SFT_STEPS, 5e-4, 8)
     ts.add_argument(
         "--rows",
         choices=["balanced", "path", "all", "best"],
