@@ -132,12 +132,12 @@ def _timed_policy_calls(asked: dict):
         Policy.ask = ask
 
 
-def _serve_instrumented(model: str, workdir: str, out: str) -> None:
+def _serve_instrumented(model: str, workdir: str, out: str, tree_pass: bool = True) -> None:
     """Child process: `mma serve` with timers on its model; writes them to `out` when it stops."""
     from mma_agent.llm import resolve_chat_model
     from mma_agent.llm.serve import serve
 
-    llm = resolve_chat_model(model, cache_dir=Path(workdir) / "models")
+    llm = resolve_chat_model(model, cache_dir=Path(workdir) / "models", tree_pass=tree_pass)
     timers = Timers()
     timers.instrument(llm)
     server, sock = serve(
@@ -156,14 +156,14 @@ def _serve_instrumented(model: str, workdir: str, out: str) -> None:
 
 
 @contextmanager
-def _served_child(model: str, workdir: str, out: Path):
+def _served_child(model: str, workdir: str, out: Path, tree_pass: bool = True):
     import re
     import subprocess
 
     cmd = [
         sys.executable,
         "-c",
-        f"from mma_agent.evals.profile_bench import _serve_instrumented as s; s({model!r}, {workdir!r}, {str(out)!r})",
+        f"from mma_agent.evals.profile_bench import _serve_instrumented as s; s({model!r}, {workdir!r}, {str(out)!r}, {tree_pass!r})",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = None
@@ -182,20 +182,23 @@ def _served_child(model: str, workdir: str, out: Path):
         proc.wait(60)
 
 
-def bench_profile(pipeline: Workspace, model: str, *, episodes: int = 20, rounds: int = 2) -> dict[str, list[dict]]:
-    """Timers per phase, in-process and served, on the same episodes, alternating `rounds` times."""
+def bench_profile(
+    pipeline: Workspace, model: str, *, episodes: int = 20, rounds: int = 2, tree_pass: bool = True
+) -> dict[str, list[dict]]:
+    """Timers per phase, in-process and served, on the same episodes, alternating `rounds` times
+    (`tree_pass=False`: both decode with a pass per branching point, as before one pass per call)."""
     from mma_agent.evals.rerank_bench import pool_requests
     from mma_agent.graphs.reranker import create_mma_reranker
     from mma_agent.llm import resolve_chat_model
 
     catalogue, kits = pipeline.toolkits()
     reqs = pool_requests(pipeline, pipeline.pools("full", "test"), episodes)
-    llm = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models")
+    llm = resolve_chat_model(model, cache_dir=pipeline.config.workdir / "models", tree_pass=tree_pass)
     local_timers = Timers()
     local_timers.instrument(llm)
     out_file = pipeline.config.workdir / "profile-server-timers.json"
     results: dict[str, list] = defaultdict(list)
-    with _served_child(model, str(pipeline.config.workdir), out_file) as (url, reset_server):
+    with _served_child(model, str(pipeline.config.workdir), out_file, tree_pass) as (url, reset_server):
         graphs = {
             "in-process": create_mma_reranker(llm, catalogue=catalogue, toolkits=kits).compile(),
             "over mma serve": create_mma_reranker(
@@ -240,5 +243,8 @@ def bench_profile(pipeline: Workspace, model: str, *, episodes: int = 20, rounds
         }
         for name, lat in results.items()
     ]
-    title = f"{model}, compact prompt, {len(reqs)} full-family test pools x {rounds} rounds, alternating modes in one run"
+    passes = "one tree pass per call" if tree_pass else "a pass per branching point"
+    title = (
+        f"{model} ({passes}), compact prompt, {len(reqs)} full-family test pools x {rounds} rounds, alternating modes in one run"
+    )
     return {f"Episodes: {title}": episodes_rows, "Where a policy call's time goes": rows}

@@ -78,7 +78,9 @@ def cmd_bench_async(args) -> None:
 def cmd_bench_profile(args) -> None:
     from mma_agent.evals.profile_bench import bench_profile
 
-    _print_tables(bench_profile(_pipeline(args), args.model, episodes=args.episodes, rounds=args.rounds))
+    _print_tables(
+        bench_profile(_pipeline(args), args.model, episodes=args.episodes, rounds=args.rounds, tree_pass=not args.token_by_token)
+    )
 
 
 def cmd_bench_rerank(args) -> None:
@@ -257,6 +259,9 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     bp.add_argument("--model", default="transformers:smollm2-135m", help="a transformers: backend (also what mma serve serves)")
     bp.add_argument("--episodes", type=int, default=20, help="full-family test pools")
     bp.add_argument("--rounds", type=int, default=2, help="alternating rounds of each mode")
+    bp.add_argument(
+        "--token-by-token", action="store_true", help="decode with a pass per branching point (as before one tree pass per call)"
+    )
     bp.set_defaults(func=cmd_bench_profile)
     blr = bench.add_parser(
         "llm-record", parents=[common], help="record MMA-Auto's policy calls on full-family test pools, for `bench llm`"
