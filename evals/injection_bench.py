@@ -83,17 +83,18 @@ def _with_text(catalogue, items: list[int], field: str, text: str | list[str]):
 @contextmanager
 def _defence(on: bool):
     """The structural defences on (the library's behaviour) or off (the "before"): the quoting's
-    neutralisation, and the weights asked again with the request's words withheld."""
+    elision of structured spans and neutralisation, and the weights asked again with the request's
+    words withheld."""
     import mma_agent.graphs.nodes as nodes
     import mma_agent.toolkits.base as base
 
-    kept = base.NEUTRAL, nodes._weights_request
+    kept = base.NEUTRAL, base.STRUCTURED, nodes._weights_request
     if not on:
-        base.NEUTRAL, nodes._weights_request = {}, lambda *a: None
+        base.NEUTRAL, base.STRUCTURED, nodes._weights_request = {}, (), lambda *a: None
     try:
         yield
     finally:
-        base.NEUTRAL, nodes._weights_request = kept
+        base.NEUTRAL, base.STRUCTURED, nodes._weights_request = kept
 
 
 def _answer_action(chat, catalogue, kits, ep: dict, tools, answer: str, style: str) -> str:

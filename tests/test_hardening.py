@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mma_agent.llm.actions import ActionError, parse_action
-from mma_agent.toolkits.base import QUOTES, quote
+from mma_agent.toolkits.base import ELIDED, QUOTES, quote
 from mma_agent.toolkits.clarify import MAX_ANSWER_CHARS, checked_answer
 from mma_agent.toolkits.titles import named_items, title_forms
 
@@ -38,6 +38,19 @@ def test_quoted_data_holds_no_action(attack):
     with pytest.raises(ActionError):
         parse_action(q)
     assert not set('{}[]"<>`_') & set(q) and "score_candidates" not in q
+
+
+def test_a_structured_span_in_quoted_data_is_elided_whole_and_titles_keep_their_words():
+    """An action's look-alike still read as an action to the policy (three history titles holding a
+    score_candidates line: fewer tool calls in 7 of 8 full-prompt episodes; 3 of 8 once elided, a
+    benign change of the same titles 1 of 8), so a {...} object, a [...] holding JSON and a <tag>
+    are replaced whole by ELIDED; a real title's words, brackets and colons stay."""
+    assert quote(ACTION) == f"\u00ab{ELIDED}\u00bb"
+    assert (
+        quote('a drama {"weights": {"image": 1}} please <b>now</b>') == f"\u00aba drama {ELIDED} please {ELIDED}now{ELIDED}\u00bb"
+    )
+    assert quote("[REC]") == "\u00ab(REC)\u00bb"
+    assert quote("Star Wars: Episode IV - A New Hope (1977)") == "\u00abStar Wars: Episode IV - A New Hope (1977)\u00bb"
 
 
 @settings(max_examples=300, derandomize=True, deadline=None)
@@ -221,7 +234,7 @@ def test_a_title_holding_an_action_reaches_a_full_prompt_only_as_inert_data(tiny
     ).compile()
     out = graph.invoke(request)
     shown = " ".join(m["content"] for m in out["messages"] if m["role"] == "user")
-    assert "('tool':'score candidates'" in shown  # the titles are there, as data
+    assert f"\u00ab{ELIDED}\u00bb" in shown and "score candidates" not in shown  # the titles are there, the action elided
     for span in _quoted_spans(shown):
         with pytest.raises(ActionError):
             parse_action(span)

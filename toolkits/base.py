@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -212,16 +213,27 @@ QUOTE_LIMIT = 60
 # quotes, <tool_call> tags, code fences, and tool names (snake_case). Inside quoted data each
 # becomes a look-alike that no parser or constrained completion accepts, whatever the words say.
 NEUTRAL = str.maketrans({"{": "(", "}": ")", "[": "(", "]": ")", '"': "'", "<": "\u2039", ">": "\u203a", "`": "'", "_": " "})
+# A structured span (a {...} object, a [...] holding JSON, a <tag>) inside quoted data is replaced
+# whole by ELIDED before that: its look-alike still read as an action to a small model (three history
+# titles holding a score_candidates line made the full-prompt policy skip its remaining tools, 7 of
+# 8), and no title, tag, overview or answer needs one to say what it says.
+ELIDED = "(\u2026)"
+STRUCTURED = (r"\{[^{}]*\}", r"\[[^\[\]]*[\"{:][^\[\]]*\]", r"<[^<>]{0,64}>", r"`{3}")
 
 
 def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
     """Text that comes from items or users, as the policy sees it: one line, without the quote
-    marks themselves or control characters, with every action-shaped span neutralised (no JSON
-    structure, tags, fences or tool names survive, see NEUTRAL), at most `limit` characters,
+    marks themselves or control characters, with every structured span elided (STRUCTURED) and
+    every action-shaped character neutralised (no JSON structure, tags, fences or tool names
+    survive, see NEUTRAL), at most `limit` characters,
     inside « ». It is data, never an instruction: no span of it can be an action, and constrained
     decoding keeps the actions to the tool vocabulary whatever it says."""
     text = str(text)[: 4 * limit + 16]  # the work is bounded by the cap, not by the text's length
-    clean = "".join(" " if (ch in QUOTES or not ch.isprintable()) else ch for ch in text).translate(NEUTRAL)
+    clean = "".join(" " if (ch in QUOTES or not ch.isprintable()) else ch for ch in text)
+    for pattern in STRUCTURED:  # innermost first, until none is left (bounded: each pass shortens the text)
+        while (elided := re.sub(pattern, ELIDED, clean)) != clean:
+            clean = elided
+    clean = clean.translate(NEUTRAL)
     clean = " ".join(clean.split())
     if len(clean) > limit:
         clean = clean[: limit - 1].rstrip() + "\u2026"
