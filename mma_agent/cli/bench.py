@@ -108,6 +108,17 @@ def cmd_bench_llm_record(args) -> None:
     print(f"wrote {sum(len(e) for e in data['episodes'])} policy calls of {len(data['episodes'])} episodes to {args.out}")
 
 
+def _sequential(device: str, passes: str, **extra) -> dict:
+    """A `bench llm` setting: one episode at a time on the prefix KV cache, decoding as `passes` says."""
+    return {
+        "device": device,
+        "batching": False,
+        "concurrency": 1,
+        "label": f"{device}: sequential, prefix KV cache, {passes}",
+        **extra,
+    }
+
+
 def cmd_bench_llm(args) -> None:
     from mma_agent.evals.llm_bench import bench_llm
 
@@ -115,33 +126,11 @@ def cmd_bench_llm(args) -> None:
     for device in args.devices:
         if args.all_logits:  # the passes as they were before they computed the last position's logits only
             settings.append(
-                {
-                    "device": device,
-                    "batching": False,
-                    "concurrency": 1,
-                    "all_logits": True,
-                    "tree_pass": False,
-                    "label": f"{device}: sequential, prefix KV cache, a pass per branching point, logits at every position",
-                }
+                _sequential(device, "a pass per branching point, logits at every position", all_logits=True, tree_pass=False)
             )
         if args.token_by_token:  # the passes as they were before one tree pass per call
-            settings.append(
-                {
-                    "device": device,
-                    "batching": False,
-                    "concurrency": 1,
-                    "tree_pass": False,
-                    "label": f"{device}: sequential, prefix KV cache, a pass per branching point",
-                }
-            )
-        settings.append(
-            {
-                "device": device,
-                "batching": False,
-                "concurrency": 1,
-                "label": f"{device}: sequential, prefix KV cache, one tree pass per call",
-            }
-        )
+            settings.append(_sequential(device, "a pass per branching point", tree_pass=False))
+        settings.append(_sequential(device, "one tree pass per call"))
         if not args.skip_unbatched_concurrency:
             settings.append(
                 {

@@ -264,18 +264,17 @@ class TransformersChatModel(BaseChatModel):
         argmax could pick nothing else), so the model runs once per branching point; and the
         prompt's longest prefix already computed (the system prompt, or the same episode's
         previous turn) comes from the prefix KV cache instead of being prefilled again. With
-        `batching`, the `ForwardBatcher` answers the whole choice in one pass over the prompt and the
-        trie (tree attention), shared with concurrent calls; no KV cache."""
+        `tree_pass` (the default) the whole choice is one pass on that cache (`decoding.tree_choice`).
+        With `batching`, the `ForwardBatcher` answers it in one pass over the prompt and the trie
+        (tree attention), shared with concurrent calls; no KV cache."""
         import torch
 
         eos = self._tokenizer.eos_token_id
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("the caller stopped waiting (a timeout); decoding stopped")
         if self._batcher is not None:
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled("the caller stopped waiting (a timeout); decoding stopped")
             return self._batcher.choose(prompt, self._flat_trie(completions), eos)
         if self.tree_pass:
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled("the caller stopped waiting (a timeout); decoding stopped")
             return tree_choice(self._model, prompt, self._flat_trie(completions), eos, self._prefix_cache, self._cache_kwarg)
         node, out = self._trie(completions), []
         cache, start = self._prefix_cache.lookup(prompt)
