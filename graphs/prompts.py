@@ -5,8 +5,8 @@ answers one line of JSON. The hidden mask is never mentioned; the agent learns t
 is missing only when a tool answers Null.
 
 Two styles. "compact" (the default) shows each tool in a few words and each observation as its
-evidence's `summary` (the strength line: coverage, how far the top stands out, agreement with the
-first stage): what a small policy routes on, at about a third of the tokens. "full" shows the
+evidence's `summary` (its strength word and coverage, `toolkits.evidence.Strength.brief`): what
+a small policy routes on, at about a fifth of the tokens. "full" shows the
 tools' whole prompt lines and every observation in full (titles, genres, neighbours), for models
 that can read them. The trace keeps full observations either way.
 """
@@ -79,8 +79,8 @@ def request_prompt(n_history: int, n_candidates: int, query: str | None = None, 
     from mma_agent.toolkits.base import quote
 
     asks = f" Request: {quote(query, QUERY_LIMIT)}." if query else ""
-    if style == "compact":
-        return f"History: {n_history} items. Pool: {n_candidates} candidates.{asks}"
+    if style == "compact":  # what repeats across requests first, so the prefix KV cache holds it
+        return f"Pool: {n_candidates} candidates. History: {n_history} items.{asks}"
     return f"The user liked {n_history} items. The pool has {n_candidates} candidates.{asks} Choose your first action."
 
 
@@ -112,9 +112,11 @@ def withhold_request(messages: list[dict], query: str | None) -> list[dict]:
 
 def observation_prompt(observation: str, turn: int, max_turns: int, *, style: PromptStyle = "compact") -> str:
     """An observation as the policy reads it (`observation`: the evidence's summary in the
-    compact style, its whole text in the full style)."""
+    compact style, its whole text in the full style). Each token of it is prefilled on every
+    policy call that follows it (about 1 ms a token on two cores in float32), so the compact
+    style names the turn only when it is the last."""
     left = max_turns - turn
-    if style == "compact":
-        return f"{observation} (turn {turn}/{max_turns}{'' if left > 1 else '; last: score now'})"
+    if style == "compact":  # the turn only where it matters: the budget is in the system prompt
+        return observation if left > 1 else f"{observation} (last turn: score now)"
     hint = " Next action?" if left > 1 else " Last turn: call score_candidates now."
     return f"Observation: {observation}\n(turn {turn} of {max_turns}){hint}"

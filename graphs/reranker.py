@@ -96,7 +96,7 @@ def create_mma_reranker(
     alpha: the first stage's share in the fusion (Eq. 2); max_turns: the action budget.
     scoring: `score_candidates` takes "weights" over the gathered evidence groups, or "scores" per item.
     prompt: "compact" (default) shows the policy each tool in a few words and each observation as
-    its strength line; "full" shows whole tool lines and observations (titles, genres, neighbours),
+    its strength word and coverage; "full" shows whole tool lines and observations (titles, genres, neighbours),
     for models that read them (see graphs/prompts.py). The trace keeps full observations either way.
     router: for variant="rule", (tools, trace) -> action (default: RuleRouter-Fuse's rule;
     `mma_agent.training.routing.LookupRouter` is the learned lookup control).

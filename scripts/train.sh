@@ -5,8 +5,8 @@
 # (explorations are cached by content; trainers resume from their newest checkpoint).
 #   MMA_WORKDIR  the workdir (default .mma, as every mma command); any other mma options go after the script's name
 #   PER_FAMILY  episodes per task family (default 20: 16 support + 4 query)
-#   SFT_STEPS, SFT_INTERACTIVE_STEPS, DPO_STEPS, GRPO_STEPS  optimiser steps per stage (default `mma train sft`'s, 24,
-#   which scripts/main.sh trained already / 60 / 20 / 12; 24 steps route as 60 do: evals/results/training-budget.md)
+#   SFT_STEPS, SFT_INTERACTIVE_STEPS, DPO_STEPS, GRPO_STEPS  optimiser steps per stage (default `mma train sft`'s, 40,
+#   which scripts/main.sh trained already / 60 / 20 / 12; 40 steps route as the lookup control: evals/results/training-budget.md)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 per_family="${PER_FAMILY:-20}"
 if [ -n "${MMA_WORKDIR:-}" ]; then set -- --workdir "$MMA_WORKDIR" "$@"; fi

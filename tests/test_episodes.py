@@ -2,6 +2,7 @@
 does not depend on which policy acts)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -286,7 +287,7 @@ def test_train_dpo_and_grpo_run_and_save_loadable_policies(explored, tmp_path, s
 
 
 @pytest.mark.slow
-def test_train_sft_runs_saves_and_resumes(env, tmp_path, smollm2_models):
+def test_train_sft_runs_saves_and_resumes(env, tmp_path, smollm2_models, caplog):
     from mma_agent.llm import resolve_chat_model
     from mma_agent.training.sft import train_sft
 
@@ -304,6 +305,16 @@ def test_train_sft_runs_saves_and_resumes(env, tmp_path, smollm2_models):
     # the trained policy is a folder the transformers: backend loads
     out = resolve_chat_model(f"transformers:{final}", max_new_tokens=4).invoke("hi")
     assert out.usage_metadata["output_tokens"] <= 4
+    # the same inputs again: the finished checkpoint is resumed, nothing is trained again
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-2" / "model.safetensors"
+    trained = ckpt.stat().st_mtime_ns
+    train_sft(rows, str(base), tmp_path / "run", max_steps=2, batch_size=2)
+    assert ckpt.stat().st_mtime_ns == trained
+    # other rows (say, the prompt's format changed): the old checkpoints are not resumed as the new policy
+    other = [{**r, "completion": [{"role": "assistant", "content": '{"tool": "analyze_image", "args": {}}'}]} for r in rows]
+    with caplog.at_level(logging.WARNING, logger="mma_agent.training.sft"):
+        train_sft(other, str(base), tmp_path / "run", max_steps=2, batch_size=2)
+    assert "other training inputs" in caplog.text and ckpt.stat().st_mtime_ns != trained
 
 
 @pytest.mark.slow

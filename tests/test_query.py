@@ -44,11 +44,11 @@ def test_no_query_is_todays_reranker(graphs):
         opening = outs[0]["messages"][1]["content"]
         n = len(_request()["candidates"])
         expected = (
-            f"History: {{}} items. Pool: {n} candidates."
+            f"Pool: {n} candidates. History: {{}} items."
             if style == "compact"
             else f"The user liked {{}} items. The pool has {n} candidates. Choose your first action."
         )
-        hist = int(opening.split()[1]) if style == "compact" else int(opening.split()[3])
+        hist = int(opening.split()[4]) if style == "compact" else int(opening.split()[3])
         assert opening == expected.format(hist) and outs[0]["warnings"] == []
 
 

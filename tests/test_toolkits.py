@@ -70,6 +70,21 @@ def test_evidence_is_aligned_with_the_pool(setup):
     np.testing.assert_allclose(ev.channels["text_mean"], sims.mean(1), rtol=1e-5)
 
 
+def test_a_compact_observation_is_the_strength_word_and_coverage(setup):
+    """What a compact prompt shows of evidence is what the trained policy's labels read (the
+    strength word) and the coverage; the whole strength line ends the full observation."""
+    from mma_agent.toolkits.evidence import strength_word
+
+    split, catalogue, kits = setup
+    ctx = _ctx(split, catalogue, "full")
+    for kit, tool in TOOLS.items():
+        ev = kits[kit].call(tool, ctx)
+        word = strength_word(ev.observation)
+        assert word and strength_word(ev.brief) == word, (ev.observation, ev.brief)
+        assert ev.brief.startswith("Strength: ") and "z=" not in ev.brief and "first stage" not in ev.brief
+        assert len(ev.brief) < len(ev.observation[ev.observation.index("Strength: ") :]) and "covers" in ev.brief
+
+
 @pytest.mark.parametrize("family", list(TASK_FAMILIES))
 def test_masked_modality_is_null(setup, family):
     split, catalogue, kits = setup

@@ -146,7 +146,7 @@ class ClarifyToolkit(Toolkit):
             spec.name,
             f"User: {said} Best matches: {top_candidates(ctx, score)}.",
             channels,
-            summary=f"The user answered. {strength(ctx, score, None)}",
+            summary=f"The user answered. {strength(ctx, score, None).brief}",
         )
 
     def answer_evidence(self, ctx: EpisodeContext, answer: Answer) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,26 +36,53 @@ def group_score(channels: Iterable[np.ndarray]) -> np.ndarray:
     return np.mean([minmax(v) for v in channels], axis=0)
 
 
-def strength(ctx: EpisodeContext, score: np.ndarray, covered: int | None, k: int = 10) -> str:
-    """One line on how much the evidence says, for a policy to route on: how many history items
-    the modality covers (left out when `covered` is None), how far the top k of the group's score
-    stand out from the pool, and how many of them the first stage also ranks in its top k. Read
-    from the pool and the history only (never the target). It is the evidence's `summary`, all a
-    compact prompt shows of it."""
+@dataclass(frozen=True)
+class Strength:
+    """How much an evidence group says, for a policy to route on: its word (weak / moderate /
+    strong, from `z`), how many history items the modality covers (None where coverage means
+    nothing), how far the top `k` of the group's score stand out from the pool (`z`), and how many
+    of them the first stage also ranks in its top k (None without a first stage).
+
+    `line` (also `str()`) is the whole line, the end of a full observation; `brief` is all a
+    compact prompt shows: the word and the coverage. That is what the trained policy's labels
+    depend on (`training.decisions.signature`: each tool, its Null, its word), in 13 tokens where
+    the whole line takes 38, and each token a call has not cached costs about 0.9 ms of a policy
+    call on two cores in float32 (`evals/results/bench-rerank.md`)."""
+
+    word: str
+    covered: int | None
+    history: int
+    k: int
+    z: float
+    agree: int | None
+
+    @property
+    def line(self) -> str:
+        covers = "" if self.covered is None else f"covers {self.covered}/{self.history} history; "
+        agree = "" if self.agree is None else f"; {self.agree}/{self.k} in first stage's top {self.k}"
+        return f"Strength: {self.word} ({covers}top {self.k} z={self.z:.1f}{agree})."
+
+    @property
+    def brief(self) -> str:
+        return f"Strength: {self.word}" + ("" if self.covered is None else f"; covers {self.covered}/{self.history}") + "."
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def strength(ctx: EpisodeContext, score: np.ndarray, covered: int | None, k: int = 10) -> Strength:
+    """The evidence's `Strength` over the pool: `covered` history items (None: left out), its top
+    k's z, their agreement with the first stage. Read from the pool and the history only (never
+    the target)."""
     k = min(k, len(score))
     top = np.argsort(-score, kind="stable")[:k]
     sd = float(score.std())
     z = 0.0 if sd == 0 else float((score[top].mean() - score.mean()) / sd)
     word = "strong" if z >= STRENGTH_WORDS[1] else "moderate" if z >= STRENGTH_WORDS[0] else "weak"
-    line = (
-        f"Strength: {word} ("
-        + ("" if covered is None else f"covers {covered}/{len(ctx.history)} history; ")
-        + f"top {k} z={z:.1f}"
-    )
+    agree = None
     if ctx.first_stage is not None and len(ctx.first_stage) == len(score):
         agree = len(set(top.tolist()) & set(np.argsort(-ctx.first_stage, kind="stable")[:k].tolist()))
-        line += f"; {agree}/{k} in first stage's top {k}"
-    return line + ")."
+    return Strength(word, covered, len(ctx.history), k, z, agree)
 
 
 def strength_word(text: str) -> str | None:
@@ -124,7 +152,7 @@ def request_match(ctx: EpisodeContext, spec: ToolSpec, words: str | None, simila
     sim = similarity(ctx, words)
     if sim is None:
         return Evidence.none(spec.name, f"no {feature} embeddings were prepared for this catalogue")
-    summary = strength(ctx, sim, None)
+    found = strength(ctx, sim, None)
     # the words are not echoed: the policy's own action holds them, and the scoring view withholds them
-    observation = f"Request words: best {what} matches: {top_candidates(ctx, sim)}. {summary}"
-    return Evidence(spec.name, observation, {spec.channel("sim"): sim}, summary=summary)
+    observation = f"Request words: best {what} matches: {top_candidates(ctx, sim)}. {found.line}"
+    return Evidence(spec.name, observation, {spec.channel("sim"): sim}, summary=found.brief)

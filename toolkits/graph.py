@@ -157,10 +157,10 @@ class GraphToolkit(Toolkit):
         score = seeded_behaviour(ctx, named, self.alpha, self.steps)
         if score is None:
             return Evidence.none(spec.name, "the named items lead nowhere in the pool")
-        summary = strength(ctx, score, None)
+        found = strength(ctx, score, None)
         names = "; ".join(ctx.label(int(i)) for i in named[:3])
-        observation = f"Fans of {names} also like: {top_candidates(ctx, score)}. {summary}"
-        return Evidence(spec.name, observation, {spec.channel("seeded"): score}, summary=summary)
+        observation = f"Fans of {names} also like: {top_candidates(ctx, score)}. {found.line}"
+        return Evidence(spec.name, observation, {spec.channel("seeded"): score}, summary=found.brief)
 
     def retrieve_graph(self, ctx: EpisodeContext, item_ids: list[str] | None = None) -> Evidence:
         spec = self.spec("retrieve_graph")
@@ -185,12 +185,12 @@ class GraphToolkit(Toolkit):
         masked[hist] = 0
         strongest = np.argsort(-masked, kind="stable")[:5]
         score = group_score(channels.values())
-        summary = strength(ctx, score, int((np.diff(graph.co.indptr)[ctx.history] > 0).sum()))
+        found = strength(ctx, score, int((np.diff(graph.co.indptr)[ctx.history] > 0).sum()))
         lines = [
             "Neighbours of the history: " + "; ".join(ctx.label(int(i)) for i in strongest) + ".",
             "Strongest candidates in the graph: " + top_candidates(ctx, score) + ".",
             f"{int((cand_ppr == 0).sum())} candidate(s) are not connected to the history.",
-            summary,
+            found.line,
         ]
         if item_ids:
             idx, unknown = ctx.resolve_in_pool(item_ids)
@@ -205,4 +205,4 @@ class GraphToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else summary)  # details asked for: show them
+        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else found.brief)  # details asked for: show them

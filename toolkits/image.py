@@ -207,7 +207,7 @@ class ImageToolkit(Toolkit):
         centroid = l2_normalize(np.nanmean(h, axis=0))
         score = group_score(channels.values())
         best = np.argsort(-score, kind="stable")[:4]
-        summary = strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum()))
+        found = strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum()))
         lines = [
             "History posters look: " + ", ".join(self.top_tags(centroid)) + ".",
             "Best poster matches: "
@@ -217,7 +217,7 @@ class ImageToolkit(Toolkit):
                 if not np.isnan(emb[ctx.candidates[j]]).any()
             )
             + ".",
-            summary,
+            found.line,
         ]
         if missing_c:
             lines.append(f"{missing_c} candidate(s) have no poster.")
@@ -229,4 +229,4 @@ class ImageToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else summary)  # details asked for: show them
+        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else found.brief)  # details asked for: show them

@@ -144,13 +144,13 @@ class TextToolkit(Toolkit):
         tags = Counter(t for i in ctx.history for t in (view.item_field(int(i), "tags") or "").split("|")[:5] if t)
         n = len(ctx.history)
         score = group_score(channels.values())
-        summary = strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum()))
+        found = strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum()))
         lines = [
             f"History ({n} items) top genres: " + ", ".join(f"{g} {100 * c / n:.0f}%" for g, c in genres.most_common(4)) + ".",
             *(["Frequent tags: " + ", ".join(quote(t, 30) for t, _ in tags.most_common(5)) + "."] if tags else []),
             "Recent: " + "; ".join(ctx.label(int(i)) for i in ctx.history[-3:][::-1]) + ".",
             "Best text matches: " + top_candidates(ctx, score) + ".",
-            summary,
+            found.line,
         ]
         if missing:
             lines.append(f"{missing} candidate(s) have no text.")
@@ -162,4 +162,4 @@ class TextToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else summary)  # details asked for: show them
+        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else found.brief)  # details asked for: show them

@@ -163,18 +163,23 @@ def explore_support(
 ) -> tuple[list[dict], float]:
     """`explore_plans` on episodes (the support part, or `name="query"` for the held-out part),
     cached under the workdir by content (the episodes and their pools, the plan space, the
-    prompt the policy reads, the evidence's models, the data), and the seconds it took (0 when
-    cached)."""
+    prompt the policy reads and how evidence reads in it, the evidence's models, the data), and
+    the seconds it took (0 when cached)."""
     from mma_agent.graphs.prompts import observation_prompt, request_prompt, system_prompt
     from mma_agent.modalities import Modality
     from mma_agent.models.relevance import relevance_feature
+    from mma_agent.toolkits.evidence import Strength
 
     tools = tool_vocabulary(toolkits)
     plans = action_plans(tools, interactive=interactive)
+    sample = Strength("strong", 1, 2, 10, 2.0, 1)
     shown = [
         system_prompt(tools.names(interactive=interactive), "weights", 8, tools=tools, style=prompt),
         request_prompt(1, 2, style=prompt),
         observation_prompt("o", 1, 8, style=prompt),
+        observation_prompt("o", 7, 8, style=prompt),  # the last turn's
+        sample.line,  # how evidence reads in a full observation
+        sample.brief,  # and in a compact one
     ]
     learned = sorted(
         (m for m in Modality if relevance_feature(m) in catalogue.features), key=relevance_feature

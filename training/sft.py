@@ -135,7 +135,7 @@ def train_and_save(trainer, tok, out_dir: Path, title: str, curves: dict[str, st
     policy folder, the log history and a training-curve plot beside it. Shared by SFT, DPO and GRPO."""
     from mma_agent.plots import line_plot
 
-    resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
+    resume = _checkpoints_for(trainer, tok, out_dir)
     trainer.train(resume_from_checkpoint=True if resume else None)
     final = out_dir / "policy"
     model = trainer.model
@@ -153,3 +153,30 @@ def train_and_save(trainer, tok, out_dir: Path, title: str, curves: dict[str, st
     if series:
         line_plot(series, out_dir / "training-curve.png", xlabel="step", ylabel="value", title=title)
     return final
+
+
+# the trainer's arguments that a run may change and still continue its checkpoints: a larger
+# budget continues training; where and how often it logs and saves changes no weight
+RESUMABLE_ARGS = ("output_dir", "logging_dir", "max_steps", "save_steps", "logging_steps", "save_total_limit")
+
+
+def _checkpoints_for(trainer, tok, out_dir: Path) -> bool:
+    """Whether out_dir holds checkpoints of this very training (the same rows, base model and
+    arguments but the budget): resume them. Checkpoints of other inputs (rows from another prompt
+    format, another base) are removed with a warning, never resumed: resuming them would save the
+    old policy as the new one. The inputs' digest is kept beside the checkpoints."""
+    import shutil
+
+    from mma_agent.util import atomic_write_text, json_digest
+
+    args = {k: v for k, v in trainer.args.to_dict().items() if k not in RESUMABLE_ARGS}
+    key = json_digest([trainer.train_dataset.to_list(), tok.name_or_path, args])
+    stamp, checkpoints = out_dir / "inputs-digest.txt", out_dir / "checkpoints"
+    have = any(checkpoints.glob("checkpoint-*"))
+    if have and (not stamp.is_file() or stamp.read_text().strip() != key):
+        log.warning("%s holds checkpoints of other training inputs: removed, training starts over", checkpoints)
+        shutil.rmtree(checkpoints)
+        have = False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, key + "\n")
+    return have

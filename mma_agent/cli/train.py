@@ -11,7 +11,7 @@ from mma_agent.cli.common import _pipeline
 from mma_agent.cli.request import request_agreement, request_rows
 from mma_agent.util import format_table
 
-SFT_STEPS = 24  # `mma train sft`'s default optimiser steps, inside the main job's budget
+SFT_STEPS = 40  # `mma train sft`'s default optimiser steps, inside the main job's budget
 
 
 def cmd_train_record(args) -> None:
@@ -311,9 +311,10 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     ts = train.add_parser(
         "sft", parents=[common], help="SFT on the best action at every explored state of the support episodes (TRL)"
     )
-    # 24 steps of 8 rows: the main job's budget (about 6 minutes on two cores). Measured: the policy
-    # it trains routes as the 60-step one and as the lookup control on every held-out state and query
-    # episode (evals/results/training-budget.md)
+    # 40 steps of 8 rows: the main job's budget (about 6 minutes on two cores with the compact
+    # prompt's short observations). Measured: the policy it trains routes as the lookup control on
+    # every query episode; at 24 steps it chose the other tool after a graph Null (its label is
+    # analyze_text) on 42 of 140 pools (evals/results/training-budget.md)
     trainer_args(ts, SFT_STEPS, 5e-4, 8)
     ts.add_argument(
         "--rows",
