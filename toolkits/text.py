@@ -162,4 +162,5 @@ class TextToolkit(Toolkit):
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
-        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else found.brief)  # details asked for: show them
+        # details asked for: the policy reads them whole
+        return Evidence(spec.name, " ".join(lines), channels, summary="" if item_ids else found.brief)
