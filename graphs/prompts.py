@@ -6,7 +6,7 @@ is missing only when a tool answers Null.
 
 Two styles. "compact" (the default) shows each tool in a few words and each observation as its
 evidence's `summary` (its strength word and coverage, `toolkits.evidence.Strength.brief`): what
-a small policy routes on, at about a fifth of the tokens. "full" shows the
+a small policy routes on, in a few tokens. "full" shows the
 tools' whole prompt lines and every observation in full (titles, genres, neighbours), for models
 that can read them. The trace keeps full observations either way.
 """
@@ -113,7 +113,7 @@ def withhold_request(messages: list[dict], query: str | None) -> list[dict]:
 def observation_prompt(observation: str, turn: int, max_turns: int, *, style: PromptStyle = "compact") -> str:
     """An observation as the policy reads it (`observation`: the evidence's summary in the
     compact style, its whole text in the full style). Each token of it is prefilled on every
-    policy call that follows it (about 1 ms a token on two cores in float32), so the compact
+    policy call that follows it (about 0.9 ms a token on two cores in float32), so the compact
     style names the turn only when it is the last."""
     left = max_turns - turn
     if style == "compact":  # the turn only where it matters: the budget is in the system prompt
