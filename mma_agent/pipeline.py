@@ -1,4 +1,5 @@
-"""The data -> retrieval -> pools pipeline behind `mma data stats`, `mma retrieve` and `mma pools`.
+"""The data -> retrieval -> pools pipeline: the artefacts behind `mma data stats`, `mma retrieve`,
+`mma pools` and `mma relevance` (the tables those commands print are built in `cli.data`).
 
 Artefacts go under ``<workdir>/<split fingerprint>/`` so a changed data set or split config never
 reuses stale files; each step skips work whose artefact already exists (resume after a crash).
@@ -27,14 +28,13 @@ from mma_agent.data.pools import (
     PoolSet,
     Queries,
     heldout_queries,
-    pool_metrics,
     retrieve_pools,
     select_first_stage,
 )
 from mma_agent.data.schema import Dataset
 from mma_agent.data.splits import Split, split_dataset
 from mma_agent.modalities import TASK_FAMILIES, Modality, family_mask
-from mma_agent.models.retrievers import RETRIEVERS, Retriever, create_retriever, full_sort_metrics, load_retriever
+from mma_agent.models.retrievers import Retriever, create_retriever, full_sort_metrics, load_retriever
 from mma_agent.util import atomic_write_text, digest, json_digest
 
 if TYPE_CHECKING:
@@ -168,37 +168,6 @@ class Pipeline:
         r.save(path)
         return r, seconds
 
-    def retrieve(self, names: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
-        from mma_agent.plots import line_plot
-
-        rows, curves = [], {}
-        for name in names or list(RETRIEVERS):
-            r, seconds = self.retriever(name, retrain=retrain)
-            curve = getattr(r, "curve", None)
-            if curve is not None and len(curve):
-                curves[name] = (curve[:, 0].tolist(), curve[:, 2].tolist())
-            valid = full_sort_metrics(r, self.split, "valid", ks=(20,))
-            test = full_sort_metrics(r, self.split, "test", ks=(20,))
-            rows.append(
-                {
-                    "retriever": name,
-                    "valid Recall@20": valid["recall@20"],
-                    "valid NDCG@20": valid["ndcg@20"],
-                    "test Recall@20": test["recall@20"],
-                    "test NDCG@20": test["ndcg@20"],
-                    "train s": "cached" if seconds is None else f"{seconds:.1f}",
-                }
-            )
-        if curves:
-            line_plot(
-                curves,
-                self.root / "retrievers" / "training-curves.png",
-                xlabel="epoch",
-                ylabel="validation Recall@20",
-                title="First-stage retrievers (best epoch kept)",
-            )
-        return rows
-
     # --- learned relevance channels -------------------------------------------------------
     def relevance_path(self, modality: Modality) -> Path:
         key = [self.config.relevance.model_dump(mode="json"), self._pool_tag]
@@ -232,46 +201,6 @@ class Pipeline:
         model.save(path)
         atomic_write_text(path.with_suffix(".json"), json.dumps(report, indent=1))
         return model, report
-
-    def train_relevance(self, modalities: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
-        """`mma relevance`: each toolkit's learned channel (trained now or loaded), a row per
-        modality with the channel's validation NDCG@10 alone and its training time, and the
-        validation curves as a plot beside the models. A modality whose family has no
-        validation pools is skipped with a row saying why."""
-        from mma_agent.plots import line_plot
-
-        rows, curves = [], {}
-        for m in modalities or list(RELEVANCE_FAMILY):
-            m = Modality(m)
-            try:
-                _, report = self.relevance(m, retrain=retrain)
-            except NoFirstStageError as err:
-                log.warning("%s", err)
-                rows.append({"modality": str(m), "chosen on": RELEVANCE_FAMILY[m], "model": f"skipped: {err}"})
-                continue
-            if report is None:
-                report = json.loads(self.relevance_path(m).with_suffix(".json").read_text())
-                report["seconds"] = None
-            for name, points in report["curve"].items():
-                curves[f"{m}: {report['model']} ({name})"] = ([x for x, _ in points], [y for _, y in points])
-            rows.append(
-                {
-                    "modality": str(m),
-                    "chosen on": RELEVANCE_FAMILY[m],
-                    "model": report["model"],
-                    "valid NDCG@10 (channel alone)": round(report["valid"], 4),
-                    "train s": "cached" if report["seconds"] is None else f"{report['seconds']:.1f}",
-                }
-            )
-        if curves:
-            line_plot(
-                curves,
-                self.root / "relevance" / "validation-curves.png",
-                xlabel="epoch (text, image) or EASE lambda (behaviour)",
-                ylabel="validation NDCG@10, channel alone",
-                title="Learned relevance channels (best kept)",
-            )
-        return rows
 
     # --- pools (protocol v2) ---------------------------------------------------------------
     def pool_view(self, family: str) -> ModalityView:
@@ -379,33 +308,3 @@ class Pipeline:
             size=self.config.pools.size,
             rrf_k=self.config.pools.rrf_k,
         )
-
-    def build_all_pools(self, families: list[str] | None = None, splits: tuple[str, ...] = ("valid", "test")) -> list[dict]:
-        """Every family's pools on each split; a family no retriever can serve is skipped with a
-        warning and a row saying why."""
-        rows = []
-        for target_split in splits:
-            for family in families or list(TASK_FAMILIES):
-                start = time.perf_counter()
-                try:
-                    pools = self.pools(family, target_split)
-                except NoFirstStageError as err:
-                    log.warning("%s", err)
-                    rows.append({"split": target_split, "family": family, "pools": 0, "first stage": "skipped: " + str(err)})
-                    continue
-                rows.append(
-                    {
-                        "split": target_split,
-                        "family": family,
-                        "pools": len(pools),
-                        "first stage": pools.meta["first_stage_name"],
-                        "valid Recall@100 (choice)": round(pools.meta["valid_recall"], 4),
-                        "Recall@size": round(pools.recall_ceiling(), 4),
-                        "pools with a relevant item": f"{100 * (pools.recall() > 0).mean():.1f}%",
-                        "first-stage NDCG@10": round(pool_metrics(pools)["ndcg@10"], 4),
-                        "skipped": sum(pools.meta["skipped"].values()),
-                        "hash": pools.content_hash(),
-                        "s": f"{time.perf_counter() - start:.1f}",
-                    }
-                )
-        return rows

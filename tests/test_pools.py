@@ -100,6 +100,7 @@ def test_leak_guard_can_fail(tiny_split):
 def test_the_pipeline_guard_holds_end_to_end(tiny_root, tmp_path):
     """Through the pipeline (first stage chosen on validation, LightGCN trained on train): test
     pools do not move when every test positive is replaced."""
+    from mma_agent.cli.data import pool_table
     from mma_agent.config import PipelineConfig
     from mma_agent.pipeline import Pipeline
 
@@ -113,7 +114,7 @@ def test_the_pipeline_guard_holds_end_to_end(tiny_root, tmp_path):
         }
     )
     p = Pipeline(cfg)
-    rows = p.build_all_pools()
+    rows = pool_table(p)
     assert {r["family"] for r in rows} == set(TASK_FAMILIES) and all(r["pools"] > 0 for r in rows)
     q = Pipeline(cfg.model_copy(update={"workdir": tmp_path / "other"}))
     q.__dict__["split"] = _replace_heldout(p.split, "test")
@@ -146,6 +147,7 @@ def test_a_modality_missing_everywhere_and_empty_histories_are_skipped_and_count
 
 
 def test_pipeline_skips_a_family_without_a_retriever(tiny_root, tmp_path):
+    from mma_agent.cli.data import pool_table
     from mma_agent.config import PipelineConfig
     from mma_agent.pipeline import Pipeline
 
@@ -160,7 +162,7 @@ def test_pipeline_skips_a_family_without_a_retriever(tiny_root, tmp_path):
     )
     p = Pipeline(cfg)
     p.__dict__["image_embeddings"] = np.full((p.split.n_items, 4), np.nan, dtype=np.float32)  # no poster decodes
-    rows = {r["family"]: r for r in p.build_all_pools(splits=("test",))}
+    rows = {r["family"]: r for r in pool_table(p, splits=("test",))}
     assert rows["image-only"]["pools"] == 0 and "usable image embedding" in rows["image-only"]["first stage"]
     assert rows["full"]["pools"] > 0 and "image" not in rows["full"]["first stage"]
     assert rows["no-text"]["first stage"] == "LightGCN (behaviour)"

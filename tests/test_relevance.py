@@ -84,6 +84,7 @@ def test_two_tower_training_learns_what_users_like_from_frozen_features():
 def test_the_pipeline_step_trains_once_and_the_toolkits_add_the_channel_under_the_mask(tiny_root, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sentence_transformers")
+    from mma_agent.cli.data import relevance_table
     from mma_agent.config import PipelineConfig
     from mma_agent.modalities import family_mask
     from mma_agent.pipeline import Pipeline
@@ -100,7 +101,7 @@ def test_the_pipeline_step_trains_once_and_the_toolkits_add_the_channel_under_th
         }
     )
     p = Pipeline(cfg)
-    rows = p.train_relevance(["text", "behaviour"])
+    rows = relevance_table(p, ["text", "behaviour"])
     assert [r["modality"] for r in rows] == ["text", "behaviour"] and all(r["train s"] != "cached" for r in rows)
     try:
         import matplotlib  # noqa: F401  (optional: the plot is skipped without it)
@@ -108,7 +109,7 @@ def test_the_pipeline_step_trains_once_and_the_toolkits_add_the_channel_under_th
         assert (p.root / "relevance" / "validation-curves.png").is_file()
     except ImportError:
         pass
-    again = Pipeline(cfg).train_relevance(["text", "behaviour"])
+    again = relevance_table(Pipeline(cfg), ["text", "behaviour"])
     assert all(r["train s"] == "cached" for r in again) and [r["valid NDCG@10 (channel alone)"] for r in again] == [
         r["valid NDCG@10 (channel alone)"] for r in rows
     ]

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mma_agent.cli.common import _pipeline
 from mma_agent.util import format_table
+
+if TYPE_CHECKING:
+    from mma_agent.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
 
 
 def cmd_data_stats(args) -> None:
@@ -32,14 +39,14 @@ def cmd_data_convert(args) -> None:
 
 def cmd_retrieve(args) -> None:
     p = _pipeline(args)
-    rows = p.retrieve(args.only, retrain=args.retrain)
+    rows = retriever_table(p, args.only, retrain=args.retrain)
     print(format_table(rows, "First-stage retrievers: full-sort ranking, train items excluded"))
     print(f"training curves: {p.root / 'retrievers' / 'training-curves.png'}")
 
 
 def cmd_pools(args) -> None:
     p = _pipeline(args)
-    rows = p.build_all_pools(args.families, tuple(args.splits))
+    rows = pool_table(p, args.families, tuple(args.splits))
     sel = p.first_stage_selection()
     chosen = {c: [f for f, v in sel["families"].items() if v == c] for c in sel["recall"]}
     print(
@@ -56,7 +63,7 @@ def cmd_pools(args) -> None:
 
 def cmd_relevance(args) -> None:
     p = _pipeline(args)
-    rows = p.train_relevance(args.modalities, retrain=args.retrain)
+    rows = relevance_table(p, args.modalities, retrain=args.retrain)
     print(
         format_table(
             rows,
@@ -64,6 +71,119 @@ def cmd_relevance(args) -> None:
         )
     )
     print(f"validation curves: {p.root / 'relevance' / 'validation-curves.png'}")
+
+
+def retriever_table(p: Pipeline, names: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
+    """`mma retrieve`: each first-stage retriever (trained now or loaded), a row with its full-sort
+    validation and test metrics and training time, and the training curves as a plot beside them."""
+    from mma_agent.models.retrievers import RETRIEVERS, full_sort_metrics
+    from mma_agent.plots import line_plot
+
+    rows, curves = [], {}
+    for name in names or list(RETRIEVERS):
+        r, seconds = p.retriever(name, retrain=retrain)
+        curve = getattr(r, "curve", None)
+        if curve is not None and len(curve):
+            curves[name] = (curve[:, 0].tolist(), curve[:, 2].tolist())
+        valid = full_sort_metrics(r, p.split, "valid", ks=(20,))
+        test = full_sort_metrics(r, p.split, "test", ks=(20,))
+        rows.append(
+            {
+                "retriever": name,
+                "valid Recall@20": valid["recall@20"],
+                "valid NDCG@20": valid["ndcg@20"],
+                "test Recall@20": test["recall@20"],
+                "test NDCG@20": test["ndcg@20"],
+                "train s": "cached" if seconds is None else f"{seconds:.1f}",
+            }
+        )
+    if curves:
+        line_plot(
+            curves,
+            p.root / "retrievers" / "training-curves.png",
+            xlabel="epoch",
+            ylabel="validation Recall@20",
+            title="First-stage retrievers (best epoch kept)",
+        )
+    return rows
+
+
+def relevance_table(p: Pipeline, modalities: list[str] | None = None, *, retrain: bool = False) -> list[dict]:
+    """`mma relevance`: each toolkit's learned channel (trained now or loaded), a row per
+    modality with the channel's validation NDCG@10 alone and its training time, and the
+    validation curves as a plot beside the models. A modality whose family has no
+    validation pools is skipped with a row saying why."""
+    from mma_agent.data.pools import NoFirstStageError
+    from mma_agent.modalities import Modality
+    from mma_agent.pipeline import RELEVANCE_FAMILY
+    from mma_agent.plots import line_plot
+
+    rows, curves = [], {}
+    for m in modalities or list(RELEVANCE_FAMILY):
+        m = Modality(m)
+        try:
+            _, report = p.relevance(m, retrain=retrain)
+        except NoFirstStageError as err:
+            log.warning("%s", err)
+            rows.append({"modality": str(m), "chosen on": RELEVANCE_FAMILY[m], "model": f"skipped: {err}"})
+            continue
+        if report is None:
+            report = json.loads(p.relevance_path(m).with_suffix(".json").read_text())
+            report["seconds"] = None
+        for name, points in report["curve"].items():
+            curves[f"{m}: {report['model']} ({name})"] = ([x for x, _ in points], [y for _, y in points])
+        rows.append(
+            {
+                "modality": str(m),
+                "chosen on": RELEVANCE_FAMILY[m],
+                "model": report["model"],
+                "valid NDCG@10 (channel alone)": round(report["valid"], 4),
+                "train s": "cached" if report["seconds"] is None else f"{report['seconds']:.1f}",
+            }
+        )
+    if curves:
+        line_plot(
+            curves,
+            p.root / "relevance" / "validation-curves.png",
+            xlabel="epoch (text, image) or EASE lambda (behaviour)",
+            ylabel="validation NDCG@10, channel alone",
+            title="Learned relevance channels (best kept)",
+        )
+    return rows
+
+
+def pool_table(p: Pipeline, families: list[str] | None = None, splits: tuple[str, ...] = ("valid", "test")) -> list[dict]:
+    """Every family's pools on each split; a family no retriever can serve is skipped with a
+    warning and a row saying why."""
+    from mma_agent.data.pools import NoFirstStageError, pool_metrics
+    from mma_agent.modalities import TASK_FAMILIES
+
+    rows = []
+    for target_split in splits:
+        for family in families or list(TASK_FAMILIES):
+            start = time.perf_counter()
+            try:
+                pools = p.pools(family, target_split)
+            except NoFirstStageError as err:
+                log.warning("%s", err)
+                rows.append({"split": target_split, "family": family, "pools": 0, "first stage": "skipped: " + str(err)})
+                continue
+            rows.append(
+                {
+                    "split": target_split,
+                    "family": family,
+                    "pools": len(pools),
+                    "first stage": pools.meta["first_stage_name"],
+                    "valid Recall@100 (choice)": round(pools.meta["valid_recall"], 4),
+                    "Recall@size": round(pools.recall_ceiling(), 4),
+                    "pools with a relevant item": f"{100 * (pools.recall() > 0).mean():.1f}%",
+                    "first-stage NDCG@10": round(pool_metrics(pools)["ndcg@10"], 4),
+                    "skipped": sum(pools.meta["skipped"].values()),
+                    "hash": pools.content_hash(),
+                    "s": f"{time.perf_counter() - start:.1f}",
+                }
+            )
+    return rows
 
 
 def cmd_clip_train(args) -> None:
