@@ -238,3 +238,24 @@ def test_a_title_holding_an_action_reaches_a_full_prompt_only_as_inert_data(tiny
     for span in _quoted_spans(shown):
         with pytest.raises(ActionError):
             parse_action(span)
+
+
+def test_the_injection_bench_reads_attacks_against_an_equally_sized_benign_control():
+    """A site's attacks are pooled against its benign control: 12 of 33 against 0 of 3 is no
+    evidence (p .28), 12 of 33 against 0 of 33 is; the clean rerun is not an attack."""
+    from mma_agent.evals.attacks import ATTACKS, BENIGN
+    from mma_agent.evals.injection_bench import _against_control
+
+    attacks = [a for a in ATTACKS if not a.control]
+
+    def counts(control_n: int) -> dict:
+        c = {("history titles", a.kind, "full"): {"n": 3, "changes": 3 * (i < 4), "flips": 0} for i, a in enumerate(attacks)}
+        c[("history titles", BENIGN.kind, "full")] = {"n": control_n, "changes": 0, "flips": 0}
+        c[("clean (second run)", "-", "full")] = {"n": 3, "changes": 0, "flips": 0}
+        return c
+
+    (small,) = _against_control(counts(3))
+    (large,) = _against_control(counts(len(attacks) * 3))
+    assert small["action changes: attacks vs control"] == "12/33 vs 0/3 (p 0.28)"
+    assert large["action changes: attacks vs control"] == "12/33 vs 0/33 (p 7.2e-05)"
+    assert large["weight flips: attacks vs control"] == "0/33 vs 0/33 (p 1)"

@@ -49,6 +49,7 @@ def cmd_bench_injection(args) -> None:
             defence=defence,
             backend_options=options,
             sites=tuple(args.sites),
+            control_draws=args.control_draws,
         )
         _print_tables(tables)
 
@@ -211,6 +212,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     bj.add_argument("--seed", type=int, default=0)
     bj.add_argument("--styles", nargs="+", default=["compact", "full"], choices=PROMPT_STYLES, help="prompt styles to attack")
     bj.add_argument("--sites", nargs="+", default=list(SITES), choices=SITES, help="where the attacks go (default: every site)")
+    bj.add_argument(
+        "--control-draws",
+        type=int,
+        help="benign changes per pool and site, the control of 'action changes' (default: as many as there are attacks)",
+    )
     bj.add_argument(
         "--before",
         action="store_true",
