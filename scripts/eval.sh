@@ -6,7 +6,9 @@
 #   LLM_VALID    pools per family for the LLM methods' validation subset, which picks their alpha (default 50)
 #   LLM_TEST     pools per family for their test subset: N for the OOMA families, then full=N (default "100 full=300":
 #                300 OOMA pools pooled and 300 full-family pools, the paired comparison every LLM row is in)
-#   LLM_METHODS  the LLM rows (default: all of them; listwise and ReAct cost about 8 and 6 s per episode on two cores)
+#   LLM_METHODS  the LLM rows (default: all of them)
+#   SLOW_VALID, SLOW_TEST  the same for the LLM listwise and ReAct baselines, whose long prompts and free-form
+#                replies cost 10 to 60 s per episode on two cores (default 10 and "20 full=60": nested in the above)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 run="${RUN:-main-v2}"
 read -r -a test_limit <<< "${LLM_TEST:-100 full=300}"
@@ -19,10 +21,13 @@ mma eval run --run "$run" --seeds 0 1 2 3 4 --methods first-stage popularity ite
 # the LLM rows on one nested seeded subset of the OOMA and full families (validation picks alpha)
 trained=(--trained "SFT=transformers:$work/train/sft/policy")   # MMA-Interactive runs it
 oomafull=(--families text-only image-only behaviour-only full)
+read -r -a slow_test <<< "${SLOW_TEST:-20 full=60}"
 for m in "${llm_methods[@]}"; do
   [ "$m" = rule ] && continue
-  mma eval run --run "$run" --splits valid --llm-limit "${LLM_VALID:-50}" --methods "$m" "${oomafull[@]}" "${trained[@]}"
-  mma eval run --run "$run" --splits test --llm-limit "${test_limit[@]}" --methods "$m" "${oomafull[@]}" "${trained[@]}"
+  valid=("${LLM_VALID:-50}") test=("${test_limit[@]}")
+  if [ "$m" = listwise ] || [ "$m" = react ]; then valid=("${SLOW_VALID:-10}") test=("${slow_test[@]}"); fi
+  mma eval run --run "$run" --splits valid --llm-limit "${valid[@]}" --methods "$m" "${oomafull[@]}" "${trained[@]}"
+  mma eval run --run "$run" --splits test --llm-limit "${test[@]}" --methods "$m" "${oomafull[@]}" "${trained[@]}"
 done
 mma eval report "$run" --out evals/results
 echo "evaluation wall time: $((SECONDS - t0)) s"

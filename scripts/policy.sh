@@ -18,12 +18,14 @@ t0=$SECONDS
 mma eval run --run "$run" --fresh --methods lookup
 mma eval run --run "$run" --llm-limit "${LLM_LIMIT:-40}" --methods mma-zero-shot mma-sft mma-interactive --trained "SFT=$sft" --interactive-policy "$asking"
 mma eval report "$run" --out "$out" --alpha-on paired --title "Policies on MovieLens-posters (protocol v2): MMA-Auto zero-shot and trained, MMA-Interactive, the lookup control"
-# the bench: the embedded model before (zero-shot) and after (SFT), in-process and over `mma serve` (openai:, one process serving the SFT policy)
+# the bench of #28: the embedded default (SFT) in-process in the hardware's dtype and in float32, and over `mma serve`
+# (openai:, one process serving it), beside zero-shot and RuleRouter-Fuse: evals/results/bench-rerank.md
 log="$(mktemp)"
 mma serve --model "$sft" --port 0 > "$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
 until url="$(grep -o 'http://127.0.0.1:[0-9]*/v1' "$log")"; do kill -0 $server || { cat "$log"; exit 1; }; sleep 1; done
-mma bench rerank --model "zero-shot=transformers:smollm2-135m" "SFT=$sft" "SFT over mma serve=openai:$sft" --base-url "$url" \
-  --interactive-model "SFT-interactive=$asking" | tee evals/results/bench-rerank.md
+mma bench rerank --config configs/default.yaml --episodes 20 --prompts compact --dtypes auto float32 \
+  --model "trained (SFT)=$sft" "trained (SFT) over mma serve=openai:$sft" "zero-shot=transformers:smollm2-135m" --base-url "$url" \
+  | tee evals/results/bench-rerank.md
 echo "policy evaluation wall time: $((SECONDS - t0)) s"
