@@ -7,8 +7,9 @@
 #   LLM_TEST     pools per family for their test subset: N for the OOMA families, then full=N (default "100 full=300":
 #                300 OOMA pools pooled and 300 full-family pools, the paired comparison every LLM row is in)
 #   LLM_METHODS  the LLM rows (default: all of them)
-#   SLOW_VALID, SLOW_TEST  the same for the LLM listwise and ReAct baselines, whose long prompts and free-form
-#                replies cost 10 to 60 s per episode on two cores (default 10 and "20 full=60": nested in the above)
+#   SLOW_VALID, SLOW_TEST  the same for the LLM listwise and ReAct baselines (default 10 and "20 full=60": nested
+#                in the above): listwise took 1.4-3 s an episode on two cores, ReAct (up to 8 free-form turns of up
+#                to 96 tokens) about 4 minutes beside other jobs
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 run="${RUN:-main-v2}"
 read -r -a test_limit <<< "${LLM_TEST:-100 full=300}"
