@@ -43,7 +43,7 @@ class Strength:
     nothing), how far the top `k` of the group's score stand out from the pool (`z`), and how many
     of them the first stage also ranks in its top k (None without a first stage).
 
-    `line` (also `str()`) is the whole line, the end of a full observation; `brief` is all a
+    `line` is the whole line, the end of a full observation; `brief` is all a
     compact prompt shows: the word and the coverage. That is what the trained policy's labels
     depend on (`training.decisions.signature`: each tool, its Null, its word), in 13 tokens where
     the whole line takes 38, and each token a call has not cached costs about 0.9 ms of a policy
@@ -65,9 +65,6 @@ class Strength:
     @property
     def brief(self) -> str:
         return f"Strength: {self.word}" + ("" if self.covered is None else f"; covers {self.covered}/{self.history}") + "."
-
-    def __str__(self) -> str:
-        return self.line
 
 
 def strength(ctx: EpisodeContext, score: np.ndarray, covered: int | None, k: int = 10) -> Strength:
