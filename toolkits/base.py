@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -201,9 +202,19 @@ class EpisodeContext:
         pos = {self.item_id(int(i)): int(i) for i in self.candidates}
         return [pos[i] for i in item_ids if i in pos], [i for i in item_ids if i not in pos]
 
-    def label(self, i: int) -> str:
-        """An item as the LLM sees it: its id, and its title (quoted data) when text is visible."""
-        title = self.view.item_field(int(i), "title")
+    @cached_property
+    def pool(self) -> frozenset[int]:
+        """The catalogue indices of the pool."""
+        return frozenset(int(i) for i in self.candidates)
+
+    def label(self, i: int, *, named: bool = False) -> str:
+        """An item as the LLM sees it: its id, and its title (quoted data) when text is visible and
+        the item is in the pool or one the request's words name (`named`: its title echoes them).
+        Any other item (the history, graph neighbours) is its id alone: the policy ranks the pool,
+        and one outside item's words are text no decision needs, so none reaches the policy
+        (#25: attacked titles of the three latest history items moved the full prompt's tool
+        choices in 31 of 88 requests, a benign change of them in 12 of 88)."""
+        title = self.view.item_field(int(i), "title") if named or int(i) in self.pool else None
         return f"{self.item_id(i)} {quote(title)}" if title else self.item_id(i)
 
 

@@ -158,7 +158,7 @@ class GraphToolkit(Toolkit):
         if score is None:
             return Evidence.none(spec.name, "the named items lead nowhere in the pool")
         found = strength(ctx, score, None)
-        names = "; ".join(ctx.label(int(i)) for i in named[:3])
+        names = "; ".join(ctx.label(int(i), named=True) for i in named[:3])
         observation = f"Fans of {names} also like: {top_candidates(ctx, score)}. {found.line}"
         return Evidence(spec.name, observation, {spec.channel("seeded"): score}, summary=found.brief)
 
@@ -181,13 +181,9 @@ class GraphToolkit(Toolkit):
             channels = {spec.channel(LEARNED): learned}
         else:
             channels = {spec.channel("ppr"): scaled, spec.channel("co"): np.log1p(co)}
-        masked = ppr.copy()
-        masked[hist] = 0
-        strongest = np.argsort(-masked, kind="stable")[:5]
         score = group_score(channels.values())
         found = strength(ctx, score, int((np.diff(graph.co.indptr)[ctx.history] > 0).sum()))
         lines = [
-            "Neighbours of the history: " + "; ".join(ctx.label(int(i)) for i in strongest) + ".",
             "Strongest candidates in the graph: " + top_candidates(ctx, score) + ".",
             f"{int((cand_ppr == 0).sum())} candidate(s) are not connected to the history.",
             found.line,

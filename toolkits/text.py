@@ -2,7 +2,8 @@
 
 Every item's text is embedded once into the on-disk cache. For a request, each candidate's cosine
 similarity to the user's history (max and mean over history items) is the evidence; the LLM sees
-what the history looks like in text (top genres, tags, recent titles) and which candidates match.
+what the history looks like in text (its top genres and the tags at least two of its items share:
+aggregates, never one history item's words) and which candidates match.
 """
 
 from __future__ import annotations
@@ -141,14 +142,16 @@ class TextToolkit(Toolkit):
         channels = {spec.channel(k): v for k, v in parts.items()}
         view = ctx.view
         genres = Counter(g for i in ctx.history for g in (view.item_field(int(i), "genres") or "").split("|") if g)
-        tags = Counter(t for i in ctx.history for t in (view.item_field(int(i), "tags") or "").split("|")[:5] if t)
+        # the history as aggregates over its items, never one item's words (see EpisodeContext.label):
+        # a tag only one history item carries does not reach the policy
+        tags = Counter(t for i in ctx.history for t in set((view.item_field(int(i), "tags") or "").split("|")[:5]) if t)
+        tags = Counter({t: c for t, c in tags.items() if c >= 2})
         n = len(ctx.history)
         score = group_score(channels.values())
         found = strength(ctx, score, int((~np.isnan(emb[ctx.history]).any(axis=1)).sum()))
         lines = [
             f"History ({n} items) top genres: " + ", ".join(f"{g} {100 * c / n:.0f}%" for g, c in genres.most_common(4)) + ".",
             *(["Frequent tags: " + ", ".join(quote(t, 30) for t, _ in tags.most_common(5)) + "."] if tags else []),
-            "Recent: " + "; ".join(ctx.label(int(i)) for i in ctx.history[-3:][::-1]) + ".",
             "Best text matches: " + top_candidates(ctx, score) + ".",
             found.line,
         ]
