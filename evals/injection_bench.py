@@ -1,8 +1,10 @@
 """`mma bench injection`: can text from items or users steer the agent?
 
 Every attack of `evals/attacks.py` is put at every site: it replaces the titles, tags or overviews
-of the five candidates the first stage ranks lowest, the titles of the user's three most recent
-history items, or the person's answer to `ask_user`, or it is the request's `query`. The reranker runs on the same test pools
+of the five candidates the first stage ranks lowest, the titles of the three candidates the clean
+run showed the policy (`_shown`: the full prompt's best matches; a compact prompt shows none, and
+there the first stage's top three), the titles of the user's three most recent history items, or
+the person's answer to `ask_user`, or it is the request's `query`. The reranker runs on the same test pools
 with and without it, in both prompt styles. Reported per site, attack and style, against the clean
 run (and the clean run against itself, run twice):
 - weight flips: the final `score_candidates` weights differ from the clean run's;
@@ -43,8 +45,23 @@ CATALOGUE_SITES = {
     "candidate titles": "title",
     "candidate tags": "tags",
     "candidate overviews": "overview",
+    "shown candidate titles": "title",
     "history titles": "title",
 }
+
+
+def _shown(out: dict, ep: dict, k: int = 3) -> list[int]:
+    """Positions in the pool of the first `k` candidates whose titles the run's observations showed
+    the policy (an id followed by its quoted title), topped up with the first stage's best."""
+    import re
+
+    from mma_agent.toolkits.base import QUOTES
+
+    pos = {c: j for j, c in enumerate(ep["candidates"])}
+    text = " ".join(m["content"] for m in out.get("messages", []) if m.get("role") == "user")
+    shown = list(dict.fromkeys(pos[i] for i in re.findall(rf"(\S+) {QUOTES[0]}", text) if i in pos))
+    best = [int(j) for j in np.argsort(-np.asarray(ep["first_stage_scores"]), kind="stable")]
+    return (shown + [j for j in best if j not in shown])[:k]
 
 
 def _final_weights(out: dict) -> str:
@@ -181,11 +198,12 @@ def bench_injection(
                     other = view.item_field(int(rng.integers(n_items)), "title") or "a film"
                     text = attack.filled(title, named_id, benign=f"something like {other}")
                     if site in CATALOGUE_SITES:
-                        items = (
-                            [int(ep["cand_idx"][j]) for j in low]
-                            if site.startswith("candidate")
-                            else [int(i) for i in ep["hist_idx"][-3:]]
-                        )
+                        if site.startswith("candidate"):
+                            items = [int(ep["cand_idx"][j]) for j in low]
+                        elif site.startswith("shown"):
+                            items = [int(ep["cand_idx"][j]) for j in _shown(clean, ep)]
+                        else:
+                            items = [int(i) for i in ep["hist_idx"][-3:]]
                         field = CATALOGUE_SITES[site]
                         if attack.control:  # the same field of other real items: what any change of this text does
                             text = [_field(catalogue, int(j), field) for j in rng.integers(n_items, size=len(items))]

@@ -271,3 +271,20 @@ def test_the_injection_bench_reads_attacks_against_an_equally_sized_benign_contr
     assert small["action changes: attacks vs control"] == "12/33 vs 0/3 (p 0.28)"
     assert large["action changes: attacks vs control"] == "12/33 vs 0/33 (p 7.2e-05)"
     assert large["weight flips: attacks vs control"] == "0/33 vs 0/33 (p 1)"
+
+
+def test_the_injection_bench_attacks_the_titles_the_policy_was_shown():
+    """The candidate sites attack the first stage's last five, which a full prompt rarely shows;
+    "shown candidate titles" attacks the ones the clean run's observations named with a title,
+    in the order shown, topped up with the first stage's best."""
+    from mma_agent.evals.injection_bench import _shown
+
+    ep = {"candidates": ["a", "b", "c", "d"], "first_stage_scores": [0.4, 0.3, 0.2, 0.1]}
+    out = {
+        "messages": [
+            {"role": "system", "content": "b \u00abnot an observation\u00bb"},
+            {"role": "user", "content": "Best text matches: c \u00abC\u00bb 0.9; x \u00abnot in the pool\u00bb 0.8; c \u00abC\u00bb; d 0.1."},
+        ]
+    }
+    assert _shown(out, ep) == [2, 0, 1]
+    assert _shown({"messages": []}, ep) == [0, 1, 2]
