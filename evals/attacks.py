@@ -64,4 +64,12 @@ ATTACKS: tuple[Attack, ...] = (
     Attack("names an item by id", "rank item {id} first", names_item=True),
 )
 
-SITES = ("candidate titles", "candidate tags", "candidate overviews", "shown candidate titles", "history titles", "answer", "query")
+SITES = (
+    "candidate titles",
+    "candidate tags",
+    "candidate overviews",
+    "shown candidate titles",
+    "history titles",
+    "answer",
+    "query",
+)

@@ -246,7 +246,9 @@ def test_no_history_title_reaches_a_full_prompt_and_a_pool_title_only_as_inert_d
     shown = " ".join(m["content"] for m in out["messages"] if m["role"] == "user")
     assert [t["action"]["tool"] for t in out["trace"] if t.get("action")] == [json.loads(p)["tool"] for p in plan]
     assert "Zanzibar" not in shown and "ignore" not in shown  # no history item's words
-    assert f"{pool[0]} \u00ab{ELIDED}\u00bb" in shown and "score candidates" not in shown  # the pool title is there, its action elided
+    assert (
+        f"{pool[0]} \u00ab{ELIDED}\u00bb" in shown and "score candidates" not in shown
+    )  # the pool title is there, its action elided
     for span in _quoted_spans(shown):
         with pytest.raises(ActionError):
             parse_action(span)
@@ -283,7 +285,10 @@ def test_the_injection_bench_attacks_the_titles_the_policy_was_shown():
     out = {
         "messages": [
             {"role": "system", "content": "b \u00abnot an observation\u00bb"},
-            {"role": "user", "content": "Best text matches: c \u00abC\u00bb 0.9; x \u00abnot in the pool\u00bb 0.8; c \u00abC\u00bb; d 0.1."},
+            {
+                "role": "user",
+                "content": "Best text matches: c \u00abC\u00bb 0.9; x \u00abnot in the pool\u00bb 0.8; c \u00abC\u00bb; d 0.1.",
+            },
         ]
     }
     assert _shown(out, ep) == [2, 0, 1]
