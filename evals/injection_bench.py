@@ -2,8 +2,8 @@
 
 Every attack of `evals/attacks.py` is put at every site: it replaces the titles, tags or overviews
 of the five candidates the first stage ranks lowest, the titles of the three candidates the clean
-run showed the policy (`_shown`: the full prompt's best matches; a compact prompt shows none, and
-there the first stage's top three), the titles of the user's three most recent history items, or
+run's observations listed (`_shown`: the full prompt's best matches; a compact prompt lists none,
+and there the first stage's top three), the titles of the user's three most recent history items, or
 the person's answer to `ask_user`, or it is the request's `query`. The reranker runs on the same test pools
 with and without it, in both prompt styles. Reported per site, attack and style, against the clean
 run (and the clean run against itself, run twice):
@@ -51,15 +51,17 @@ CATALOGUE_SITES = {
 
 
 def _shown(out: dict, ep: dict, k: int = 3) -> list[int]:
-    """Positions in the pool of the first `k` candidates whose titles the run's observations showed
-    the policy (an id followed by its quoted title), topped up with the first stage's best."""
+    """Positions in the pool of the first `k` candidates the run's observations listed with a
+    score (its best matches: an id, its quoted title where one is shown, the score), topped up
+    with the first stage's best."""
     import re
 
     from mma_agent.toolkits.base import QUOTES
 
     pos = {c: j for j, c in enumerate(ep["candidates"])}
     text = " ".join(m["content"] for m in out.get("messages", []) if m.get("role") == "user")
-    shown = list(dict.fromkeys(pos[i] for i in re.findall(rf"(\S+) {QUOTES[0]}", text) if i in pos))
+    listed = re.findall(rf"(\S+)(?: {QUOTES[0]}[^{QUOTES[1]}]*{QUOTES[1]})? -?\d+\.\d\d\b", text)
+    shown = list(dict.fromkeys(pos[i] for i in listed if i in pos))
     best = [int(j) for j in np.argsort(-np.asarray(ep["first_stage_scores"]), kind="stable")]
     return (shown + [j for j in best if j not in shown])[:k]
 

@@ -93,7 +93,17 @@ class RerankContext:
         r = state["resolved"]
         ask = ask_person if r["target"] is None else None  # evaluation: the simulated user answers about the target
         view = self.catalogue.view(Mask.of(r["mask"]))
-        return EpisodeContext(view, r["history"], r["candidates"], r["user"], r["target"], ask, r["first_stage"], r.get("query"))
+        return EpisodeContext(
+            view,
+            r["history"],
+            r["candidates"],
+            r["user"],
+            r["target"],
+            ask,
+            r["first_stage"],
+            r.get("query"),
+            item_words=self.scoring == "scores",
+        )
 
 
 def with_context(runtime: Runtime, default: RerankContext) -> Runtime[RerankContext]:

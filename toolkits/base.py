@@ -193,6 +193,7 @@ class EpisodeContext:
     ask: Callable[[str, str], str | None] | None = None  # an app's way to ask a person (modality_type, question) -> answer
     first_stage: np.ndarray | None = None  # (n,) the first-stage scores of the pool, aligned with `candidates`
     query: str | None = None  # the person's request in their words (checked and capped), if the request has one
+    item_words: bool = False  # whether the policy's action reads items' own words (per-item scoring): see `label`
 
     def item_id(self, i: int) -> str:
         return str(self.view.item_ids[i])
@@ -208,14 +209,23 @@ class EpisodeContext:
         return frozenset(int(i) for i in self.candidates)
 
     def label(self, i: int, *, named: bool = False) -> str:
-        """An item as the LLM sees it: its id, and its title (quoted data) when text is visible and
-        the item is in the pool or one the request's words name (`named`: its title echoes them).
-        Any other item (the history, graph neighbours) is its id alone: the policy ranks the pool,
-        and one outside item's words are text no decision needs, so none reaches the policy
-        (#25: attacked titles of the three latest history items moved the full prompt's tool
-        choices in 31 of 88 requests, a benign change of them in 12 of 88)."""
-        title = self.view.item_field(int(i), "title") if named or int(i) in self.pool else None
+        """An item as the LLM sees it: its id, and its title (quoted data) only where the policy's
+        action reads items' words (`item_words`: `scoring="scores"`, where it scores items) and the
+        item is in the pool or one the request's words name (`named`). Anywhere else an item is its
+        id alone. A policy that routes (chooses tools, then weights over evidence groups) needs no
+        item's words for any decision, so none reaches it, whatever it says (#25, the full prompt:
+        attacked titles of the history moved the tool choices in 31 of 88 requests against 12 of
+        88 for a benign change; attacked titles of the pool items it was shown, in 21 of 88
+        against 3 of 88). The request's own words reach it: they are what it routes."""
+        shown = self.item_words and (named or int(i) in self.pool)
+        title = self.view.item_field(int(i), "title") if shown else None
         return f"{self.item_id(i)} {quote(title)}" if title else self.item_id(i)
+
+    def words(self, i: int, field: str, limit: int) -> str:
+        """An item's free text in `field` (its overview), quoted, where the policy's action reads
+        items' words (`item_words`, see `label`); elsewhere nothing."""
+        text = self.view.item_field(int(i), field) if self.item_words else None
+        return quote(text, limit) if text else ""
 
 
 QUOTES = ("\u00ab", "\u00bb")  # « »: text from items or users, shown to the policy as data (the system prompt says so)

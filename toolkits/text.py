@@ -160,8 +160,10 @@ class TextToolkit(Toolkit):
         if item_ids:
             idx, unknown = ctx.resolve_in_pool(item_ids)
             for i in idx:
-                desc = quote(view.item_field(int(i), "overview") or "", 160)
-                lines.append(f"{ctx.label(int(i))}: {quote(view.item_field(int(i), 'genres') or 'no genres', 60)} {desc}")
+                desc = ctx.words(int(i), "overview", 160)
+                lines.append(
+                    f"{ctx.label(int(i))}: {quote(view.item_field(int(i), 'genres') or 'no genres', 60)} {desc}".rstrip()
+                )
             if unknown:
                 self.errors["unknown_item"] += len(unknown)
                 lines.append("Not in the pool: " + ", ".join(unknown) + ".")
