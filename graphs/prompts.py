@@ -7,8 +7,9 @@ is missing only when a tool answers Null.
 Two styles. "compact" (the default) shows each tool in a few words and each observation as its
 evidence's `summary` (its strength word and coverage, `toolkits.evidence.Strength.brief`): what
 a small policy routes on, in a few tokens. "full" shows the
-tools' whole prompt lines and every observation in full (titles, genres, neighbours), for models
-that can read them. The trace keeps full observations either way.
+tools' whole prompt lines and every observation in full (genres, scores, neighbours, by item id;
+items' titles only where the policy scores items, see `EpisodeContext.label`), for models that
+can read them. The trace keeps full observations either way.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Toolkits on the handmade data set with the real MiniLM and an open_clip model built from the
 installed weights: evidence alignment, Null on masks, no leaks, cache invalidation, bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -253,9 +255,13 @@ def test_item_text_reaches_the_policy_only_as_quoted_capped_data(setup):
     assert q.count("\u00ab") == 1 and q.count("\u00bb") == 1 and "\n" not in q and len(q) == 62 and q.endswith("\u2026\u00bb")
     split, catalogue, kits = setup
     ctx = _ctx(split, catalogue, "full")
-    ev = kits["text"].call("analyze_text", ctx)
-    title = catalogue.view(family_mask("full")).item_field(int(ctx.history[-1]), "title")
-    assert f"{ctx.item_id(int(ctx.history[-1]))} \u00ab{title}\u00bb" in ev.observation  # the most recent history item, quoted
+    first = int(ctx.candidates[0])
+    title = catalogue.view(family_mask("full")).item_field(first, "title")
+    asked = {"item_ids": [ctx.item_id(first)]}
+    scoring = kits["text"].call("analyze_text", dataclasses.replace(ctx, item_words=True), **asked)
+    assert f"{ctx.item_id(first)} \u00ab{title}\u00bb" in scoring.observation  # per-item scoring: a pool item, quoted
+    routing = kits["text"].call("analyze_text", ctx, **asked)
+    assert ctx.item_id(first) in routing.observation and title not in routing.observation  # routing: its id alone
 
 
 def test_a_local_clip_is_keyed_by_its_content_not_its_place(tmp_path):
