@@ -103,7 +103,8 @@ def test_the_request_tools_read_the_words_the_policy_chooses_under_the_mask(tiny
     out = graph.compile().invoke(_request(query=query))
     steps = {t["action"]["tool"]: t for t in out["trace"] if t.get("action")}
     assert not steps["match_text"]["null"] and not steps["follow_titles"]["null"] and not out["fallback"]
-    assert "Horror film 3" in steps["follow_titles"]["observation"]
+    seen = steps["follow_titles"]["observation"]
+    assert seen.startswith("Fans of m3 ") and "Horror film 3" not in seen  # the named item by id: the words are the request's
     hidden = create_mma_reranker(
         ScriptedChatModel(responses=plan), catalogue=catalogue, toolkits=kits, backend={"prefill": False}
     )

@@ -389,8 +389,8 @@ def test_compact_prompts_show_the_strength_line_and_the_trace_keeps_the_whole_ob
         seen.startswith("Strength: ") and "Best text matches" not in seen and "\u00ab" not in seen
     )  # no titles: no item text reaches it
     assert "Best text matches" in full["messages"][3]["content"] and "Best text matches" in compact["trace"][0]["observation"]
-    assert (
-        sum(map(len, (m["content"] for m in compact["messages"]))) < sum(map(len, (m["content"] for m in full["messages"]))) / 2
+    assert (  # the full style's whole tool lines and observations (items by id in both: no titles reach a routing policy)
+        sum(map(len, (m["content"] for m in compact["messages"]))) < sum(map(len, (m["content"] for m in full["messages"]))) * 0.6
     )
     with pytest.raises(ValueError, match="prompt='long'"):
         create_mma_reranker(None, catalogue=catalogue, toolkits=kits, variant="rule", prompt="long")
