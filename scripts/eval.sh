@@ -10,7 +10,7 @@
 #   SLOW_VALID, SLOW_TEST  the same for the LLM listwise baseline (default 10 and "20 full=60": nested in the
 #                above), about 5 s an episode on two cores
 #   REACT_VALID, REACT_TEST  the same for ReAct (default 5 and "10 full=30": nested in listwise's), up to 8
-#                free-form turns of up to 96 tokens, 30-55 s an episode on two cores
+#                free-form turns of up to 96 tokens, 40-60 s an episode on two cores
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 run="${RUN:-main-v2}"
 read -r -a test_limit <<< "${LLM_TEST:-100 full=300}"
